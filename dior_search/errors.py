@@ -1,0 +1,25 @@
+"""The project's exception type: what the CLI turns into one red line and an exit code."""
+
+
+class DiorError(Exception):
+    """A failure the user can act on; the message says what was wrong and what is valid."""
+
+    exit_code = 1
+
+
+class UsageError(DiorError):
+    """The command line asked for something that does not exist (a verb, an option value)."""
+
+    exit_code = 2
+
+
+class InputError(DiorError):
+    """An input file (image, label table) is missing or unreadable."""
+
+    exit_code = 3
+
+
+class ModelError(DiorError):
+    """A model could not be loaded or does not fit the requested use."""
+
+    exit_code = 4

@@ -1,0 +1,95 @@
+"""Qwen2-VL and Qwen2.5-VL: inputs assembled from the tokenizer and the image processor.
+
+Their `AutoProcessor` insists on a video processor that needs torchvision, so this module does
+what the processor would: render the chat template, expand the one image placeholder into as
+many tokens as the image has merged patches, and tokenize.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoTokenizer
+
+from dior_search.errors import ModelError
+from dior_search.families import (
+    ModelBatch,
+    PositionScheme,
+    last_token_index,
+    sequential_positions,
+    user_turn,
+)
+
+IMAGE_PLACEHOLDER = "<|image_pad|>"
+
+
+class QwenVLInputs:
+    """Builds Qwen-VL inputs; positions follow the chosen scheme."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        image_processor: Any,
+        image_token_id: int,
+        position_scheme: PositionScheme,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "right"
+        self.image_processor = image_processor
+        self.image_token_id = image_token_id
+        self.position_scheme = position_scheme
+        self.merge_size: int = image_processor.merge_size
+
+    @classmethod
+    def load(
+        cls,
+        source: str,
+        config: Any,
+        *,
+        revision: str | None,
+        trust_remote_code: bool,
+        position_scheme: PositionScheme,
+        max_pixels: int | None,
+    ) -> "QwenVLInputs":
+        common = {"revision": revision, "trust_remote_code": trust_remote_code}
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        size_override = {} if max_pixels is None else {"max_pixels": max_pixels}
+        # The PIL image processor: the torchvision-backed one is not importable everywhere.
+        image_processor = AutoImageProcessor.from_pretrained(
+            source, backend="pil", **size_override, **common
+        )
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ModelError(f"model {source!r} has no chat template in its tokenizer")
+        return cls(tokenizer, image_processor, config.image_token_id, position_scheme)
+
+    def prompt_text(self, prompt: str, n_image_tokens: int) -> str:
+        """The chat-template text for one row, the image placeholder expanded."""
+        text: str = self.tokenizer.apply_chat_template(
+            user_turn(prompt), add_generation_prompt=True, tokenize=False
+        )
+        if text.count(IMAGE_PLACEHOLDER) != 1:
+            raise ModelError(f"the chat template must render exactly one {IMAGE_PLACEHOLDER}")
+        return text.replace(IMAGE_PLACEHOLDER, IMAGE_PLACEHOLDER * n_image_tokens)
+
+    def build(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> ModelBatch:
+        pixels = self.image_processor(images=list(images), return_tensors="pt")
+        grid: torch.Tensor = pixels["image_grid_thw"]
+        n_tokens = (grid.prod(dim=-1) // self.merge_size**2).tolist()
+        texts = [self.prompt_text(p, n) for p, n in zip(prompts, n_tokens, strict=True)]
+        encoded = self.tokenizer(texts, padding=True, return_tensors="pt")
+        input_ids: torch.Tensor = encoded["input_ids"]
+        mask: torch.Tensor = encoded["attention_mask"]
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "pixel_values": pixels["pixel_values"],
+            "image_grid_thw": grid,
+        }
+        if self.position_scheme == "reference":
+            # A 2-D position tensor makes the model skip its multimodal rotary index: every
+            # token, image tokens included, gets a plain sequential position, as in the paper.
+            inputs["position_ids"] = sequential_positions(mask)
+        else:
+            inputs["mm_token_type_ids"] = (input_ids == self.image_token_id).int()
+        return ModelBatch(inputs, last_token_index(mask))

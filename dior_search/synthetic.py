@@ -1,0 +1,163 @@
+"""The `synthetic` collection: seeded images with four independent labelled attributes.
+
+Each image is a shape (circle, square or triangle) in one of six colours, filled solid, with
+stripes or with dots, on one of four backgrounds; sizes vary so batches mix image sizes. An
+image depends only on (seed, split, index), so any subset can be regenerated exactly.
+"""
+
+import csv
+import zlib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+RGB = tuple[int, int, int]
+
+COLORS: dict[str, RGB] = {
+    "red": (215, 40, 40),
+    "green": (40, 165, 60),
+    "blue": (45, 85, 220),
+    "yellow": (235, 210, 45),
+    "purple": (140, 60, 180),
+    "orange": (240, 135, 30),
+}
+BACKGROUNDS: dict[str, RGB] = {
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+    "gray": (128, 128, 128),
+    "teal": (30, 125, 125),
+}
+PATTERNS = ("solid", "stripes", "dots")
+SHAPES = ("circle", "square", "triangle")
+SIZES = ((84, 84), (112, 84), (84, 112), (112, 112))
+
+# Condition short name -> the aspect phrase put into the prompt.
+CONDITIONS: dict[str, str] = {
+    "color": "object color",
+    "background": "background color",
+    "pattern": "pattern",
+    "shape": "shape",
+}
+LABEL_VALUES: dict[str, tuple[str, ...]] = {
+    "color": tuple(COLORS),
+    "background": tuple(BACKGROUNDS),
+    "pattern": PATTERNS,
+    "shape": SHAPES,
+}
+SPLIT_SIZES = {"train": 4000, "test": 400}
+LABELS_FILE = "labels.csv"
+
+
+@dataclass(frozen=True)
+class SyntheticItem:
+    file_name: str
+    split: str
+    color: str
+    background: str
+    pattern: str
+    shape: str
+
+    def label(self, condition: str) -> str:
+        value: str = asdict(self)[condition]
+        return value
+
+
+def item_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(split.encode()), index])
+
+
+def make_item(seed: int, split: str, index: int) -> tuple[SyntheticItem, Image.Image]:
+    """The labels and the image of one item."""
+    rng = item_rng(seed, split, index)
+    item = SyntheticItem(
+        file_name=f"{split}/{index:05d}.png",
+        split=split,
+        color=str(rng.choice(list(COLORS))),
+        background=str(rng.choice(list(BACKGROUNDS))),
+        pattern=str(rng.choice(PATTERNS)),
+        shape=str(rng.choice(SHAPES)),
+    )
+    return item, render(item, rng)
+
+
+def jitter(color: RGB, rng: np.random.Generator, amount: int = 12) -> RGB:
+    shifted = np.clip(np.array(color) + rng.integers(-amount, amount + 1, 3), 0, 255)
+    return (int(shifted[0]), int(shifted[1]), int(shifted[2]))
+
+
+def render(item: SyntheticItem, rng: np.random.Generator) -> Image.Image:
+    width, height = SIZES[int(rng.integers(len(SIZES)))]
+    image = Image.new("RGB", (width, height), jitter(BACKGROUNDS[item.background], rng))
+
+    side = int(rng.uniform(0.55, 0.8) * min(width, height))
+    left = int(rng.integers(2, width - side - 1))
+    top = int(rng.integers(2, height - side - 1))
+    box = (left, top, left + side, top + side)
+    mask = Image.new("L", (width, height), 0)
+    draw_mask = ImageDraw.Draw(mask)
+    if item.shape == "circle":
+        draw_mask.ellipse(box, fill=255)
+    elif item.shape == "square":
+        draw_mask.rectangle(box, fill=255)
+    else:
+        draw_mask.polygon(
+            [(left + side / 2, top), (left, top + side), (left + side, top + side)], fill=255
+        )
+
+    fill_color = jitter(COLORS[item.color], rng)
+    fill = Image.new("RGB", (width, height), fill_color)
+    shade = tuple(int(c * 0.45) for c in fill_color)
+    draw_fill = ImageDraw.Draw(fill)
+    period = 8
+    if item.pattern == "stripes":
+        for offset in range(-height, width, period):
+            draw_fill.line([(offset, 0), (offset + height, height)], fill=shade, width=3)
+    elif item.pattern == "dots":
+        for y in range(period // 2, height, period):
+            for x in range(period // 2, width, period):
+                draw_fill.ellipse((x - 2, y - 2, x + 2, y + 2), fill=shade)
+    image.paste(fill, mask=mask)
+
+    noise = rng.normal(0.0, 4.0, (height, width, 3))
+    pixels = np.clip(np.asarray(image, dtype=np.float64) + noise, 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def iter_split(
+    split: str, count: int, seed: int = 0
+) -> Iterator[tuple[SyntheticItem, Image.Image]]:
+    """Items 0..count-1 of a split, generated in memory."""
+    for index in range(count):
+        yield make_item(seed, split, index)
+
+
+def write_dataset(
+    root: Path, splits: dict[str, int] | None = None, seed: int = 0
+) -> list[SyntheticItem]:
+    """Write the images and `labels.csv` under `root`; existing identical files are kept."""
+    items: list[SyntheticItem] = []
+    for split, count in (splits or SPLIT_SIZES).items():
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for item, image in iter_split(split, count, seed):
+            path = root / item.file_name
+            if not path.exists():
+                image.save(path)
+            items.append(item)
+    write_labels(root / LABELS_FILE, items)
+    return items
+
+
+def write_labels(path: Path, items: list[SyntheticItem]) -> None:
+    fields = list(asdict(items[0]))
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(asdict(item) for item in items)
+
+
+def read_labels(path: Path) -> list[SyntheticItem]:
+    with path.open(newline="") as handle:
+        return [SyntheticItem(**row) for row in csv.DictReader(handle)]
