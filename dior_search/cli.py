@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -29,9 +30,11 @@ from rich.text import Text
 # typer vendors click and exports no base class of its command-line errors.
 from typer._click.exceptions import ClickException
 
+from dior_search.datasets import Collection
 from dior_search.embedder import EmbedderSettings
-from dior_search.errors import DiorError
+from dior_search.errors import DiorError, UsageError
 from dior_search.families import PositionScheme
+from dior_search.index_store import DEFAULT_SHARD_SIZE
 from dior_search.prompts import DEFAULT_TEMPLATE, PROMPT_TEMPLATES
 
 app = typer.Typer(
@@ -159,6 +162,183 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+DatasetOpt = Annotated[
+    str | None,
+    typer.Option(help="A named dataset: synthetic, deepfashion, movie_posters, cub200, cars196."),
+]
+ImagesOpt = Annotated[Path | None, typer.Option(help="Any folder of images (unlabelled).")]
+DatasetsDirOpt = Annotated[
+    Path, typer.Option(help="Where named datasets live: DIR/NAME/ holds NAME's images.")
+]
+IndexesOpt = Annotated[Path, typer.Option(help="Root folder of the indexes.")]
+
+
+def open_collection(dataset: str | None, images: Path | None, datasets_dir: Path) -> Collection:
+    from dior_search.datasets import open_dataset, open_folder
+
+    if dataset is not None and images is None:
+        return open_dataset(dataset, datasets_dir)
+    if images is not None and dataset is None:
+        return open_folder(images)
+    raise UsageError("give exactly one of --dataset NAME or --images DIR")
+
+
+@app.command()
+def index(
+    dataset: DatasetOpt = None,
+    images: ImagesOpt = None,
+    condition: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--condition",
+            "-c",
+            help="Condition to index (repeatable): a dataset's condition name, free text, or "
+            "'unconditional'. Default: all of the dataset's conditions.",
+        ),
+    ] = None,
+    datasets_dir: DatasetsDirOpt = Path("datasets"),
+    indexes: IndexesOpt = Path("indexes"),
+    shard_size: Annotated[int, typer.Option(help="Vectors per shard.")] = DEFAULT_SHARD_SIZE,
+    model: ModelOpt = "tiny",
+    revision: RevisionOpt = None,
+    template: TemplateOpt = DEFAULT_TEMPLATE,
+    layer: LayerOpt = -1,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    positions: PositionsOpt = "reference",
+    max_pixels: MaxPixelsOpt = None,
+    batch_size: BatchOpt = 8,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Embed a collection under conditions into sharded FAISS indexes (resumable)."""
+    from dior_search.embedder import DiorEmbedder
+    from dior_search.indexing import IndexSettings, index_collection
+
+    if shard_size < 1:
+        raise UsageError("--shard-size must be at least 1")
+    collection = open_collection(dataset, images, datasets_dir)
+    conditions = condition or list(collection.conditions)
+    if not conditions:
+        raise UsageError("--images needs at least one --condition (any free text)")
+    settings = embedder_settings(
+        model,
+        revision,
+        template,
+        layer,
+        dtype,
+        device,
+        positions,
+        max_pixels,
+        batch_size,
+        trust_remote_code,
+    )
+    embedder = DiorEmbedder(settings)
+    with progress_bar(f"indexing {collection.name}", "img") as bar:
+        report = index_collection(
+            collection,
+            conditions,
+            embedder,
+            embedder.describe(),
+            IndexSettings(indexes_dir=indexes, shard_size=shard_size),
+            on_start=bar.start,
+            on_progress=bar.advance,
+        )
+    table = Table(title=f"{collection.name}: {len(collection.items)} images")
+    for column in ("condition", "added", "index"):
+        table.add_column(column)
+    for name, directory in report.directories.items():
+        table.add_row(name, str(report.added[name]), str(directory))
+    console.print(table)
+    console.print(
+        f"{report.already_indexed} already indexed, {len(report.skipped)} skipped (unreadable)"
+    )
+    for path, reason in report.skipped:
+        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False)
+
+
+@app.command()
+def query(
+    image: Annotated[Path | None, typer.Argument(help="Query image (or use --id).")] = None,
+    condition: Annotated[
+        str, typer.Option("--condition", "-c", help="Condition to search under.")
+    ] = "",
+    dataset: DatasetOpt = None,
+    images: ImagesOpt = None,
+    index_path: Annotated[
+        Path | None, typer.Option("--index", help="An index directory (instead of a collection).")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", help="Number of results.")] = 10,
+    row_id: Annotated[
+        int | None, typer.Option("--id", help="Query with an indexed image's stored vector.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+    sheet: Annotated[
+        Path | None, typer.Option(help="Write a contact sheet PNG of the query and its results.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Pick the index built with this model (default: the only one)."),
+    ] = None,
+    indexes: IndexesOpt = Path("indexes"),
+    dtype: Annotated[str | None, typer.Option(help="Override the index's dtype.")] = None,
+    device: DeviceOpt = "auto",
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Search an index with an image (embedded with the index's own settings) or an id."""
+    from dior_search.datasets import folder_collection_name
+    from dior_search.images import load_image
+    from dior_search.index_store import IndexReader, Manifest
+    from dior_search.query import embed_query, find_index, load_query_embedder, query_vector
+
+    if k < 1:
+        raise UsageError("-k must be at least 1")
+    if (image is None) == (row_id is None):
+        raise UsageError("give a query IMAGE or --id ID (one of them)")
+    if index_path is None:
+        if not condition:
+            raise UsageError("--condition is required (or give --index DIR)")
+        if (dataset is None) == (images is None):
+            raise UsageError("give one of --dataset NAME, --images DIR or --index DIR")
+        name = dataset if dataset is not None else folder_collection_name(images or Path())
+        index_path = find_index(indexes, name, condition, model)
+    manifest = Manifest.read(index_path)
+    query_image = load_image(image) if image is not None else None
+    reader = IndexReader(index_path)
+    if query_image is not None:
+        embedder = load_query_embedder(manifest, index_path, device, dtype, trust_remote_code)
+        vector = embed_query(embedder, manifest, query_image)
+    else:
+        vector = reader.vector(cast(int, row_id))
+    hits = query_vector(reader, vector, k)
+    root = Path(manifest.collection["root"])
+    if sheet is not None:
+        from dior_search.contact_sheet import write_contact_sheet
+
+        if query_image is None and row_id is not None:
+            query_image = load_image(root / reader.row(row_id).path)
+        caption = image.name if image is not None else f"id {row_id}"
+        title = f"{manifest.collection['name']} under '{manifest.condition['name']}'"
+        write_contact_sheet(sheet, title, query_image, caption, hits, root)
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    {"rank": r, "score": h.score, "id": h.id, "path": h.path, "labels": h.labels}
+                    for r, h in enumerate(hits, start=1)
+                ],
+                indent=2,
+            )
+        )
+        return
+    table = Table(title=f"{manifest.collection['name']} under '{manifest.condition['name']}'")
+    for column in ("rank", "score", "path", "labels"):
+        table.add_column(column)
+    for rank, hit in enumerate(hits, start=1):
+        labels = ", ".join(f"{key}={value}" for key, value in sorted(hit.labels.items()))
+        table.add_row(str(rank), f"{hit.score:.4f}", hit.path, labels)
+    console.print(table)
 
 
 @app.command()

@@ -214,7 +214,9 @@ class DiorEmbedder:
         folder = model_folder(self.source, self.settings.revision)
         in_hub_cache = folder.parent.name == "snapshots"
         return {
+            "method": "dior",
             **asdict(self.settings),
+            "image_size_policy": self.inputs.size_policy(),
             "model_type": self.config.model_type,
             "commit": folder.name if in_hub_cache else None,
             "weights_fingerprint": weights_fingerprint(folder),

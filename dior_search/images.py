@@ -1,6 +1,7 @@
 """Reading image files into RGB PIL images, the one form every embedder takes."""
 
 from pathlib import Path
+from typing import IO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -13,12 +14,17 @@ def load_image(path: Path) -> Image.Image:
     """Open `path` as an RGB image with its EXIF orientation applied; InputError if unreadable."""
     if not path.is_file():
         raise InputError(f"image not found: {path}")
+    return decode_image(path, str(path))
+
+
+def decode_image(source: Path | IO[bytes], name: str) -> Image.Image:
+    """Decode an image file or buffer to upright RGB; InputError naming `name` if it fails."""
     try:
-        with Image.open(path) as opened:
+        with Image.open(source) as opened:
             upright = ImageOps.exif_transpose(opened)
             return to_rgb(upright)
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as exc:
-        raise InputError(f"cannot read image {path}: {exc}") from None
+        raise InputError(f"cannot read image {name}: {exc}") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -37,6 +37,10 @@ class InputBuilder(Protocol):
 
     def build(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> ModelBatch: ...
 
+    def size_policy(self) -> dict[str, Any]:
+        """How images are resized before encoding, for the index manifest."""
+        ...
+
 
 def user_turn(prompt: str) -> list[dict[str, Any]]:
     """One user message holding an image followed by the prompt text."""

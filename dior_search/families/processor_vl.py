@@ -48,6 +48,14 @@ class ProcessorInputs:
             raise ModelError("--max-pixels applies to Qwen-VL models only")
         return cls(processor, position_scheme)
 
+    def size_policy(self) -> dict[str, Any]:
+        processor = self.processor.image_processor
+        return {
+            "resize": type(processor).__name__,
+            "size": dict(getattr(processor, "size", None) or {}),
+            "crop_size": dict(getattr(processor, "crop_size", None) or {}),
+        }
+
     def build(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> ModelBatch:
         texts = [
             self.processor.apply_chat_template(

@@ -72,6 +72,15 @@ class QwenVLInputs:
             raise ModelError(f"the chat template must render exactly one {IMAGE_PLACEHOLDER}")
         return text.replace(IMAGE_PLACEHOLDER, IMAGE_PLACEHOLDER * n_image_tokens)
 
+    def size_policy(self) -> dict[str, Any]:
+        size = self.image_processor.size  # transformers 5 keeps pixel bounds as edges
+        return {
+            "resize": "aspect-preserving, to multiples of patch_size * merge_size",
+            "min_pixels": size.shortest_edge,
+            "max_pixels": size.longest_edge,
+            "unit_pixels": self.image_processor.patch_size * self.merge_size,
+        }
+
     def build(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> ModelBatch:
         pixels = self.image_processor(images=list(images), return_tensors="pt")
         grid: torch.Tensor = pixels["image_grid_thw"]

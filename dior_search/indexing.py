@@ -1,0 +1,178 @@
+"""The `index` stage: embed a collection under conditions into sharded index directories."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from dior_search.datasets import Collection, Item, slug
+from dior_search.embedder import Embedder
+from dior_search.errors import InputError
+from dior_search.images import decode_image
+from dior_search.index_store import DEFAULT_SHARD_SIZE, IndexWriter, Manifest, Row
+from dior_search.prompts import build_prompt
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    indexes_dir: Path = Path("indexes")
+    shard_size: int = DEFAULT_SHARD_SIZE
+    index_type: str = "Flat"
+    images_per_step: int = 32
+    loader_threads: int = 4
+
+
+@dataclass
+class IndexReport:
+    added: dict[str, int] = field(default_factory=dict)
+    already_indexed: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    directories: dict[str, Path] = field(default_factory=dict)
+
+
+def embedder_slug(info: dict[str, Any]) -> str:
+    """Folder name of an embedder's indexes: method, model, and any non-default setting."""
+    parts = [slug(str(info["model"]))]
+    if info.get("method", "dior") != "dior":
+        parts.insert(0, str(info["method"]))
+    defaults = {"template": "describe", "layer": -1, "position_scheme": "reference"}
+    parts += [
+        f"{key}-{info[key]}"
+        for key, default in defaults.items()
+        if info.get(key, default) != default
+    ]
+    if info.get("max_pixels") is not None:
+        parts.append(f"px-{info['max_pixels']}")
+    return "+".join(parts)
+
+
+def index_dir(indexes_dir: Path, collection: str, embedder: str, condition: str) -> Path:
+    return indexes_dir / slug(collection) / embedder / slug(condition)
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    item: Item
+    content_hash: str
+    image: Image.Image | None
+    error: str | None
+
+
+def load_item(root: Path, item: Item) -> LoadedImage:
+    """Read, hash and decode one image; failures are reported, not raised."""
+    path = root / item.path
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return LoadedImage(item, "", None, f"cannot read: {exc.strerror or exc}")
+    content_hash = hashlib.sha256(data).hexdigest()
+    try:
+        image = decode_image(io.BytesIO(data), str(path))
+    except InputError as exc:
+        return LoadedImage(item, content_hash, None, str(exc))
+    return LoadedImage(item, content_hash, image, None)
+
+
+def load_ahead(
+    root: Path, items: Sequence[Item], threads: int, window: int
+) -> Iterator[LoadedImage]:
+    """Images in order, decoded by a thread pool at most `window` ahead of the consumer."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending = [pool.submit(load_item, root, item) for item in items[:window]]
+        for position in range(len(items)):
+            done = pending.pop(0)
+            if position + window < len(items):
+                pending.append(pool.submit(load_item, root, items[position + window]))
+            yield done.result()
+
+
+def index_collection(
+    collection: Collection,
+    conditions: Sequence[str],
+    embedder: Embedder,
+    embedder_info: dict[str, Any],
+    settings: IndexSettings,
+    on_start: Callable[[int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> IndexReport:
+    """Embed every not-yet-indexed image under each condition; resumable and incremental."""
+    report = IndexReport()
+    texts = [collection.condition_text(c) for c in conditions]
+    writers = []
+    for condition, text in zip(conditions, texts, strict=True):
+        directory = index_dir(
+            settings.indexes_dir, collection.name, embedder_slug(embedder_info), condition
+        )
+        manifest = Manifest(
+            collection={"name": collection.name, "root": str(collection.root)},
+            condition={"name": condition, "text": text},
+            prompt=build_prompt(embedder_info.get("template", "describe"), text),
+            embedder=embedder_info,
+            dim=embedder.dim,
+            index_type=settings.index_type,
+            shard_size=settings.shard_size,
+        )
+        writers.append(IndexWriter(directory, manifest))
+        report.directories[condition] = directory
+        report.added[condition] = 0
+    try:
+        if on_start is not None:
+            on_start(len(collection.items))
+        batch: list[LoadedImage] = []
+        window = 2 * settings.images_per_step
+        for loaded in load_ahead(
+            collection.root, collection.items, settings.loader_threads, window
+        ):
+            if loaded.error is not None:
+                report.skipped.append((loaded.item.path, loaded.error))
+                log.warning("skipping %s: %s", loaded.item.path, loaded.error)
+            elif all(loaded.content_hash in w.known_hashes for w in writers):
+                report.already_indexed += 1
+            else:
+                batch.append(loaded)
+            if len(batch) == settings.images_per_step:
+                embed_batch(batch, texts, conditions, embedder, writers, report)
+                batch = []
+            if on_progress is not None:
+                on_progress(1)
+        embed_batch(batch, texts, conditions, embedder, writers, report)
+        for writer in writers:
+            writer.flush()
+    finally:
+        for writer in writers:
+            writer.release()
+    return report
+
+
+def embed_batch(
+    batch: list[LoadedImage],
+    texts: Sequence[str | None],
+    conditions: Sequence[str],
+    embedder: Embedder,
+    writers: Sequence[IndexWriter],
+    report: IndexReport,
+) -> None:
+    if not batch:
+        return
+    images = [loaded.image for loaded in batch if loaded.image is not None]
+    vectors = embedder.embed(images, list(texts))
+    for column, (condition, writer) in enumerate(zip(conditions, writers, strict=True)):
+        for row, loaded in enumerate(batch):
+            if loaded.content_hash in writer.known_hashes:
+                continue
+            writer.add(
+                np.asarray(vectors[row, column]),
+                Row(loaded.item.path, loaded.content_hash, loaded.item.labels),
+            )
+            report.added[condition] += 1

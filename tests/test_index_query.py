@@ -1,0 +1,259 @@
+"""`index` and `query` end to end with the bundled tiny model on the synthetic collection."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dior_search.cli import main
+from dior_search.datasets import open_folder
+from dior_search.index_store import MANIFEST, IndexReader, Manifest
+from dior_search.synthetic import write_dataset
+
+CONDITIONS = ["color", "background", "pattern"]
+
+
+@pytest.fixture(scope="session")
+def synthetic_index(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    args = [
+        "index",
+        "--dataset",
+        "synthetic",
+        "--datasets-dir",
+        str(root / "datasets"),
+        "--indexes",
+        str(root / "indexes"),
+        "--shard-size",
+        "150",
+        "--device",
+        "cpu",
+    ]
+    for condition in CONDITIONS:
+        args += ["--condition", condition]
+    assert main(args) == 0
+    return root
+
+
+def query_json(root: Path, *extra: str) -> list[dict]:
+    return run_json(
+        [
+            "query",
+            "--dataset",
+            "synthetic",
+            "--indexes",
+            str(root / "indexes"),
+            "--device",
+            "cpu",
+            "--json",
+            *extra,
+        ]
+    )
+
+
+def run_json(args: list[str]) -> list[dict]:
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    out = StringIO()
+    with redirect_stdout(out):
+        assert main(args) == 0
+    return json.loads(out.getvalue())
+
+
+@pytest.mark.slow
+def test_query_finds_itself_and_its_label(synthetic_index):
+    image = synthetic_index / "datasets" / "synthetic" / "test" / "00007.png"
+    by_color = query_json(synthetic_index, str(image), "--condition", "color")
+    assert by_color[0]["path"] == "test/00007.png"
+    assert by_color[0]["score"] >= 0.999
+    color = by_color[0]["labels"]["color"]
+    assert sum(hit["labels"]["color"] == color for hit in by_color[:10]) >= 8
+
+    by_background = query_json(synthetic_index, str(image), "--condition", "background")
+    background = by_background[0]["labels"]["background"]
+    assert sum(hit["labels"]["background"] == background for hit in by_background[:10]) >= 8
+    overlap = {h["id"] for h in by_color[:10]} & {h["id"] for h in by_background[:10]}
+    assert len(overlap) <= 5
+
+
+@pytest.mark.slow
+def test_query_by_id_matches_query_by_image(synthetic_index):
+    image = synthetic_index / "datasets" / "synthetic" / "test" / "00011.png"
+    by_image = query_json(synthetic_index, str(image), "--condition", "pattern", "-k", "5")
+    by_id = query_json(
+        synthetic_index, "--id", str(by_image[0]["id"]), "--condition", "pattern", "-k", "5"
+    )
+    assert [h["id"] for h in by_id] == [h["id"] for h in by_image]
+    np.testing.assert_allclose(
+        [h["score"] for h in by_id], [h["score"] for h in by_image], atol=1e-5
+    )
+
+
+@pytest.mark.slow
+def test_manifest_records_what_made_the_index(synthetic_index):
+    directory = synthetic_index / "indexes" / "synthetic" / "tiny" / "color"
+    manifest = Manifest.read(directory)
+    assert manifest.rows == 400
+    assert [s.rows for s in manifest.shards] == [150, 150, 100]
+    assert manifest.prompt == 'Describe this image in one word regarding object color: "'
+    assert manifest.embedder["model"] == "tiny"
+    assert manifest.embedder["weights_fingerprint"]
+    assert manifest.embedder["image_size_policy"]["max_pixels"] == 112 * 112
+    assert manifest.metric == "inner_product"
+
+
+@pytest.mark.slow
+def test_rerun_adds_nothing(synthetic_index, capsys):
+    args = [
+        "index",
+        "--dataset",
+        "synthetic",
+        "--datasets-dir",
+        str(synthetic_index / "datasets"),
+        "--indexes",
+        str(synthetic_index / "indexes"),
+        "--shard-size",
+        "150",
+        "--condition",
+        "color",
+        "--device",
+        "cpu",
+    ]
+    assert main(args) == 0
+    assert "400 already indexed" in capsys.readouterr().out
+    assert Manifest.read(synthetic_index / "indexes" / "synthetic" / "tiny" / "color").rows == 400
+
+
+@pytest.mark.slow
+def test_contact_sheet(synthetic_index, tmp_path):
+    image = synthetic_index / "datasets" / "synthetic" / "test" / "00003.png"
+    sheet = tmp_path / "sheet.png"
+    query_json(
+        synthetic_index, str(image), "--condition", "color", "-k", "4", "--sheet", str(sheet)
+    )
+    from PIL import Image
+
+    assert Image.open(sheet).size[0] == 5 * 168
+
+
+@pytest.mark.slow
+def test_unindexed_condition_lists_the_indexed_ones(synthetic_index, capsys):
+    image = synthetic_index / "datasets" / "synthetic" / "test" / "00003.png"
+    code = main(
+        [
+            "query",
+            str(image),
+            "--dataset",
+            "synthetic",
+            "--condition",
+            "shape",
+            "--indexes",
+            str(synthetic_index / "indexes"),
+        ]
+    )
+    assert code == 5
+    assert capsys.readouterr().err.strip() == (
+        "error: no index for condition 'shape' of synthetic; conditions with an index: "
+        "background, color, pattern"
+    )
+
+
+@pytest.mark.slow
+def test_another_model_is_refused(synthetic_index, capsys):
+    image = synthetic_index / "datasets" / "synthetic" / "test" / "00003.png"
+    code = main(
+        [
+            "query",
+            str(image),
+            "--dataset",
+            "synthetic",
+            "--condition",
+            "color",
+            "--model",
+            "other/model",
+            "--indexes",
+            str(synthetic_index / "indexes"),
+        ]
+    )
+    assert code == 5
+    assert "built with model 'other/model'" in capsys.readouterr().err
+
+
+def test_missing_query_image_is_one_line(tmp_path, capsys):
+    code = main(["query", str(tmp_path / "nope.png"), "--index", str(tmp_path)])
+    assert code != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error:")
+
+
+def index_command(folder: Path, indexes: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "dior_search",
+        "index",
+        "--images",
+        str(folder),
+        "--condition",
+        "object color",
+        "--shard-size",
+        "10",
+        "--indexes",
+        str(indexes),
+        "--device",
+        "cpu",
+    ]
+
+
+def rows_indexed(directory: Path) -> int:
+    try:
+        return Manifest.read(directory).rows
+    except Exception:
+        return 0
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_index_each_image_once(tmp_path):
+    data = tmp_path / "data"
+    write_dataset(data, {"test": 90})
+    (data / "labels.csv").unlink()
+    reference = tmp_path / "reference"
+    subprocess.run(index_command(data, reference), check=True, capture_output=True)
+    collection = open_folder(data).name
+    (reference_dir,) = (reference / collection / "tiny").iterdir()
+    expected = IndexReader(reference_dir)
+
+    resumed = tmp_path / "resumed"
+    directory = resumed / collection / "tiny" / reference_dir.name
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for kill_after in (15, 42, 71):
+        process = subprocess.Popen(
+            index_command(data, resumed),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 120
+        while rows_indexed(directory) < kill_after and process.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert rows_indexed(directory) >= kill_after - 10
+    subprocess.run(index_command(data, resumed), check=True, capture_output=True, env=env)
+
+    got = IndexReader(directory)
+    paths = [row.path for row in got.all_rows()]
+    assert sorted(paths) == sorted(set(paths)) and len(paths) == 90
+    want = {row.path: expected.vector(i) for i, row in enumerate(expected.all_rows())}
+    for i, path in enumerate(paths):
+        np.testing.assert_allclose(got.vector(i), want[path], atol=1e-6)
+    assert (directory / MANIFEST).is_file()
+    assert not [p for p in directory.iterdir() if p.name.endswith(".tmp")]
