@@ -4,7 +4,7 @@ Layout of one index directory (one collection, embedder and condition):
 
     manifest.json            what made the vectors, and every shard with its checksums
     shard-00000.faiss        FAISS index of L2-normalised vectors, ids stored with them
-    shard-00000.parquet      one row per vector: id, path, content_hash, label_<name> ...
+    shard-00000.parquet      one row per vector: id, path, content_hash, norm, label_<name> ...
     index.lock               held by the one `index` run allowed to write here
 
 Every file is written to a temporary name, fsynced and renamed into place, and the manifest
@@ -239,13 +239,15 @@ class IndexWriter:
         name = shard_name(len(self.manifest.shards))
         first_id = self.next_id
         ids = np.arange(first_id, first_id + len(self.rows), dtype=np.int64)
-        vectors = normalize(np.stack(self.vectors))
+        raw = np.stack(self.vectors).astype(np.float32)
+        norms = np.linalg.norm(raw, axis=1)
+        vectors = normalize(raw)
         faiss_path = self.directory / f"{name}.faiss"
         parquet_path = self.directory / f"{name}.parquet"
         with atomic_file(faiss_path) as tmp:
             write_faiss(tmp, vectors, ids, self.manifest.index_type)
         with atomic_file(parquet_path) as tmp:
-            write_parquet(tmp, ids, self.rows)
+            write_parquet(tmp, ids, norms, self.rows)
         self.manifest.shards.append(
             Shard(
                 name, len(self.rows), first_id, sha256_file(faiss_path), sha256_file(parquet_path)
@@ -296,7 +298,7 @@ def write_faiss(path: Path, vectors: np.ndarray, ids: np.ndarray, index_type: st
     faiss.write_index(index, str(path))
 
 
-def write_parquet(path: Path, ids: np.ndarray, rows: Sequence[Row]) -> None:
+def write_parquet(path: Path, ids: np.ndarray, norms: np.ndarray, rows: Sequence[Row]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -304,6 +306,8 @@ def write_parquet(path: Path, ids: np.ndarray, rows: Sequence[Row]) -> None:
         "id": pa.array(ids, type=pa.int64()),
         "path": pa.array([r.path for r in rows], type=pa.string()),
         "content_hash": pa.array([r.content_hash for r in rows], type=pa.string()),
+        # The vector's length before normalisation: unit vector * norm is the raw embedding.
+        "norm": pa.array(norms, type=pa.float32()),
     }
     for name in sorted({name for r in rows for name in r.labels}):
         columns[f"label_{name}"] = pa.array([r.labels.get(name) for r in rows], type=pa.string())
@@ -372,7 +376,7 @@ class IndexReader:
         shard, offset = self.locate(row_id)
         record = self.tables[shard].slice(offset, 1).to_pylist()[0]
         labels = {
-            key.removeprefix("label_"): value
+            key.removeprefix("label_"): str(value)
             for key, value in record.items()
             if key.startswith("label_") and value is not None
         }
@@ -394,8 +398,8 @@ class IndexReader:
             found.append(Hit(row_id, score, row.path, row.labels))
         return found
 
-    def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, vectors) of every row, for exact evaluation."""
+    def all_vectors(self, raw: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of every row in id order: unit vectors, or raw embeddings if `raw`."""
         import faiss
 
         ids = np.concatenate([faiss.vector_to_array(s.id_map) for s in self.shards])
@@ -403,6 +407,9 @@ class IndexReader:
         vectors = np.vstack(
             [faiss.downcast_index(s.index).reconstruct_n(0, s.ntotal) for s in self.shards]
         )
+        if raw:
+            norms = np.concatenate([t.column("norm").to_numpy() for t in self.tables])
+            vectors *= norms[:, None]
         return ids, vectors
 
     def all_rows(self) -> Iterable[Row]:

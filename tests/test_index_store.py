@@ -85,7 +85,7 @@ def test_k_larger_than_collection(tmp_path, vectors):
 def test_parquet_reads_with_pyarrow_alone(tmp_path, vectors):
     build(tmp_path / "ix", vectors[:10], shard_size=4)
     table = pq.read_table(tmp_path / "ix" / "shard-00001.parquet")
-    assert table.column_names == ["id", "path", "content_hash", "label_color"]
+    assert table.column_names == ["id", "path", "content_hash", "norm", "label_color"]
     assert table.column("id").to_pylist() == [4, 5, 6, 7]
     assert table.column("path").to_pylist()[0] == "img/0004.png"
     manifest = json.loads((tmp_path / "ix" / MANIFEST).read_text())
