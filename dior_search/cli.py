@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, cast
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.console import Console
@@ -32,10 +32,13 @@ from typer._click.exceptions import ClickException
 
 from dior_search.datasets import Collection
 from dior_search.embedder import EmbedderSettings
-from dior_search.errors import DiorError, UsageError
+from dior_search.errors import DiorError, InputError, UsageError
 from dior_search.families import PositionScheme
 from dior_search.index_store import DEFAULT_SHARD_SIZE
 from dior_search.prompts import DEFAULT_TEMPLATE, PROMPT_TEMPLATES
+
+if TYPE_CHECKING:
+    from dior_search.bench import BenchResult, MethodModels
 
 app = typer.Typer(
     name="dior-search",
@@ -129,6 +132,13 @@ class ProgressBar:
     def start(self, total: int) -> None:
         self.task = self.progress.add_task(self.label, total=total)
         self.progress.start()
+
+    def stage(self, label: str, total: int) -> None:
+        """Start a new task on the same bar display, for a run of several stages."""
+        if self.task is not None:
+            self.progress.update(self.task, visible=False)
+        self.label = label
+        self.start(total)
 
     def advance(self, n: int) -> None:
         if self.task is not None:
@@ -339,6 +349,149 @@ def query(
         labels = ", ".join(f"{key}={value}" for key, value in sorted(hit.labels.items()))
         table.add_row(str(rank), f"{hit.score:.4f}", hit.path, labels)
     console.print(table)
+
+
+@app.command()
+def bench(
+    dataset: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dataset",
+            help="Dataset to evaluate (repeatable). Default: every dataset "
+            "whose images are present (synthetic is generated).",
+        ),
+    ] = None,
+    condition: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--condition", "-c", help="Condition (repeatable). Default: all labelled ones."
+        ),
+    ] = None,
+    method: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--method",
+            help="dior, dior-unconditional, clip, generative (repeatable). "
+            "Default: all; those whose models cannot be loaded are skipped.",
+        ),
+    ] = None,
+    clip_model: Annotated[str, typer.Option(help="CLIP model of the clip method.")] = (
+        "openai/clip-vit-large-patch14"
+    ),
+    text_encoder: Annotated[
+        str, typer.Option(help="Sentence encoder of the generative method.")
+    ] = ("sentence-transformers/sentence-t5-base"),
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the results as JSON.")
+    ] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG chart of recall@k.")] = None,
+    datasets_dir: DatasetsDirOpt = Path("datasets"),
+    indexes: IndexesOpt = Path("indexes"),
+    model: ModelOpt = "tiny",
+    revision: RevisionOpt = None,
+    template: TemplateOpt = DEFAULT_TEMPLATE,
+    layer: LayerOpt = -1,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    positions: PositionsOpt = "reference",
+    max_pixels: MaxPixelsOpt = None,
+    batch_size: BatchOpt = 8,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Evaluate retrieval per dataset and condition: recall@k, MAP@R, precision@1."""
+    from dior_search.bench import METHODS, BenchModels, MethodModels, run_bench
+    from dior_search.datasets import DATASETS, open_dataset
+    from dior_search.indexing import IndexSettings
+
+    chosen_methods = method or list(METHODS)
+    unknown = [m for m in chosen_methods if m not in METHODS]
+    if unknown:
+        raise UsageError(f"unknown method {unknown[0]!r}; valid: {', '.join(METHODS)}")
+    settings = embedder_settings(
+        model,
+        revision,
+        template,
+        layer,
+        dtype,
+        device,
+        positions,
+        max_pixels,
+        batch_size,
+        trust_remote_code,
+    )
+    models = MethodModels(BenchModels(settings, clip_model, text_encoder))
+    if method is None:
+        chosen_methods = loadable_methods(models, chosen_methods)
+    collections = []
+    for name in dataset or list(DATASETS):
+        try:
+            collections.append(open_dataset(name, datasets_dir))
+        except InputError as exc:
+            if dataset is not None:
+                raise
+            err_console.print(f"[yellow]skipped[/yellow] {exc}", highlight=False)
+    result: BenchResult = {}
+    with progress_bar("bench", "img") as bar:
+        for collection in collections:
+            result[collection.name] = run_bench(
+                collection,
+                condition or list(collection.conditions),
+                chosen_methods,
+                models,
+                IndexSettings(indexes_dir=indexes),
+                on_stage=bar.stage,
+                on_progress=bar.advance,
+            )
+    console.print(bench_table(result, chosen_methods))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2))
+    if plot is not None:
+        from dior_search.bench_plot import write_recall_chart
+
+        write_recall_chart(result, plot)
+
+
+def loadable_methods(models: MethodModels, methods: list[str]) -> list[str]:
+    """The methods whose models load; each one that does not is named once on stderr."""
+    usable = []
+    for name in methods:
+        try:
+            models.get(name)
+        except DiorError as exc:
+            err_console.print(f"[yellow]skipping method {name}:[/yellow] {exc}", highlight=False)
+            continue
+        usable.append(name)
+    if not usable:
+        raise UsageError("no method could be loaded")
+    return usable
+
+
+METRIC_COLUMNS = {
+    "recall@1": "R@1",
+    "recall@5": "R@5",
+    "recall@10": "R@10",
+    "map@r": "MAP@R",
+    "precision@1": "P@1",
+}
+
+
+def bench_table(result: BenchResult, methods: list[str]) -> Table:
+    table = Table(title="retrieval by condition (exact search, query excluded)")
+    table.add_column("dataset")
+    table.add_column("condition")
+    for name in methods:
+        for short in METRIC_COLUMNS.values():
+            table.add_column(f"{name}\n{short}", justify="right")
+    for dataset_name, conditions in result.items():
+        for condition_name, per_method in conditions.items():
+            cells = [
+                f"{per_method[m][metric]:.3f}" if m in per_method else "-"
+                for m in methods
+                for metric in METRIC_COLUMNS
+            ]
+            table.add_row(dataset_name, condition_name, *cells)
+    return table
 
 
 @app.command()

@@ -23,3 +23,9 @@ class ModelError(DiorError):
     """A model could not be loaded or does not fit the requested use."""
 
     exit_code = 4
+
+
+class IndexStoreError(DiorError):
+    """An index directory is missing, damaged, locked or of another kind than asked for."""
+
+    exit_code = 5

@@ -29,7 +29,7 @@ from typing import IO, Any
 import numpy as np
 
 from dior_search import __version__
-from dior_search.errors import DiorError
+from dior_search.errors import IndexStoreError
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,6 @@ EMBEDDER_IDENTITY = (
     "position_scheme",
     "max_pixels",
 )
-
-
-class IndexError_(DiorError):
-    """An index directory is missing, damaged or of another kind than asked for."""
-
-    exit_code = 5
 
 
 @dataclass(frozen=True)
@@ -103,14 +97,14 @@ class Manifest:
     def read(cls, directory: Path) -> Manifest:
         path = directory / MANIFEST
         if not path.is_file():
-            raise IndexError_(f"no index in {directory} (no {MANIFEST})")
+            raise IndexStoreError(f"no index in {directory} (no {MANIFEST})")
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            raise IndexError_(f"unreadable manifest {path}: {exc}") from None
+            raise IndexStoreError(f"unreadable manifest {path}: {exc}") from None
         version = data.get("format_version") if isinstance(data, dict) else None
         if version != FORMAT_VERSION:
-            raise IndexError_(
+            raise IndexStoreError(
                 f"{path} has format version {version!r}; this dior-search reads version "
                 f"{FORMAT_VERSION}: rebuild the index"
             )
@@ -118,7 +112,7 @@ class Manifest:
             data["shards"] = [Shard(**s) for s in data["shards"]]
             return cls(**data)
         except (KeyError, TypeError) as exc:
-            raise IndexError_(f"malformed manifest {path}: {exc}") from None
+            raise IndexStoreError(f"malformed manifest {path}: {exc}") from None
 
 
 def identity(embedder: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +127,7 @@ def check_same_embedder(directory: Path, stored: dict[str, Any], wanted: dict[st
         if stored.get(key) != wanted.get(key)
     ]
     if differences:
-        raise IndexError_(f"index {directory} was built with {'; '.join(differences)}")
+        raise IndexStoreError(f"index {directory} was built with {'; '.join(differences)}")
 
 
 def now() -> str:
@@ -191,7 +185,7 @@ class IndexWriter:
             self.manifest = Manifest.read(directory)
             check_same_embedder(directory, self.manifest.embedder, new_manifest.embedder)
             if self.manifest.condition != new_manifest.condition:
-                raise IndexError_(
+                raise IndexStoreError(
                     f"index {directory} is for condition {self.manifest.condition}, "
                     f"not {new_manifest.condition}"
                 )
@@ -274,7 +268,7 @@ def take_lock(directory: Path) -> IO[str]:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise IndexError_(
+        raise IndexStoreError(
             f"another dior-search run is writing {directory}; wait for it to finish"
         ) from None
     return handle
@@ -315,11 +309,11 @@ def write_parquet(path: Path, ids: np.ndarray, norms: np.ndarray, rows: Sequence
 
 
 def verify_file(path: Path, expected_sha256: str) -> None:
-    """The file exists and has the checksum the manifest recorded; IndexError_ otherwise."""
+    """The file exists and has the checksum the manifest recorded; IndexStoreError otherwise."""
     if not path.is_file():
-        raise IndexError_(f"index file missing: {path}")
+        raise IndexStoreError(f"index file missing: {path}")
     if sha256_file(path) != expected_sha256:
-        raise IndexError_(f"index file damaged (checksum mismatch): {path}; rebuild the index")
+        raise IndexStoreError(f"index file damaged (checksum mismatch): {path}; rebuild the index")
 
 
 @dataclass(frozen=True)
@@ -368,7 +362,7 @@ class IndexReader:
     def locate(self, row_id: int) -> tuple[int, int]:
         """(shard number, row within it) of an id."""
         if not 0 <= row_id < len(self):
-            raise IndexError_(f"no id {row_id} in {self.directory} (ids 0..{len(self) - 1})")
+            raise IndexStoreError(f"no id {row_id} in {self.directory} (ids 0..{len(self) - 1})")
         shard = int(np.searchsorted(self.first_ids, row_id, side="right") - 1)
         return shard, row_id - int(self.first_ids[shard])
 

@@ -10,10 +10,10 @@ from PIL import Image
 
 from dior_search.datasets import slug
 from dior_search.embedder import DiorEmbedder, EmbedderSettings
+from dior_search.errors import IndexStoreError
 from dior_search.index_store import (
     MANIFEST,
     Hit,
-    IndexError_,
     IndexReader,
     Manifest,
     check_same_embedder,
@@ -38,13 +38,13 @@ def find_index(indexes_dir: Path, collection: str, condition: str, model: str | 
         have = sorted({d.name for d in built})
         by = f" built with model {model!r}" if model else ""
         listing = ", ".join(have) if have else "none: run `dior-search index` first"
-        raise IndexError_(
+        raise IndexStoreError(
             f"no index for condition {condition!r} of {collection}{by}; "
             f"conditions with an index: {listing}"
         )
     if len(matches) > 1:
         names = ", ".join(d.parent.name for d in matches)
-        raise IndexError_(
+        raise IndexStoreError(
             f"several indexes for condition {condition!r} of {collection} ({names}); "
             "pick one with --model or --index"
         )
@@ -74,7 +74,7 @@ def load_query_embedder(
 ) -> DiorEmbedder:
     """The embedder that made an index, checked to be the same model and prompt."""
     if manifest.embedder.get("method", "dior") != "dior":
-        raise IndexError_(
+        raise IndexStoreError(
             f"index {directory} holds {manifest.embedder['method']} vectors; "
             "query it with --id, or query a dior index"
         )

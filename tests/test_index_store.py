@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from dior_search.errors import IndexStoreError
 from dior_search.index_store import (
     MANIFEST,
-    IndexError_,
     IndexReader,
     IndexWriter,
     Manifest,
@@ -71,7 +71,7 @@ def test_rows_and_vectors_round_trip(tmp_path, vectors):
     np.testing.assert_allclose(
         stored, vectors / np.linalg.norm(vectors, axis=1, keepdims=True), rtol=1e-5
     )
-    with pytest.raises(IndexError_, match=r"no id 250 in .* \(ids 0\.\.249\)"):
+    with pytest.raises(IndexStoreError, match=r"no id 250 in .* \(ids 0\.\.249\)"):
         reader.row(250)
 
 
@@ -120,13 +120,13 @@ def test_leftovers_of_an_interrupted_shard_are_removed(tmp_path, vectors):
 
 def test_another_model_is_refused(tmp_path, vectors):
     build(tmp_path / "ix", vectors[:10], shard_size=5)
-    with pytest.raises(IndexError_, match="was built with model 'm' \\(asked: 'other'\\)"):
+    with pytest.raises(IndexStoreError, match="was built with model 'm' \\(asked: 'other'\\)"):
         IndexWriter(tmp_path / "ix", new_manifest(24, 5, model="other"))
 
 
 def test_second_writer_is_locked_out(tmp_path, vectors):
     first = IndexWriter(tmp_path / "ix", new_manifest(24, 5))
-    with pytest.raises(IndexError_, match="another dior-search run is writing"):
+    with pytest.raises(IndexStoreError, match="another dior-search run is writing"):
         IndexWriter(tmp_path / "ix", new_manifest(24, 5))
     first.close()
     IndexWriter(tmp_path / "ix", new_manifest(24, 5)).close()
