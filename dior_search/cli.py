@@ -272,8 +272,21 @@ def index(
 def query(
     image: Annotated[Path | None, typer.Argument(help="Query image (or use --id).")] = None,
     condition: Annotated[
-        str, typer.Option("--condition", "-c", help="Condition to search under.")
-    ] = "",
+        list[str] | None,
+        typer.Option(
+            "--condition",
+            "-c",
+            help="Condition to search under; repeat it to rank by several conditions at once.",
+        ),
+    ] = None,
+    weight: Annotated[
+        list[float] | None,
+        typer.Option(
+            "--weight",
+            "-w",
+            help="Weight of each --condition, in the same order (default: equal weights).",
+        ),
+    ] = None,
     dataset: DatasetOpt = None,
     images: ImagesOpt = None,
     index_path: Annotated[
@@ -296,23 +309,54 @@ def query(
     device: DeviceOpt = "auto",
     trust_remote_code: TrustOpt = False,
 ) -> None:
-    """Search an index with an image (embedded with the index's own settings) or an id."""
+    """Search an index with an image (embedded with the index's own settings) or an id.
+
+    With several --condition options, images are ranked by the weighted mean of their cosine
+    similarities under each condition.
+    """
     from dior_search.datasets import folder_collection_name
     from dior_search.images import load_image
     from dior_search.index_store import IndexReader, Manifest
+    from dior_search.multi_condition import normalize_weights
     from dior_search.query import embed_query, find_index, load_query_embedder, query_vector
 
     if k < 1:
         raise UsageError("-k must be at least 1")
     if (image is None) == (row_id is None):
         raise UsageError("give a query IMAGE or --id ID (one of them)")
+    conditions = condition or []
+    normalize_weights(weight, max(1, len(conditions)))  # checks them before any loading
+    if len(conditions) > 1:
+        if index_path is not None:
+            raise UsageError(
+                "--index takes one condition; combine conditions of a collection "
+                "with --dataset NAME or --images DIR"
+            )
+        query_conditions(
+            image=image,
+            conditions=conditions,
+            weights=weight,
+            dataset=dataset,
+            images=images,
+            k=k,
+            row_id=row_id,
+            as_json=as_json,
+            sheet=sheet,
+            model=model,
+            indexes=indexes,
+            dtype=dtype,
+            device=device,
+            trust_remote_code=trust_remote_code,
+        )
+        return
+    condition_name = conditions[0] if conditions else ""
     if index_path is None:
-        if not condition:
+        if not condition_name:
             raise UsageError("--condition is required (or give --index DIR)")
         if (dataset is None) == (images is None):
             raise UsageError("give one of --dataset NAME, --images DIR or --index DIR")
         name = dataset if dataset is not None else folder_collection_name(images or Path())
-        index_path = find_index(indexes, name, condition, model)
+        index_path = find_index(indexes, name, condition_name, model)
     manifest = Manifest.read(index_path)
     query_image = load_image(image) if image is not None else None
     reader = IndexReader(index_path)
@@ -349,6 +393,149 @@ def query(
         labels = ", ".join(f"{key}={value}" for key, value in sorted(hit.labels.items()))
         table.add_row(str(rank), f"{hit.score:.4f}", hit.path, labels)
     console.print(table)
+
+
+def query_conditions(
+    *,
+    image: Path | None,
+    conditions: list[str],
+    weights: list[float] | None,
+    dataset: str | None,
+    images: Path | None,
+    k: int,
+    row_id: int | None,
+    as_json: bool,
+    sheet: Path | None,
+    model: str | None,
+    indexes: Path,
+    dtype: str | None,
+    device: str,
+    trust_remote_code: bool,
+) -> None:
+    """`query` under several conditions: rank by the weighted mean of their similarities."""
+    from dior_search.datasets import folder_collection_name
+    from dior_search.images import load_image
+    from dior_search.index_store import Hit
+    from dior_search.multi_condition import embed_conditions, normalize_weights, open_conditions
+    from dior_search.query import load_query_embedder
+
+    if (dataset is None) == (images is None):
+        raise UsageError("give one of --dataset NAME or --images DIR")
+    name = dataset if dataset is not None else folder_collection_name(images or Path())
+    normalized = normalize_weights(weights, len(conditions))
+    joined = open_conditions(indexes, name, conditions, model)
+    first = joined.readers[0]
+    query_image = load_image(image) if image is not None else None
+    if query_image is not None:
+        embedder = load_query_embedder(
+            first.manifest, first.directory, device, dtype, trust_remote_code
+        )
+        vectors = embed_conditions(embedder, joined.readers, query_image)
+    else:
+        vectors = joined.stored_query(cast(int, row_id))
+    hits = joined.search(vectors, normalized, k)
+    title = f"{first.manifest.collection['name']} under " + " + ".join(
+        f"'{c}' ({w:.2f})" for c, w in zip(conditions, normalized, strict=True)
+    )
+    if sheet is not None:
+        from dior_search.contact_sheet import write_contact_sheet
+
+        root = Path(first.manifest.collection["root"])
+        if query_image is None and row_id is not None:
+            query_image = load_image(root / first.row(row_id).path)
+        caption = image.name if image is not None else f"id {row_id}"
+        plain = [Hit(h.id, h.score, h.path, h.labels) for h in hits]
+        write_contact_sheet(sheet, title, query_image, caption, plain, root)
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "rank": r,
+                        "score": h.score,
+                        "scores": dict(zip(conditions, h.scores, strict=True)),
+                        "id": h.id,
+                        "path": h.path,
+                        "labels": h.labels,
+                    }
+                    for r, h in enumerate(hits, start=1)
+                ],
+                indent=2,
+            )
+        )
+        return
+    table = Table(title=title)
+    for column in ("rank", "score", *conditions, "path", "labels"):
+        table.add_column(column)
+    for rank, hit in enumerate(hits, start=1):
+        labels = ", ".join(f"{key}={value}" for key, value in sorted(hit.labels.items()))
+        scores = [f"{s:.4f}" for s in hit.scores]
+        table.add_row(str(rank), f"{hit.score:.4f}", *scores, hit.path, labels)
+    console.print(table)
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    dataset: Annotated[
+        str | None, typer.Option(help="Serve only this named dataset's indexes.")
+    ] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="Serve only the indexes of this image folder.")
+    ] = None,
+    indexes: IndexesOpt = Path("indexes"),
+    model: Annotated[
+        str | None,
+        typer.Option(help="Serve the indexes built with this model (default: the only one)."),
+    ] = None,
+    dtype: Annotated[str | None, typer.Option(help="Override the indexes' dtype.")] = None,
+    device: DeviceOpt = "auto",
+    trust_remote_code: TrustOpt = False,
+    max_upload_mb: Annotated[
+        float, typer.Option(help="Largest image upload accepted, in MiB.")
+    ] = 20.0,
+    max_megapixels: Annotated[
+        float, typer.Option(help="Largest image accepted, in millions of pixels.")
+    ] = 50.0,
+    timeout: Annotated[float, typer.Option(help="Seconds a request may take.")] = 30.0,
+    max_k: Annotated[int, typer.Option(help="Most results one query may ask for.")] = 100,
+) -> None:
+    """Serve a web page and a JSON API for (multi-)conditional search over built indexes."""
+    from dior_search.datasets import folder_collection_name
+    from dior_search.server import make_server
+    from dior_search.service import SearchService, ServeSettings
+
+    if dataset is not None and images is not None:
+        raise UsageError("give at most one of --dataset NAME or --images DIR")
+    collection = dataset if images is None else folder_collection_name(images)
+    settings = ServeSettings(
+        indexes_dir=indexes,
+        model=model,
+        collection=collection,
+        device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        max_pixels=int(max_megapixels * 1_000_000),
+        timeout_s=timeout,
+        max_k=max_k,
+    )
+    service = SearchService.open(settings)
+    verbose = logging.getLogger().isEnabledFor(logging.INFO)
+    server = make_server(service, host, port, "info" if verbose else "warning")
+    for served in service.collections.values():
+        names = ", ".join(served.conditions)
+        console.print(f"{served.name}: {served.images} images under {names}", highlight=False)
+    shown = f"[{host}]" if ":" in host else host
+    console.print(
+        f"serving with model {service.embedder_info['model']} at http://{shown}:{port}/ "
+        "(Ctrl+C stops)",
+        highlight=False,
+    )
+    server.run()
 
 
 @app.command()

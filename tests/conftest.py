@@ -1,5 +1,8 @@
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -10,6 +13,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from tiny_models import BUILDERS
+
+if TYPE_CHECKING:
+    from dior_search.service import SearchService
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +31,55 @@ def mixed_images() -> list[Image.Image]:
     rng = np.random.default_rng(7)
     sizes = [(56, 56), (84, 140), (140, 70), (60, 200), (113, 97)]
     return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
+
+
+SERVE_CONDITIONS = ("color", "background")
+
+
+@dataclass(frozen=True)
+class Served:
+    """A small synthetic collection indexed for the serve tests, and a service over it."""
+
+    root: Path
+    service: "SearchService"
+
+    @property
+    def indexes(self) -> Path:
+        return self.root / "indexes"
+
+    def image(self, row_id: int) -> Path:
+        return self.root / "datasets" / "synthetic" / "test" / f"{row_id:05d}.png"
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
+    """120 synthetic images under color and background (3 shards), the tiny model loaded once."""
+    from dior_search.datasets import open_dataset
+    from dior_search.embedder import DiorEmbedder, EmbedderSettings
+    from dior_search.indexing import IndexSettings, index_collection
+    from dior_search.service import SearchService, ServeSettings, discover, served_collections
+    from dior_search.synthetic import write_dataset
+
+    root = tmp_path_factory.mktemp("serve")
+    write_dataset(root / "datasets" / "synthetic", {"test": 120})
+    embedder = DiorEmbedder(EmbedderSettings(device="cpu", batch_size=16))
+    info = embedder.describe()
+    index_collection(
+        open_dataset("synthetic", root / "datasets"),
+        SERVE_CONDITIONS,
+        embedder,
+        info,
+        IndexSettings(indexes_dir=root / "indexes", shard_size=50),
+    )
+    settings = ServeSettings(indexes_dir=root / "indexes", device="cpu")
+    service = SearchService(served_collections(discover(settings), info), embedder, info, settings)
+    return Served(root, service)
+
+
+@pytest.fixture(scope="session")
+def live_url(served: Served) -> Iterator[str]:
+    """The served app on a free 127.0.0.1 port, in a thread, for the whole session."""
+    from serving import running
+
+    with running(served.service) as url:
+        yield url

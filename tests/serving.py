@@ -1,0 +1,82 @@
+"""Helpers for the serve tests: a live server in a thread, services with other settings."""
+
+import dataclasses
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from dior_search.server import make_server
+from dior_search.service import SearchService
+
+
+def with_settings(service: SearchService, **changes: Any) -> SearchService:
+    """A fresh service (empty caches) over the same collections and model, other settings."""
+    embedder = changes.pop("embedder", service.embedder)
+    settings = dataclasses.replace(service.settings, **changes)
+    return SearchService(service.collections, embedder, service.embedder_info, settings)
+
+
+@contextmanager
+def running(service: SearchService) -> Iterator[str]:
+    """Serve on a free 127.0.0.1 port in a thread; stopped on exit."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = make_server(service, "127.0.0.1", port)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def post_json(url: str, body: Any, timeout: float = 60) -> tuple[int, Any]:
+    """POST a JSON body with the standard library; (status, decoded JSON answer)."""
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    return send(request, timeout)
+
+
+def post_multipart(
+    url: str, fields: list[tuple[str, str]], image: bytes, timeout: float = 60
+) -> tuple[int, Any]:
+    """POST a multipart form with an `image` file part and text fields."""
+    boundary = "dior-test-boundary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.png"\r\n'
+        "Content-Type: image/png\r\n\r\n".encode()
+        + image
+        + b"\r\n"
+    )
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    request = urllib.request.Request(
+        url, data=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"}
+    )
+    return send(request, timeout)
+
+
+def send(request: urllib.request.Request, timeout: float) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
