@@ -97,6 +97,8 @@ def load_model_config(source: str, revision: str | None, trust_remote_code: bool
     """The model's transformers config, with load failures turned into one-line ModelErrors."""
     from transformers import AutoConfig
 
+    if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+        raise ModelError(f"cannot load model {source!r}: {source} holds no model config.json")
     try:
         return AutoConfig.from_pretrained(
             source, revision=revision, trust_remote_code=trust_remote_code
@@ -115,8 +117,6 @@ def load_model_config(source: str, revision: str | None, trust_remote_code: bool
 def why_not_found(source: str, exc: Exception) -> str:
     from huggingface_hub import constants
 
-    if Path(source).exists():
-        return f"{source} holds no model config.json"
     if constants.HF_HUB_OFFLINE:
         return "not a local folder and not in the Hugging Face cache (offline: HF_HUB_OFFLINE=1)"
     return first_line(exc)
