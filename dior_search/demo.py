@@ -10,7 +10,7 @@ import numpy as np
 
 from dior_search.embedder import DiorEmbedder, EmbedderSettings
 from dior_search.images import load_image
-from dior_search.metrics import neighbours, recall_at_k
+from dior_search.metrics import neighbours, retrieval_metrics
 from dior_search.synthetic import CONDITIONS, SyntheticItem, write_dataset
 
 
@@ -58,13 +58,15 @@ def run_demo(
 
     scores = []
     for column, name in enumerate(names, start=1):
-        labels = np.array([item.label(name) for item in items])
+        labels = [item.label(name) for item in items]
+        conditional = retrieval_metrics(vectors[:, column], labels, ks=(1,))
+        unconditional = retrieval_metrics(vectors[:, 0], labels, ks=(1,))
         scores.append(
             ConditionScore(
                 condition=name,
                 prompt_condition=CONDITIONS[name],
-                recall_at_1=recall_at_k(vectors[:, column], labels, 1),
-                unconditional_recall_at_1=recall_at_k(vectors[:, 0], labels, 1),
+                recall_at_1=conditional["recall@1"],
+                unconditional_recall_at_1=unconditional["recall@1"],
             )
         )
     examples = []
