@@ -1,0 +1,131 @@
+"""The CLIP baseline: a CLIP-style model's image embedding, the same for every condition."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dior_search.embedder import (
+    DTYPES,
+    ProgressCallback,
+    first_line,
+    load_model_config,
+    model_folder,
+    resolve_device,
+    resolve_dtype,
+    weights_fingerprint,
+)
+from dior_search.errors import ModelError, UsageError
+
+# The CLIP model of the paper's CLIP baseline.
+DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    """Which CLIP-style model embeds the images, and how it runs."""
+
+    model: str = DEFAULT_CLIP_MODEL
+    revision: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise UsageError("batch size must be at least 1")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise UsageError(f"unknown dtype {self.dtype!r}; valid: {', '.join(['auto', *DTYPES])}")
+
+
+class ClipEmbedder:
+    """Image embeddings (vision tower + projection) of any CLIP-style Hub id or local path.
+
+    CLIP takes no condition: each image is embedded once and its vector repeated for every
+    condition, so it scores as the condition-blind baseline.
+    """
+
+    def __init__(self, settings: ClipSettings) -> None:
+        from transformers import AutoImageProcessor, AutoModel
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES as DUAL_ENCODERS,
+        )
+
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.dtype = resolve_dtype(settings.dtype, self.device)
+        self.config = load_model_config(settings.model, settings.revision, False)
+        if self.config.model_type not in DUAL_ENCODERS:
+            raise ModelError(
+                f"{settings.model!r} is a {self.config.model_type} model, not an image-text "
+                f"dual encoder; valid model types: {', '.join(DUAL_ENCODERS)}"
+            )
+        try:
+            # The PIL image processor: the torchvision-backed one is not importable everywhere.
+            self.image_processor = AutoImageProcessor.from_pretrained(
+                settings.model, revision=settings.revision, backend="pil"
+            )
+            self.model = AutoModel.from_pretrained(
+                settings.model, revision=settings.revision, dtype=self.dtype
+            )
+        except (OSError, ValueError) as exc:
+            raise ModelError(
+                f"cannot load CLIP model {settings.model!r}: {first_line(exc)}"
+            ) from None
+        self.model.to(self.device).eval()
+        projection = getattr(self.config, "projection_dim", None)
+        self._dim: int = projection or self.config.vision_config.hidden_size
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def describe(self) -> dict[str, Any]:
+        """What made these embeddings, for the index manifest."""
+        folder = model_folder(self.settings.model, self.settings.revision)
+        return {
+            "method": "clip",
+            **asdict(self.settings),
+            "image_size_policy": {
+                "resize": type(self.image_processor).__name__,
+                "size": dict(getattr(self.image_processor, "size", None) or {}),
+                "crop_size": dict(getattr(self.image_processor, "crop_size", None) or {}),
+            },
+            "model_type": self.config.model_type,
+            "commit": folder.name if folder.parent.name == "snapshots" else None,
+            "weights_fingerprint": weights_fingerprint(folder),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "dim": self.dim,
+        }
+
+    def embed(
+        self,
+        images: Sequence[Image.Image],
+        conditions: Sequence[str | None],
+        on_progress: ProgressCallback | None = None,
+    ) -> np.ndarray:
+        """Float32 (len(images), len(conditions), dim): one vector per image, repeated."""
+        out = np.empty((len(images), self.dim), dtype=np.float32)
+        step = self.settings.batch_size
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
+            out[start : start + len(chunk)] = self.embed_images(chunk)
+            if on_progress is not None:
+                on_progress(len(chunk) * len(conditions))
+        return np.repeat(out[:, None], len(conditions), axis=1)
+
+    @torch.inference_mode()
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """The projected image embedding of each image; float32 (len(images), dim)."""
+        pixels = self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        features = self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype))
+        # transformers 5 returns model outputs holding the projection; older versions a tensor.
+        if not isinstance(features, torch.Tensor):
+            features = features.pooler_output
+        vectors: np.ndarray = features.float().cpu().numpy()
+        return vectors
