@@ -12,7 +12,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tiny_models import BUILDERS
+from tiny_models import BASELINE_BUILDERS, BUILDERS
 
 if TYPE_CHECKING:
     from dior_search.service import SearchService
@@ -23,6 +23,13 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
     """One saved random-weight model per supported family, built once per session."""
     root = tmp_path_factory.mktemp("models")
     return {family: build(root / family) for family, build in BUILDERS.items()}
+
+
+@pytest.fixture(scope="session")
+def baseline_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Saved random-weight CLIP and text-encoder models for the baselines, built once."""
+    root = tmp_path_factory.mktemp("baseline_models")
+    return {name: build(root / name) for name, build in BASELINE_BUILDERS.items()}
 
 
 @pytest.fixture

@@ -1,9 +1,15 @@
-"""Tiny random-weight vision-language models of each supported family, built offline."""
+"""Tiny random-weight models of each supported family and of the baselines, built offline."""
 
+import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
+    BertConfig,
+    BertModel,
+    CLIPConfig,
+    CLIPModel,
     CLIPVisionConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
@@ -12,6 +18,8 @@ from transformers import (
     Qwen2Config,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
+    T5Config,
+    T5EncoderModel,
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -32,10 +40,11 @@ LLAVA_CHAT_TEMPLATE = (
 )
 
 
-def save_qwen25(folder: Path, seed: int = 0) -> Path:
+def save_qwen25(folder: Path, seed: int = 0, tie_word_embeddings: bool = True) -> Path:
     torch.manual_seed(seed)
     tokenizer = build_qwen_tokenizer(tiny_corpus(), vocab_size=400)
     config = qwen25_config(tokenizer, hidden=64, layers=2, vision_hidden=32, vision_layers=2)
+    config.tie_word_embeddings = config.text_config.tie_word_embeddings = tie_word_embeddings
     Qwen2_5_VLForConditionalGeneration(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     qwen_image_processor(max_pixels=140 * 140).save_pretrained(folder)
@@ -126,3 +135,136 @@ def save_llava(folder: Path, seed: int = 0) -> Path:
 
 
 BUILDERS = {"qwen2_5_vl": save_qwen25, "qwen2_vl": save_qwen2, "llava": save_llava}
+
+
+def save_clip(folder: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": 64,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 16,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 56,
+            "patch_size": 14,
+        },
+        projection_dim=24,
+    )
+    CLIPModel(config).save_pretrained(folder)
+    CLIPImageProcessorPil(
+        size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}
+    ).save_pretrained(folder)
+    return folder
+
+
+def text_tokenizer(pad_token: str, **named: str) -> Any:
+    corpus = [*tiny_corpus(), "system user assistant red green blue circle square"]
+    special = [pad_token, *named.values()]
+    tokenizer = build_bpe_tokenizer(corpus, special, vocab_size=300, pad_token=pad_token, **named)
+    return tokenizer
+
+
+def save_bert_encoder(folder: Path, seed: int = 0) -> Path:
+    """A plain transformers text encoder: mean pooling and L2 normalisation apply."""
+    torch.manual_seed(seed)
+    tokenizer = text_tokenizer("[PAD]", unk_token="[UNK]")
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+SENTENCE_T5_DENSE = {"in_features": 32, "out_features": 20, "bias": True}
+
+
+def save_sentence_t5(folder: Path, seed: int = 0) -> Path:
+    """A T5 encoder in sentence-transformers layout: mean pooling, Dense (tanh), Normalize."""
+    torch.manual_seed(seed)
+    tokenizer = text_tokenizer("<pad>", eos_token="</s>", unk_token="<unk>")
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        d_kv=16,
+        d_ff=64,
+        num_layers=2,
+        num_heads=2,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    T5EncoderModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    modules = [
+        ("", "Transformer"),
+        ("1_Pooling", "Pooling"),
+        ("2_Dense", "Dense"),
+        ("3_Normalize", "Normalize"),
+    ]
+    write_json(
+        folder / "modules.json",
+        [
+            {"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
+            for i, (path, kind) in enumerate(modules)
+        ],
+    )
+    write_json(folder / "sentence_bert_config.json", {"max_seq_length": 24, "do_lower_case": True})
+    write_json(
+        folder / "1_Pooling" / "config.json",
+        {
+            "word_embedding_dimension": 32,
+            "pooling_mode_cls_token": False,
+            "pooling_mode_mean_tokens": True,
+            "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False,
+        },
+    )
+    dense = torch.nn.Linear(SENTENCE_T5_DENSE["in_features"], SENTENCE_T5_DENSE["out_features"])
+    write_json(
+        folder / "2_Dense" / "config.json",
+        {**SENTENCE_T5_DENSE, "activation_function": "torch.nn.modules.activation.Tanh"},
+    )
+    # sentence-t5-base ships its Dense weights as a pickled state dict.
+    torch.save(
+        {f"linear.{k}": v for k, v in dense.state_dict().items()},
+        folder / "2_Dense" / "pytorch_model.bin",
+    )
+    (folder / "3_Normalize").mkdir()
+    return folder
+
+
+def write_json(path: Path, value: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value))
+
+
+def save_talkative_qwen25(folder: Path) -> Path:
+    """A Qwen2.5-VL whose greedy answers vary with image and prompt.
+
+    With tied embeddings a random model echoes its last prompt token forever, the same for
+    every row, and a test comparing answers could not fail.
+    """
+    return save_qwen25(folder, seed=2, tie_word_embeddings=False)
+
+
+BASELINE_BUILDERS = {
+    "qwen2_5_vl_untied": save_talkative_qwen25,
+    "clip": save_clip,
+    "bert": save_bert_encoder,
+    "sentence_t5": save_sentence_t5,
+}
