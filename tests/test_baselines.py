@@ -83,19 +83,21 @@ def test_batched_answers_equal_one_at_a_time(
     # Three image sizes and two prompt lengths: every batch of four mixes row lengths.
     images = [mixed_images[1], mixed_images[3], mixed_images[4]]
     conditions = [CONDITIONS[0], CONDITIONS[2]]
-    results = []
-    for batch_size in (4, 1):
-        model = generative(vlm, encoder, batch_size=batch_size)
-        # A repetition penalty looks at every input token, padding included.
-        model.model.generation_config.repetition_penalty = 1.3
-        results.append(model.embed_with_answers(images, conditions))
-    (batched, batched_answers), (single, single_answers) = results
-    assert batched_answers == single_answers
-    np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-6)
+    model = generative(vlm, encoder, batch_size=4)
+    # A repetition penalty looks at every input token, padding included.
+    model.model.generation_config.repetition_penalty = 1.3
+    batched, answers = model.embed_with_answers(images, conditions)
     assert batched.shape == (len(images), len(conditions), 20)
     assert batched.dtype == np.float32
+    for i, image in enumerate(images):
+        for j, condition in enumerate(conditions):
+            [alone] = model.generate([image], [build_prompt("describe", condition)])
+            assert answers[i][j] == alone.answer
+            np.testing.assert_allclose(
+                batched[i, j], model.encoder.encode([alone.text])[0], rtol=1e-5, atol=1e-6
+            )
     # The test can fail: the answers differ between rows.
-    assert len({a for row in batched_answers for a in row}) > 2
+    assert len({a for row in answers for a in row}) > 2
 
 
 def test_identical_answers_give_identical_vectors(
