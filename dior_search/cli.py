@@ -629,7 +629,9 @@ def bench(
                 on_stage=bar.stage,
                 on_progress=bar.advance,
             )
-    console.print(bench_table(result, chosen_methods))
+    table = bench_table(result, chosen_methods)
+    # Twenty metric columns do not fit 80 characters: print the table whole, never cropped.
+    console.print(table, width=max(console.width, console.measure(table).maximum))
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result, indent=2))
@@ -664,12 +666,12 @@ METRIC_COLUMNS = {
 
 
 def bench_table(result: BenchResult, methods: list[str]) -> Table:
-    table = Table(title="retrieval by condition (exact search, query excluded)")
+    table = Table(title="retrieval by condition (exact search, query excluded)", padding=(0, 1))
     table.add_column("dataset")
     table.add_column("condition")
     for name in methods:
         for short in METRIC_COLUMNS.values():
-            table.add_column(f"{name}\n{short}", justify="right")
+            table.add_column(f"{name}\n{short}", justify="right", no_wrap=True)
     for dataset_name, conditions in result.items():
         for condition_name, per_method in conditions.items():
             cells = [

@@ -48,6 +48,8 @@ EMBEDDER_IDENTITY = (
     "layer",
     "position_scheme",
     "max_pixels",
+    "text_encoder",
+    "text_encoder_fingerprint",
 )
 
 

@@ -43,9 +43,12 @@ class IndexReport:
 
 def embedder_slug(info: dict[str, Any]) -> str:
     """Folder name of an embedder's indexes: method, model, and any non-default setting."""
-    parts = [slug(str(info["model"]))]
-    if info.get("method", "dior") != "dior":
-        parts.insert(0, str(info["method"]))
+    parts = [model_slug(str(info["model"]))]
+    method = info.get("method", "dior")
+    if method != "dior":
+        parts[0] = f"{method}-{parts[0]}"
+    if info.get("text_encoder"):
+        parts.append(f"text-{model_slug(str(info['text_encoder']))}")
     defaults = {"template": "describe", "layer": -1, "position_scheme": "reference"}
     parts += [
         f"{key}-{info[key]}"
@@ -55,6 +58,15 @@ def embedder_slug(info: dict[str, Any]) -> str:
     if info.get("max_pixels") is not None:
         parts.append(f"px-{info['max_pixels']}")
     return "+".join(parts)
+
+
+def model_slug(model: str) -> str:
+    """A Hub id as `org--name`; a local folder as its name and a hash of its absolute path."""
+    path = Path(model)
+    if path.is_dir():
+        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+        return f"{slug(path.name)}-{digest}"
+    return slug(model)
 
 
 def index_dir(indexes_dir: Path, collection: str, embedder: str, condition: str) -> Path:

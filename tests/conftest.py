@@ -40,6 +40,37 @@ def mixed_images() -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
 
 
+SYNTHETIC_CONDITIONS = ("color", "background", "pattern", "shape", "unconditional")
+
+
+@pytest.fixture(scope="session")
+def synthetic_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """datasets/ and indexes/ with the 400-image synthetic test split indexed by the tiny model
+    under every condition and without one (3 shards each), built once per session."""
+    from dior_search.cli import main
+
+    root = tmp_path_factory.mktemp("synthetic")
+    args = [
+        "index",
+        "--dataset",
+        "synthetic",
+        "--datasets-dir",
+        str(root / "datasets"),
+        "--indexes",
+        str(root / "indexes"),
+        "--shard-size",
+        "150",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "16",
+    ]
+    for condition in SYNTHETIC_CONDITIONS:
+        args += ["--condition", condition]
+    assert main(args) == 0
+    return root
+
+
 SERVE_CONDITIONS = ("color", "background")
 
 

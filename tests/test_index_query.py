@@ -16,29 +16,10 @@ from dior_search.datasets import open_folder
 from dior_search.index_store import MANIFEST, IndexReader, Manifest
 from dior_search.synthetic import write_dataset
 
-CONDITIONS = ["color", "background", "pattern"]
 
-
-@pytest.fixture(scope="session")
-def synthetic_index(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    args = [
-        "index",
-        "--dataset",
-        "synthetic",
-        "--datasets-dir",
-        str(root / "datasets"),
-        "--indexes",
-        str(root / "indexes"),
-        "--shard-size",
-        "150",
-        "--device",
-        "cpu",
-    ]
-    for condition in CONDITIONS:
-        args += ["--condition", condition]
-    assert main(args) == 0
-    return root
+@pytest.fixture
+def synthetic_index(synthetic_workspace):
+    return synthetic_workspace
 
 
 def query_json(root: Path, *extra: str) -> list[dict]:
@@ -153,15 +134,15 @@ def test_unindexed_condition_lists_the_indexed_ones(synthetic_index, capsys):
             "--dataset",
             "synthetic",
             "--condition",
-            "shape",
+            "size",
             "--indexes",
             str(synthetic_index / "indexes"),
         ]
     )
     assert code == 5
     assert capsys.readouterr().err.strip() == (
-        "error: no index for condition 'shape' of synthetic; conditions with an index: "
-        "background, color, pattern"
+        "error: no index for condition 'size' of synthetic; conditions with an index: "
+        "background, color, pattern, shape, unconditional"
     )
 
 
