@@ -386,6 +386,9 @@ def query(
             )
         )
         return
+    if not hits:
+        err_console.print(f"no results: index {index_path} is empty", highlight=False)
+        return
     table = Table(title=f"{manifest.collection['name']} under '{manifest.condition['name']}'")
     for column in ("rank", "score", "path", "labels"):
         table.add_column(column)

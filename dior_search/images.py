@@ -3,11 +3,26 @@
 from pathlib import Path
 from typing import IO
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dior_search.errors import InputError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+# Files declaring more pixels are refused from their header, before decoding (decompression
+# bombs); 12000 x 8000 photos still decode. This check replaces PIL's own, which would warn
+# from 89 megapixels on and refuse only from 179.
+PIXEL_CAP = 150_000_000
+Image.MAX_IMAGE_PIXELS = None
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+class ImageReadError(InputError):
+    """An image file that cannot be decoded; `reason` says why, without the file name."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"cannot read image {name}: {reason}")
+        self.reason = reason
 
 
 def load_image(path: Path) -> Image.Image:
@@ -21,10 +36,16 @@ def decode_image(source: Path | IO[bytes], name: str) -> Image.Image:
     """Decode an image file or buffer to upright RGB; InputError naming `name` if it fails."""
     try:
         with Image.open(source) as opened:
+            width, height = opened.size
+            if width * height > PIXEL_CAP:
+                cap = PIXEL_CAP // 1_000_000
+                raise ImageReadError(name, f"{width}x{height} is over the {cap}-megapixel cap")
             upright = ImageOps.exif_transpose(opened)
             return to_rgb(upright)
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as exc:
-        raise InputError(f"cannot read image {name}: {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(name, "not an image, or a format Pillow cannot read") from None
+    except (OSError, ValueError) as exc:
+        raise ImageReadError(name, str(exc) or type(exc).__name__) from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -34,6 +55,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
         canvas = Image.new("RGB", rgba.size, (255, 255, 255))
         canvas.paste(rgba, mask=rgba.getchannel("A"))
         return canvas
+    if image.mode in SIXTEEN_BIT_MODES:
+        # PIL clips 16-bit values to 8 bits when converting; scale them instead.
+        levels = np.asarray(image, dtype=np.int64).clip(0, 65535) >> 8
+        return Image.fromarray(levels.astype(np.uint8), mode="L").convert("RGB")
     return image.convert("RGB")
 
 

@@ -194,6 +194,8 @@ class IndexWriter:
         else:
             self.manifest = new_manifest
             self.manifest.created = now()
+            # Published at once, empty: the directory is an index from its first moment.
+            write_manifest(directory, self.manifest)
         self.remove_leftovers()
         self.known_hashes = self.read_hashes()
         self.next_id = self.manifest.rows
@@ -240,16 +242,31 @@ class IndexWriter:
         vectors = normalize(raw)
         faiss_path = self.directory / f"{name}.faiss"
         parquet_path = self.directory / f"{name}.parquet"
-        with atomic_file(faiss_path) as tmp:
-            write_faiss(tmp, vectors, ids, self.manifest.index_type)
-        with atomic_file(parquet_path) as tmp:
-            write_parquet(tmp, ids, norms, self.rows)
-        self.manifest.shards.append(
-            Shard(
-                name, len(self.rows), first_id, sha256_file(faiss_path), sha256_file(parquet_path)
+        published = list(self.manifest.shards)
+        try:
+            with atomic_file(faiss_path) as tmp:
+                write_faiss(tmp, vectors, ids, self.manifest.index_type)
+            with atomic_file(parquet_path) as tmp:
+                write_parquet(tmp, ids, norms, self.rows)
+            self.manifest.shards.append(
+                Shard(
+                    name,
+                    len(self.rows),
+                    first_id,
+                    sha256_file(faiss_path),
+                    sha256_file(parquet_path),
+                )
             )
-        )
-        write_manifest(self.directory, self.manifest)
+            write_manifest(self.directory, self.manifest)
+        except (OSError, RuntimeError) as exc:  # FAISS reports write failures as RuntimeError
+            # The manifest on disk still lists only the earlier shards; files of this one are
+            # leftovers that the next run removes.
+            self.manifest.shards = published
+            reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]
+            raise IndexStoreError(
+                f"cannot write {name} in {self.directory}: {reason}; the index keeps its "
+                f"{self.manifest.rows} rows written before"
+            ) from None
         self.next_id += len(self.rows)
         self.vectors, self.rows = [], []
 
@@ -363,6 +380,8 @@ class IndexReader:
 
     def locate(self, row_id: int) -> tuple[int, int]:
         """(shard number, row within it) of an id."""
+        if len(self) == 0:
+            raise IndexStoreError(f"index {self.directory} is empty")
         if not 0 <= row_id < len(self):
             raise IndexStoreError(f"no id {row_id} in {self.directory} (ids 0..{len(self) - 1})")
         shard = int(np.searchsorted(self.first_ids, row_id, side="right") - 1)

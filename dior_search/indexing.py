@@ -15,9 +15,8 @@ import numpy as np
 from PIL import Image
 
 from dior_search.datasets import Collection, Item, slug
-from dior_search.embedder import Embedder
-from dior_search.errors import InputError
-from dior_search.images import decode_image
+from dior_search.embedder import Embedder, first_line
+from dior_search.images import ImageReadError, decode_image
 from dior_search.index_store import DEFAULT_SHARD_SIZE, IndexWriter, Manifest, Row
 from dior_search.prompts import build_prompt
 
@@ -91,8 +90,8 @@ def load_item(root: Path, item: Item) -> LoadedImage:
     content_hash = hashlib.sha256(data).hexdigest()
     try:
         image = decode_image(io.BytesIO(data), str(path))
-    except InputError as exc:
-        return LoadedImage(item, content_hash, None, str(exc))
+    except ImageReadError as exc:
+        return LoadedImage(item, content_hash, None, exc.reason)
     return LoadedImage(item, content_hash, image, None)
 
 
@@ -148,7 +147,7 @@ def index_collection(
         ):
             if loaded.error is not None:
                 report.skipped.append((loaded.item.path, loaded.error))
-                log.warning("skipping %s: %s", loaded.item.path, loaded.error)
+                log.info("skipping %s: %s", loaded.item.path, loaded.error)
             elif all(loaded.content_hash in w.known_hashes for w in writers):
                 report.already_indexed += 1
             else:
@@ -177,10 +176,9 @@ def embed_batch(
 ) -> None:
     if not batch:
         return
-    images = [loaded.image for loaded in batch if loaded.image is not None]
-    vectors = embedder.embed(images, list(texts))
+    embedded, vectors = embed_or_isolate(batch, list(texts), embedder, report)
     for column, (condition, writer) in enumerate(zip(conditions, writers, strict=True)):
-        for row, loaded in enumerate(batch):
+        for row, loaded in enumerate(embedded):
             if loaded.content_hash in writer.known_hashes:
                 continue
             writer.add(
@@ -188,3 +186,37 @@ def embed_batch(
                 Row(loaded.item.path, loaded.content_hash, loaded.item.labels),
             )
             report.added[condition] += 1
+
+
+def embed_or_isolate(
+    batch: list[LoadedImage],
+    texts: list[str | None],
+    embedder: Embedder,
+    report: IndexReport,
+) -> tuple[list[LoadedImage], np.ndarray]:
+    """Embed a batch; if the model rejects it, embed image by image and skip the culprits.
+
+    A decodable image can still be one a model's processor refuses (an extreme aspect ratio,
+    say); that must cost the run one image, not the run. A batch of several images that all
+    fail alone is a failure of the model, not of the images, and is raised.
+    """
+    images = [loaded.image for loaded in batch if loaded.image is not None]
+    try:
+        return batch, embedder.embed(images, texts)
+    except Exception as batch_error:  # whatever the model raised: find the image(s) behind it
+        kept: list[LoadedImage] = []
+        vectors = []
+        for loaded, image in zip(batch, images, strict=True):
+            try:
+                vectors.append(embedder.embed([image], texts)[0])
+            except Exception as exc:
+                reason = f"cannot embed: {first_line(exc)}"
+                report.skipped.append((loaded.item.path, reason))
+                log.info("skipping %s: %s", loaded.item.path, reason)
+                continue
+            kept.append(loaded)
+        if not kept and len(images) > 1:
+            raise batch_error
+        if not kept:
+            return [], np.empty((0, len(texts), embedder.dim), dtype=np.float32)
+        return kept, np.stack(vectors)
