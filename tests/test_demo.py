@@ -7,7 +7,9 @@ from dior_search.embedder import EmbedderSettings
 
 @pytest.mark.slow
 def test_tiny_model_retrieves_by_every_condition(tmp_path):
-    result = run_demo(EmbedderSettings(model="tiny", device="cpu", batch_size=16), tmp_path, n_images=400)
+    result = run_demo(
+        EmbedderSettings(model="tiny", device="cpu", batch_size=16), tmp_path, n_images=400
+    )
     assert result.n_images == 400
     for score in result.scores:
         assert score.recall_at_1 >= 0.90, score

@@ -7,7 +7,7 @@ def test_items_are_deterministic():
     (a, image_a), (b, image_b) = make_item(0, "test", 5), make_item(0, "test", 5)
     assert a == b
     assert image_a.tobytes() == image_b.tobytes()
-    other, image_other = make_item(1, "test", 5)
+    _other, image_other = make_item(1, "test", 5)
     assert image_other.tobytes() != image_a.tobytes()
 
 
