@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 from PIL import Image
 
 from dior_search.embedder import DiorEmbedder, EmbedderSettings
@@ -126,12 +127,18 @@ TIMERS: dict[str, Callable[[DiorEmbedder, Sequence[Image.Image], list[str]], flo
 def main(argv: Sequence[str] | None = None) -> dict[tuple[str, int], float]:
     """Run the benchmark, print its table; embeddings per second by (path, C)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=8, help="images per timed run")
+    parser.add_argument("--images", type=int, default=6, help="images per timed run")
     parser.add_argument("--conditions", type=int, nargs="+", default=[1, 5, 10], help="C values")
     parser.add_argument("--repeats", type=int, default=3, help="runs per group; the best counts")
     parser.add_argument("--image-size", type=int, default=448, help="448: 256 visual tokens")
     parser.add_argument("--batch-size", type=int, default=8, help="rows per forward pass")
+    # One thread by default: where other work shares the cores, a descheduled OpenMP thread
+    # stalls every parallel region and timings swing tenfold; one thread keeps them steady.
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
     if max(args.conditions) > len(CONDITIONS) or min(args.conditions) < 1:
         parser.error(f"--conditions must lie in 1..{len(CONDITIONS)}")
 
