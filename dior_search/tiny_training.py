@@ -63,6 +63,7 @@ def build_bpe_tokenizer(
         vocab_size=vocab_size,
         special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tokenizer.train_from_iterator(corpus, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **named)
@@ -91,9 +92,18 @@ def build_qwen_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> Any:
 
 
 def qwen25_config(
-    tokenizer: Any, *, hidden: int, layers: int, vision_hidden: int, vision_layers: int
+    tokenizer: Any,
+    *,
+    hidden: int,
+    layers: int,
+    vision_hidden: int,
+    vision_layers: int,
+    intermediate: int | None = None,
 ) -> Any:
-    """A small Qwen2.5-VL config whose special-token ids match `tokenizer`."""
+    """A small Qwen2.5-VL config whose special-token ids match `tokenizer`.
+
+    The language MLP is `intermediate` wide (twice `hidden` unless given).
+    """
     from transformers import Qwen2_5_VLConfig
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
@@ -105,7 +115,7 @@ def qwen25_config(
         text_config={
             "vocab_size": len(tokenizer),
             "hidden_size": hidden,
-            "intermediate_size": hidden * 2,
+            "intermediate_size": hidden * 2 if intermediate is None else intermediate,
             "num_hidden_layers": layers,
             "num_attention_heads": heads,
             "num_key_value_heads": max(1, heads // 2),

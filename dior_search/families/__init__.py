@@ -1,9 +1,11 @@
 """Model families: how each kind of vision-language model gets its inputs built.
 
 A family turns (image, prompt) rows into one right-padded batch of model inputs and says where
-each row's last input token is. Everything else (loading, layers, batching) is shared by the
-embedder. Qwen2-VL and Qwen2.5-VL assemble inputs themselves because their `AutoProcessor`
-needs torchvision; any other model goes through its own `AutoProcessor`.
+each row's last input token is. For prefix reuse it also splits each image's prompts at their
+longest common token prefix and says where the suffixes' positions start. Everything else
+(loading, layers, batching, the cache) is shared by the embedder. Qwen2-VL and Qwen2.5-VL
+assemble inputs themselves because their `AutoProcessor` needs torchvision; any other model goes
+through its own `AutoProcessor`.
 """
 
 from collections.abc import Sequence
@@ -17,6 +19,16 @@ PositionScheme = Literal["reference", "native"]
 POSITION_SCHEMES: tuple[PositionScheme, ...] = ("reference", "native")
 
 
+def move(
+    inputs: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """`inputs` on `device`, floating-point tensors (pixels) cast to `dtype`."""
+    return {
+        name: t.to(device, dtype) if t.is_floating_point() else t.to(device)
+        for name, t in inputs.items()
+    }
+
+
 @dataclass
 class ModelBatch:
     """Inputs for one forward pass, and the index of each row's last real token."""
@@ -25,11 +37,38 @@ class ModelBatch:
     last_index: torch.Tensor
 
     def to(self, device: torch.device, dtype: torch.dtype) -> "ModelBatch":
-        moved = {
-            name: t.to(device, dtype) if t.is_floating_point() else t.to(device)
-            for name, t in self.inputs.items()
-        }
-        return ModelBatch(moved, self.last_index.to(device))
+        return ModelBatch(move(self.inputs, device, dtype), self.last_index.to(device))
+
+
+@dataclass
+class SplitBatch:
+    """Each image's prompts split at their longest common token prefix.
+
+    `prefix_inputs` hold one right-padded row per image, images included and positions explicit.
+    The suffixes hold one right-padded row per (image, prompt), image-major; suffix token `j` of
+    image `i` sits at position `next_position[i] + j`.
+    """
+
+    prefix_inputs: dict[str, torch.Tensor]
+    next_position: torch.Tensor
+    suffix_ids: torch.Tensor
+    suffix_mask: torch.Tensor
+
+    @property
+    def prompts_per_image(self) -> int:
+        return self.suffix_ids.shape[0] // self.next_position.shape[0]
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> "SplitBatch":
+        return SplitBatch(
+            move(self.prefix_inputs, device, dtype),
+            self.next_position.to(device),
+            self.suffix_ids.to(device),
+            self.suffix_mask.to(device),
+        )
+
+
+class PrefixReuseUnsupported(Exception):
+    """This model or processor cannot run a shared prefix once and its suffixes against it."""
 
 
 class InputBuilder(Protocol):
@@ -39,6 +78,15 @@ class InputBuilder(Protocol):
 
     def size_policy(self) -> dict[str, Any]:
         """How images are resized before encoding, for the index manifest."""
+        ...
+
+    def split(
+        self, images: Sequence[Image.Image], prompts: Sequence[str], model: Any
+    ) -> SplitBatch:
+        """Every image under every prompt, split for prefix reuse; `model` gives positions.
+
+        Raises PrefixReuseUnsupported where the family cannot split these inputs.
+        """
         ...
 
 
@@ -58,6 +106,27 @@ def sequential_positions(attention_mask: torch.Tensor) -> torch.Tensor:
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of the last real token of each right-padded row."""
     return attention_mask.long().sum(dim=1) - 1
+
+
+def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix of token rows, leaving each row at least one token."""
+    limit = min(len(row) for row in rows) - 1
+    first = rows[0]
+    n = 0
+    while n < limit and all(row[n] == first[n] for row in rows):
+        n += 1
+    return n
+
+
+def right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as one right-padded id tensor and its attention mask."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[r, : len(row)] = 1
+    return ids, mask
 
 
 QWEN_MODEL_TYPES = frozenset({"qwen2_vl", "qwen2_5_vl"})

@@ -16,8 +16,12 @@ from dior_search.errors import ModelError
 from dior_search.families import (
     ModelBatch,
     PositionScheme,
+    PrefixReuseUnsupported,
+    SplitBatch,
     last_token_index,
+    right_pad,
     sequential_positions,
+    shared_prefix_length,
     user_turn,
 )
 
@@ -63,14 +67,14 @@ class QwenVLInputs:
             raise ModelError(f"model {source!r} has no chat template in its tokenizer")
         return cls(tokenizer, image_processor, config.image_token_id, position_scheme)
 
-    def prompt_text(self, prompt: str, n_image_tokens: int) -> str:
-        """The chat-template text for one row, the image placeholder expanded."""
+    def chat_text(self, prompt: str) -> str:
+        """The chat-template text for one row, with its one image placeholder."""
         text: str = self.tokenizer.apply_chat_template(
             user_turn(prompt), add_generation_prompt=True, tokenize=False
         )
         if text.count(IMAGE_PLACEHOLDER) != 1:
             raise ModelError(f"the chat template must render exactly one {IMAGE_PLACEHOLDER}")
-        return text.replace(IMAGE_PLACEHOLDER, IMAGE_PLACEHOLDER * n_image_tokens)
+        return text
 
     def size_policy(self) -> dict[str, Any]:
         size = self.image_processor.size  # transformers 5 keeps pixel bounds as edges
@@ -81,20 +85,26 @@ class QwenVLInputs:
             "unit_pixels": self.image_processor.patch_size * self.merge_size,
         }
 
-    def build(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> ModelBatch:
+    def prompt_text(self, prompt: str, n_image_tokens: int) -> str:
+        """The chat-template text for one row, the image placeholder expanded."""
+        return self.chat_text(prompt).replace(IMAGE_PLACEHOLDER, IMAGE_PLACEHOLDER * n_image_tokens)
+
+    def image_inputs(
+        self, images: Sequence[Image.Image]
+    ) -> tuple[dict[str, torch.Tensor], list[int]]:
+        """Pixel inputs for `images`, and how many placeholder tokens each image takes."""
         pixels = self.image_processor(images=list(images), return_tensors="pt")
         grid: torch.Tensor = pixels["image_grid_thw"]
-        n_tokens = (grid.prod(dim=-1) // self.merge_size**2).tolist()
+        n_tokens: list[int] = (grid.prod(dim=-1) // self.merge_size**2).tolist()
+        return {"pixel_values": pixels["pixel_values"], "image_grid_thw": grid}, n_tokens
+
+    def build(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> ModelBatch:
+        pixels, n_tokens = self.image_inputs(images)
         texts = [self.prompt_text(p, n) for p, n in zip(prompts, n_tokens, strict=True)]
         encoded = self.tokenizer(texts, padding=True, return_tensors="pt")
         input_ids: torch.Tensor = encoded["input_ids"]
         mask: torch.Tensor = encoded["attention_mask"]
-        inputs = {
-            "input_ids": input_ids,
-            "attention_mask": mask,
-            "pixel_values": pixels["pixel_values"],
-            "image_grid_thw": grid,
-        }
+        inputs = {"input_ids": input_ids, "attention_mask": mask, **pixels}
         if self.position_scheme == "reference":
             # A 2-D position tensor makes the model skip its multimodal rotary index: every
             # token, image tokens included, gets a plain sequential position, as in the paper.
@@ -102,3 +112,43 @@ class QwenVLInputs:
         else:
             inputs["mm_token_type_ids"] = (input_ids == self.image_token_id).int()
         return ModelBatch(inputs, last_token_index(mask))
+
+    def split(
+        self, images: Sequence[Image.Image], prompts: Sequence[str], model: Any
+    ) -> SplitBatch:
+        pixels, n_tokens = self.image_inputs(images)
+        # The placeholder is one special token, so the text around it tokenizes alike whether
+        # it is expanded or not: split the short unexpanded rows, then expand the prefix.
+        rows: list[list[int]] = self.tokenizer([self.chat_text(p) for p in prompts])["input_ids"]
+        n_shared = shared_prefix_length(rows)
+        shared = rows[0][:n_shared]
+        if self.image_token_id not in shared:
+            raise PrefixReuseUnsupported("the prompts differ before the image")
+        at = shared.index(self.image_token_id)
+        prefix_ids, prefix_mask = right_pad(
+            [shared[:at] + [self.image_token_id] * n + shared[at + 1 :] for n in n_tokens],
+            self.tokenizer.pad_token_id,
+        )
+        inputs = {"input_ids": prefix_ids, "attention_mask": prefix_mask, **pixels}
+        inputs["position_ids"], next_position = self.prefix_positions(model, inputs)
+        tails = [row[n_shared:] for row in rows]
+        suffix_ids, suffix_mask = right_pad(tails * len(images), self.tokenizer.pad_token_id)
+        return SplitBatch(inputs, next_position, suffix_ids, suffix_mask)
+
+    def prefix_positions(
+        self, model: Any, inputs: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions of the prefix tokens, and the position of each row's first suffix token."""
+        mask = inputs["attention_mask"]
+        lengths = mask.sum(dim=1)
+        if self.position_scheme == "reference":
+            return sequential_positions(mask), lengths
+        # The model's multimodal rotary index: text after the image continues from the image
+        # grid's largest position, so the suffix starts at the prefix length plus the rope delta.
+        positions, rope_deltas = model.get_rope_index(
+            inputs["input_ids"],
+            mm_token_type_ids=(inputs["input_ids"] == self.image_token_id).int(),
+            image_grid_thw=inputs["image_grid_thw"],
+            attention_mask=mask,
+        )
+        return positions, lengths + rope_deltas.reshape(-1).to(lengths.device)
