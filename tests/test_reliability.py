@@ -19,7 +19,7 @@ from PIL import Image
 
 from dior_search import index_store
 from dior_search.cli import main
-from dior_search.datasets import open_folder
+from dior_search.datasets import open_folder, slug
 from dior_search.embedder import DiorEmbedder, EmbedderSettings
 from dior_search.errors import IndexStoreError, ModelError
 from dior_search.images import load_image
@@ -309,7 +309,7 @@ def test_ten_random_kills_lose_and_duplicate_nothing(tmp_path):
     subprocess.run(
         index_command(data, tmp_path / "killed"), check=True, env=env, capture_output=True
     )
-    for condition in ("object-color", "pattern"):
+    for condition in (slug("object color"), "pattern"):
         want = IndexReader(tmp_path / "reference" / collection / "tiny" / condition)
         got = IndexReader(tmp_path / "killed" / collection / "tiny" / condition)
         wanted = {row.path: want.vector(i) for i, row in enumerate(want.all_rows())}
