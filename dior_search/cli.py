@@ -31,7 +31,7 @@ from rich.text import Text
 from typer._click.exceptions import ClickException
 
 from dior_search.datasets import Collection
-from dior_search.embedder import EmbedderSettings
+from dior_search.embedder import REFERENCE_MAX_SIDE, EmbedderSettings
 from dior_search.errors import DiorError, InputError, UsageError
 from dior_search.families import PositionScheme
 from dior_search.index_store import DEFAULT_SHARD_SIZE
@@ -72,6 +72,12 @@ PositionsOpt = Annotated[
 MaxPixelsOpt = Annotated[
     int | None, typer.Option(help="Cap on image pixels before encoding (Qwen-VL models).")
 ]
+MaxSideOpt = Annotated[
+    int,
+    typer.Option(
+        help="Shrink images to this longer side first, as the paper's code does (0: never)."
+    ),
+]
 BatchOpt = Annotated[int, typer.Option(help="Rows (image x condition) per forward pass.")]
 TrustOpt = Annotated[bool, typer.Option(help="Allow the model repository's own code to run.")]
 
@@ -85,6 +91,7 @@ def embedder_settings(
     device: str,
     positions: str,
     max_pixels: int | None,
+    max_side: int,
     batch_size: int,
     trust_remote_code: bool,
 ) -> EmbedderSettings:
@@ -97,6 +104,7 @@ def embedder_settings(
         device=device,
         position_scheme=cast(PositionScheme, positions),  # EmbedderSettings checks it
         max_pixels=max_pixels,
+        max_side=max_side or None,
         batch_size=batch_size,
         trust_remote_code=trust_remote_code,
     )
@@ -219,6 +227,7 @@ def index(
     device: DeviceOpt = "auto",
     positions: PositionsOpt = "reference",
     max_pixels: MaxPixelsOpt = None,
+    max_side: MaxSideOpt = REFERENCE_MAX_SIDE,
     batch_size: BatchOpt = 8,
     trust_remote_code: TrustOpt = False,
 ) -> None:
@@ -241,6 +250,7 @@ def index(
         device,
         positions,
         max_pixels,
+        max_side,
         batch_size,
         trust_remote_code,
     )
@@ -585,6 +595,7 @@ def bench(
     device: DeviceOpt = "auto",
     positions: PositionsOpt = "reference",
     max_pixels: MaxPixelsOpt = None,
+    max_side: MaxSideOpt = REFERENCE_MAX_SIDE,
     batch_size: BatchOpt = 8,
     trust_remote_code: TrustOpt = False,
 ) -> None:
@@ -606,6 +617,7 @@ def bench(
         device,
         positions,
         max_pixels,
+        max_side,
         batch_size,
         trust_remote_code,
     )
@@ -698,13 +710,14 @@ def demo(
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     positions: PositionsOpt = "reference",
+    max_side: MaxSideOpt = REFERENCE_MAX_SIDE,
     batch_size: BatchOpt = 16,
 ) -> None:
     """Offline demo: embed the synthetic test split under each condition and score retrieval."""
     from dior_search.demo import run_demo
 
     settings = embedder_settings(
-        model, None, template, layer, dtype, device, positions, None, batch_size, False
+        model, None, template, layer, dtype, device, positions, None, max_side, batch_size, False
     )
     started = time.perf_counter()
     with progress_bar("embedding", "emb") as bar:

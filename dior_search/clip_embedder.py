@@ -11,16 +11,18 @@ import torch
 from PIL import Image
 
 from dior_search.embedder import (
-    DTYPES,
+    REFERENCE_MAX_SIDE,
     ProgressCallback,
+    check_dtype,
+    check_max_side,
     first_line,
     load_model_config,
-    model_folder,
+    model_identity,
     resolve_device,
     resolve_dtype,
-    weights_fingerprint,
 )
 from dior_search.errors import ModelError, UsageError
+from dior_search.images import fit_within
 
 # The CLIP model of the paper's CLIP baseline.
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
@@ -35,12 +37,14 @@ class ClipSettings:
     dtype: str = "auto"
     device: str = "auto"
     batch_size: int = 32
+    # Images are first shrunk to this longer side (None: never), as the paper's code does.
+    max_side: int | None = REFERENCE_MAX_SIDE
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise UsageError("batch size must be at least 1")
-        if self.dtype != "auto" and self.dtype not in DTYPES:
-            raise UsageError(f"unknown dtype {self.dtype!r}; valid: {', '.join(['auto', *DTYPES])}")
+        check_max_side(self.max_side)
+        check_dtype(self.dtype)
 
 
 class ClipEmbedder:
@@ -87,18 +91,17 @@ class ClipEmbedder:
 
     def describe(self) -> dict[str, Any]:
         """What made these embeddings, for the index manifest."""
-        folder = model_folder(self.settings.model, self.settings.revision)
         return {
             "method": "clip",
             **asdict(self.settings),
             "image_size_policy": {
+                "max_side": self.settings.max_side,
                 "resize": type(self.image_processor).__name__,
                 "size": dict(getattr(self.image_processor, "size", None) or {}),
                 "crop_size": dict(getattr(self.image_processor, "crop_size", None) or {}),
             },
             "model_type": self.config.model_type,
-            "commit": folder.name if folder.parent.name == "snapshots" else None,
-            "weights_fingerprint": weights_fingerprint(folder),
+            **model_identity(self.settings.model, self.settings.revision),
             "dtype": str(self.dtype).removeprefix("torch."),
             "dim": self.dim,
         }
@@ -122,7 +125,8 @@ class ClipEmbedder:
     @torch.inference_mode()
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """The projected image embedding of each image; float32 (len(images), dim)."""
-        pixels = self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        fitted = [fit_within(image, self.settings.max_side) for image in images]
+        pixels = self.image_processor(images=fitted, return_tensors="pt")["pixel_values"]
         features = self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype))
         # transformers 5 returns model outputs holding the projection; older versions a tensor.
         if not isinstance(features, torch.Tensor):

@@ -33,6 +33,7 @@ from dior_search.families import (
     SplitBatch,
     last_token_index,
 )
+from dior_search.images import fit_within
 from dior_search.prompts import DEFAULT_TEMPLATE, build_prompt
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ BUNDLED_MODELS = {"tiny": Path(__file__).parent / "tiny_model"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 ProgressCallback = Callable[[int], None]
+# The paper's code shrinks every image to at most 700 pixels on its longer side (Lanczos).
+REFERENCE_MAX_SIDE = 700
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class EmbedderSettings:
     device: str = "auto"
     position_scheme: PositionScheme = "reference"
     max_pixels: int | None = None
+    # Images are first shrunk to this longer side (None: never), as the paper's code does.
+    max_side: int | None = REFERENCE_MAX_SIDE
     batch_size: int = 8
     trust_remote_code: bool = False
     # Run each image's shared prompt prefix once and only the condition suffixes per condition;
@@ -67,8 +72,8 @@ class EmbedderSettings:
             raise UsageError(f"unknown position scheme {self.position_scheme!r}; valid: {valid}")
         if self.batch_size < 1:
             raise UsageError("batch size must be at least 1")
-        if self.dtype != "auto" and self.dtype not in DTYPES:
-            raise UsageError(f"unknown dtype {self.dtype!r}; valid: {', '.join(['auto', *DTYPES])}")
+        check_max_side(self.max_side)
+        check_dtype(self.dtype)
         build_prompt(self.template, None)  # raises on an unknown template
 
 
@@ -86,6 +91,16 @@ class Embedder(Protocol):
     ) -> np.ndarray:
         """Float32 array of shape (len(images), len(conditions), dim)."""
         ...
+
+
+def check_dtype(dtype: str) -> None:
+    if dtype != "auto" and dtype not in DTYPES:
+        raise UsageError(f"unknown dtype {dtype!r}; valid: {', '.join(['auto', *DTYPES])}")
+
+
+def check_max_side(max_side: int | None) -> None:
+    if max_side is not None and max_side < 1:
+        raise UsageError("the image side cap must be at least 1 pixel")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -156,6 +171,15 @@ def model_folder(source: str, revision: str | None) -> Path:
     return Path(config_file).parent
 
 
+def model_identity(source: str, revision: str | None) -> dict[str, str | None]:
+    """The Hub commit (None for a local folder) and weights fingerprint of a loaded model."""
+    folder = model_folder(source, revision)
+    return {
+        "commit": folder.name if folder.parent.name == "snapshots" else None,
+        "weights_fingerprint": weights_fingerprint(folder),
+    }
+
+
 def weights_fingerprint(folder: Path) -> str:
     """A cheap fingerprint of a local model's weights: names, sizes, first and last MiB."""
     digest = hashlib.sha256()
@@ -178,14 +202,6 @@ class DiorEmbedder:
 
         from dior_search.families import load_input_builder
 
-        if settings.position_scheme not in POSITION_SCHEMES:
-            valid = ", ".join(POSITION_SCHEMES)
-            raise UsageError(
-                f"unknown position scheme {settings.position_scheme!r}; valid: {valid}"
-            )
-        if settings.batch_size < 1:
-            raise UsageError("batch size must be at least 1")
-        build_prompt(settings.template, None)  # fails early on an unknown template
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
@@ -236,15 +252,12 @@ class DiorEmbedder:
 
     def describe(self) -> dict[str, Any]:
         """What made these embeddings, for the index manifest."""
-        folder = model_folder(self.source, self.settings.revision)
-        in_hub_cache = folder.parent.name == "snapshots"
         return {
             "method": "dior",
             **asdict(self.settings),
-            "image_size_policy": self.inputs.size_policy(),
+            "image_size_policy": {"max_side": self.settings.max_side, **self.inputs.size_policy()},
             "model_type": self.config.model_type,
-            "commit": folder.name if in_hub_cache else None,
-            "weights_fingerprint": weights_fingerprint(folder),
+            **model_identity(self.source, self.settings.revision),
             "dtype": str(self.dtype).removeprefix("torch."),
             "dim": self.dim,
         }
@@ -257,6 +270,7 @@ class DiorEmbedder:
     ) -> np.ndarray:
         """Embed every image under every condition: float32 (n_images, n_conditions, dim)."""
         prompts = [build_prompt(self.settings.template, c) for c in conditions]
+        images = [fit_within(image, self.settings.max_side) for image in images]
         if not images or not prompts:
             return np.empty((len(images), len(prompts), self.dim), dtype=np.float32)
         if self._prefix_reuse:
@@ -352,6 +366,7 @@ class DiorEmbedder:
     @torch.inference_mode()
     def embed_rows(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
         """One forward pass over (image, prompt) rows; float32 (rows, dim)."""
+        images = [fit_within(image, self.settings.max_side) for image in images]
         batch = self.inputs.build(images, prompts).to(self.device, self.dtype)
         hidden = self._hidden(batch.inputs, use_cache=False)
         return self._last_tokens(hidden, batch.last_index)

@@ -22,18 +22,20 @@ import torch
 from PIL import Image
 
 from dior_search.embedder import (
-    DTYPES,
+    REFERENCE_MAX_SIDE,
     ProgressCallback,
+    check_dtype,
+    check_max_side,
     first_line,
     load_model_config,
-    model_folder,
+    model_identity,
     resolve_device,
     resolve_dtype,
     resolve_model_source,
-    weights_fingerprint,
 )
 from dior_search.errors import ModelError, UsageError
 from dior_search.families import InputBuilder, load_input_builder
+from dior_search.images import fit_within
 from dior_search.prompts import DEFAULT_TEMPLATE, build_prompt
 from dior_search.text_encoder import TextEncoder
 
@@ -57,16 +59,18 @@ class GenerativeSettings:
     dtype: str = "auto"
     device: str = "auto"
     max_pixels: int | None = None
+    # Images are first shrunk to this longer side (None: never), as the paper's code does.
+    max_side: int | None = REFERENCE_MAX_SIDE
     batch_size: int = 8
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise UsageError("batch size must be at least 1")
+        check_max_side(self.max_side)
         if self.max_new_tokens < 1:
             raise UsageError("max new tokens must be at least 1")
-        if self.dtype != "auto" and self.dtype not in DTYPES:
-            raise UsageError(f"unknown dtype {self.dtype!r}; valid: {', '.join(['auto', *DTYPES])}")
+        check_dtype(self.dtype)
         build_prompt(self.template, None)  # raises on an unknown template
 
 
@@ -127,20 +131,14 @@ class GenerativeEmbedder:
 
     def describe(self) -> dict[str, Any]:
         """What made these embeddings, for the index manifest."""
-        folder = model_folder(self.source, self.settings.revision)
-        encoder_folder = model_folder(
-            self.settings.text_encoder, self.settings.text_encoder_revision
-        )
+        encoder = model_identity(self.settings.text_encoder, self.settings.text_encoder_revision)
         return {
             "method": "generative",
             **asdict(self.settings),
             "model_type": self.config.model_type,
-            "commit": folder.name if folder.parent.name == "snapshots" else None,
-            "weights_fingerprint": weights_fingerprint(folder),
-            "text_encoder_commit": (
-                encoder_folder.name if encoder_folder.parent.name == "snapshots" else None
-            ),
-            "text_encoder_fingerprint": weights_fingerprint(encoder_folder),
+            **model_identity(self.source, self.settings.revision),
+            "text_encoder_commit": encoder["commit"],
+            "text_encoder_fingerprint": encoder["weights_fingerprint"],
             "dtype": str(self.dtype).removeprefix("torch."),
             "dim": self.dim,
         }
@@ -185,7 +183,8 @@ class GenerativeEmbedder:
     @torch.inference_mode()
     def generate(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[Generated]:
         """Greedy answers to (image, prompt) rows, generated as one batch."""
-        batch = self.inputs.build(images, prompts).to(self.device, self.dtype)
+        fitted = [fit_within(image, self.settings.max_side) for image in images]
+        batch = self.inputs.build(fitted, prompts).to(self.device, self.dtype)
         inputs = left_padded(batch.inputs)
         output = self.model.generate(
             **inputs,

@@ -62,6 +62,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def fit_within(image: Image.Image, max_side: int | None) -> Image.Image:
+    """`image` shrunk (Lanczos) to a longer side of at most `max_side`, as the paper's code does."""
+    width, height = image.size
+    if max_side is None or max(width, height) <= max_side:
+        return image
+    if width > height:
+        size = (max_side, int(max_side * height / width))
+    else:
+        size = (int(max_side * width / height), max_side)
+    return image.resize((max(1, size[0]), max(1, size[1])), Image.Resampling.LANCZOS)
+
+
 def list_images(folder: Path) -> list[Path]:
     """Image files under `folder` (recursively), sorted, by suffix."""
     if not folder.is_dir():

@@ -48,6 +48,7 @@ EMBEDDER_IDENTITY = (
     "layer",
     "position_scheme",
     "max_pixels",
+    "max_side",
     "text_encoder",
     "text_encoder_fingerprint",
 )

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from dior_search.datasets import Collection, Item, slug
-from dior_search.embedder import Embedder, first_line
+from dior_search.embedder import REFERENCE_MAX_SIDE, Embedder, first_line
 from dior_search.images import ImageReadError, decode_image
 from dior_search.index_store import DEFAULT_SHARD_SIZE, IndexWriter, Manifest, Row
 from dior_search.prompts import build_prompt
@@ -56,6 +56,8 @@ def embedder_slug(info: dict[str, Any]) -> str:
     ]
     if info.get("max_pixels") is not None:
         parts.append(f"px-{info['max_pixels']}")
+    if info.get("max_side", REFERENCE_MAX_SIDE) != REFERENCE_MAX_SIDE:
+        parts.append(f"side-{info['max_side']}")
     return "+".join(parts)
 
 

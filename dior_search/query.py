@@ -65,6 +65,7 @@ def settings_from_manifest(
         device=device,
         position_scheme=stored["position_scheme"],
         max_pixels=stored.get("max_pixels"),
+        max_side=stored.get("max_side"),
         trust_remote_code=trust_remote_code,
     )
 

@@ -166,3 +166,22 @@ def test_unknown_model_offline_is_one_clear_error():
 def test_folder_without_model(tmp_path):
     with pytest.raises(ModelError, match=r"holds no model config\.json"):
         DiorEmbedder(EmbedderSettings(model=str(tmp_path), device="cpu"))
+
+
+def test_images_are_shrunk_as_the_paper_does(tiny_model_dirs):
+    """Longer side cut to `max_side` with Lanczos before the model sees the image."""
+    from PIL import Image
+
+    from dior_search.images import fit_within
+
+    big = Image.fromarray(np.random.default_rng(2).integers(0, 256, (300, 1000, 3), dtype=np.uint8))
+    shrunk = fit_within(big, 700)
+    assert shrunk.size == (700, 210)
+    assert fit_within(big.rotate(90, expand=True), 700).size == (210, 700)
+    assert fit_within(shrunk, 700) is shrunk
+    capped = embedder(tiny_model_dirs["qwen2_5_vl"], max_side=700).embed([big], ["color"])
+    uncapped = embedder(tiny_model_dirs["qwen2_5_vl"], max_side=None)
+    np.testing.assert_allclose(uncapped.embed([shrunk], ["color"]), capped, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(uncapped.embed([big], ["color"]), capped, atol=1e-4)
+    with pytest.raises(UsageError, match="at least 1 pixel"):
+        EmbedderSettings(max_side=0)
