@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--conditions", type=int, default=2)
     parser.add_argument("--shard-size", type=int, default=200)
     args = parser.parse_args()
-    conditions = ["color", "background", "pattern", "shape"][: args.conditions]
+    conditions = ["color", "background", "pattern", "size"][: args.conditions]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_dataset(root / "all", {"test": max(args.sizes)})

@@ -740,10 +740,10 @@ def demo(
     for example in result.examples:
         query = example.query
         hits = Table(
-            title=f"query {query.file_name} ({query.color} {query.pattern} {query.shape} on "
+            title=f"query {query.file_name} ({query.size} {query.color} {query.pattern} shape on "
             f"{query.background}) under condition '{example.condition}'"
         )
-        for column in ("rank", "score", "image", "color", "background", "pattern", "shape"):
+        for column in ("rank", "score", "image", "color", "background", "pattern", "size"):
             hits.add_column(column)
         for rank, (item, similarity) in enumerate(example.hits, start=1):
             hits.add_row(
@@ -753,7 +753,7 @@ def demo(
                 item.color,
                 item.background,
                 item.pattern,
-                item.shape,
+                item.size,
             )
         console.print(hits)
     console.print(f"done in {time.perf_counter() - started:.1f} s")

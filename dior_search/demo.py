@@ -41,7 +41,7 @@ def run_demo(
     data_dir: Path,
     *,
     n_images: int = 400,
-    example_conditions: tuple[str, str] = ("color", "shape"),
+    example_conditions: tuple[str, str] = ("color", "background"),
     top_k: int = 5,
     on_start: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,

@@ -1,8 +1,9 @@
 """The `synthetic` collection: seeded images with four independent labelled attributes.
 
-Each image is a shape (circle, square or triangle) in one of six colours, filled solid, with
-stripes or with dots, on one of four backgrounds; sizes vary so batches mix image sizes. An
-image depends only on (seed, split, index), so any subset can be regenerated exactly.
+Each image is a small or large shape in one of six colours, filled solid, with stripes or with
+dots, on one of four backgrounds. The shape itself (circle, square or triangle) varies but is
+not a label: a few-MB vision tower does not learn it (see README). Image sizes vary so batches
+mix sizes. An image depends only on (seed, split, index), so any subset can be regenerated.
 """
 
 import csv
@@ -31,21 +32,23 @@ BACKGROUNDS: dict[str, RGB] = {
     "teal": (30, 125, 125),
 }
 PATTERNS = ("solid", "stripes", "dots")
+# The object's side as a share of the image's shorter side.
+OBJECT_SIZES: dict[str, tuple[float, float]] = {"small": (0.4, 0.5), "large": (0.7, 0.85)}
 SHAPES = ("circle", "square", "triangle")
-SIZES = ((84, 84), (112, 84), (84, 112), (112, 112))
+IMAGE_SIZES = ((84, 84), (112, 84), (84, 112), (112, 112))
 
 # Condition short name -> the aspect phrase put into the prompt.
 CONDITIONS: dict[str, str] = {
     "color": "object color",
     "background": "background color",
     "pattern": "pattern",
-    "shape": "shape",
+    "size": "object size",
 }
 LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "color": tuple(COLORS),
     "background": tuple(BACKGROUNDS),
     "pattern": PATTERNS,
-    "shape": SHAPES,
+    "size": tuple(OBJECT_SIZES),
 }
 SPLIT_SIZES = {"train": 4000, "test": 400}
 LABELS_FILE = "labels.csv"
@@ -58,7 +61,7 @@ class SyntheticItem:
     color: str
     background: str
     pattern: str
-    shape: str
+    size: str
 
     def label(self, condition: str) -> str:
         value: str = asdict(self)[condition]
@@ -78,7 +81,7 @@ def make_item(seed: int, split: str, index: int) -> tuple[SyntheticItem, Image.I
         color=str(rng.choice(list(COLORS))),
         background=str(rng.choice(list(BACKGROUNDS))),
         pattern=str(rng.choice(PATTERNS)),
-        shape=str(rng.choice(SHAPES)),
+        size=str(rng.choice(list(OBJECT_SIZES))),
     )
     return item, render(item, rng)
 
@@ -89,18 +92,19 @@ def jitter(color: RGB, rng: np.random.Generator, amount: int = 12) -> RGB:
 
 
 def render(item: SyntheticItem, rng: np.random.Generator) -> Image.Image:
-    width, height = SIZES[int(rng.integers(len(SIZES)))]
+    width, height = IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
     image = Image.new("RGB", (width, height), jitter(BACKGROUNDS[item.background], rng))
 
-    side = int(rng.uniform(0.55, 0.8) * min(width, height))
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    side = int(rng.uniform(*OBJECT_SIZES[item.size]) * min(width, height))
     left = int(rng.integers(2, width - side - 1))
     top = int(rng.integers(2, height - side - 1))
     box = (left, top, left + side, top + side)
     mask = Image.new("L", (width, height), 0)
     draw_mask = ImageDraw.Draw(mask)
-    if item.shape == "circle":
+    if shape == "circle":
         draw_mask.ellipse(box, fill=255)
-    elif item.shape == "square":
+    elif shape == "square":
         draw_mask.rectangle(box, fill=255)
     else:
         draw_mask.polygon(

@@ -2,7 +2,7 @@
 
     python scripts/build_tiny_model.py [--steps 2000] [--out dior_search/tiny_model]
 
-About 5 minutes on 2 CPU cores. The result is deterministic up to floating-point ordering.
+About 15 minutes on 2 idle CPU cores. The result is deterministic up to floating-point ordering.
 """
 
 import argparse
@@ -16,7 +16,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parents[1] / "dior_search" / "tiny_model"
     )
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

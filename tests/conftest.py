@@ -40,7 +40,7 @@ def mixed_images() -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
 
 
-SYNTHETIC_CONDITIONS = ("color", "background", "pattern", "shape", "unconditional")
+SYNTHETIC_CONDITIONS = ("color", "background", "pattern", "size", "unconditional")
 
 
 @pytest.fixture(scope="session")

@@ -25,5 +25,5 @@ def test_demo_command_prints_the_table(tmp_path, capsys):
     assert main(["demo", "--data-dir", str(tmp_path), "--n-images", "60"]) == 0
     out = capsys.readouterr().out
     assert "recall@1" in out
-    for condition in ("color", "background", "pattern", "shape"):
+    for condition in ("color", "background", "pattern", "size"):
         assert condition in out

@@ -142,7 +142,7 @@ def test_unindexed_condition_lists_the_indexed_ones(synthetic_index, capsys):
     assert code == 5
     assert capsys.readouterr().err.strip() == (
         "error: no index for condition 'size' of synthetic; conditions with an index: "
-        "background, color, pattern, shape, unconditional"
+        "background, color, pattern, size, unconditional"
     )
 
 

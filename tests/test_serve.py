@@ -233,7 +233,7 @@ def test_multi_condition_weights(client):
     ("body", "status", "fragment"),
     [
         ({"collection": "nope", "conditions": ["color"], "id": 1}, 404, "served: synthetic"),
-        ({"conditions": ["shape"], "id": 1}, 404, "indexed: background, color"),
+        ({"conditions": ["size"], "id": 1}, 404, "indexed: background, color"),
         ({"conditions": ["color"], "id": 120}, 404, "ids 0..119"),
         ({"conditions": ["color"], "id": 1, "k": 0}, 400, "k must be between 1 and 100"),
         ({"conditions": ["color"], "id": 1, "k": 101}, 400, "k must be between 1 and 100"),

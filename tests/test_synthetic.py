@@ -33,6 +33,6 @@ def test_write_dataset_is_idempotent(tmp_path):
     assert first == second
     assert (tmp_path / first[3].file_name).read_bytes() == data
     assert (tmp_path / "labels.csv").read_text().splitlines()[0] == (
-        "file_name,split,color,background,pattern,shape"
+        "file_name,split,color,background,pattern,size"
     )
     assert set(CONDITIONS) == set(LABEL_VALUES)
