@@ -230,13 +230,47 @@ def index(
     max_side: MaxSideOpt = REFERENCE_MAX_SIDE,
     batch_size: BatchOpt = 8,
     trust_remote_code: TrustOpt = False,
+    index_type: Annotated[
+        str | None,
+        typer.Option(
+            help="auto (Flat while small, else a compressed type within --memory-budget), "
+            "flat, or a FAISS factory string such as 'PCA256,IVF2048,SQ8,Refine(SQ8)'. "
+            "Default: the index's own type, auto for a new index.",
+        ),
+    ] = None,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option(help="Size the index may take for auto, e.g. 8G (default: 8G)."),
+    ] = None,
+    part: Annotated[
+        int | None,
+        typer.Option(help="Embed only this part (0-based) of --parts: re-runs one failed part."),
+    ] = None,
+    parts: Annotated[
+        int | None,
+        typer.Option(help="Number of parts of a distributed run (accelerate launch sets it)."),
+    ] = None,
 ) -> None:
-    """Embed a collection under conditions into sharded FAISS indexes (resumable)."""
+    """Embed a collection under conditions into sharded FAISS indexes (resumable).
+
+    Under `accelerate launch` every process embeds its own part and the last one to finish
+    merges the parts into the index.
+    """
     from dior_search.embedder import DiorEmbedder
+    from dior_search.index_parts import PartSpec, launched_part, process_device
+    from dior_search.index_types import canonical_spec, parse_size
     from dior_search.indexing import IndexSettings, index_collection
 
     if shard_size < 1:
         raise UsageError("--shard-size must be at least 1")
+    if (part is None) != (parts is None):
+        raise UsageError("give --part and --parts together")
+    if parts is not None and launched_part() is not None:
+        raise UsageError("--part/--parts run one part in one process; not under accelerate launch")
+    spec = PartSpec(part, parts) if part is not None and parts is not None else None
+    budget = parse_size(memory_budget) if memory_budget is not None else None
+    index_type = canonical_spec(index_type) if index_type is not None else None
+    device = process_device(device)
     collection = open_collection(dataset, images, datasets_dir)
     conditions = condition or list(collection.conditions)
     if not conditions:
@@ -255,17 +289,30 @@ def index(
         trust_remote_code,
     )
     embedder = DiorEmbedder(settings)
-    with progress_bar(f"indexing {collection.name}", "img") as bar:
+    running = spec or launched_part()
+    label = f"indexing {collection.name}" + (f" ({running.name})" if running else "")
+    # Under accelerate launch, one bar (the first process's) rather than one per process.
+    quiet = running is not None and running.part != 0 and spec is None
+    with progress_bar(label, "img") as bar:
         report = index_collection(
             collection,
             conditions,
             embedder,
             embedder.describe(),
-            IndexSettings(indexes_dir=indexes, shard_size=shard_size),
-            on_start=bar.start,
-            on_progress=bar.advance,
+            IndexSettings(
+                indexes_dir=indexes,
+                shard_size=shard_size,
+                index_type=index_type,
+                memory_budget=budget,
+                part=spec,
+            ),
+            on_start=None if quiet else bar.start,
+            on_progress=None if quiet else bar.advance,
         )
-    table = Table(title=f"{collection.name}: {len(collection.items)} images")
+    title = f"{collection.name}: {len(collection.items)} images"
+    if report.part is not None:
+        title += f", {report.part.name}"
+    table = Table(title=title)
     for column in ("condition", "added", "index"):
         table.add_column(column)
     for name, directory in report.directories.items():
@@ -276,6 +323,13 @@ def index(
     )
     for path, reason in report.skipped:
         err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False)
+    for name in report.merged:
+        console.print(f"{name}: all parts complete, merged into {report.directories[name]}")
+    for name, missing in report.waiting.items():
+        console.print(
+            f"{name}: waiting for parts {', '.join(map(str, missing))}; the last to finish "
+            "merges (re-run a failed one with the same command, or --part K --parts N)"
+        )
 
 
 @app.command()
@@ -318,6 +372,25 @@ def query(
     dtype: Annotated[str | None, typer.Option(help="Override the index's dtype.")] = None,
     device: DeviceOpt = "auto",
     trust_remote_code: TrustOpt = False,
+    search_params: Annotated[
+        str | None,
+        typer.Option(
+            help="FAISS search parameters over the index's defaults, e.g. 'nprobe=64,"
+            "k_factor_rf=16' (nprobe, efSearch, k_factor_rf, quantizer_efSearch)."
+        ),
+    ] = None,
+    nprobe: Annotated[
+        int | None, typer.Option(help="IVF lists to scan per shard (more: slower, better).")
+    ] = None,
+    ef_search: Annotated[
+        int | None, typer.Option(help="HNSW search breadth (more: slower, better).")
+    ] = None,
+    mmap: Annotated[
+        bool | None,
+        typer.Option(
+            "--mmap/--no-mmap", help="Memory-map shard files (default: shards of 16 MiB or more)."
+        ),
+    ] = None,
 ) -> None:
     """Search an index with an image (embedded with the index's own settings) or an id.
 
@@ -369,7 +442,16 @@ def query(
         index_path = find_index(indexes, name, condition_name, model)
     manifest = Manifest.read(index_path)
     query_image = load_image(image) if image is not None else None
-    reader = IndexReader(index_path)
+    params = ",".join(
+        p
+        for p in (
+            search_params,
+            None if nprobe is None else f"nprobe={nprobe}",
+            None if ef_search is None else f"efSearch={ef_search}",
+        )
+        if p
+    )
+    reader = IndexReader(index_path, mmap=mmap, search_params=params)
     if query_image is not None:
         embedder = load_query_embedder(manifest, index_path, device, dtype, trust_remote_code)
         vector = embed_query(embedder, manifest, query_image)
@@ -762,7 +844,7 @@ def demo(
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; every failure becomes one line on stderr and a non-zero exit code."""
     try:
-        app(args=argv, prog_name="dior-search", standalone_mode=False)
+        code = app(args=argv, prog_name="dior-search", standalone_mode=False)
     except DiorError as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         return exc.exit_code
@@ -774,6 +856,9 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Exit as exc:
         return exc.exit_code
     except (KeyboardInterrupt, typer.Abort):
+        code = 130
+    # Without standalone mode typer returns 130 for an interrupted command rather than raising.
+    if code == 130:
         err_console.print("[red]error:[/red] interrupted")
         return 130
     return 0

@@ -16,8 +16,17 @@ from PIL import Image
 
 from dior_search.datasets import Collection, Item, slug
 from dior_search.embedder import REFERENCE_MAX_SIDE, Embedder, first_line
+from dior_search.errors import IndexStoreError
 from dior_search.images import ImageReadError, decode_image
-from dior_search.index_store import DEFAULT_SHARD_SIZE, IndexWriter, Manifest, Row
+from dior_search.index_parts import PartSpec
+from dior_search.index_store import (
+    DEFAULT_SHARD_SIZE,
+    MANIFEST,
+    IndexWriter,
+    Manifest,
+    Row,
+)
+from dior_search.index_types import AUTO, DEFAULT_MEMORY_BUDGET, FLAT, canonical_spec
 from dior_search.prompts import build_prompt
 
 log = logging.getLogger(__name__)
@@ -27,9 +36,14 @@ log = logging.getLogger(__name__)
 class IndexSettings:
     indexes_dir: Path = Path("indexes")
     shard_size: int = DEFAULT_SHARD_SIZE
-    index_type: str = "Flat"
+    # auto, Flat or a FAISS factory string; None: the index's own type (auto for a new one).
+    index_type: str | None = None
+    # Bytes `auto` may use (None: the index's own budget, 8 GiB for a new one).
+    memory_budget: int | None = None
     images_per_step: int = 32
     loader_threads: int = 4
+    # This process's slice of a distributed run (None: from RANK / WORLD_SIZE, if launched).
+    part: PartSpec | None = None
 
 
 @dataclass
@@ -38,6 +52,10 @@ class IndexReport:
     already_indexed: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     directories: dict[str, Path] = field(default_factory=dict)
+    part: PartSpec | None = None
+    # Conditions whose parts this process merged, and those still waiting for parts.
+    merged: list[str] = field(default_factory=list)
+    waiting: dict[str, list[int]] = field(default_factory=dict)
 
 
 def embedder_slug(info: dict[str, Any]) -> str:
@@ -119,52 +137,223 @@ def index_collection(
     on_start: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> IndexReport:
-    """Embed every not-yet-indexed image under each condition; resumable and incremental."""
+    """Embed every not-yet-indexed image under each condition; resumable and incremental.
+
+    Under `accelerate launch` (or with `settings.part`) this process embeds only its part of
+    the work; see index_parts.
+    """
+    from dior_search.index_parts import launched_part, parts_dir
+
+    part = settings.part or launched_part()
+    if part is not None and part.parts > 1:
+        return index_part(
+            collection, conditions, embedder, embedder_info, settings, part, on_start, on_progress
+        )
     report = IndexReport()
     texts = [collection.condition_text(c) for c in conditions]
-    writers = []
-    for condition, text in zip(conditions, texts, strict=True):
-        directory = index_dir(
-            settings.indexes_dir, collection.name, embedder_slug(embedder_info), condition
-        )
-        manifest = Manifest(
-            collection={"name": collection.name, "root": str(collection.root)},
-            condition={"name": condition, "text": text},
-            prompt=build_prompt(embedder_info.get("template", "describe"), text),
-            embedder=embedder_info,
-            dim=embedder.dim,
-            index_type=settings.index_type,
-            shard_size=settings.shard_size,
-        )
-        writers.append(IndexWriter(directory, manifest))
-        report.directories[condition] = directory
-        report.added[condition] = 0
+    targets = [
+        new_index(collection, c, text, embedder, embedder_info, settings)
+        for c, text in zip(conditions, texts, strict=True)
+    ]
+    check_types(targets, embedder.dim, len(collection.items), settings)
+    writers: list[IndexWriter] = []
     try:
+        for condition, (directory, manifest) in zip(conditions, targets, strict=True):
+            if parts_dir(directory).is_dir():
+                raise IndexStoreError(
+                    f"{parts_dir(directory)} holds an unfinished distributed run: finish it "
+                    "with the same launch command (or --part K --parts N for each missing "
+                    "part), or delete that folder"
+                )
+            writer = IndexWriter(directory, manifest)
+            writers.append(writer)
+            writer.set_index_type(settings.index_type, settings.memory_budget)
+            report.directories[condition] = directory
+            report.added[condition] = 0
         if on_start is not None:
             on_start(len(collection.items))
-        batch: list[LoadedImage] = []
-        window = 2 * settings.images_per_step
-        for loaded in load_ahead(
-            collection.root, collection.items, settings.loader_threads, window
-        ):
-            if loaded.error is not None:
-                report.skipped.append((loaded.item.path, loaded.error))
-                log.info("skipping %s: %s", loaded.item.path, loaded.error)
-            elif all(loaded.content_hash in w.known_hashes for w in writers):
-                report.already_indexed += 1
-            else:
-                batch.append(loaded)
-            if len(batch) == settings.images_per_step:
-                embed_batch(batch, texts, conditions, embedder, writers, report)
-                batch = []
-            if on_progress is not None:
-                on_progress(1)
-        embed_batch(batch, texts, conditions, embedder, writers, report)
+        embed_items(
+            collection,
+            collection.items,
+            texts,
+            conditions,
+            embedder,
+            writers,
+            settings,
+            report,
+            on_progress,
+        )
         for writer in writers:
-            writer.flush()
+            writer.finish()
     finally:
         for writer in writers:
             writer.release()
+    return report
+
+
+def new_index(
+    collection: Collection,
+    condition: str,
+    text: str | None,
+    embedder: Embedder,
+    embedder_info: dict[str, Any],
+    settings: IndexSettings,
+) -> tuple[Path, Manifest]:
+    """The directory of a condition's index and the manifest it starts with if new."""
+    directory = index_dir(
+        settings.indexes_dir, collection.name, embedder_slug(embedder_info), condition
+    )
+    spec = canonical_spec(settings.index_type or AUTO)
+    manifest = Manifest(
+        collection={"name": collection.name, "root": str(collection.root)},
+        condition={"name": condition, "text": text},
+        prompt=build_prompt(embedder_info.get("template", "describe"), text),
+        embedder=embedder_info,
+        dim=embedder.dim,
+        index_type=FLAT if spec == AUTO else spec,
+        shard_size=settings.shard_size,
+        index_spec=spec,
+        memory_budget=settings.memory_budget or DEFAULT_MEMORY_BUDGET,
+    )
+    return directory, manifest
+
+
+def check_types(
+    targets: Sequence[tuple[Path, Manifest]], dim: int, n_items: int, settings: IndexSettings
+) -> None:
+    """Fail before any embedding on an index type FAISS cannot build or train."""
+    from dior_search.index_types import check_index_spec
+
+    if settings.index_type is None:
+        return
+    for directory, _ in targets:
+        existing = Manifest.read(directory).rows if (directory / MANIFEST).is_file() else 0
+        check_index_spec(canonical_spec(settings.index_type), dim, existing + n_items)
+
+
+def embed_items(
+    collection: Collection,
+    items: Sequence[Item],
+    texts: Sequence[str | None],
+    conditions: Sequence[str],
+    embedder: Embedder,
+    writers: Sequence[IndexWriter],
+    settings: IndexSettings,
+    report: IndexReport,
+    on_progress: Callable[[int], None] | None,
+    row_ids: Sequence[dict[str, int]] | None = None,
+) -> None:
+    """Load, embed and add `items` in order; `row_ids`: each writer's id per item path."""
+    batch: list[LoadedImage] = []
+    window = 2 * settings.images_per_step
+    for loaded in load_ahead(collection.root, items, settings.loader_threads, window):
+        if loaded.error is not None:
+            report.skipped.append((loaded.item.path, loaded.error))
+            log.info("skipping %s: %s", loaded.item.path, loaded.error)
+        elif all(loaded.content_hash in w.known_hashes for w in writers):
+            report.already_indexed += 1
+        else:
+            batch.append(loaded)
+        if len(batch) == settings.images_per_step:
+            embed_batch(batch, texts, conditions, embedder, writers, report, row_ids)
+            batch = []
+        if on_progress is not None:
+            on_progress(1)
+    embed_batch(batch, texts, conditions, embedder, writers, report, row_ids)
+
+
+def index_part(
+    collection: Collection,
+    conditions: Sequence[str],
+    embedder: Embedder,
+    embedder_info: dict[str, Any],
+    settings: IndexSettings,
+    part: PartSpec,
+    on_start: Callable[[int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> IndexReport:
+    """Embed this process's slice of the work into its part; merge if it completes the run."""
+    import copy
+
+    from dior_search.index_parts import (
+        MERGE_PLAN,
+        is_done,
+        mark_done,
+        merge_parts,
+        missing_parts,
+        parts_dir,
+        prepare_part,
+        read_state,
+        work_list,
+    )
+
+    report = IndexReport(part=part)
+    texts = [collection.condition_text(c) for c in conditions]
+    targets = [
+        new_index(collection, c, text, embedder, embedder_info, settings)
+        for c, text in zip(conditions, texts, strict=True)
+    ]
+    for condition, (directory, manifest) in zip(conditions, targets, strict=True):
+        if (parts_dir(directory) / MERGE_PLAN).is_file():  # a merge was interrupted
+            merge_parts(directory, manifest, settings.index_type, settings.memory_budget)
+            report.merged.append(condition)
+    # The plan comes from the indexes as they are before any part writes: every process
+    # computes the same work list.
+    states = [read_state(directory) for directory, _ in targets]
+    work = work_list(collection.items, states)
+    if not work:
+        report.already_indexed = len(collection.items)
+        report.directories = {c: d for c, (d, _) in zip(conditions, targets, strict=True)}
+        report.added = dict.fromkeys(conditions, 0)
+        return report
+    check_types(targets, embedder.dim, len(work), settings)
+    start, stop = part.bounds(len(work))
+    report.already_indexed = len(collection.items) - len(work)
+    writers: list[IndexWriter] = []
+    try:
+        folders = []
+        for condition, (directory, manifest), state in zip(
+            conditions, targets, states, strict=True
+        ):
+            folder = prepare_part(directory, part, work, state.next_id)
+            folders.append(folder)
+            writer = IndexWriter(folder, copy.deepcopy(manifest), finalize=False)
+            writer.known_hashes |= state.hashes
+            writers.append(writer)
+            report.directories[condition] = directory
+            report.added[condition] = 0
+        if on_start is not None:
+            on_start(stop - start)
+        if not all(is_done(folder) for folder in folders):
+            positions = {item.path: start + offset for offset, item in enumerate(work[start:stop])}
+            row_ids = [
+                {path: state.next_id + position for path, position in positions.items()}
+                for state in states
+            ]
+            embed_items(
+                collection,
+                work[start:stop],
+                texts,
+                conditions,
+                embedder,
+                writers,
+                settings,
+                report,
+                on_progress,
+                row_ids,
+            )
+            for writer, folder in zip(writers, folders, strict=True):
+                writer.flush()
+                mark_done(folder, writer.manifest.rows)
+    finally:
+        for writer in writers:
+            writer.release()
+    for condition, (directory, manifest) in zip(conditions, targets, strict=True):
+        missing = missing_parts(directory, part.parts)
+        if missing:
+            report.waiting[condition] = missing
+        elif merge_parts(directory, manifest, settings.index_type, settings.memory_budget):
+            report.merged.append(condition)
     return report
 
 
@@ -175,6 +364,7 @@ def embed_batch(
     embedder: Embedder,
     writers: Sequence[IndexWriter],
     report: IndexReport,
+    row_ids: Sequence[dict[str, int]] | None = None,
 ) -> None:
     if not batch:
         return
@@ -186,6 +376,7 @@ def embed_batch(
             writer.add(
                 np.asarray(vectors[row, column]),
                 Row(loaded.item.path, loaded.content_hash, loaded.item.labels),
+                None if row_ids is None else row_ids[column][loaded.item.path],
             )
             report.added[condition] += 1
 
