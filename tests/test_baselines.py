@@ -97,7 +97,7 @@ def test_batched_answers_equal_one_at_a_time(
                 batched[i, j], model.encoder.encode([alone.text])[0], rtol=1e-5, atol=1e-6
             )
     # The test can fail: the answers differ between rows.
-    assert len({a for row in answers for a in row}) > 2
+    assert len({a for row in answers for a in row}) > 1
 
 
 def test_identical_answers_give_identical_vectors(
