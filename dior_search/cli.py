@@ -398,173 +398,62 @@ def query(
     similarities under each condition.
     """
     from dior_search.datasets import folder_collection_name
-    from dior_search.images import load_image
-    from dior_search.index_store import IndexReader, Manifest
-    from dior_search.multi_condition import normalize_weights
-    from dior_search.query import embed_query, find_index, load_query_embedder, query_vector
+    from dior_search.query import QueryRequest, run_query
 
-    if k < 1:
-        raise UsageError("-k must be at least 1")
-    if (image is None) == (row_id is None):
-        raise UsageError("give a query IMAGE or --id ID (one of them)")
-    conditions = condition or []
-    normalize_weights(weight, max(1, len(conditions)))  # checks them before any loading
-    if len(conditions) > 1:
-        if index_path is not None:
-            raise UsageError(
-                "--index takes one condition; combine conditions of a collection "
-                "with --dataset NAME or --images DIR"
-            )
-        query_conditions(
-            image=image,
-            conditions=conditions,
-            weights=weight,
-            dataset=dataset,
-            images=images,
+    if dataset is not None and images is not None:
+        raise UsageError("give one of --dataset NAME, --images DIR or --index DIR")
+    collection = dataset if images is None else folder_collection_name(images)
+    params = [
+        search_params,
+        None if nprobe is None else f"nprobe={nprobe}",
+        None if ef_search is None else f"efSearch={ef_search}",
+    ]
+    answer = run_query(
+        QueryRequest(
+            conditions=tuple(condition or ()),
+            weights=tuple(weight) if weight else None,
             k=k,
+            image=image,
             row_id=row_id,
-            as_json=as_json,
-            sheet=sheet,
+            collection=collection,
+            index=index_path,
+            indexes_dir=indexes,
             model=model,
-            indexes=indexes,
-            dtype=dtype,
             device=device,
+            dtype=dtype,
             trust_remote_code=trust_remote_code,
+            search_params=",".join(p for p in params if p),
+            mmap=mmap,
         )
-        return
-    condition_name = conditions[0] if conditions else ""
-    if index_path is None:
-        if not condition_name:
-            raise UsageError("--condition is required (or give --index DIR)")
-        if (dataset is None) == (images is None):
-            raise UsageError("give one of --dataset NAME, --images DIR or --index DIR")
-        name = dataset if dataset is not None else folder_collection_name(images or Path())
-        index_path = find_index(indexes, name, condition_name, model)
-    manifest = Manifest.read(index_path)
-    query_image = load_image(image) if image is not None else None
-    params = ",".join(
-        p
-        for p in (
-            search_params,
-            None if nprobe is None else f"nprobe={nprobe}",
-            None if ef_search is None else f"efSearch={ef_search}",
-        )
-        if p
     )
-    reader = IndexReader(index_path, mmap=mmap, search_params=params)
-    if query_image is not None:
-        embedder = load_query_embedder(manifest, index_path, device, dtype, trust_remote_code)
-        vector = embed_query(embedder, manifest, query_image)
-    else:
-        vector = reader.vector(cast(int, row_id))
-    hits = query_vector(reader, vector, k)
-    root = Path(manifest.collection["root"])
+    several = len(answer.conditions) > 1
     if sheet is not None:
         from dior_search.contact_sheet import write_contact_sheet
+        from dior_search.images import load_image
 
-        if query_image is None and row_id is not None:
-            query_image = load_image(root / reader.row(row_id).path)
-        caption = image.name if image is not None else f"id {row_id}"
-        title = f"{manifest.collection['name']} under '{manifest.condition['name']}'"
-        write_contact_sheet(sheet, title, query_image, caption, hits, root)
+        query_image = answer.query_image or load_image(answer.query_path)
+        write_contact_sheet(
+            sheet, answer.title, query_image, answer.caption, answer.hits, answer.root
+        )
     if as_json:
-        print(
-            json.dumps(
-                [
-                    {"rank": r, "score": h.score, "id": h.id, "path": h.path, "labels": h.labels}
-                    for r, h in enumerate(hits, start=1)
-                ],
-                indent=2,
-            )
-        )
+        rows = []
+        for rank, hit in enumerate(answer.hits, start=1):
+            row: dict[str, object] = {"rank": rank, "score": hit.score}
+            if several:
+                row["scores"] = dict(zip(answer.conditions, hit.scores, strict=True))
+            rows.append({**row, "id": hit.id, "path": hit.path, "labels": hit.labels})
+        print(json.dumps(rows, indent=2))
         return
-    if not hits:
-        err_console.print(f"no results: index {index_path} is empty", highlight=False)
+    if not answer.hits:
+        err_console.print(f"no results: {answer.title} holds no images", highlight=False)
         return
-    table = Table(title=f"{manifest.collection['name']} under '{manifest.condition['name']}'")
-    for column in ("rank", "score", "path", "labels"):
+    table = Table(title=answer.title)
+    columns = ("rank", "score", *(answer.conditions if several else ()), "path", "labels")
+    for column in columns:
         table.add_column(column)
-    for rank, hit in enumerate(hits, start=1):
+    for rank, hit in enumerate(answer.hits, start=1):
         labels = ", ".join(f"{key}={value}" for key, value in sorted(hit.labels.items()))
-        table.add_row(str(rank), f"{hit.score:.4f}", hit.path, labels)
-    console.print(table)
-
-
-def query_conditions(
-    *,
-    image: Path | None,
-    conditions: list[str],
-    weights: list[float] | None,
-    dataset: str | None,
-    images: Path | None,
-    k: int,
-    row_id: int | None,
-    as_json: bool,
-    sheet: Path | None,
-    model: str | None,
-    indexes: Path,
-    dtype: str | None,
-    device: str,
-    trust_remote_code: bool,
-) -> None:
-    """`query` under several conditions: rank by the weighted mean of their similarities."""
-    from dior_search.datasets import folder_collection_name
-    from dior_search.images import load_image
-    from dior_search.index_store import Hit
-    from dior_search.multi_condition import embed_conditions, normalize_weights, open_conditions
-    from dior_search.query import load_query_embedder
-
-    if (dataset is None) == (images is None):
-        raise UsageError("give one of --dataset NAME or --images DIR")
-    name = dataset if dataset is not None else folder_collection_name(images or Path())
-    normalized = normalize_weights(weights, len(conditions))
-    joined = open_conditions(indexes, name, conditions, model)
-    first = joined.readers[0]
-    query_image = load_image(image) if image is not None else None
-    if query_image is not None:
-        embedder = load_query_embedder(
-            first.manifest, first.directory, device, dtype, trust_remote_code
-        )
-        vectors = embed_conditions(embedder, joined.readers, query_image)
-    else:
-        vectors = joined.stored_query(cast(int, row_id))
-    hits = joined.search(vectors, normalized, k)
-    title = f"{first.manifest.collection['name']} under " + " + ".join(
-        f"'{c}' ({w:.2f})" for c, w in zip(conditions, normalized, strict=True)
-    )
-    if sheet is not None:
-        from dior_search.contact_sheet import write_contact_sheet
-
-        root = Path(first.manifest.collection["root"])
-        if query_image is None and row_id is not None:
-            query_image = load_image(root / first.row(row_id).path)
-        caption = image.name if image is not None else f"id {row_id}"
-        plain = [Hit(h.id, h.score, h.path, h.labels) for h in hits]
-        write_contact_sheet(sheet, title, query_image, caption, plain, root)
-    if as_json:
-        print(
-            json.dumps(
-                [
-                    {
-                        "rank": r,
-                        "score": h.score,
-                        "scores": dict(zip(conditions, h.scores, strict=True)),
-                        "id": h.id,
-                        "path": h.path,
-                        "labels": h.labels,
-                    }
-                    for r, h in enumerate(hits, start=1)
-                ],
-                indent=2,
-            )
-        )
-        return
-    table = Table(title=title)
-    for column in ("rank", "score", *conditions, "path", "labels"):
-        table.add_column(column)
-    for rank, hit in enumerate(hits, start=1):
-        labels = ", ".join(f"{key}={value}" for key, value in sorted(hit.labels.items()))
-        scores = [f"{s:.4f}" for s in hit.scores]
+        scores = [f"{s:.4f}" for s in hit.scores] if several else []
         table.add_row(str(rank), f"{hit.score:.4f}", *scores, hit.path, labels)
     console.print(table)
 

@@ -5,12 +5,26 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from PIL import Image, ImageDraw, ImageOps
 
 from dior_search.errors import InputError
 from dior_search.images import load_image
-from dior_search.index_store import Hit
+
+
+class Result(Protocol):
+    """A search result as the sheet shows it."""
+
+    @property
+    def score(self) -> float: ...
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def labels(self) -> dict[str, str]: ...
+
 
 THUMB = 160
 LINE = 12
@@ -43,7 +57,7 @@ def write_contact_sheet(
     title: str,
     query: Image.Image | None,
     query_caption: str,
-    hits: Sequence[Hit],
+    hits: Sequence[Result],
     root: Path,
 ) -> None:
     """Write a PNG with the query first, then the hits in rank order."""

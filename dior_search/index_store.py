@@ -599,6 +599,11 @@ class IndexReader:
             index.reconstruct(row_id, stored)
         return stored
 
+    def top_hits(self, vector: np.ndarray, k: int) -> list[Hit]:
+        """The k nearest rows to one query vector, with their metadata."""
+        scores, ids = self.search(vector[None, :], k)
+        return self.hits(scores[0], ids[0])
+
     def hits(self, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
         """Hits of one query's result row, with their metadata."""
         found = []

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -23,7 +22,6 @@ from PIL import Image
 from dior_search.embedder import Embedder
 from dior_search.errors import IndexStoreError, UsageError
 from dior_search.index_store import IndexReader, check_same_embedder, normalize
-from dior_search.query import find_index, query_vector
 
 # Candidates taken from each condition at first, as a multiple of k (and at least a floor).
 FIRST_CANDIDATES_PER_K = 4
@@ -156,7 +154,7 @@ class JoinedIndexes:
         if len(vectors) != len(self.readers) or len(weights) != len(self.readers):
             raise UsageError("give one query vector and one weight per condition")
         if len(self.readers) == 1:
-            hits = query_vector(self.readers[0], vectors[0], k)
+            hits = self.readers[0].top_hits(vectors[0], k)
             return [ConditionHit(h.id, h.score, (h.score,), h.path, h.labels) for h in hits]
         if not all(w > 0 for w in weights):
             raise UsageError(f"weights must be positive, got {list(weights)}")
@@ -218,17 +216,6 @@ class JoinedIndexes:
             seen_all = seen_all or top >= len(reader)
         union = np.unique(np.concatenate(found))
         return union[self.complete[union]], bound, seen_all
-
-
-def open_conditions(
-    indexes_dir: Path, collection: str, conditions: Sequence[str], model: str | None
-) -> JoinedIndexes:
-    """A collection's indexes under several conditions (each found as `query` finds one)."""
-    if len(set(conditions)) != len(conditions):
-        raise UsageError(f"a condition is repeated in {list(conditions)}")
-    return JoinedIndexes(
-        [IndexReader(find_index(indexes_dir, collection, c, model)) for c in conditions]
-    )
 
 
 def embed_conditions(

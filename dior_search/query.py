@@ -1,30 +1,128 @@
-"""The `query` stage: find the index for a condition and search it with an image or an id."""
+"""The `query` stage: find a collection's indexes and search them with an image or an id.
+
+One condition searches its index as it is; several are joined on content hash and ranked by
+the weighted mean of their cosine similarities (`multi_condition`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from dior_search.datasets import slug
 from dior_search.embedder import DiorEmbedder, EmbedderSettings
-from dior_search.errors import IndexStoreError
-from dior_search.index_store import (
-    MANIFEST,
-    Hit,
-    IndexReader,
-    Manifest,
-    check_same_embedder,
+from dior_search.errors import IndexStoreError, UsageError
+from dior_search.images import load_image
+from dior_search.index_store import MANIFEST, IndexReader, Manifest, check_same_embedder
+from dior_search.multi_condition import (
+    ConditionHit,
+    JoinedIndexes,
+    embed_conditions,
+    normalize_weights,
 )
 
 
 @dataclass(frozen=True)
-class QueryResult:
-    directory: Path
-    manifest: Manifest
-    hits: list[Hit]
+class QueryRequest:
+    """What to search for, and where: `index` (one directory) or `collection` + `conditions`."""
+
+    conditions: tuple[str, ...]
+    weights: tuple[float, ...] | None = None
+    k: int = 10
+    image: Path | None = None
+    row_id: int | None = None
+    collection: str | None = None
+    index: Path | None = None
+    indexes_dir: Path = Path("indexes")
+    model: str | None = None
+    device: str = "auto"
+    dtype: str | None = None
+    trust_remote_code: bool = False
+    search_params: str = ""
+    mmap: bool | None = None
+
+
+@dataclass(frozen=True)
+class QueryAnswer:
+    title: str
+    conditions: tuple[str, ...]
+    weights: tuple[float, ...]
+    hits: list[ConditionHit]
+    root: Path
+    query_image: Image.Image | None
+    query_path: Path
+    caption: str
+
+
+def run_query(request: QueryRequest) -> QueryAnswer:
+    """Search with an image (embedded with the indexes' own settings) or an indexed id."""
+    if request.k < 1:
+        raise UsageError("-k must be at least 1")
+    if (request.image is None) == (request.row_id is None):
+        raise UsageError("give a query IMAGE or --id ID (one of them)")
+    directories = query_directories(request)
+    weights = normalize_weights(request.weights, len(directories))
+    query_image = load_image(request.image) if request.image is not None else None
+    readers = [
+        IndexReader(d, mmap=request.mmap, search_params=request.search_params) for d in directories
+    ]
+    joined = JoinedIndexes(readers)
+    first = readers[0]
+    if query_image is not None:
+        embedder = load_query_embedder(
+            first.manifest,
+            first.directory,
+            request.device,
+            request.dtype,
+            request.trust_remote_code,
+        )
+        vectors = embed_conditions(embedder, readers, query_image)
+    else:
+        vectors = joined.stored_query(int(request.row_id or 0))
+    root = Path(first.manifest.collection["root"])
+    if request.image is not None:
+        query_path, caption = request.image, request.image.name
+    else:
+        query_path = root / first.row(int(request.row_id or 0)).path
+        caption = f"id {request.row_id}"
+    names = tuple(str(r.manifest.condition["name"]) for r in readers)
+    title = f"{first.manifest.collection['name']} under " + " + ".join(
+        f"'{name}'" if len(names) == 1 else f"'{name}' ({w:.2f})"
+        for name, w in zip(names, weights, strict=True)
+    )
+    return QueryAnswer(
+        title=title,
+        conditions=names,
+        weights=weights,
+        hits=joined.search(vectors, weights, request.k),
+        root=root,
+        query_image=query_image,
+        query_path=query_path,
+        caption=caption,
+    )
+
+
+def query_directories(request: QueryRequest) -> list[Path]:
+    """The index directory of each condition asked for."""
+    if request.index is not None:
+        if len(request.conditions) > 1:
+            raise UsageError(
+                "--index takes one condition; combine conditions of a collection "
+                "with --dataset NAME or --images DIR"
+            )
+        return [request.index]
+    if not request.conditions:
+        raise UsageError("--condition is required (or give --index DIR)")
+    if request.collection is None:
+        raise UsageError("give one of --dataset NAME, --images DIR or --index DIR")
+    if len(set(request.conditions)) != len(request.conditions):
+        raise UsageError(f"a condition is repeated in {list(request.conditions)}")
+    return [
+        find_index(request.indexes_dir, request.collection, c, request.model)
+        for c in request.conditions
+    ]
 
 
 def find_index(indexes_dir: Path, collection: str, condition: str, model: str | None) -> Path:
@@ -82,13 +180,3 @@ def load_query_embedder(
     embedder = DiorEmbedder(settings_from_manifest(manifest, device, dtype, trust_remote_code))
     check_same_embedder(directory, manifest.embedder, embedder.describe())
     return embedder
-
-
-def query_vector(reader: IndexReader, vector: np.ndarray, k: int) -> list[Hit]:
-    scores, ids = reader.search(vector[None, :], k)
-    return reader.hits(scores[0], ids[0])
-
-
-def embed_query(embedder: DiorEmbedder, manifest: Manifest, image: Image.Image) -> np.ndarray:
-    vectors = embedder.embed([image], [manifest.condition["text"]])
-    return np.asarray(vectors[0, 0])

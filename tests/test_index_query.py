@@ -134,14 +134,14 @@ def test_unindexed_condition_lists_the_indexed_ones(synthetic_index, capsys):
             "--dataset",
             "synthetic",
             "--condition",
-            "size",
+            "shape",
             "--indexes",
             str(synthetic_index / "indexes"),
         ]
     )
     assert code == 5
     assert capsys.readouterr().err.strip() == (
-        "error: no index for condition 'size' of synthetic; conditions with an index: "
+        "error: no index for condition 'shape' of synthetic; conditions with an index: "
         "background, color, pattern, size, unconditional"
     )
 

@@ -12,7 +12,6 @@ from dior_search.cli import main
 from dior_search.errors import UsageError
 from dior_search.index_store import IndexReader, IndexWriter, Manifest, Row
 from dior_search.multi_condition import JoinedIndexes, normalize_weights, shared_label_rate
-from dior_search.query import query_vector
 
 N = 300
 DIM = 16
@@ -101,7 +100,7 @@ def test_one_condition_is_the_plain_query(two_conditions):
     single = JoinedIndexes([reader])
     query = np.arange(DIM, dtype=np.float32)
     hits = single.search([query], (1.0,), 7)
-    plain = query_vector(reader, query, 7)
+    plain = reader.top_hits(query, 7)
     assert [(h.id, h.score, h.path) for h in hits] == [(h.id, h.score, h.path) for h in plain]
 
 
