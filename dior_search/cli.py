@@ -259,7 +259,7 @@ def index(
     from dior_search.embedder import DiorEmbedder
     from dior_search.index_parts import PartSpec, launched_part, process_device
     from dior_search.index_types import canonical_spec, parse_size
-    from dior_search.indexing import IndexSettings, index_collection
+    from dior_search.indexing import IndexSettings, index_collection, write_skipped
 
     if shard_size < 1:
         raise UsageError("--shard-size must be at least 1")
@@ -318,8 +318,10 @@ def index(
     for name, directory in report.directories.items():
         table.add_row(name, str(report.added[name]), str(directory))
     console.print(table)
+    listing = write_skipped(report)
     console.print(
-        f"{report.already_indexed} already indexed, {len(report.skipped)} skipped (unreadable)"
+        f"{report.already_indexed} already indexed, {len(report.skipped)} skipped"
+        + (f" (listed in {listing})" if listing else "")
     )
     for path, reason in report.skipped:
         err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False)

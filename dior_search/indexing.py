@@ -58,6 +58,19 @@ class IndexReport:
     waiting: dict[str, list[int]] = field(default_factory=dict)
 
 
+SKIPPED_FILE = "skipped.tsv"
+
+
+def write_skipped(report: IndexReport) -> Path | None:
+    """List the run's skipped images (path, reason) in `skipped.tsv` beside its indexes."""
+    if not report.skipped or not report.directories:
+        return None
+    listing = next(iter(report.directories.values())).parent / SKIPPED_FILE
+    lines = [f"{path}\t{reason}\n" for path, reason in report.skipped]
+    listing.write_text("path\treason\n" + "".join(lines), encoding="utf-8")
+    return listing
+
+
 def embedder_slug(info: dict[str, Any]) -> str:
     """Folder name of an embedder's indexes: method, model, and any non-default setting."""
     parts = [model_slug(str(info["model"]))]

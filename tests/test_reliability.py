@@ -84,10 +84,14 @@ def test_indexing_a_folder_of_bad_images(tmp_path, capsys):
     captured = capsys.readouterr()
     skipped = sorted(name for name, kept in EXPECTED_KEPT.items() if not kept)
     kept = sorted(name for name, kept in EXPECTED_KEPT.items() if kept)
-    assert f"{len(skipped)} skipped" in captured.out
+    assert f"{len(skipped)} skipped (listed in" in captured.out
     for name in skipped:
         assert f"skipped {name}:" in captured.err
-    (directory,) = (tmp_path / "indexes" / open_folder(folder).name / "tiny").iterdir()
+    embedder_dir = tmp_path / "indexes" / open_folder(folder).name / "tiny"
+    listing = (embedder_dir / "skipped.tsv").read_text().splitlines()
+    assert listing[0] == "path\treason"
+    assert sorted(line.split("\t")[0] for line in listing[1:]) == skipped
+    (directory,) = [p for p in embedder_dir.iterdir() if p.is_dir()]
     reader = IndexReader(directory)
     assert sorted(row.path for row in reader.all_rows()) == kept
     # A re-run tries the bad files again, skips them again and loses nothing.
