@@ -34,8 +34,8 @@ from dior_search.service import (
     DeadlineExceeded,
     NotFound,
     QueryOutcome,
-    QueryRequest,
     SearchService,
+    ServeQuery,
     TooLarge,
 )
 
@@ -256,7 +256,7 @@ def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def parse_query(fields: Mapping[str, Any]) -> QueryRequest:
+def parse_query(fields: Mapping[str, Any]) -> ServeQuery:
     """A query from JSON fields; UsageError naming what is wrong and what is valid."""
     unknown = sorted(set(fields) - set(QUERY_FIELDS))
     if unknown:
@@ -296,7 +296,7 @@ def parse_query(fields: Mapping[str, Any]) -> QueryRequest:
         raise UsageError("id_condition must be a condition name")
     if (upload is None) == (row_id is None):
         raise UsageError("give exactly one of upload (an uploaded image) or id (an indexed one)")
-    return QueryRequest(
+    return ServeQuery(
         collection=collection,
         conditions=tuple(conditions),
         weights=None if weights is None else tuple(float(w) for w in weights),

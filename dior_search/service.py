@@ -103,7 +103,7 @@ class ServedCollection:
 
 
 @dataclass(frozen=True)
-class QueryRequest:
+class ServeQuery:
     """A query: an upload (by content hash) or an indexed image, under one or more conditions."""
 
     collection: str
@@ -396,7 +396,7 @@ class SearchService:
 
     # -- queries -------------------------------------------------------------------------
 
-    def query(self, request: QueryRequest, deadline: float) -> QueryOutcome:
+    def query(self, request: ServeQuery, deadline: float) -> QueryOutcome:
         """Rank a collection's images by (weighted) similarity under the asked conditions."""
         collection = self.collection(request.collection)
         if not request.conditions:
