@@ -101,6 +101,12 @@ def indexed_conditions(method: str, conditions: Sequence[str]) -> list[str]:
 def evaluate_index(directory: Path, condition: str) -> Metrics:
     """Metrics of one index directory by one condition's labels, exact search."""
     reader = IndexReader(directory)
+    if not reader.exact:
+        log.warning(
+            "%s stores compressed vectors (%s): metrics use their reconstructions",
+            directory,
+            reader.manifest.index_type,
+        )
     _, vectors = reader.all_vectors()
     labels = [row.labels.get(condition) for row in reader.all_rows()]
     keep = np.array([label is not None for label in labels])
