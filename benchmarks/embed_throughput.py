@@ -1,6 +1,11 @@
 """Embeddings per second of DIOR's embedding paths on a mid-size random-weight Qwen2.5-VL.
 
     python benchmarks/embed_throughput.py [--images 8] [--conditions 1 5 10] [--repeats 3]
+    python benchmarks/embed_throughput.py --model-size 7b --device cuda --dtype bfloat16
+
+`--model-size 7b` takes Qwen2.5-VL-7B-Instruct's layer shapes (random weights, a small
+vocabulary: with no LM head the vocabulary costs one embedding lookup), for real-size figures
+on a GPU.
 
 Paths, each over the same images under the first C conditions:
   naive         a full forward pass per (image, condition), one at a time
@@ -9,8 +14,8 @@ Paths, each over the same images under the first C conditions:
   lower bound   our prefix pass and batched suffix pass alone, inputs built beforehand
 Every path is timed in the same run, so the ratios hold on a noisy machine even where the
 absolute figures do not: the images are taken a group at a time (the images of one of our
-passes), all paths run on a group back to back in turn, and each path's time is the sum over
-groups of its best time on each.
+passes, or of --passes-per-group), all paths run on a group back to back in turn, and each
+path's time is the sum over groups of its best time on each.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import torch
 import transformers
 from PIL import Image
 
-from dior_search.embedder import DiorEmbedder, EmbedderSettings
+from dior_search.embedder import DiorEmbedder, EmbedderSettings, resolve_device, resolve_dtype
 from dior_search.prompts import build_prompt
 from dior_search.tiny_training import (
     build_qwen_tokenizer,
@@ -51,17 +56,44 @@ CONDITIONS = [
 PATHS = ["naive", "reference-kv", "ours", "lower bound"]
 
 
-def build_model(folder: Path, image_size: int) -> None:
-    """A random-weight Qwen2.5-VL: 6 vision and 6 language layers, language hidden size 512."""
+def build_model(
+    folder: Path, image_size: int, size: str, device: torch.device, dtype: torch.dtype
+) -> None:
+    """A random-weight Qwen2.5-VL of `size`: "mid" (6 vision and 6 language layers, language
+    hidden size 512) or "7b" (Qwen2.5-VL-7B's shapes)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     torch.manual_seed(0)
     prompts = [build_prompt("describe", c) for c in CONDITIONS]
     tokenizer = build_qwen_tokenizer([*tiny_corpus(), *prompts * 4], vocab_size=1024)
-    config = qwen25_config(
-        tokenizer, hidden=512, layers=6, vision_hidden=256, vision_layers=6, intermediate=1536
-    )
-    Qwen2_5_VLForConditionalGeneration(config).save_pretrained(folder)
+    if size == "mid":
+        config = qwen25_config(
+            tokenizer, hidden=512, layers=6, vision_hidden=256, vision_layers=6, intermediate=1536
+        )
+    else:
+        config = qwen25_config(
+            tokenizer,
+            hidden=3584,
+            layers=28,
+            vision_hidden=1280,
+            vision_layers=32,
+            intermediate=18944,
+        )
+        config.text_config.num_attention_heads = 28
+        config.text_config.num_key_value_heads = 4
+        config.text_config.rope_parameters["mrope_section"] = [16, 24, 24]
+        config.vision_config.num_heads = 16
+        config.vision_config.intermediate_size = 3420
+        config.vision_config.fullatt_block_indexes = [7, 15, 23, 31]
+    # Built where it will run and in its dtype: 7B parameters initialised in fp32 on a CPU
+    # take minutes and 32 GB.
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with device:
+            Qwen2_5_VLForConditionalGeneration(config).save_pretrained(folder)
+    finally:
+        torch.set_default_dtype(default)
     tokenizer.save_pretrained(folder)
     qwen_image_processor(max_pixels=image_size * image_size).save_pretrained(folder)
 
@@ -108,12 +140,19 @@ def lower_bound(embedder: DiorEmbedder, images: Sequence[Image.Image], prompts: 
         batch = split.to(embedder.device, embedder.dtype)
         began = time.perf_counter()
         cache = embedder.prefix_pass(batch)
+        synchronize(embedder)
         elapsed += time.perf_counter() - began
         cache.batch_repeat_interleave(batch.prompts_per_image)
         began = time.perf_counter()
         embedder.suffix_pass(batch, cache)
         elapsed += time.perf_counter() - began
     return elapsed
+
+
+def synchronize(embedder: DiorEmbedder) -> None:
+    """Wait for queued GPU work: the timer stops when the pass has run, not when queued."""
+    if embedder.device.type == "cuda":
+        torch.cuda.synchronize(embedder.device)
 
 
 TIMERS: dict[str, Callable[[DiorEmbedder, Sequence[Image.Image], list[str]], float]] = {
@@ -135,6 +174,12 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[str, int], float]:
     # One thread by default: where other work shares the cores, a descheduled OpenMP thread
     # stalls every parallel region and timings swing tenfold; one thread keeps them steady.
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--passes-per-group", type=int, default=1, help="our passes per timed group of images"
+    )
+    parser.add_argument("--model-size", choices=["mid", "7b"], default="mid")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     transformers.utils.logging.disable_progress_bar()
@@ -149,9 +194,13 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[str, int], float]:
         for _ in range(args.images)
     ]
     with tempfile.TemporaryDirectory() as folder:
-        build_model(Path(folder), size)
+        device = resolve_device(args.device)
+        dtype = resolve_dtype(args.dtype, device)
+        build_model(Path(folder), size, args.model_size, device, dtype)
         embedder = DiorEmbedder(
-            EmbedderSettings(model=folder, device="cpu", batch_size=args.batch_size)
+            EmbedderSettings(
+                model=folder, device=args.device, dtype=args.dtype, batch_size=args.batch_size
+            )
         )
         n_params = sum(p.numel() for p in embedder.model.parameters())
         split = embedder.inputs.split(images[:1], ["x"], embedder.model)
@@ -159,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[str, int], float]:
         print(
             f"random-weight Qwen2.5-VL, {n_params / 1e6:.1f}M parameters, "
             f"{n_visual} visual tokens per image, {args.images} images, "
+            f"{embedder.device} {str(embedder.dtype).removeprefix('torch.')}, "
             f"{torch.get_num_threads()} threads, best of {args.repeats}",
             flush=True,
         )
@@ -167,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[str, int], float]:
         for repeat in range(args.repeats):
             for c in args.conditions:
                 prompts = [build_prompt("describe", cond) for cond in CONDITIONS[:c]]
-                step = max(1, args.batch_size // c)
+                step = max(1, args.batch_size // c) * args.passes_per_group
                 for group, start in enumerate(range(0, len(images), step)):
                     turn = (repeat + group) % len(PATHS)
                     for path in PATHS[turn:] + PATHS[:turn]:

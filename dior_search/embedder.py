@@ -15,7 +15,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -290,20 +291,36 @@ class DiorEmbedder:
         """
         out = np.empty((len(images), len(prompts), self.dim), dtype=np.float32)
         step = max(1, self.settings.batch_size // len(prompts))
-        for start in range(0, len(images), step):
-            chunk = images[start : start + step]
-            try:
-                split = self.inputs.split(chunk, prompts, self.model)
-            except PrefixReuseUnsupported as exc:
-                self._stop_prefix_reuse(str(exc))
-                out[start:] = self.embed_full(images[start:], prompts, on_progress)
-                break
-            out[start : start + len(chunk)] = self.embed_split(split).reshape(
-                len(chunk), len(prompts), self.dim
-            )
-            if on_progress is not None:
-                on_progress(len(chunk) * len(prompts))
+        chunks = [images[start : start + step] for start in range(0, len(images), step)]
+        done = 0
+        try:
+            for chunk, split in zip(chunks, self._splits(chunks, prompts), strict=True):
+                out[done : done + len(chunk)] = self.embed_split(split).reshape(
+                    len(chunk), len(prompts), self.dim
+                )
+                done += len(chunk)
+                if on_progress is not None:
+                    on_progress(len(chunk) * len(prompts))
+        except PrefixReuseUnsupported as exc:
+            self._stop_prefix_reuse(str(exc))
+            out[done:] = self.embed_full(images[done:], prompts, on_progress)
         return out
+
+    def _splits(
+        self, chunks: Sequence[Sequence[Image.Image]], prompts: Sequence[str]
+    ) -> Iterator[SplitBatch]:
+        """Each chunk's prefix/suffix inputs, in order, the next built while this one runs.
+
+        Building inputs (image patches, tokens) is CPU work; done on a thread while the model
+        runs the previous chunk, it no longer leaves a GPU idle.
+        """
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self.inputs.split, chunks[0], prompts, self.model)
+            for following in [*chunks[1:], None]:
+                split = pending.result()
+                if following is not None:
+                    pending = pool.submit(self.inputs.split, following, prompts, self.model)
+                yield split
 
     @torch.inference_mode()
     def embed_split(self, split: SplitBatch) -> np.ndarray:
