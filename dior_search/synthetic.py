@@ -1,9 +1,11 @@
 """The `synthetic` collection: seeded images with four independent labelled attributes.
 
 Each image is a small or large shape in one of six colours, filled solid, with stripes or with
-dots, on one of four backgrounds. The shape itself (circle, square or triangle) varies but is
-not a label: a few-MB vision tower does not learn it (see README). Image sizes vary so batches
-mix sizes. An image depends only on (seed, split, index), so any subset can be regenerated.
+dots, on one of four backgrounds. The shape itself (circle or square) varies but is not a
+label: a few-MB vision tower does not learn it (see README). Small and large stay apart in
+area as well as in side whatever the shape, and a large object leaves the background in view.
+Image sizes vary so batches mix sizes. An image depends only on (seed, split, index), so any
+subset can be regenerated.
 """
 
 import csv
@@ -34,7 +36,7 @@ BACKGROUNDS: dict[str, RGB] = {
 PATTERNS = ("solid", "stripes", "dots")
 # The object's side as a share of the image's shorter side.
 OBJECT_SIZES: dict[str, tuple[float, float]] = {"small": (0.4, 0.5), "large": (0.7, 0.85)}
-SHAPES = ("circle", "square", "triangle")
+SHAPES = ("circle", "square")
 IMAGE_SIZES = ((84, 84), (112, 84), (84, 112), (112, 112))
 
 # Condition short name -> the aspect phrase put into the prompt.
@@ -104,12 +106,8 @@ def render(item: SyntheticItem, rng: np.random.Generator) -> Image.Image:
     draw_mask = ImageDraw.Draw(mask)
     if shape == "circle":
         draw_mask.ellipse(box, fill=255)
-    elif shape == "square":
-        draw_mask.rectangle(box, fill=255)
     else:
-        draw_mask.polygon(
-            [(left + side / 2, top), (left, top + side), (left + side, top + side)], fill=255
-        )
+        draw_mask.rectangle(box, fill=255)
 
     fill_color = jitter(COLORS[item.color], rng)
     fill = Image.new("RGB", (width, height), fill_color)

@@ -23,7 +23,7 @@ from dior_search.synthetic import CONDITIONS, LABEL_VALUES, iter_split
 log = logging.getLogger(__name__)
 
 # Pattern is the hardest of the attributes for a small vision tower: it gets the most rows.
-CONDITION_WEIGHTS = {"color": 0.25, "background": 0.2, "pattern": 0.35, "size": 0.2}
+CONDITION_WEIGHTS = {"color": 0.2, "background": 0.2, "pattern": 0.3, "size": 0.3}
 
 QWEN_SPECIAL_TOKENS = [
     "<|endoftext|>",

@@ -2,7 +2,7 @@
 
     python scripts/build_tiny_model.py [--steps 2000] [--out dior_search/tiny_model]
 
-About 15 minutes on 2 idle CPU cores. The result is deterministic up to floating-point ordering.
+About 20 minutes on 2 idle CPU cores. The result is deterministic up to floating-point ordering.
 """
 
 import argparse
