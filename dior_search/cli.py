@@ -617,9 +617,9 @@ def bench(
                 on_stage=bar.stage,
                 on_progress=bar.advance,
             )
-    table = bench_table(result, chosen_methods)
-    # Twenty metric columns do not fit 80 characters: print the table whole, never cropped.
-    console.print(table, width=max(console.width, console.measure(table).maximum))
+    for table in bench_tables(result, chosen_methods):
+        # Print whole, never cropped, where a long condition name outgrows the terminal.
+        console.print(table, width=max(console.width, console.measure(table).maximum))
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result, indent=2))
@@ -653,22 +653,28 @@ METRIC_COLUMNS = {
 }
 
 
-def bench_table(result: BenchResult, methods: list[str]) -> Table:
-    table = Table(title="retrieval by condition (exact search, query excluded)", padding=(0, 1))
-    table.add_column("dataset")
-    table.add_column("condition")
-    for name in methods:
-        for short in METRIC_COLUMNS.values():
-            table.add_column(f"{name}\n{short}", justify="right", no_wrap=True)
+def bench_tables(result: BenchResult, methods: list[str]) -> list[Table]:
+    """One table per dataset, a row per (condition, method): seven columns, which fit an
+    80-column terminal whatever the number of methods."""
+    tables = []
     for dataset_name, conditions in result.items():
+        table = Table(
+            title=f"{dataset_name}: retrieval by condition (exact search, query excluded)",
+            padding=(0, 1),
+        )
+        table.add_column("condition")
+        table.add_column("method", no_wrap=True)
+        for short in METRIC_COLUMNS.values():
+            table.add_column(short, justify="right", no_wrap=True)
         for condition_name, per_method in conditions.items():
-            cells = [
-                f"{per_method[m][metric]:.3f}" if m in per_method else "-"
-                for m in methods
-                for metric in METRIC_COLUMNS
-            ]
-            table.add_row(dataset_name, condition_name, *cells)
-    return table
+            for m in methods:
+                cells = [
+                    f"{per_method[m][metric]:.3f}" if m in per_method else "-"
+                    for metric in METRIC_COLUMNS
+                ]
+                table.add_row(condition_name, m, *cells, end_section=m == methods[-1])
+        tables.append(table)
+    return tables
 
 
 @app.command()
