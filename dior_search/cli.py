@@ -48,7 +48,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-err_console = Console(stderr=True)
+# Messages on stderr stay one line each, whatever the terminal width: logs and grep read them.
+err_console = Console(stderr=True, soft_wrap=True)
 
 ModelOpt = Annotated[
     str,
@@ -743,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = app(args=argv, prog_name="dior-search", standalone_mode=False)
     except DiorError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
         return exc.exit_code
     except ClickException as exc:
         err_console.print(
