@@ -57,16 +57,16 @@ PATHS = ["naive", "reference-kv", "ours", "lower bound"]
 
 
 def build_model(
-    folder: Path, image_size: int, size: str, device: torch.device, dtype: torch.dtype
+    folder: Path, image_size: int, model_size: str, device: torch.device, dtype: torch.dtype
 ) -> None:
-    """A random-weight Qwen2.5-VL of `size`: "mid" (6 vision and 6 language layers, language
-    hidden size 512) or "7b" (Qwen2.5-VL-7B's shapes)."""
+    """A random-weight Qwen2.5-VL of `model_size`: "mid" (6 vision and 6 language layers,
+    language hidden size 512) or "7b" (Qwen2.5-VL-7B's shapes)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     torch.manual_seed(0)
     prompts = [build_prompt("describe", c) for c in CONDITIONS]
     tokenizer = build_qwen_tokenizer([*tiny_corpus(), *prompts * 4], vocab_size=1024)
-    if size == "mid":
+    if model_size == "mid":
         config = qwen25_config(
             tokenizer, hidden=512, layers=6, vision_hidden=256, vision_layers=6, intermediate=1536
         )
@@ -196,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[str, int], float]:
     with tempfile.TemporaryDirectory() as folder:
         device = resolve_device(args.device)
         dtype = resolve_dtype(args.dtype, device)
-        build_model(Path(folder), size, args.model_size, device, dtype)
+        build_model(Path(folder), args.image_size, args.model_size, device, dtype)
         embedder = DiorEmbedder(
             EmbedderSettings(
                 model=folder, device=args.device, dtype=args.dtype, batch_size=args.batch_size

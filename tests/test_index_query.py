@@ -4,12 +4,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+import kill_runs
 import numpy as np
 import pytest
+from kill_runs import assert_same_index
 
 from dior_search.cli import main
 from dior_search.datasets import open_folder
@@ -175,22 +176,7 @@ def test_missing_query_image_is_one_line(tmp_path, capsys):
 
 
 def index_command(folder: Path, indexes: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "dior_search",
-        "index",
-        "--images",
-        str(folder),
-        "--condition",
-        "object color",
-        "--shard-size",
-        "10",
-        "--indexes",
-        str(indexes),
-        "--device",
-        "cpu",
-    ]
+    return kill_runs.index_command(folder, indexes, ["object color"], shard_size=10)
 
 
 def rows_indexed(directory: Path) -> int:
@@ -230,11 +216,7 @@ def test_sigkill_and_resume_index_each_image_once(tmp_path):
         assert rows_indexed(directory) >= kill_after - 10
     subprocess.run(index_command(data, resumed), check=True, capture_output=True, env=env)
 
-    got = IndexReader(directory)
-    paths = [row.path for row in got.all_rows()]
-    assert sorted(paths) == sorted(set(paths)) and len(paths) == 90
-    want = {row.path: expected.vector(i) for i, row in enumerate(expected.all_rows())}
-    for i, path in enumerate(paths):
-        np.testing.assert_allclose(got.vector(i), want[path], atol=1e-6)
+    paths = assert_same_index(IndexReader(directory), expected)
+    assert len(paths) == 90
     assert (directory / MANIFEST).is_file()
     assert not [p for p in directory.iterdir() if p.name.endswith(".tmp")]

@@ -7,14 +7,15 @@ import pickle
 import random
 import signal
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import kill_runs
 import numpy as np
 import pytest
 from bad_images import EXPECTED_KEPT, write_bad_images
+from kill_runs import assert_same_index
 from PIL import Image
 
 from dior_search import index_store
@@ -269,24 +270,7 @@ def test_nothing_is_unpickled(tmp_path, monkeypatch):
 
 
 def index_command(folder: Path, indexes: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "dior_search",
-        "index",
-        "--images",
-        str(folder),
-        "--condition",
-        "object color",
-        "--condition",
-        "pattern",
-        "--shard-size",
-        "7",
-        "--indexes",
-        str(indexes),
-        "--device",
-        "cpu",
-    ]
+    return kill_runs.index_command(folder, indexes, ["object color", "pattern"], shard_size=7)
 
 
 @pytest.mark.slow
@@ -316,8 +300,4 @@ def test_ten_random_kills_lose_and_duplicate_nothing(tmp_path):
     for condition in (slug("object color"), "pattern"):
         want = IndexReader(tmp_path / "reference" / collection / "tiny" / condition)
         got = IndexReader(tmp_path / "killed" / collection / "tiny" / condition)
-        wanted = {row.path: want.vector(i) for i, row in enumerate(want.all_rows())}
-        paths = [row.path for row in got.all_rows()]
-        assert sorted(paths) == sorted(wanted) and len(set(paths)) == 60
-        for i, path in enumerate(paths):
-            np.testing.assert_allclose(got.vector(i), wanted[path], atol=1e-6)
+        assert len(assert_same_index(got, want)) == 60

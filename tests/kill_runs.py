@@ -1,0 +1,38 @@
+"""`dior-search index` in a child process, for the tests that SIGKILL it and resume."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from dior_search.index_store import IndexReader
+
+
+def index_command(folder: Path, indexes: Path, conditions: list[str], shard_size: int) -> list[str]:
+    condition_args = [arg for condition in conditions for arg in ("--condition", condition)]
+    return [
+        sys.executable,
+        "-m",
+        "dior_search",
+        "index",
+        "--images",
+        str(folder),
+        *condition_args,
+        "--shard-size",
+        str(shard_size),
+        "--indexes",
+        str(indexes),
+        "--device",
+        "cpu",
+    ]
+
+
+def assert_same_index(got: IndexReader, want: IndexReader) -> list[str]:
+    """Every image of `want` exactly once in `got`, with `want`'s vector; `got`'s paths."""
+    wanted = {row.path: want.vector(i) for i, row in enumerate(want.all_rows())}
+    paths = [row.path for row in got.all_rows()]
+    assert len(paths) == len(set(paths)), "an image was indexed twice"
+    assert sorted(paths) == sorted(wanted)
+    for i, path in enumerate(paths):
+        np.testing.assert_allclose(got.vector(i), wanted[path], atol=1e-6)
+    return paths
