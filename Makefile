@@ -19,6 +19,7 @@ demo: $(BIN)/dior-search
 lint: $(BIN)/dior-search
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest

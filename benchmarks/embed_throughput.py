@@ -32,9 +32,11 @@ import torch
 import transformers
 from PIL import Image
 
-from dior_search.embedder import DiorEmbedder, EmbedderSettings, resolve_device, resolve_dtype
-from dior_search.prompts import build_prompt
-from dior_search.tiny_training import (
+from dior_search.models.dior import DiorEmbedder
+from dior_search.models.loading import resolve_device, resolve_dtype
+from dior_search.models.prompts import build_prompt
+from dior_search.models.settings import DiorSettings
+from dior_search.models.tiny_training import (
     build_qwen_tokenizer,
     qwen25_config,
     qwen_image_processor,
@@ -198,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[str, int], float]:
         dtype = resolve_dtype(args.dtype, device)
         build_model(Path(folder), args.image_size, args.model_size, device, dtype)
         embedder = DiorEmbedder(
-            EmbedderSettings(
+            DiorSettings(
                 model=folder, device=args.device, dtype=args.dtype, batch_size=args.batch_size
             )
         )

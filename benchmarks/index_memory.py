@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dior_search.synthetic import write_dataset
+from dior_search.data.synthetic import write_dataset
 
 
 def peak_rss_mib(command: list[str]) -> tuple[float, float]:

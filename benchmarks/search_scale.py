@@ -38,8 +38,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dior_search.index_store import IndexReader, IndexWriter, Manifest, Row
-from dior_search.index_types import DEFAULT_MEMORY_BUDGET, canonical_spec, parse_size
+from dior_search.models.embedder import EmbedderDescription
+from dior_search.models.settings import DiorSettings
+from dior_search.store.index_types import DEFAULT_MEMORY_BUDGET, canonical_spec, parse_size
+from dior_search.store.manifest import Manifest
+from dior_search.store.reader import IndexReader
+from dior_search.store.shards import Row
+from dior_search.store.writer import IndexWriter
 
 DIM = 3584
 CHUNK = 10_000
@@ -80,7 +85,10 @@ def bench_manifest(spec: str, budget: int, shard_size: int) -> Manifest:
         collection={"name": "generated", "root": "/dev/null"},
         condition={"name": "generated", "text": None},
         prompt=None,
-        embedder={"method": "generated", "model": "search_scale", "dim": DIM},
+        # Generated vectors: no model made them; the description only names the benchmark.
+        embedder=EmbedderDescription(
+            DiorSettings(model="search_scale"), "generated", None, "generated", "float32", DIM
+        ),
         dim=DIM,
         index_type="Flat" if spec == "auto" else spec,
         index_spec=spec,

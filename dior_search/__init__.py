@@ -1,4 +1,9 @@
-"""dior-search: conditional image search with DIOR embeddings from vision-language models."""
+"""dior-search: conditional image search with DIOR embeddings from vision-language models.
+
+The package reads as its pipeline, each layer importing only the layers below it:
+data -> models -> store -> indexing / search -> evaluation / serve -> cli
+(see docs/architecture.md).
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 

@@ -29,3 +29,9 @@ class IndexStoreError(DiorError):
     """An index directory is missing, damaged, locked or of another kind than asked for."""
 
     exit_code = 5
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name if it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,6 +1,6 @@
-"""Rebuild the bundled `tiny` demo model (dior_search/tiny_model/) from scratch.
+"""Rebuild the bundled `tiny` demo model (dior_search/models/tiny_model/) from scratch.
 
-    python scripts/build_tiny_model.py [--steps 2000] [--out dior_search/tiny_model]
+    python scripts/build_tiny_model.py [--steps 2000] [--out dior_search/models/tiny_model]
 
 About 20 minutes on 2 idle CPU cores. The result is deterministic up to floating-point ordering.
 """
@@ -9,12 +9,14 @@ import argparse
 import logging
 from pathlib import Path
 
-from dior_search.tiny_training import train_tiny_model
+from dior_search.models.tiny_training import train_tiny_model
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--out", type=Path, default=Path(__file__).parents[1] / "dior_search" / "tiny_model"
+        "--out",
+        type=Path,
+        default=Path(__file__).parents[1] / "dior_search" / "models" / "tiny_model",
     )
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=32)

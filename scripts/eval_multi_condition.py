@@ -15,12 +15,15 @@ import logging
 import tempfile
 from pathlib import Path
 
-from dior_search.datasets import open_dataset
-from dior_search.embedder import DiorEmbedder, EmbedderSettings
-from dior_search.index_store import IndexReader
-from dior_search.indexing import IndexSettings, embedder_slug, index_collection, index_dir
-from dior_search.multi_condition import JoinedIndexes, normalize_weights, shared_label_rate
-from dior_search.synthetic import CONDITIONS, write_dataset
+from dior_search.data.collections import open_dataset
+from dior_search.data.synthetic import CONDITIONS, write_dataset
+from dior_search.evaluation.bench import shared_label_rate
+from dior_search.indexing.job import IndexSettings
+from dior_search.indexing.run import index_collection
+from dior_search.models.dior import DiorEmbedder
+from dior_search.models.settings import DiorSettings
+from dior_search.search.joined import JoinedIndexes, normalize_weights
+from dior_search.store.reader import IndexReader
 
 
 def main() -> None:
@@ -33,15 +36,11 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     work = args.work or Path(tempfile.mkdtemp(prefix="dior-multi-"))
     write_dataset(work / "datasets" / "synthetic", {"test": args.n_images})
-    embedder = DiorEmbedder(EmbedderSettings(model=args.model, batch_size=16))
-    info = embedder.describe()
+    embedder = DiorEmbedder(DiorSettings(model=args.model, batch_size=16))
     collection = open_dataset("synthetic", work / "datasets")
     settings = IndexSettings(indexes_dir=work / "indexes")
-    index_collection(collection, list(CONDITIONS), embedder, info, settings)
-    readers = {
-        c: IndexReader(index_dir(settings.indexes_dir, "synthetic", embedder_slug(info), c))
-        for c in CONDITIONS
-    }
+    report = index_collection(collection, list(CONDITIONS), embedder, settings)
+    readers = {c: IndexReader(report.directories[c]) for c in CONDITIONS}
 
     def rate(conditions: tuple[str, ...], labels: tuple[str, str]) -> float:
         joined = JoinedIndexes([readers[c] for c in conditions])

@@ -15,7 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from tiny_models import BASELINE_BUILDERS, BUILDERS
 
 if TYPE_CHECKING:
-    from dior_search.service import SearchService
+    from dior_search.serve.service import SearchService
 
 
 @pytest.fixture(scope="session")
@@ -92,25 +92,27 @@ class Served:
 @pytest.fixture(scope="session")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
     """120 synthetic images under color and background (3 shards), the tiny model loaded once."""
-    from dior_search.datasets import open_dataset
-    from dior_search.embedder import DiorEmbedder, EmbedderSettings
-    from dior_search.indexing import IndexSettings, index_collection
-    from dior_search.service import SearchService, ServeSettings, discover, served_collections
-    from dior_search.synthetic import write_dataset
+    from dior_search.data.collections import open_dataset
+    from dior_search.data.synthetic import write_dataset
+    from dior_search.indexing.job import IndexSettings
+    from dior_search.indexing.run import index_collection
+    from dior_search.models.dior import DiorEmbedder
+    from dior_search.models.settings import DiorSettings
+    from dior_search.search.searcher import Searcher
+    from dior_search.serve.service import SearchService, ServeSettings
 
     root = tmp_path_factory.mktemp("serve")
     write_dataset(root / "datasets" / "synthetic", {"test": 120})
-    embedder = DiorEmbedder(EmbedderSettings(device="cpu", batch_size=16))
-    info = embedder.describe()
+    embedder = DiorEmbedder(DiorSettings(device="cpu", batch_size=16))
     index_collection(
         open_dataset("synthetic", root / "datasets"),
         SERVE_CONDITIONS,
         embedder,
-        info,
         IndexSettings(indexes_dir=root / "indexes", shard_size=50),
     )
     settings = ServeSettings(indexes_dir=root / "indexes", device="cpu")
-    service = SearchService(served_collections(discover(settings), info), embedder, info, settings)
+    searcher = Searcher.open(settings.indexes_dir, options=settings.search_options())
+    service = SearchService(Searcher(searcher.entries, searcher.options, embedder), settings)
     return Served(root, service)
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dior_search.index_store import IndexReader
+from dior_search.store.reader import IndexReader
 
 
 def index_command(folder: Path, indexes: Path, conditions: list[str], shard_size: int) -> list[str]:
@@ -29,10 +29,10 @@ def index_command(folder: Path, indexes: Path, conditions: list[str], shard_size
 
 def assert_same_index(got: IndexReader, want: IndexReader) -> list[str]:
     """Every image of `want` exactly once in `got`, with `want`'s vector; `got`'s paths."""
-    wanted = {row.path: want.vector(i) for i, row in enumerate(want.all_rows())}
-    paths = [row.path for row in got.all_rows()]
+    wanted = dict(zip(want.paths(), want.vectors(want.ids), strict=True))
+    paths = got.paths()
     assert len(paths) == len(set(paths)), "an image was indexed twice"
     assert sorted(paths) == sorted(wanted)
-    for i, path in enumerate(paths):
-        np.testing.assert_allclose(got.vector(i), wanted[path], atol=1e-6)
+    for path, vector in zip(paths, got.vectors(got.ids), strict=True):
+        np.testing.assert_allclose(vector, wanted[path], atol=1e-6)
     return paths

@@ -11,15 +11,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from dior_search.server import make_server
-from dior_search.service import SearchService
+from dior_search.search.searcher import Searcher
+from dior_search.serve.app import make_server
+from dior_search.serve.service import SearchService
 
 
 def with_settings(service: SearchService, **changes: Any) -> SearchService:
-    """A fresh service (empty caches) over the same collections and model, other settings."""
-    embedder = changes.pop("embedder", service.embedder)
+    """A fresh service (empty caches) over the same indexes and model, other settings."""
+    embedder = changes.pop("embedder", service.searcher.load_embedder())
     settings = dataclasses.replace(service.settings, **changes)
-    return SearchService(service.collections, embedder, service.embedder_info, settings)
+    searcher = Searcher(service.searcher.entries, settings.search_options(), embedder)
+    return SearchService(searcher, settings)
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from transformers import (
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from dior_search.tiny_training import (
+from dior_search.models.tiny_training import (
     QWEN_SPECIAL_TOKENS,
     build_bpe_tokenizer,
     build_qwen_tokenizer,

@@ -1,0 +1,10 @@
+"""The `dior-search` command: a thin typer layer, one module per verb, over the library.
+
+Each verb parses its options, calls one library function, and renders the answer; typer and
+rich live only here.
+"""
+
+from dior_search.cli import bench, demo, index, query, serve  # noqa: F401  (registers verbs)
+from dior_search.cli.app import app, main, run
+
+__all__ = ["app", "main", "run"]

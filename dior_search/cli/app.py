@@ -1,0 +1,75 @@
+"""The typer app, its consoles, and `main`: every failure becomes one line and an exit code."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+# typer vendors click and exports no base class of its command-line errors.
+from typer._click.exceptions import ClickException
+
+from dior_search.errors import DiorError
+
+app = typer.Typer(
+    name="dior-search",
+    help="Conditional image search with DIOR embeddings from vision-language models.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+# Messages on stderr stay one line each, whatever the terminal width: logs and grep read them.
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+@app.callback()
+def configure(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False,
+) -> None:
+    """Conditional image search with DIOR embeddings from vision-language models."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not verbose:
+        quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Keep third-party progress bars and load reports off the terminal."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; every failure becomes one line on stderr and a non-zero exit code."""
+    try:
+        code = app(args=argv, prog_name="dior-search", standalone_mode=False)
+    except DiorError as exc:
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        return exc.exit_code
+    except ClickException as exc:
+        err_console.print(
+            f"[red]error:[/red] {escape(exc.format_message())}", highlight=False, soft_wrap=True
+        )
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (KeyboardInterrupt, typer.Abort):
+        code = 130
+    # Without standalone mode typer returns 130 for an interrupted command rather than raising.
+    if code == 130:
+        err_console.print("[red]error:[/red] interrupted")
+        return 130
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""`dior-search bench`: retrieval metrics per dataset, condition and method."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from dior_search import defaults
+from dior_search.cli.app import app, console, err_console
+from dior_search.cli.options import DatasetsDirOpt, IndexesOpt, with_embedder_options
+from dior_search.cli.progress import progress_bar
+from dior_search.errors import UsageError
+from dior_search.models.settings import EmbedderOptions
+
+if TYPE_CHECKING:
+    from dior_search.evaluation.bench import BenchResult
+
+METRIC_COLUMNS = {
+    "recall@1": "R@1",
+    "recall@5": "R@5",
+    "recall@10": "R@10",
+    "map@r": "MAP@R",
+    "precision@1": "P@1",
+}
+
+
+@app.command()
+@with_embedder_options()
+def bench(
+    options: EmbedderOptions,
+    dataset: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dataset",
+            help="Dataset to evaluate (repeatable). Default: every dataset "
+            "whose images are present (synthetic is generated).",
+        ),
+    ] = None,
+    condition: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--condition", "-c", help="Condition (repeatable). Default: all labelled ones."
+        ),
+    ] = None,
+    method: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--method",
+            help="dior, dior-unconditional, clip, generative (repeatable). "
+            "Default: all; those whose models cannot be loaded are skipped.",
+        ),
+    ] = None,
+    clip_model: Annotated[
+        str, typer.Option(help="CLIP model of the clip method.")
+    ] = defaults.DEFAULT_CLIP_MODEL,
+    text_encoder: Annotated[
+        str, typer.Option(help="Sentence encoder of the generative method.")
+    ] = defaults.DEFAULT_TEXT_ENCODER,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the results as JSON.")
+    ] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG chart of recall@k.")] = None,
+    datasets_dir: DatasetsDirOpt = defaults.DEFAULT_DATASETS_DIR,
+    indexes: IndexesOpt = defaults.DEFAULT_INDEXES_DIR,
+) -> None:
+    """Evaluate retrieval per dataset and condition: recall@k, MAP@R, precision@1."""
+    from dior_search.evaluation.bench import (
+        METHODS,
+        MethodModels,
+        open_bench_datasets,
+        run_benches,
+    )
+    from dior_search.indexing.job import IndexSettings
+
+    chosen = method or list(METHODS)
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown:
+        raise UsageError(f"unknown method {unknown[0]!r}; valid: {', '.join(METHODS)}")
+    models = MethodModels(replace(options, clip_model=clip_model, text_encoder=text_encoder))
+    if method is None:
+        chosen, problems = models.loadable(chosen)
+        for problem in problems:
+            err_console.print(f"[yellow]{escape(problem)}[/yellow]", highlight=False)
+    collections, problems = open_bench_datasets(dataset, datasets_dir)
+    for problem in problems:
+        err_console.print(f"[yellow]{escape(problem)}[/yellow]", highlight=False)
+    with progress_bar("bench", "img", err_console) as bar:
+        result = run_benches(
+            collections,
+            condition,
+            chosen,
+            models,
+            IndexSettings(indexes_dir=indexes),
+            on_stage=bar.stage,
+            on_progress=bar.advance,
+        )
+    for table in bench_tables(result, chosen):
+        # Print whole, never cropped, where a long condition name outgrows the terminal.
+        console.print(table, width=max(console.width, console.measure(table).maximum))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2))
+    if plot is not None:
+        from dior_search.cli.recall_chart import write_recall_chart
+
+        write_recall_chart(result, plot)
+
+
+def bench_tables(result: BenchResult, methods: list[str]) -> list[Table]:
+    """One table per dataset, a row per (condition, method): seven columns, which fit an
+    80-column terminal whatever the number of methods."""
+    tables = []
+    for dataset_name, conditions in result.items():
+        table = Table(
+            title=escape(f"{dataset_name}: retrieval by condition (exact search, query excluded)"),
+            padding=(0, 1),
+        )
+        table.add_column("condition")
+        table.add_column("method", no_wrap=True)
+        for short in METRIC_COLUMNS.values():
+            table.add_column(short, justify="right", no_wrap=True)
+        for condition_name, per_method in conditions.items():
+            for m in methods:
+                cells = [
+                    f"{per_method[m][metric]:.3f}" if m in per_method else "-"
+                    for metric in METRIC_COLUMNS
+                ]
+                table.add_row(escape(condition_name), m, *cells, end_section=m == methods[-1])
+        tables.append(table)
+    return tables

@@ -1,0 +1,142 @@
+"""`dior-search index`: embed a collection under conditions into sharded FAISS indexes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from dior_search import defaults
+from dior_search.cli.app import app, console, err_console
+from dior_search.cli.options import (
+    DatasetOpt,
+    DatasetsDirOpt,
+    ImagesOpt,
+    IndexesOpt,
+    open_collection,
+    with_embedder_options,
+)
+from dior_search.cli.progress import progress_bar
+from dior_search.errors import UsageError
+from dior_search.models.settings import EmbedderOptions
+
+ConditionsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--condition",
+        "-c",
+        help="Condition to index (repeatable): a dataset's condition name, free text, or "
+        "'unconditional'. Default: all of the dataset's conditions.",
+    ),
+]
+IndexTypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="auto (Flat while small, else a compressed type within --memory-budget), "
+        "flat, or a FAISS factory string such as 'PCA256,IVF2048,SQ8,Refine(SQ8)'. "
+        "Default: the index's own type, auto for a new index.",
+    ),
+]
+
+
+@app.command()
+@with_embedder_options()
+def index(
+    options: EmbedderOptions,
+    dataset: DatasetOpt = None,
+    images: ImagesOpt = None,
+    condition: ConditionsOpt = None,
+    datasets_dir: DatasetsDirOpt = defaults.DEFAULT_DATASETS_DIR,
+    indexes: IndexesOpt = defaults.DEFAULT_INDEXES_DIR,
+    shard_size: Annotated[
+        int, typer.Option(help="Vectors per shard.")
+    ] = defaults.DEFAULT_SHARD_SIZE,
+    index_type: IndexTypeOpt = None,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option(help="Size the index may take for auto, e.g. 8G (default: 8G)."),
+    ] = None,
+    part: Annotated[
+        int | None,
+        typer.Option(help="Embed only this part (0-based) of --parts: re-runs one failed part."),
+    ] = None,
+    parts: Annotated[
+        int | None,
+        typer.Option(help="Number of parts of a distributed run (accelerate launch sets it)."),
+    ] = None,
+) -> None:
+    """Embed a collection under conditions into sharded FAISS indexes (resumable).
+
+    Under `accelerate launch` every process embeds its own part and the last one to finish
+    merges the parts into the index.
+    """
+    from dior_search.indexing.job import IndexSettings
+    from dior_search.indexing.parts import launched_part, process_device, requested_part
+    from dior_search.indexing.run import index_collection
+    from dior_search.models import load_embedder
+    from dior_search.store.index_types import canonical_spec, parse_size
+
+    if shard_size < 1:
+        raise UsageError("--shard-size must be at least 1")
+    spec = requested_part(part, parts)
+    settings = IndexSettings(
+        indexes_dir=indexes,
+        shard_size=shard_size,
+        index_type=canonical_spec(index_type) if index_type is not None else None,
+        memory_budget=parse_size(memory_budget) if memory_budget is not None else None,
+        part=spec,
+    )
+    collection = open_collection(dataset, images, datasets_dir)
+    conditions = condition or list(collection.conditions)
+    if not conditions:
+        raise UsageError("--images needs at least one --condition (any free text)")
+    embedder = load_embedder(replace(options, device=process_device(options.device)).dior())
+    running = spec or launched_part()
+    label = f"indexing {collection.name}" + (f" ({running.name})" if running else "")
+    # Under accelerate launch, one bar (the first process's) rather than one per process.
+    quiet = running is not None and running.part != 0 and spec is None
+    with progress_bar(label, "img", err_console) as bar:
+        report = index_collection(
+            collection,
+            conditions,
+            embedder,
+            settings,
+            on_start=None if quiet else bar.start,
+            on_progress=None if quiet else bar.advance,
+        )
+    title = f"{collection.name}: {len(collection.items)} images"
+    if report.part is not None:
+        title += f", {report.part.name}"
+    table = Table(title=escape(title))
+    for column in ("condition", "added", "index"):
+        table.add_column(column)
+    for name, directory in report.directories.items():
+        table.add_row(escape(name), str(report.added[name]), escape(str(directory)))
+    console.print(table)
+    listing = report.skipped_listing
+    console.print(
+        f"{report.already_indexed} already indexed, {len(report.skipped)} skipped"
+        + (f" (listed in {listing})" if listing else ""),
+        markup=False,
+        highlight=False,
+    )
+    for path, reason in report.skipped:
+        err_console.print(
+            f"[yellow]skipped[/yellow] {escape(path)}: {escape(reason)}", highlight=False
+        )
+    for name in report.merged:
+        console.print(
+            f"{name}: all parts complete, merged into {report.directories[name]}",
+            markup=False,
+            highlight=False,
+        )
+    for name, missing in report.waiting.items():
+        console.print(
+            f"{name}: waiting for parts {', '.join(map(str, missing))}; the last to finish "
+            "merges (re-run a failed one with the same command, or --part K --parts N)",
+            markup=False,
+            highlight=False,
+        )

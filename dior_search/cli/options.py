@@ -1,0 +1,124 @@
+"""Options shared by several verbs, declared once.
+
+`with_embedder_options` gives a command every embedding option (model, template, layer, ...)
+and hands them to it as one `EmbedderOptions`; the other shared options are typed aliases.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+from typing import Annotated, Any, TypeVar, get_type_hints
+
+import typer
+
+from dior_search.data import collections
+from dior_search.data.collections import DATASETS, Collection, folder_collection_name
+from dior_search.errors import UsageError
+from dior_search.models.prompts import PROMPT_TEMPLATES
+from dior_search.models.settings import EmbedderOptions
+
+DatasetOpt = Annotated[str | None, typer.Option(help=f"A named dataset: {', '.join(DATASETS)}.")]
+ImagesOpt = Annotated[Path | None, typer.Option(help="Any folder of images (unlabelled).")]
+DatasetsDirOpt = Annotated[
+    Path, typer.Option(help="Where named datasets live: DIR/NAME/ holds NAME's images.")
+]
+IndexesOpt = Annotated[Path, typer.Option(help="Root folder of the indexes.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+TrustOpt = Annotated[bool, typer.Option(help="Allow the model repository's own code to run.")]
+DtypeOverrideOpt = Annotated[str | None, typer.Option(help="Override the indexes' dtype.")]
+
+# The embedding options, as typer parameters; their names are EmbedderOptions' fields.
+EMBEDDER_PARAMETERS: dict[str, Any] = {
+    "model": Annotated[
+        str,
+        typer.Option(
+            help="Hugging Face id, local model folder, or 'tiny' (the bundled demo model)."
+        ),
+    ],
+    "revision": Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit).")],
+    "template": Annotated[
+        str, typer.Option(help=f"Prompt template: {', '.join(PROMPT_TEMPLATES)}.")
+    ],
+    "layer": Annotated[int, typer.Option(help="Hidden-state index to read (-1: the last layer).")],
+    "dtype": Annotated[
+        str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16 or float16.")
+    ],
+    "device": DeviceOpt,
+    "position_scheme": Annotated[
+        str,
+        typer.Option(
+            "--positions",
+            help="Position scheme: 'reference' (the paper's code: sequential positions) or "
+            "'native' (the model's own multimodal positions).",
+        ),
+    ],
+    "max_pixels": Annotated[
+        int | None, typer.Option(help="Cap on image pixels before encoding (Qwen-VL models).")
+    ],
+    "max_side": Annotated[
+        int,
+        typer.Option(
+            help="Shrink images to this longer side first, as the paper's code does (0: never)."
+        ),
+    ],
+    "batch_size": Annotated[int, typer.Option(help="Rows (image x condition) per forward pass.")],
+    "trust_remote_code": TrustOpt,
+}
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def with_embedder_options(**overrides: Any) -> Callable[[Command], Command]:
+    """Add the embedding options to a command, which receives them as `options`.
+
+    `overrides` change an option's default for this command (the demo's batch size, say).
+    """
+    option_defaults = {f.name: f.default for f in fields(EmbedderOptions)} | overrides
+
+    def decorate(command: Command) -> Command:
+        hints = get_type_hints(command, include_extras=True)
+        own = [
+            p.replace(annotation=hints[p.name])
+            for p in inspect.signature(command).parameters.values()
+            if p.name != "options"
+        ]
+        added = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=option_defaults[name],
+                annotation=annotation,
+            )
+            for name, annotation in EMBEDDER_PARAMETERS.items()
+        ]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            chosen = {name: kwargs.pop(name) for name in EMBEDDER_PARAMETERS}
+            return command(options=EmbedderOptions(**chosen), **kwargs)
+
+        parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + added
+        wrapper.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def open_collection(dataset: str | None, images: Path | None, datasets_dir: Path) -> Collection:
+    if dataset is not None and images is None:
+        return collections.open_dataset(dataset, datasets_dir)
+    if images is not None and dataset is None:
+        return collections.open_folder(images)
+    raise UsageError("give exactly one of --dataset NAME or --images DIR")
+
+
+def collection_name(dataset: str | None, images: Path | None) -> str | None:
+    """The collection a --dataset or --images option names (None: neither was given)."""
+    if dataset is not None and images is not None:
+        raise UsageError("give at most one of --dataset NAME or --images DIR")
+    return dataset if images is None else folder_collection_name(images)

@@ -1,0 +1,180 @@
+"""`dior-search query`: search a collection's indexes with an image or an indexed image's id."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from dior_search import defaults
+from dior_search.cli.app import app, console, err_console
+from dior_search.cli.options import (
+    DatasetOpt,
+    DeviceOpt,
+    DtypeOverrideOpt,
+    ImagesOpt,
+    IndexesOpt,
+    TrustOpt,
+    collection_name,
+)
+from dior_search.errors import UsageError
+
+if TYPE_CHECKING:
+    from dior_search.search.searcher import Searcher, SearchOptions, SearchResult
+
+
+@app.command()
+def query(
+    image: Annotated[Path | None, typer.Argument(help="Query image (or use --id).")] = None,
+    condition: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--condition",
+            "-c",
+            help="Condition to search under; repeat it to rank by several conditions at once.",
+        ),
+    ] = None,
+    weight: Annotated[
+        list[float] | None,
+        typer.Option(
+            "--weight",
+            "-w",
+            help="Weight of each --condition, in the same order (default: equal weights).",
+        ),
+    ] = None,
+    dataset: DatasetOpt = None,
+    images: ImagesOpt = None,
+    index_path: Annotated[
+        Path | None, typer.Option("--index", help="An index directory (instead of a collection).")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", help="Number of results.")] = defaults.DEFAULT_K,
+    row_id: Annotated[
+        int | None, typer.Option("--id", help="Query with an indexed image's stored vector.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+    sheet: Annotated[
+        Path | None, typer.Option(help="Write a contact sheet PNG of the query and its results.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Pick the index built with this model (default: the only one)."),
+    ] = None,
+    indexes: IndexesOpt = defaults.DEFAULT_INDEXES_DIR,
+    dtype: DtypeOverrideOpt = None,
+    device: DeviceOpt = "auto",
+    trust_remote_code: TrustOpt = False,
+    search_params: Annotated[
+        str | None,
+        typer.Option(
+            help="FAISS search parameters over the index's defaults, e.g. 'nprobe=64,"
+            "k_factor_rf=16' (nprobe, efSearch, k_factor_rf, quantizer_efSearch)."
+        ),
+    ] = None,
+    nprobe: Annotated[
+        int | None, typer.Option(help="IVF lists to scan per shard (more: slower, better).")
+    ] = None,
+    ef_search: Annotated[
+        int | None, typer.Option(help="HNSW search breadth (more: slower, better).")
+    ] = None,
+    mmap: Annotated[
+        bool | None,
+        typer.Option(
+            "--mmap/--no-mmap", help="Memory-map shard files (default: shards of 16 MiB or more)."
+        ),
+    ] = None,
+) -> None:
+    """Search an index with an image (embedded with the index's own settings) or an id.
+
+    With several --condition options, images are ranked by the weighted mean of their cosine
+    similarities under each condition.
+    """
+    from dior_search.data.images import load_image
+    from dior_search.search.searcher import SearchOptions, SearchRequest
+    from dior_search.store.index_types import search_params_of
+
+    if (image is None) == (row_id is None):
+        raise UsageError("give a query IMAGE or --id ID (one of them)")
+    # The cheapest check first: a missing image is an input error whatever the index.
+    query_image = load_image(image) if image is not None else None
+    options = SearchOptions(
+        device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        search_params=search_params_of(search_params, nprobe, ef_search),
+        mmap=mmap,
+    )
+    searcher, conditions = open_searcher(
+        tuple(condition or ()), dataset, images, index_path, indexes, model, options
+    )
+    result = searcher.search(
+        SearchRequest(
+            conditions=conditions,
+            collection=searcher.entries[0].collection,
+            weights=tuple(weight) if weight else None,
+            k=k,
+            image=query_image,
+            id=row_id,
+        )
+    )
+    if sheet is not None:
+        from dior_search.cli.contact_sheet import write_contact_sheet
+
+        if query_image is None:
+            query_image = load_image(result.root / str(result.query.path))
+        caption = image.name if image is not None else f"id {row_id}"
+        write_contact_sheet(sheet, result.title, query_image, caption, result.hits, result.root)
+    if as_json:
+        print(json.dumps([hit.to_json() for hit in result.hits], indent=2))
+        return
+    if not result.hits:
+        err_console.print(f"no results: {result.title} holds no images", markup=False)
+        return
+    console.print(result_table(result))
+
+
+def open_searcher(
+    conditions: tuple[str, ...],
+    dataset: str | None,
+    images: Path | None,
+    index_path: Path | None,
+    indexes: Path,
+    model: str | None,
+    options: SearchOptions,
+) -> tuple[Searcher, tuple[str, ...]]:
+    """The searcher over what the options name, and the conditions to search under."""
+    from dior_search.search.searcher import Searcher
+
+    if index_path is not None:
+        if dataset is not None or images is not None:
+            raise UsageError("give one of --dataset NAME, --images DIR or --index DIR")
+        if len(conditions) > 1:
+            raise UsageError(
+                "--index takes one condition; combine conditions of a collection "
+                "with --dataset NAME or --images DIR"
+            )
+        searcher = Searcher.of_directories([index_path], options)
+        return searcher, (searcher.entries[0].condition,)
+    name = collection_name(dataset, images)
+    if not conditions:
+        raise UsageError("--condition is required (or give --index DIR)")
+    if name is None:
+        raise UsageError("give one of --dataset NAME, --images DIR or --index DIR")
+    return Searcher.open(indexes, collection=name, model=model, options=options), conditions
+
+
+def result_table(result: SearchResult) -> Table:
+    """The hits as a table: rank, score (and each condition's), path, labels."""
+    several = len(result.conditions) > 1
+    names = [c.name for c in result.conditions]
+    table = Table(title=escape(result.title))
+    for column in ("rank", "score", *(names if several else ()), "path", "labels"):
+        table.add_column(escape(column))
+    for hit in result.hits:
+        labels = ", ".join(f"{key}={value}" for key, value in sorted(hit.labels.items()))
+        scores = [f"{hit.scores[n]:.4f}" for n in names] if several else []
+        table.add_row(str(hit.rank), f"{hit.score:.4f}", *scores, escape(hit.path), escape(labels))
+    return table

@@ -1,0 +1,88 @@
+"""`dior-search serve`: the web page and JSON API over the indexes of one model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dior_search import defaults
+from dior_search.cli.app import app, console
+from dior_search.cli.options import (
+    DeviceOpt,
+    DtypeOverrideOpt,
+    IndexesOpt,
+    TrustOpt,
+    collection_name,
+)
+
+MIB = 1024 * 1024
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    dataset: Annotated[
+        str | None, typer.Option(help="Serve only this named dataset's indexes.")
+    ] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="Serve only the indexes of this image folder.")
+    ] = None,
+    indexes: IndexesOpt = defaults.DEFAULT_INDEXES_DIR,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Serve the indexes built with this model (default: the only one)."),
+    ] = None,
+    dtype: DtypeOverrideOpt = None,
+    device: DeviceOpt = "auto",
+    trust_remote_code: TrustOpt = False,
+    max_upload_mb: Annotated[
+        float, typer.Option(help="Largest image upload accepted, in MiB.")
+    ] = defaults.MAX_UPLOAD_BYTES / MIB,
+    max_megapixels: Annotated[
+        float, typer.Option(help="Largest image accepted, in millions of pixels.")
+    ] = defaults.MAX_PIXELS / 1_000_000,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds a request may take.")
+    ] = defaults.REQUEST_TIMEOUT_S,
+    max_k: Annotated[int, typer.Option(help="Most results one query may ask for.")] = (
+        defaults.MAX_K
+    ),
+) -> None:
+    """Serve a web page and a JSON API for (multi-)conditional search over built indexes."""
+    from dior_search.serve.app import make_server
+    from dior_search.serve.service import SearchService, ServeSettings
+
+    settings = ServeSettings(
+        indexes_dir=indexes,
+        model=model,
+        collection=collection_name(dataset, images),
+        device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        max_upload_bytes=int(max_upload_mb * MIB),
+        max_pixels=int(max_megapixels * 1_000_000),
+        timeout_s=timeout,
+        max_k=max_k,
+    )
+    service = SearchService.open(settings)
+    verbose = logging.getLogger().isEnabledFor(logging.INFO)
+    server = make_server(service, host, port, "info" if verbose else "warning")
+    for served in service.searcher.collections.values():
+        names = ", ".join(served.conditions)
+        console.print(
+            f"{served.name}: {served.images} images under {names}", markup=False, highlight=False
+        )
+    shown = f"[{host}]" if ":" in host else host
+    console.print(
+        f"serving with model {service.searcher.description.model} at http://{shown}:{port}/ "
+        "(Ctrl+C stops)",
+        markup=False,
+        highlight=False,
+    )
+    server.run()

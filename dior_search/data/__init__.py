@@ -1,0 +1,1 @@
+"""Collections: named datasets and image folders, their labels, and reading their images."""

@@ -1,0 +1,1 @@
+"""Evaluation: retrieval metrics, `bench` against the baselines, and the offline demo."""

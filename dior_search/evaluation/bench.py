@@ -1,0 +1,191 @@
+"""The `bench` stage: retrieval metrics per dataset, condition and method.
+
+Each method's indexes are built if missing (or resumed) with the index stage, then every
+labelled image queries all the others by exact search over the stored vectors.
+
+- `dior`: the condition in the prompt, one index per condition.
+- `dior-unconditional`: the prompt without a condition, one index scored against every label.
+- `clip`: a CLIP model's image embedding, one index (CLIP takes no condition).
+- `generative`: the VLM's one-word answer to the prompt, embedded by a sentence encoder.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from dior_search.data.collections import DATASETS, UNCONDITIONAL, Collection, open_dataset
+from dior_search.errors import DiorError, InputError, UsageError
+from dior_search.evaluation.metrics import retrieval_metrics
+from dior_search.indexing.job import IndexSettings
+from dior_search.indexing.run import index_collection
+from dior_search.models import load_embedder
+from dior_search.models.embedder import Embedder
+from dior_search.models.settings import EmbedderOptions
+from dior_search.search.joined import JoinedIndexes
+from dior_search.search.searcher import Searcher
+from dior_search.store.reader import IndexReader
+
+log = logging.getLogger(__name__)
+
+# Each bench method and the embedding method it runs.
+METHODS = {
+    "dior": "dior",
+    "dior-unconditional": "dior",
+    "clip": "clip",
+    "generative": "generative",
+}
+# Methods whose one index serves every condition.
+CONDITION_BLIND = frozenset({"dior-unconditional", "clip"})
+
+Metrics = dict[str, float]
+# dataset -> condition -> method -> metric name -> value
+BenchResult = dict[str, dict[str, dict[str, Metrics]]]
+Stage = Callable[[str, int], None]
+Progress = Callable[[int], None]
+
+
+class MethodModels:
+    """Each method's embedder, loaded on first use and shared across datasets."""
+
+    def __init__(self, options: EmbedderOptions) -> None:
+        self.options = options
+        self.loaded: dict[str, Embedder] = {}
+
+    def get(self, method: str) -> Embedder:
+        try:
+            kind = METHODS[method]
+        except KeyError:
+            raise UsageError(f"unknown method {method!r}; valid: {', '.join(METHODS)}") from None
+        # Both DIOR methods use one model; only the prompt differs.
+        if kind not in self.loaded:
+            self.loaded[kind] = load_embedder(self.options.for_method(kind))
+        return self.loaded[kind]
+
+    def loadable(self, methods: Sequence[str]) -> tuple[list[str], list[str]]:
+        """(methods whose models load, one message per method that does not)."""
+        usable, problems = [], []
+        for method in methods:
+            try:
+                self.get(method)
+            except DiorError as exc:
+                problems.append(f"skipping method {method}: {exc}")
+                continue
+            usable.append(method)
+        if not usable:
+            raise UsageError("no method could be loaded")
+        return usable, problems
+
+
+def indexed_conditions(method: str, conditions: Sequence[str]) -> list[str]:
+    return [UNCONDITIONAL] if method in CONDITION_BLIND else list(conditions)
+
+
+def evaluate_index(reader: IndexReader, condition: str) -> Metrics:
+    """Metrics of one index by one condition's labels, exact search over its vectors."""
+    if not reader.exact:
+        log.warning(
+            "%s stores compressed vectors (%s): metrics use their reconstructions",
+            reader.directory,
+            reader.manifest.index_type,
+        )
+    _, vectors = reader.all_vectors()
+    labels = reader.labels(condition)
+    keep = np.array([label is not None for label in labels], dtype=bool)
+    return retrieval_metrics(vectors[keep], [label for label in labels if label is not None])
+
+
+def run_bench(
+    collection: Collection,
+    conditions: Sequence[str],
+    methods: Sequence[str],
+    models: MethodModels,
+    index_settings: IndexSettings,
+    on_stage: Stage | None = None,
+    on_progress: Progress | None = None,
+) -> dict[str, dict[str, Metrics]]:
+    """condition -> method -> metrics for one collection; indexes built where missing."""
+    unknown = [c for c in conditions if c not in collection.conditions]
+    if unknown:
+        valid = ", ".join(collection.conditions)
+        raise UsageError(f"{collection.name} has no labels for {unknown}; valid: {valid}")
+    results: dict[str, dict[str, Metrics]] = {c: {} for c in conditions}
+    for method in methods:
+        targets = indexed_conditions(method, conditions)
+
+        def start(total: int, method: str = method) -> None:
+            if on_stage is not None:
+                on_stage(f"{collection.name}: {method}", total)
+
+        report = index_collection(
+            collection, targets, models.get(method), index_settings, start, on_progress
+        )
+        searcher = Searcher.of_directories(list(report.directories.values()))
+        indexes = searcher.collection(collection.name)
+        for condition in conditions:
+            indexed = UNCONDITIONAL if method in CONDITION_BLIND else condition
+            reader = searcher.reader(searcher.condition(indexes, indexed))
+            results[condition][method] = evaluate_index(reader, condition)
+    return results
+
+
+def open_bench_datasets(
+    names: Sequence[str] | None, datasets_dir: Path
+) -> tuple[list[Collection], list[str]]:
+    """The datasets to evaluate (all whose images are present when `names` is None), and a
+    message for each one left out."""
+    collections, problems = [], []
+    for name in names or list(DATASETS):
+        try:
+            collections.append(open_dataset(name, datasets_dir))
+        except InputError as exc:
+            if names:
+                raise
+            problems.append(f"skipped {exc}")
+    return collections, problems
+
+
+def run_benches(
+    collections: Sequence[Collection],
+    conditions: Sequence[str] | None,
+    methods: Sequence[str],
+    models: MethodModels,
+    index_settings: IndexSettings,
+    on_stage: Stage | None = None,
+    on_progress: Progress | None = None,
+) -> BenchResult:
+    """`run_bench` for each collection, under `conditions` (default: all its labelled ones)."""
+    return {
+        collection.name: run_bench(
+            collection,
+            conditions or list(collection.conditions),
+            methods,
+            models,
+            index_settings,
+            on_stage,
+            on_progress,
+        )
+        for collection in collections
+    }
+
+
+def shared_label_rate(
+    joined: JoinedIndexes, weights: Sequence[float], label_names: Sequence[str], k: int = 10
+) -> float:
+    """Mean share of each indexed image's top k (itself left out) that has all its labels named.
+
+    Every image indexed under all the conditions queries with its stored vectors, as `--id`.
+    """
+    first = joined.readers[0]
+    rates = []
+    for row_id in first.ids[joined.complete].tolist():
+        labels = first.row(row_id).labels
+        ranked = joined.search(joined.stored_query(row_id), weights, k + 1)
+        others = [r.id for r in ranked if r.id != row_id][:k]
+        rows = first.rows(others)
+        same = [all(r.labels.get(n) == labels.get(n) for n in label_names) for r in rows]
+        rates.append(sum(same) / max(1, len(same)))
+    return float(np.mean(rates)) if rates else 0.0

@@ -1,0 +1,418 @@
+"""Distributed indexing: each process embeds a disjoint slice of the work into its own part.
+
+While a distributed run is in progress an index directory holds
+
+    parts/
+        part-00000-of-00002/     an index directory of its own: plan.json, manifest.json,
+            plan.json            Flat shards, index.lock; done.json once its slice is embedded
+            done.json
+        part-00001-of-00002/
+        merge.json               the merge plan, written before any shard is moved
+
+Plan: every process computes the same work list before anything is written: the
+collection's items, in collection order, that the index directory itself (not its parts)
+lacks under at least one condition. Part p of n takes the contiguous slice
+[p W / n, (p + 1) W / n) of the W items and gives the item at position i the id
+next_id + i, so ids are unique and increasing across parts without any coordination.
+plan.json records the slice and a digest of the work list: a re-run of a part (the same
+launch command again, or `--part p --parts n` in one process) checks that it gets the same
+plan and resumes it.
+
+Merge: the process that completes the last part merges, holding the index's lock, so no
+collective barrier (and its timeout) is needed between processes that finish hours apart. It
+writes merge.json (each part shard's new name and ids in the index: ids are renumbered
+next_id, next_id + 1, ... in order, so they equal a single process's ids even where images
+were skipped), hard-links the part shards in under their new names (or rewrites the ones
+whose ids change), appends them to the manifest in one atomic replace, renames parts/ away
+and deletes it, and then trains and packs the index like a single run. Each step can be
+re-run after a crash: files already in place are kept, and a manifest that already lists the
+merged shards is not appended to again.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dior_search.data.collections import Item
+from dior_search.errors import IndexStoreError, UsageError
+from dior_search.indexing.job import (
+    IndexJob,
+    IndexReport,
+    PartSpec,
+    Progress,
+    embed_items,
+)
+from dior_search.store.files import atomic_file, fsync_dir, sha256_file, verify_file
+from dior_search.store.index_types import FLAT
+from dior_search.store.manifest import (
+    MANIFEST,
+    Manifest,
+    Shard,
+    next_shard_number,
+    shard_name,
+    write_manifest,
+)
+from dior_search.store.shards import (
+    faiss_path,
+    parquet_path,
+    staged_vectors,
+    write_faiss,
+)
+from dior_search.store.writer import IndexWriter
+
+log = logging.getLogger(__name__)
+
+PARTS = "parts"
+MERGED = ".parts-merged"
+PLAN = "plan.json"
+DONE = "done.json"
+MERGE_PLAN = "merge.json"
+
+
+def launched_part() -> PartSpec | None:
+    """This process's part under `accelerate launch` / torchrun (RANK of WORLD_SIZE > 1)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return None
+    return PartSpec(int(os.environ.get("RANK", "0")), size)
+
+
+def requested_part(part: int | None, parts: int | None) -> PartSpec | None:
+    """The part `--part K --parts N` asks this process to run alone (None: not asked)."""
+    if (part is None) != (parts is None):
+        raise UsageError("give --part and --parts together")
+    if part is None or parts is None:
+        return None
+    if launched_part() is not None:
+        raise UsageError("--part/--parts run one part in one process; not under accelerate launch")
+    return PartSpec(part, parts)
+
+
+def process_device(device: str) -> str:
+    """`auto` becomes this process's own GPU (LOCAL_RANK) when launched on several."""
+    if device != "auto" or launched_part() is None:
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """What an index directory holds, read without taking its lock."""
+
+    paths: frozenset[str]
+    hashes: frozenset[str]
+    next_id: int
+
+
+def read_state(directory: Path) -> IndexState:
+    import pyarrow.parquet as pq
+
+    if not (directory / MANIFEST).is_file():
+        return IndexState(frozenset(), frozenset(), 0)
+    manifest = Manifest.read(directory)
+    paths: set[str] = set()
+    hashes: set[str] = set()
+    for shard in manifest.shards:
+        path = parquet_path(directory, shard)
+        verify_file(path, shard.parquet_sha256)
+        table = pq.read_table(path, columns=["path", "content_hash"])
+        paths.update(table.column("path").to_pylist())
+        hashes.update(table.column("content_hash").to_pylist())
+    return IndexState(frozenset(paths), frozenset(hashes), manifest.next_id)
+
+
+def work_list(items: Sequence[Item], states: Sequence[IndexState]) -> list[Item]:
+    """Items, in collection order, that some condition's index does not hold yet."""
+    return [item for item in items if any(item.path not in s.paths for s in states)]
+
+
+def parts_dir(directory: Path) -> Path:
+    return directory / PARTS
+
+
+def part_dir(directory: Path, spec: PartSpec) -> Path:
+    return parts_dir(directory) / spec.name
+
+
+def work_digest(work: Sequence[Item], next_id: int) -> str:
+    digest = hashlib.sha256(f"{next_id}\n".encode())
+    for item in work:
+        digest.update(item.path.encode() + b"\n")
+    return digest.hexdigest()
+
+
+def prepare_part(directory: Path, spec: PartSpec, work: Sequence[Item], next_id: int) -> Path:
+    """The part's directory with its plan, checked against a plan stored by an earlier run."""
+    root = parts_dir(directory)
+    planned = planned_parts(root)
+    if planned not in (None, spec.parts):
+        raise IndexStoreError(
+            f"{root} holds an unfinished run in {planned} parts, not {spec.parts}: re-run it "
+            f"with {planned} processes (or --part K --parts {planned}), or delete {root}"
+        )
+    start, stop = spec.bounds(len(work))
+    plan = {
+        "part": spec.part,
+        "parts": spec.parts,
+        "start": start,
+        "stop": stop,
+        "next_id": next_id,
+        "work_sha256": work_digest(work, next_id),
+        "work_items": len(work),
+        "paths": [item.path for item in work[start:stop]],
+    }
+    # Every part of a run must slice the same work list, whenever it runs.
+    for other in sorted(root.glob(f"part-*/{PLAN}")):
+        if json.loads(other.read_text()).get("work_sha256") != plan["work_sha256"]:
+            raise IndexStoreError(
+                f"{other.parent} was planned for another list of work (the collection or the "
+                f"index changed since): delete {root} and run again"
+            )
+    folder = part_dir(directory, spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / PLAN
+    if not path.is_file():
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps(plan, indent=1))
+    return folder
+
+
+def planned_parts(root: Path) -> int | None:
+    """The number of parts of the run planned in `root` (None: none planned)."""
+    counts = {
+        int(p.name.rsplit("-of-", 1)[1]) for p in root.glob("part-*-of-*") if (p / PLAN).is_file()
+    }
+    if len(counts) > 1:
+        raise IndexStoreError(
+            f"{root} mixes runs of {sorted(counts)} parts: delete it and run again"
+        )
+    return counts.pop() if counts else None
+
+
+def is_done(folder: Path) -> bool:
+    return (folder / DONE).is_file()
+
+
+def mark_done(folder: Path, rows: int) -> None:
+    with atomic_file(folder / DONE) as tmp:
+        tmp.write_text(json.dumps({"rows": rows}))
+
+
+def missing_parts(directory: Path, parts: int) -> list[int]:
+    """Parts of an n-part run that have not completed."""
+    return [p for p in range(parts) if not is_done(part_dir(directory, PartSpec(p, parts)))]
+
+
+def merge_parts(
+    directory: Path,
+    template: Manifest,
+    index_type: str | None = None,
+    memory_budget: int | None = None,
+) -> bool:
+    """Merge completed parts into the index and pack it; False if another run merged them."""
+    # Two parts that complete at once both get here: the second waits, then finds no parts.
+    writer = IndexWriter(directory, copy.deepcopy(template), wait_for_lock=True)
+    try:
+        writer.set_index_type(index_type, memory_budget)
+        retired = directory / MERGED
+        if retired.exists():
+            shutil.rmtree(retired)
+        root = parts_dir(directory)
+        if not root.is_dir():
+            return False
+        entries = merge_plan(directory, writer.manifest)
+        listed = {s.name for s in writer.manifest.shards}
+        if not all(e["shard"]["name"] in listed for e in entries):
+            merged = [bring_in(root / e["source"], directory, e) for e in entries]
+            fsync_dir(directory)
+            writer.manifest.shards += [s for s in merged if s.name not in listed]
+            write_manifest(directory, writer.manifest)
+        retire(root, retired)
+        log.info("merged %d part shards into %s", len(entries), directory)
+        writer.next_id = writer.manifest.next_id
+        writer.close()
+        return True
+    finally:
+        writer.abort()
+
+
+def retire(root: Path, retired: Path) -> None:
+    """Take merged parts out of the way in one rename, then delete them."""
+    os.replace(root, retired)
+    fsync_dir(root.parent)
+    shutil.rmtree(retired)
+
+
+def bring_in(source: Path, directory: Path, entry: dict[str, Any]) -> Shard:
+    """A part shard in the index under its new name: linked, or rewritten with new ids."""
+    shard = Shard(**entry["shard"])
+    part_folder, part_shard = source.parent, source.name
+    if not entry["renumber"]:
+        link(faiss_path(part_folder, part_shard), faiss_path(directory, shard))
+        link(parquet_path(part_folder, part_shard), parquet_path(directory, shard))
+        return shard
+    if not (faiss_path(directory, shard).is_file() and parquet_path(directory, shard).is_file()):
+        renumber(part_folder, part_shard, directory, shard)
+    return replace(
+        shard,
+        faiss_sha256=sha256_file(faiss_path(directory, shard)),
+        parquet_sha256=sha256_file(parquet_path(directory, shard)),
+    )
+
+
+def renumber(part_folder: Path, part_shard: str, directory: Path, shard: Shard) -> None:
+    """Copy a staged part shard as `shard`, ids first_id, first_id + 1, ... (temp + rename)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _, vectors = staged_vectors(faiss_path(part_folder, part_shard))
+    ids = np.arange(shard.first_id, shard.first_id + shard.rows, dtype=np.int64)
+    table = pq.read_table(parquet_path(part_folder, part_shard))
+    table = table.set_column(table.schema.get_field_index("id"), "id", pa.array(ids))
+    with atomic_file(faiss_path(directory, shard)) as tmp:
+        write_faiss(tmp, vectors, ids, FLAT)
+    with atomic_file(parquet_path(directory, shard)) as tmp:
+        pq.write_table(table, tmp)
+
+
+def merge_plan(directory: Path, manifest: Manifest) -> list[dict[str, Any]]:
+    """Each part shard with its name and ids in the index: stored once, re-read after a crash.
+
+    Ids are made contiguous again: a part gives the item at work position i the id
+    next_id + i, so a skipped image leaves a gap; the merged index numbers its vectors
+    next_id, next_id + 1, ... in order, as a single run would. Shards whose ids change are
+    rewritten, the others hard-linked.
+    """
+    root = parts_dir(directory)
+    path = root / MERGE_PLAN
+    if path.is_file():
+        entries: list[dict[str, Any]] = json.loads(path.read_text())
+        return entries
+    parts = planned_parts(root)
+    if parts is None:
+        raise IndexStoreError(f"{root} holds no parts to merge")
+    missing = missing_parts(directory, parts)
+    if missing:
+        raise IndexStoreError(f"cannot merge {root}: parts {missing} of {parts} have not completed")
+    folders = [part_dir(directory, PartSpec(p, parts)) for p in range(parts)]
+    number = next_shard_number(manifest)
+    floor = next_id = manifest.next_id
+    entries = []
+    for folder in folders:
+        plan = json.loads((folder / PLAN).read_text())
+        if plan["next_id"] != manifest.next_id:
+            raise IndexStoreError(
+                f"{directory} changed since its parts were planned (next id "
+                f"{manifest.next_id}, planned {plan['next_id']}): delete {root} and run again"
+            )
+        shards = Manifest.read(folder).shards if (folder / MANIFEST).is_file() else []
+        for shard in shards:
+            if shard.first_id < floor:
+                raise IndexStoreError(f"part shard {folder / shard.name} overlaps earlier ids")
+            floor = shard.last + 1
+            last = next_id + shard.rows - 1
+            target = replace(shard, name=shard_name(number), first_id=next_id, last_id=last)
+            entries.append(
+                {
+                    "source": f"{folder.name}/{shard.name}",
+                    "shard": asdict(target),
+                    "renumber": (shard.first_id, shard.last) != (next_id, last),
+                }
+            )
+            number += 1
+            next_id = last + 1
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(entries, indent=1))
+    return entries
+
+
+def link(source: Path, target: Path) -> None:
+    """Hard-link a part file into the index (a copy where links are not supported)."""
+    if target.exists():
+        return
+    try:
+        os.link(source, target)
+    except OSError:
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(source, tmp)
+        with tmp.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+
+
+def index_part(
+    job: IndexJob,
+    part: PartSpec,
+    on_start: Progress | None = None,
+    on_progress: Progress | None = None,
+) -> IndexReport:
+    """Embed this process's slice of the work into its part; merge if it completes the run."""
+    settings = job.settings
+    report = IndexReport(part=part)
+    for target in job.targets:
+        if (parts_dir(target.directory) / MERGE_PLAN).is_file():  # a merge was interrupted
+            merge_parts(
+                target.directory, target.manifest, settings.index_type, settings.memory_budget
+            )
+            report.merged.append(target.condition)
+    report.directories = {t.condition: t.directory for t in job.targets}
+    report.added = dict.fromkeys(job.conditions, 0)
+    # The plan comes from the indexes as they are before any part writes: every process
+    # computes the same work list.
+    states = [read_state(t.directory) for t in job.targets]
+    items = job.collection.items
+    work = work_list(items, states)
+    if not work:
+        report.already_indexed = len(items)
+        return report
+    job.check_index_types(len(work))
+    start, stop = part.bounds(len(work))
+    report.already_indexed = len(items) - len(work)
+    writers: list[IndexWriter] = []
+    try:
+        folders = []
+        for target, state in zip(job.targets, states, strict=True):
+            folder = prepare_part(target.directory, part, work, state.next_id)
+            folders.append(folder)
+            writer = IndexWriter(folder, copy.deepcopy(target.manifest), packs=False)
+            writer.known_hashes |= state.hashes
+            writers.append(writer)
+        if on_start is not None:
+            on_start(stop - start)
+        if not all(is_done(folder) for folder in folders):
+            positions = {item.path: start + offset for offset, item in enumerate(work[start:stop])}
+            row_ids = [
+                {path: state.next_id + position for path, position in positions.items()}
+                for state in states
+            ]
+            embed_items(job, writers, work[start:stop], report, on_progress, row_ids)
+            for writer, folder in zip(writers, folders, strict=True):
+                writer.write_shard()
+                mark_done(folder, writer.manifest.rows)
+    finally:
+        for writer in writers:
+            writer.abort()
+    for target in job.targets:
+        missing = missing_parts(target.directory, part.parts)
+        if missing:
+            report.waiting[target.condition] = missing
+        elif merge_parts(
+            target.directory, target.manifest, settings.index_type, settings.memory_budget
+        ):
+            report.merged.append(target.condition)
+    return report

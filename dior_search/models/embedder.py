@@ -1,0 +1,134 @@
+"""The embedder interface: images in, one vector per (image, condition) out, and a description.
+
+Every method (DIOR and the baselines) implements `Embedder`. Its `describe()` says what made the
+vectors; the store writes that description into each manifest and compares it before vectors
+of two runs are mixed or a query is embedded for an index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from dior_search.errors import UsageError
+from dior_search.models.settings import SETTINGS_BY_METHOD, Method, ModelSettings
+
+ProgressCallback = Callable[[int], None]
+
+# Settings that change the vectors; the others (device, batch size, ...) only how they are made.
+IDENTITY_SETTINGS = (
+    "model",
+    "template",
+    "layer",
+    "position_scheme",
+    "max_pixels",
+    "max_side",
+    "text_encoder",
+)
+
+
+@dataclass(frozen=True)
+class EmbedderDescription:
+    """What made a set of vectors: the settings, and what the loaded model turned out to be."""
+
+    settings: ModelSettings
+    model_type: str
+    commit: str | None
+    weights_fingerprint: str
+    # The compute dtype in effect ("float32", "bfloat16", ...), not the one asked for.
+    dtype: str
+    dim: int
+    image_size_policy: dict[str, Any] = field(default_factory=dict)
+    text_encoder_commit: str | None = None
+    text_encoder_fingerprint: str | None = None
+
+    @property
+    def method(self) -> Method:
+        return self.settings.method
+
+    @property
+    def model(self) -> str:
+        return self.settings.model
+
+    def to_fields(self) -> dict[str, Any]:
+        """The flat form a manifest stores: `method`, the settings' fields, the model's."""
+        described = {
+            "method": self.method,
+            **asdict(self.settings),
+            "model_type": self.model_type,
+            "commit": self.commit,
+            "weights_fingerprint": self.weights_fingerprint,
+            "dtype": self.dtype,
+            "dim": self.dim,
+        }
+        if self.image_size_policy:
+            described["image_size_policy"] = self.image_size_policy
+        if self.text_encoder_fingerprint is not None:
+            described["text_encoder_commit"] = self.text_encoder_commit
+            described["text_encoder_fingerprint"] = self.text_encoder_fingerprint
+        return described
+
+    @classmethod
+    def from_fields(cls, stored: dict[str, Any]) -> EmbedderDescription:
+        """The description a manifest stored; its settings are rebuilt, dtype as it ran."""
+        method = stored.get("method", "dior")
+        try:
+            settings_class = SETTINGS_BY_METHOD[method]
+        except KeyError:
+            valid = ", ".join(SETTINGS_BY_METHOD)
+            raise UsageError(f"unknown embedding method {method!r}; valid: {valid}") from None
+        return cls(
+            settings=settings_class.from_fields(stored),
+            model_type=str(stored["model_type"]),
+            commit=stored.get("commit"),
+            weights_fingerprint=str(stored["weights_fingerprint"]),
+            dtype=str(stored["dtype"]),
+            dim=int(stored["dim"]),
+            image_size_policy=dict(stored.get("image_size_policy") or {}),
+            text_encoder_commit=stored.get("text_encoder_commit"),
+            text_encoder_fingerprint=stored.get("text_encoder_fingerprint"),
+        )
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for two sets of vectors to be comparable."""
+        described = asdict(self.settings)
+        return {
+            "method": self.method,
+            **{key: described.get(key) for key in IDENTITY_SETTINGS},
+            "commit": self.commit,
+            "weights_fingerprint": self.weights_fingerprint,
+            "text_encoder_fingerprint": self.text_encoder_fingerprint,
+        }
+
+    def differences(self, other: EmbedderDescription) -> list[str]:
+        """Each identity field where `other` differs, as `name stored (asked: other's)`."""
+        mine, theirs = self.identity(), other.identity()
+        return [
+            f"{key} {mine[key]!r} (asked: {theirs[key]!r})"
+            for key in mine
+            if mine[key] != theirs[key]
+        ]
+
+
+class Embedder(Protocol):
+    """Anything that embeds images under text conditions."""
+
+    @property
+    def dim(self) -> int: ...
+
+    def describe(self) -> EmbedderDescription:
+        """What makes these embeddings, for the index manifest."""
+        ...
+
+    def embed(
+        self,
+        images: Sequence[Image.Image],
+        conditions: Sequence[str | None],
+        on_progress: ProgressCallback | None = None,
+    ) -> np.ndarray:
+        """Float32 array of shape (len(images), len(conditions), dim)."""
+        ...

@@ -1,0 +1,172 @@
+"""Model families: how each kind of vision-language model gets its inputs built.
+
+A family turns (image, prompt) rows into one right-padded batch of model inputs and says where
+each row's last input token is. For prefix reuse it also splits each image's prompts at their
+longest common token prefix and says where the suffixes' positions start. Everything else
+(loading, layers, batching, the cache) is shared by the embedder. Qwen2-VL and Qwen2.5-VL
+assemble inputs themselves because their `AutoProcessor` needs torchvision; any other model goes
+through its own `AutoProcessor`.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from PIL import Image
+
+from dior_search.models.settings import PositionScheme
+
+
+def move(
+    inputs: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """`inputs` on `device`, floating-point tensors (pixels) cast to `dtype`."""
+    return {
+        name: t.to(device, dtype) if t.is_floating_point() else t.to(device)
+        for name, t in inputs.items()
+    }
+
+
+@dataclass
+class ModelBatch:
+    """Inputs for one forward pass, and the index of each row's last real token."""
+
+    inputs: dict[str, torch.Tensor]
+    last_index: torch.Tensor
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> "ModelBatch":
+        return ModelBatch(move(self.inputs, device, dtype), self.last_index.to(device))
+
+
+@dataclass
+class SplitBatch:
+    """Each image's prompts split at their longest common token prefix.
+
+    `prefix_inputs` hold one right-padded row per image, images included and positions explicit.
+    The suffixes hold one right-padded row per (image, prompt), image-major; suffix token `j` of
+    image `i` sits at position `next_position[i] + j`.
+    """
+
+    prefix_inputs: dict[str, torch.Tensor]
+    next_position: torch.Tensor
+    suffix_ids: torch.Tensor
+    suffix_mask: torch.Tensor
+
+    @property
+    def prompts_per_image(self) -> int:
+        return self.suffix_ids.shape[0] // self.next_position.shape[0]
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> "SplitBatch":
+        return SplitBatch(
+            move(self.prefix_inputs, device, dtype),
+            self.next_position.to(device),
+            self.suffix_ids.to(device),
+            self.suffix_mask.to(device),
+        )
+
+
+class PrefixReuseUnsupported(Exception):
+    """This model or processor cannot run a shared prefix once and its suffixes against it."""
+
+
+class InputBuilder(Protocol):
+    """Builds model inputs for rows of (image, prompt)."""
+
+    def build(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> ModelBatch: ...
+
+    def size_policy(self) -> dict[str, Any]:
+        """How images are resized before encoding, for the index manifest."""
+        ...
+
+    def split(
+        self, images: Sequence[Image.Image], prompts: Sequence[str], model: Any
+    ) -> SplitBatch:
+        """Every image under every prompt, split for prefix reuse; `model` gives positions.
+
+        Raises PrefixReuseUnsupported where the family cannot split these inputs.
+        """
+        ...
+
+
+def processor_size_policy(image_processor: Any) -> dict[str, Any]:
+    """How a transformers image processor resizes, for the index manifest."""
+    return {
+        "resize": type(image_processor).__name__,
+        "size": dict(getattr(image_processor, "size", None) or {}),
+        "crop_size": dict(getattr(image_processor, "crop_size", None) or {}),
+    }
+
+
+def user_turn(prompt: str) -> list[dict[str, Any]]:
+    """One user message holding an image followed by the prompt text."""
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+
+
+def sequential_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions 0, 1, 2, ... over each row's real tokens: the paper's released code's positions.
+
+    Rows are right-padded, so the real tokens get exactly the positions an unpadded row gets.
+    """
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token of each right-padded row."""
+    return attention_mask.long().sum(dim=1) - 1
+
+
+def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix of token rows, leaving each row at least one token."""
+    limit = min(len(row) for row in rows) - 1
+    first = rows[0]
+    n = 0
+    while n < limit and all(row[n] == first[n] for row in rows):
+        n += 1
+    return n
+
+
+def right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as one right-padded id tensor and its attention mask."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[r, : len(row)] = 1
+    return ids, mask
+
+
+QWEN_MODEL_TYPES = frozenset({"qwen2_vl", "qwen2_5_vl"})
+
+
+def load_input_builder(
+    config: Any,
+    source: str,
+    *,
+    revision: str | None,
+    trust_remote_code: bool,
+    position_scheme: PositionScheme,
+    max_pixels: int | None,
+) -> InputBuilder:
+    """The input builder for a model with this `config`, loaded from `source`."""
+    if config.model_type in QWEN_MODEL_TYPES:
+        from dior_search.models.families.qwen_vl import QwenVLInputs
+
+        return QwenVLInputs.load(
+            source,
+            config,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            position_scheme=position_scheme,
+            max_pixels=max_pixels,
+        )
+    from dior_search.models.families.processor_vl import ProcessorInputs
+
+    return ProcessorInputs.load(
+        source,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+        position_scheme=position_scheme,
+        max_pixels=max_pixels,
+    )

@@ -1,0 +1,154 @@
+"""Qwen2-VL and Qwen2.5-VL: inputs assembled from the tokenizer and the image processor.
+
+Their `AutoProcessor` insists on a video processor that needs torchvision, so this module does
+what the processor would: render the chat template, expand the one image placeholder into as
+many tokens as the image has merged patches, and tokenize.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoTokenizer
+
+from dior_search.errors import ModelError
+from dior_search.models.families import (
+    ModelBatch,
+    PrefixReuseUnsupported,
+    SplitBatch,
+    last_token_index,
+    right_pad,
+    sequential_positions,
+    shared_prefix_length,
+    user_turn,
+)
+from dior_search.models.settings import PositionScheme
+
+IMAGE_PLACEHOLDER = "<|image_pad|>"
+
+
+class QwenVLInputs:
+    """Builds Qwen-VL inputs; positions follow the chosen scheme."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        image_processor: Any,
+        image_token_id: int,
+        position_scheme: PositionScheme,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "right"
+        self.image_processor = image_processor
+        self.image_token_id = image_token_id
+        self.position_scheme = position_scheme
+        self.merge_size: int = image_processor.merge_size
+
+    @classmethod
+    def load(
+        cls,
+        source: str,
+        config: Any,
+        *,
+        revision: str | None,
+        trust_remote_code: bool,
+        position_scheme: PositionScheme,
+        max_pixels: int | None,
+    ) -> "QwenVLInputs":
+        common = {"revision": revision, "trust_remote_code": trust_remote_code}
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        size_override = {} if max_pixels is None else {"max_pixels": max_pixels}
+        # The PIL image processor: the torchvision-backed one is not importable everywhere.
+        image_processor = AutoImageProcessor.from_pretrained(
+            source, backend="pil", **size_override, **common
+        )
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ModelError(f"model {source!r} has no chat template in its tokenizer")
+        return cls(tokenizer, image_processor, config.image_token_id, position_scheme)
+
+    def chat_text(self, prompt: str) -> str:
+        """The chat-template text for one row, with its one image placeholder."""
+        text: str = self.tokenizer.apply_chat_template(
+            user_turn(prompt), add_generation_prompt=True, tokenize=False
+        )
+        if text.count(IMAGE_PLACEHOLDER) != 1:
+            raise ModelError(f"the chat template must render exactly one {IMAGE_PLACEHOLDER}")
+        return text
+
+    def size_policy(self) -> dict[str, Any]:
+        size = self.image_processor.size  # transformers 5 keeps pixel bounds as edges
+        return {
+            "resize": "aspect-preserving, to multiples of patch_size * merge_size",
+            "min_pixels": size.shortest_edge,
+            "max_pixels": size.longest_edge,
+            "unit_pixels": self.image_processor.patch_size * self.merge_size,
+        }
+
+    def prompt_text(self, prompt: str, n_image_tokens: int) -> str:
+        """The chat-template text for one row, the image placeholder expanded."""
+        return self.chat_text(prompt).replace(IMAGE_PLACEHOLDER, IMAGE_PLACEHOLDER * n_image_tokens)
+
+    def image_inputs(
+        self, images: Sequence[Image.Image]
+    ) -> tuple[dict[str, torch.Tensor], list[int]]:
+        """Pixel inputs for `images`, and how many placeholder tokens each image takes."""
+        pixels = self.image_processor(images=list(images), return_tensors="pt")
+        grid: torch.Tensor = pixels["image_grid_thw"]
+        n_tokens: list[int] = (grid.prod(dim=-1) // self.merge_size**2).tolist()
+        return {"pixel_values": pixels["pixel_values"], "image_grid_thw": grid}, n_tokens
+
+    def build(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> ModelBatch:
+        pixels, n_tokens = self.image_inputs(images)
+        texts = [self.prompt_text(p, n) for p, n in zip(prompts, n_tokens, strict=True)]
+        encoded = self.tokenizer(texts, padding=True, return_tensors="pt")
+        input_ids: torch.Tensor = encoded["input_ids"]
+        mask: torch.Tensor = encoded["attention_mask"]
+        inputs = {"input_ids": input_ids, "attention_mask": mask, **pixels}
+        if self.position_scheme == "reference":
+            # A 2-D position tensor makes the model skip its multimodal rotary index: every
+            # token, image tokens included, gets a plain sequential position, as in the paper.
+            inputs["position_ids"] = sequential_positions(mask)
+        else:
+            inputs["mm_token_type_ids"] = (input_ids == self.image_token_id).int()
+        return ModelBatch(inputs, last_token_index(mask))
+
+    def split(
+        self, images: Sequence[Image.Image], prompts: Sequence[str], model: Any
+    ) -> SplitBatch:
+        pixels, n_tokens = self.image_inputs(images)
+        # The placeholder is one special token, so the text around it tokenizes alike whether
+        # it is expanded or not: split the short unexpanded rows, then expand the prefix.
+        rows: list[list[int]] = self.tokenizer([self.chat_text(p) for p in prompts])["input_ids"]
+        n_shared = shared_prefix_length(rows)
+        shared = rows[0][:n_shared]
+        if self.image_token_id not in shared:
+            raise PrefixReuseUnsupported("the prompts differ before the image")
+        at = shared.index(self.image_token_id)
+        prefix_ids, prefix_mask = right_pad(
+            [shared[:at] + [self.image_token_id] * n + shared[at + 1 :] for n in n_tokens],
+            self.tokenizer.pad_token_id,
+        )
+        inputs = {"input_ids": prefix_ids, "attention_mask": prefix_mask, **pixels}
+        inputs["position_ids"], next_position = self.prefix_positions(model, inputs)
+        tails = [row[n_shared:] for row in rows]
+        suffix_ids, suffix_mask = right_pad(tails * len(images), self.tokenizer.pad_token_id)
+        return SplitBatch(inputs, next_position, suffix_ids, suffix_mask)
+
+    def prefix_positions(
+        self, model: Any, inputs: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions of the prefix tokens, and the position of each row's first suffix token."""
+        mask = inputs["attention_mask"]
+        lengths = mask.sum(dim=1)
+        if self.position_scheme == "reference":
+            return sequential_positions(mask), lengths
+        # The model's multimodal rotary index: text after the image continues from the image
+        # grid's largest position, so the suffix starts at the prefix length plus the rope delta.
+        positions, rope_deltas = model.get_rope_index(
+            inputs["input_ids"],
+            mm_token_type_ids=(inputs["input_ids"] == self.image_token_id).int(),
+            image_grid_thw=inputs["image_grid_thw"],
+            attention_mask=mask,
+        )
+        return positions, lengths + rope_deltas.reshape(-1).to(lengths.device)

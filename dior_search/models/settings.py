@@ -1,0 +1,182 @@
+"""How embeddings are made: one frozen settings class per method, and the user's options.
+
+Settings are written into every index manifest (inside an `EmbedderDescription`) and rebuilt
+from it, so a query embeds exactly as the index did. Defaults come from `dior_search.defaults`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Literal
+
+from dior_search import defaults
+from dior_search.errors import UsageError
+from dior_search.models.prompts import build_prompt
+
+PositionScheme = Literal["reference", "native"]
+POSITION_SCHEMES: tuple[PositionScheme, ...] = ("reference", "native")
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+Method = Literal["dior", "clip", "generative"]
+
+
+def check_dtype(dtype: str) -> None:
+    if dtype != "auto" and dtype not in DTYPE_NAMES:
+        raise UsageError(f"unknown dtype {dtype!r}; valid: {', '.join(['auto', *DTYPE_NAMES])}")
+
+
+def check_max_side(max_side: int | None) -> None:
+    if max_side is not None and max_side < 1:
+        raise UsageError("the image side cap must be at least 1 pixel")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """What every method shares: which model, on which device, in batches of what size."""
+
+    method: ClassVar[Method]
+
+    model: str = defaults.DEFAULT_MODEL
+    revision: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    # Images are first shrunk to this longer side (None: never), as the paper's code does.
+    max_side: int | None = defaults.REFERENCE_MAX_SIDE
+    batch_size: int = defaults.DEFAULT_BATCH_SIZE
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise UsageError("batch size must be at least 1")
+        check_max_side(self.max_side)
+        check_dtype(self.dtype)
+
+    @classmethod
+    def from_fields(cls, stored: dict[str, Any]) -> ModelSettings:
+        """Settings from a manifest's flat embedder fields (unknown keys ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in stored.items() if key in names})
+
+
+@dataclass(frozen=True)
+class DiorSettings(ModelSettings):
+    """DIOR: the hidden state of a vision-language model's last input token."""
+
+    method: ClassVar[Method] = "dior"
+
+    template: str = defaults.DEFAULT_TEMPLATE
+    layer: int = defaults.DEFAULT_LAYER
+    position_scheme: PositionScheme = "reference"
+    max_pixels: int | None = None
+    # Run each image's shared prompt prefix once and only the condition suffixes per condition;
+    # False runs a full forward pass per (image, condition) row. Both give the same embeddings.
+    prefix_reuse: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.position_scheme not in POSITION_SCHEMES:
+            valid = ", ".join(POSITION_SCHEMES)
+            raise UsageError(f"unknown position scheme {self.position_scheme!r}; valid: {valid}")
+        build_prompt(self.template, None)  # raises on an unknown template
+
+
+@dataclass(frozen=True)
+class ClipSettings(ModelSettings):
+    """The CLIP baseline: a dual encoder's image embedding, the same under every condition."""
+
+    method: ClassVar[Method] = "clip"
+
+    model: str = defaults.DEFAULT_CLIP_MODEL
+    batch_size: int = defaults.DEFAULT_CLIP_BATCH_SIZE
+
+
+@dataclass(frozen=True)
+class GenerativeSettings(ModelSettings):
+    """The generative baseline: the VLM's answer to the prompt, embedded by a text encoder."""
+
+    method: ClassVar[Method] = "generative"
+
+    text_encoder: str = defaults.DEFAULT_TEXT_ENCODER
+    text_encoder_revision: str | None = None
+    template: str = defaults.DEFAULT_TEMPLATE
+    max_new_tokens: int = defaults.GENERATIVE_MAX_NEW_TOKENS
+    encode_prompt: bool = True
+    max_pixels: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_new_tokens < 1:
+            raise UsageError("max new tokens must be at least 1")
+        build_prompt(self.template, None)  # raises on an unknown template
+
+
+SETTINGS_BY_METHOD: dict[str, type[ModelSettings]] = {
+    cls.method: cls for cls in (DiorSettings, ClipSettings, GenerativeSettings)
+}
+
+
+@dataclass(frozen=True)
+class EmbedderOptions:
+    """What a user chose on the command line, for whichever methods a verb runs."""
+
+    model: str = defaults.DEFAULT_MODEL
+    revision: str | None = None
+    template: str = defaults.DEFAULT_TEMPLATE
+    layer: int = defaults.DEFAULT_LAYER
+    dtype: str = "auto"
+    device: str = "auto"
+    position_scheme: str = defaults.DEFAULT_POSITION_SCHEME
+    max_pixels: int | None = None
+    # 0 or None: never shrink.
+    max_side: int | None = defaults.REFERENCE_MAX_SIDE
+    batch_size: int = defaults.DEFAULT_BATCH_SIZE
+    trust_remote_code: bool = False
+    clip_model: str = defaults.DEFAULT_CLIP_MODEL
+    text_encoder: str = defaults.DEFAULT_TEXT_ENCODER
+
+    def dior(self) -> DiorSettings:
+        if self.position_scheme not in POSITION_SCHEMES:
+            valid = ", ".join(POSITION_SCHEMES)
+            raise UsageError(f"unknown position scheme {self.position_scheme!r}; valid: {valid}")
+        return DiorSettings(
+            model=self.model,
+            revision=self.revision,
+            template=self.template,
+            layer=self.layer,
+            dtype=self.dtype,
+            device=self.device,
+            position_scheme=self.position_scheme,  # narrowed by the check above
+            max_pixels=self.max_pixels,
+            max_side=self.max_side or None,
+            batch_size=self.batch_size,
+            trust_remote_code=self.trust_remote_code,
+        )
+
+    def clip(self) -> ClipSettings:
+        return ClipSettings(
+            model=self.clip_model,
+            dtype=self.dtype,
+            device=self.device,
+            max_side=self.max_side or None,
+        )
+
+    def generative(self) -> GenerativeSettings:
+        return GenerativeSettings(
+            model=self.model,
+            revision=self.revision,
+            text_encoder=self.text_encoder,
+            template=self.template,
+            dtype=self.dtype,
+            device=self.device,
+            max_pixels=self.max_pixels,
+            max_side=self.max_side or None,
+            batch_size=self.batch_size,
+            trust_remote_code=self.trust_remote_code,
+        )
+
+    def for_method(self, method: str) -> ModelSettings:
+        """The settings of `method` (dior, clip or generative) under these options."""
+        makers = {"dior": self.dior, "clip": self.clip, "generative": self.generative}
+        try:
+            return makers[method]()
+        except KeyError:
+            raise UsageError(f"unknown method {method!r}; valid: {', '.join(makers)}") from None

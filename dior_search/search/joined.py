@@ -1,0 +1,199 @@
+"""Several conditions at once: one collection's indexes joined on content hash, ranked by a
+weighted sum of per-condition cosines.
+
+The indexes of one collection under different conditions are joined row by row on the image's
+content hash (ids agree only when the conditions were indexed together), and an image counts
+only if every condition's index holds it. Ranking is a threshold algorithm (Fagin et al.):
+take the top m of each condition's index, re-score the union exactly from the stored vectors,
+and stop once the k-th combined score beats the best score an unseen image could reach, which
+is the weighted sum of each condition's m-th score; otherwise grow m. With exact (Flat) indexes
+the result is exactly the brute-force top k; with approximate ones it is as good as their
+per-condition top-m lists.
+
+Rows are addressed by their position in the first condition's index (its ids in order); ids
+of the other indexes are only looked up, never assumed equal to positions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from dior_search.errors import IndexStoreError, UsageError
+from dior_search.store.manifest import check_same_embedder
+from dior_search.store.reader import IndexReader
+from dior_search.store.shards import normalize
+
+# Candidates taken from each condition at first, as a multiple of k (and at least a floor).
+FIRST_CANDIDATES_PER_K = 4
+MIN_CANDIDATES = 64
+GROWTH = 4
+# Float32 searches and numpy re-scoring can differ in the last bits; never certify on that.
+SCORE_SLACK = 1e-5
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One ranked image: its id in the first condition's index, combined and per-condition."""
+
+    id: int
+    score: float
+    scores: tuple[float, ...]
+
+
+def normalize_weights(weights: Sequence[float] | None, n_conditions: int) -> tuple[float, ...]:
+    """Weights scaled to sum to 1 (equal if not given), so a score is a weighted mean cosine."""
+    if weights is None or len(weights) == 0:
+        return tuple(1.0 / n_conditions for _ in range(n_conditions))
+    if len(weights) != n_conditions:
+        raise UsageError(
+            f"got {len(weights)} weights for {n_conditions} conditions: give one weight per "
+            "condition, in the same order, or none"
+        )
+    if not all(math.isfinite(w) and w > 0 for w in weights):
+        raise UsageError(f"weights must be positive numbers, got {list(weights)}")
+    total = sum(weights)
+    return tuple(w / total for w in weights)
+
+
+class JoinedIndexes:
+    """The indexes of one collection under several conditions, rows joined by content hash."""
+
+    def __init__(self, readers: Sequence[IndexReader]) -> None:
+        if not readers:
+            raise UsageError("give at least one condition")
+        first = readers[0]
+        for reader in readers[1:]:
+            if reader.manifest.collection["name"] != first.manifest.collection["name"]:
+                raise IndexStoreError(
+                    f"{reader.directory} indexes collection {reader.manifest.collection['name']}"
+                    f", not {first.manifest.collection['name']}: conditions can only be "
+                    "combined within one collection"
+                )
+            check_same_embedder(reader.directory, reader.manifest.embedder, first.manifest.embedder)
+        self.readers = list(readers)
+        self._first_ids_by_hash: dict[str, int] | None = None
+        # Per condition: its id of each first-condition position (-1: missing), and each of
+        # its positions' first-condition position (-1: missing).
+        self.from_first: list[np.ndarray] = [first.ids]
+        self.to_first: list[np.ndarray] = [np.arange(len(first), dtype=np.int64)]
+        for reader in readers[1:]:
+            forward, backward = self.align(reader)
+            self.from_first.append(forward)
+            self.to_first.append(backward)
+        # First-condition positions present under every condition.
+        self.complete = np.logical_and.reduce([f >= 0 for f in self.from_first])
+
+    def align(self, reader: IndexReader) -> tuple[np.ndarray, np.ndarray]:
+        first = self.readers[0]
+        if reader.content_hashes() == first.content_hashes():
+            return reader.ids, np.arange(len(reader), dtype=np.int64)
+        positions = {h: p for p, h in enumerate(reader.content_hashes())}
+        forward_positions = np.array(
+            [positions.get(h, -1) for h in first.content_hashes()], dtype=np.int64
+        )
+        present = forward_positions >= 0
+        forward = np.full(len(first), -1, dtype=np.int64)
+        forward[present] = reader.ids[forward_positions[present]]
+        backward = np.full(len(reader), -1, dtype=np.int64)
+        backward[forward_positions[present]] = np.flatnonzero(present)
+        return forward, backward
+
+    def first_id_of_hash(self, content_hash: str) -> int | None:
+        """The first condition's id of an image, by content hash; None if it is not there."""
+        if self._first_ids_by_hash is None:
+            first = self.readers[0]
+            self._first_ids_by_hash = {
+                h: int(i) for h, i in zip(first.content_hashes(), first.ids.tolist(), strict=True)
+            }
+        return self._first_ids_by_hash.get(content_hash)
+
+    def is_complete(self, first_id: int) -> bool:
+        """Whether the image with this first-condition id is indexed under every condition."""
+        first = self.readers[0]
+        return first.contains(first_id) and bool(self.complete[first.positions([first_id])[0]])
+
+    def stored_query(self, first_id: int) -> list[np.ndarray]:
+        """An indexed image's stored vector under each condition, to query with."""
+        position = int(self.readers[0].positions([first_id])[0])  # raises on an unknown id
+        if not self.complete[position]:
+            raise IndexStoreError(
+                f"id {first_id} of {self.readers[0].directory} is not indexed under every "
+                "condition asked for"
+            )
+        return [
+            reader.vector(int(ids[position]))
+            for reader, ids in zip(self.readers, self.from_first, strict=True)
+        ]
+
+    def search(
+        self, vectors: Sequence[np.ndarray], weights: Sequence[float], k: int
+    ) -> list[Ranked]:
+        """The top k by sum of weight x cosine; one condition searches its index as it is."""
+        if len(vectors) != len(self.readers) or len(weights) != len(self.readers):
+            raise UsageError("give one query vector and one weight per condition")
+        if len(self.readers) == 1:
+            scores, ids = self.readers[0].search(np.asarray(vectors[0])[None, :], k)
+            return [
+                Ranked(int(i), float(s), (float(s),))
+                for s, i in zip(scores[0].tolist(), ids[0].tolist(), strict=True)
+                if i >= 0
+            ]
+        if not all(w > 0 for w in weights):
+            raise UsageError(f"weights must be positive, got {list(weights)}")
+        queries = [normalize(np.asarray(v)[None, :])[0] for v in vectors]
+        w = np.asarray(weights, dtype=np.float64)
+        k = min(k, int(self.complete.sum()))
+        if k < 1:
+            return []
+        m = max(FIRST_CANDIDATES_PER_K * k, MIN_CANDIDATES)
+        while True:
+            candidates, bound, seen_all = self.candidates(queries, w, m)
+            scores = np.stack(
+                [
+                    reader.vectors(ids[candidates]) @ query
+                    for reader, ids, query in zip(
+                        self.readers, self.from_first, queries, strict=True
+                    )
+                ]
+            ).astype(np.float64)
+            combined = w @ scores
+            order = np.lexsort((candidates, -combined))[:k]
+            certified = len(order) == k and combined[order[-1]] >= bound + SCORE_SLACK
+            if seen_all or certified:
+                break
+            m *= GROWTH
+        first_ids = self.readers[0].ids
+        return [
+            Ranked(
+                int(first_ids[candidates[p]]),
+                float(combined[p]),
+                tuple(float(s) for s in scores[:, p]),
+            )
+            for p in order.tolist()
+        ]
+
+    def candidates(
+        self, queries: Sequence[np.ndarray], weights: np.ndarray, m: int
+    ) -> tuple[np.ndarray, float, bool]:
+        """(first-condition positions in any condition's top m, bound on unseen scores,
+        whether every row was seen)."""
+        found: list[np.ndarray] = []
+        bound = 0.0
+        seen_all = False
+        for reader, to_first, query, weight in zip(
+            self.readers, self.to_first, queries, weights, strict=True
+        ):
+            top = min(m, len(reader))
+            scores, ids = reader.search(query[None, :], top)
+            valid = ids[0] >= 0
+            mapped = to_first[reader.positions(ids[0][valid])]
+            found.append(mapped[mapped >= 0])
+            # Every image not found here scores at most this one's m-th score.
+            bound += float(weight) * float(scores[0][valid][-1]) if valid.any() else 0.0
+            seen_all = seen_all or top >= len(reader)
+        union = np.unique(np.concatenate(found))
+        return union[self.complete[union]], bound, seen_all

@@ -1,0 +1,444 @@
+"""One search engine for the CLI, the server and bench: find indexes, embed, search, explain.
+
+A `Searcher` serves the indexes of one embedder (model and settings), of one collection or of
+all: it opens their readers on first use, loads the model only when an image must be embedded
+(with the settings in the indexes' manifests; another model is refused), and answers a
+`SearchRequest` (an image, stored vectors, or an indexed image's id, under one or several
+weighted conditions) with a `SearchResult`. It is safe to use from several threads: forward
+passes are serialised by one lock, searches run concurrently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from dior_search import defaults
+from dior_search.errors import IndexStoreError, UsageError
+from dior_search.models.embedder import Embedder, EmbedderDescription
+from dior_search.search.joined import JoinedIndexes, normalize_weights
+from dior_search.store.layout import IndexEntry, find_indexes
+from dior_search.store.manifest import Manifest, check_same_embedder
+from dior_search.store.reader import IndexReader
+
+log = logging.getLogger(__name__)
+
+JOINED_CACHE_ENTRIES = 64
+
+
+class NotIndexed(IndexStoreError):
+    """A collection, condition or id that the searched indexes do not hold."""
+
+
+class DeadlineExceeded(UsageError):
+    """A request ran out of time before its work started."""
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How the model runs and how indexes are searched; none of it changes the vectors."""
+
+    device: str = "auto"
+    # None: the dtype the indexes were built with.
+    dtype: str | None = None
+    trust_remote_code: bool = False
+    search_params: str = ""
+    mmap: bool | None = None
+    # The most results one request may ask for (None: no limit).
+    max_k: int | None = None
+
+
+@dataclass(frozen=True)
+class ConditionIndex:
+    """One index directory: a collection's images under one condition."""
+
+    name: str
+    text: str | None
+    directory: Path
+    root: Path
+    rows: int
+
+
+@dataclass(frozen=True)
+class CollectionIndexes:
+    """A collection's indexes, one per condition, all of one embedder."""
+
+    name: str
+    conditions: dict[str, ConditionIndex]
+
+    @property
+    def images(self) -> int:
+        return max(c.rows for c in self.conditions.values())
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """What to search for: exactly one of an image, its vectors, or an indexed image's id."""
+
+    conditions: tuple[str, ...]
+    # None: the searcher's only collection.
+    collection: str | None = None
+    weights: tuple[float, ...] | None = None
+    k: int = defaults.DEFAULT_K
+    image: Image.Image | None = None
+    # The query already embedded under each condition (e.g. a cached upload).
+    vectors: tuple[np.ndarray, ...] | None = None
+    id: int | None = None
+    # The condition whose index `id` is from (None: the first condition).
+    id_condition: str | None = None
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result; `id` is in the first condition's index."""
+
+    rank: int
+    id: int
+    score: float
+    scores: dict[str, float]
+    path: str
+    labels: dict[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "id": self.id,
+            "score": self.score,
+            "scores": self.scores,
+            "path": self.path,
+            "labels": self.labels,
+        }
+
+
+@dataclass(frozen=True)
+class QueryImage:
+    """The indexed image an id query searched with (all None for an image query)."""
+
+    id: int | None = None
+    condition: str | None = None
+    path: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    collection: CollectionIndexes
+    conditions: tuple[ConditionIndex, ...]
+    weights: tuple[float, ...]
+    query: QueryImage
+    hits: list[Hit]
+
+    @property
+    def root(self) -> Path:
+        """The folder the hits' paths are relative to."""
+        return self.conditions[0].root
+
+    @property
+    def title(self) -> str:
+        names = [c.name for c in self.conditions]
+        return f"{self.collection.name} under " + " + ".join(
+            f"'{name}'" if len(names) == 1 else f"'{name}' ({w:.2f})"
+            for name, w in zip(names, self.weights, strict=True)
+        )
+
+
+def entry_condition(entry: IndexEntry) -> ConditionIndex:
+    manifest = entry.manifest
+    return ConditionIndex(
+        name=entry.condition,
+        text=manifest.condition["text"],
+        directory=entry.directory,
+        root=Path(manifest.collection["root"]),
+        rows=manifest.rows,
+    )
+
+
+class Searcher:
+    """Search the indexes of one embedder: single or several conditions, by image or by id."""
+
+    def __init__(
+        self,
+        entries: Sequence[IndexEntry],
+        options: SearchOptions | None = None,
+        embedder: Embedder | None = None,
+    ) -> None:
+        if not entries:
+            raise IndexStoreError("no indexes to search")
+        folders = sorted({e.embedder_folder for e in entries})
+        if len(folders) > 1:
+            raise IndexStoreError(
+                f"indexes of several embedders: {', '.join(folders)}; pick one with --model"
+            )
+        self.options = options or SearchOptions()
+        self.entries = list(entries)
+        self._embedder = embedder
+        if embedder is not None:
+            self.entries = self._matching(embedder)
+        self.collections = self._catalog(self.entries)
+        self._embed_lock = threading.Lock()
+        self._readers: dict[Path, IndexReader] = {}
+        self._reader_locks: dict[Path, threading.Lock] = {}
+        self._readers_lock = threading.Lock()
+        self._joined: OrderedDict[tuple[Path, ...], JoinedIndexes] = OrderedDict()
+        self._joined_lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls,
+        indexes_dir: Path,
+        *,
+        collection: str | None = None,
+        model: str | None = None,
+        method: str | None = "dior",
+        options: SearchOptions | None = None,
+        load_model: bool = False,
+    ) -> Searcher:
+        """The indexes under `indexes_dir` (of one collection, method and model if given).
+
+        `load_model` loads the model at once and leaves out, with a warning, the indexes
+        built with other settings; otherwise it is loaded on the first image query.
+        """
+        if not indexes_dir.is_dir():
+            raise IndexStoreError(f"no indexes folder {indexes_dir}: run `dior-search index` first")
+        entries = find_indexes(indexes_dir, collection, method, model)
+        if not entries:
+            what = f" of collection {collection!r}" if collection else ""
+            kind = {None: "", "dior": " DIOR"}.get(method, f" {method}")
+            by = f" built with model {model!r}" if model else ""
+            raise NotIndexed(
+                f"no{kind} indexes{what}{by} in {indexes_dir}: run `dior-search index` first"
+            )
+        searcher = cls(entries, options)
+        if load_model:
+            searcher.load_embedder()
+        return searcher
+
+    @classmethod
+    def of_directories(
+        cls, directories: Sequence[Path], options: SearchOptions | None = None
+    ) -> Searcher:
+        """Index directories named directly, whatever collection, embedder or method."""
+        return cls([IndexEntry(d, Manifest.read(d)) for d in directories], options)
+
+    @staticmethod
+    def _catalog(entries: Sequence[IndexEntry]) -> dict[str, CollectionIndexes]:
+        by_collection: dict[str, dict[str, ConditionIndex]] = {}
+        for entry in entries:
+            by_collection.setdefault(entry.collection, {})[entry.condition] = entry_condition(entry)
+        return {
+            name: CollectionIndexes(name, dict(sorted(conditions.items())))
+            for name, conditions in sorted(by_collection.items())
+        }
+
+    # -- the model ------------------------------------------------------------------------
+
+    @property
+    def description(self) -> EmbedderDescription:
+        """The embedder description the searched indexes were built with."""
+        return self.entries[0].manifest.embedder
+
+    def load_embedder(self) -> Embedder:
+        """The model that made the indexes, loaded once with their settings."""
+        if self._embedder is None:
+            from dior_search.models import load_embedder
+
+            stored = self.description
+            if stored.method != "dior":
+                raise IndexStoreError(
+                    f"index {self.entries[0].directory} holds {stored.method} vectors; query "
+                    "it with --id, or query a dior index"
+                )
+            settings = dataclasses.replace(
+                stored.settings,
+                device=self.options.device,
+                dtype=self.options.dtype or stored.dtype,
+                trust_remote_code=self.options.trust_remote_code,
+            )
+            embedder = load_embedder(settings)
+            self.entries = self._matching(embedder)
+            self.collections = self._catalog(self.entries)
+            self._embedder = embedder
+        return self._embedder
+
+    def _matching(self, embedder: Embedder) -> list[IndexEntry]:
+        """The entries built with `embedder`'s settings; the others are logged and left out."""
+        loaded = embedder.describe()
+        kept = []
+        for entry in self.entries:
+            try:
+                check_same_embedder(entry.directory, entry.manifest.embedder, loaded)
+            except IndexStoreError as exc:
+                if len(self.entries) == 1:
+                    raise
+                log.warning("not searching %s: %s", entry.directory, exc)
+                continue
+            kept.append(entry)
+        if not kept:
+            raise IndexStoreError(
+                "no index was built with the loaded model's settings (see the warnings above): "
+                "rebuild them with `dior-search index`"
+            )
+        return kept
+
+    def embed(
+        self, image: Image.Image, texts: Sequence[str | None], deadline: float | None = None
+    ) -> list[np.ndarray]:
+        """An image's embedding under each condition text, in one call to the model."""
+        embedder = self.load_embedder()
+        with self._embed_lock:
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlineExceeded("the request timed out waiting for the model")
+            vectors = embedder.embed([image], list(texts))
+        return [np.asarray(vectors[0, column]) for column in range(len(texts))]
+
+    # -- look-ups -------------------------------------------------------------------------
+
+    def collection(self, name: str | None) -> CollectionIndexes:
+        if name is None:
+            if len(self.collections) == 1:
+                return next(iter(self.collections.values()))
+            valid = ", ".join(self.collections)
+            raise UsageError(f"name a collection; searched: {valid}")
+        try:
+            return self.collections[name]
+        except KeyError:
+            valid = ", ".join(self.collections)
+            raise NotIndexed(f"no collection {name!r}; searched: {valid}") from None
+
+    def condition(self, collection: CollectionIndexes, name: str) -> ConditionIndex:
+        try:
+            return collection.conditions[name]
+        except KeyError:
+            valid = ", ".join(collection.conditions)
+            raise NotIndexed(
+                f"no index for condition {name!r} of {collection.name}; conditions with an "
+                f"index: {valid}"
+            ) from None
+
+    def reader(self, condition: ConditionIndex) -> IndexReader:
+        """The condition's index, opened (and checksummed) on first use, once."""
+        directory = condition.directory
+        with self._readers_lock:
+            reader = self._readers.get(directory)
+            if reader is not None:
+                return reader
+            lock = self._reader_locks.setdefault(directory, threading.Lock())
+        with lock:
+            with self._readers_lock:
+                reader = self._readers.get(directory)
+            if reader is None:
+                reader = IndexReader(
+                    directory, mmap=self.options.mmap, search_params=self.options.search_params
+                )
+                with self._readers_lock:
+                    self._readers[directory] = reader
+            return reader
+
+    def joined(self, conditions: Sequence[ConditionIndex]) -> JoinedIndexes:
+        key = tuple(c.directory for c in conditions)
+        with self._joined_lock:
+            joined = self._joined.get(key)
+            if joined is not None:
+                self._joined.move_to_end(key)
+                return joined
+        joined = JoinedIndexes([self.reader(c) for c in conditions])
+        with self._joined_lock:
+            self._joined[key] = joined
+            while len(self._joined) > JOINED_CACHE_ENTRIES:
+                self._joined.popitem(last=False)
+        return joined
+
+    def reader_with_id(self, condition: ConditionIndex, row_id: int) -> IndexReader:
+        """The condition's index, checked to hold `row_id`."""
+        reader = self.reader(condition)
+        if len(reader) == 0:
+            raise NotIndexed(f"no id {row_id}: the index of {condition.name!r} is empty")
+        if not reader.contains(row_id):
+            raise NotIndexed(
+                f"no id {row_id} under condition {condition.name!r} "
+                f"(ids {reader.ids[0]}..{reader.ids[-1]})"
+            )
+        return reader
+
+    # -- queries --------------------------------------------------------------------------
+
+    def resolve(
+        self, request: SearchRequest
+    ) -> tuple[CollectionIndexes, tuple[ConditionIndex, ...], tuple[float, ...]]:
+        """The collection, conditions and normalised weights a request names, all checked."""
+        if not request.conditions:
+            raise UsageError("give at least one condition")
+        if len(set(request.conditions)) != len(request.conditions):
+            raise UsageError(f"a condition is repeated in {list(request.conditions)}")
+        max_k = self.options.max_k
+        if request.k < 1 or (max_k is not None and request.k > max_k):
+            raise UsageError(
+                "k must be at least 1" if max_k is None else f"k must be between 1 and {max_k}"
+            )
+        given = [request.image is not None, request.vectors is not None, request.id is not None]
+        if sum(given) != 1:
+            raise UsageError("give a query image or an id (one of them)")
+        collection = self.collection(request.collection)
+        conditions = tuple(self.condition(collection, c) for c in request.conditions)
+        return collection, conditions, normalize_weights(request.weights, len(conditions))
+
+    def search(self, request: SearchRequest, deadline: float | None = None) -> SearchResult:
+        """Rank a collection's images by (weighted) similarity under the asked conditions."""
+        collection, conditions, weights = self.resolve(request)
+        joined = self.joined(conditions)
+        query = QueryImage()
+        if request.id is not None:
+            first_id = self.first_id(joined, collection, conditions, request)
+            vectors = joined.stored_query(first_id)
+            row = joined.readers[0].row(first_id)
+            query = QueryImage(first_id, conditions[0].name, row.path, row.labels)
+        elif request.vectors is not None:
+            vectors = list(request.vectors)
+        else:
+            assert request.image is not None  # resolve() checked that one is given
+            vectors = self.embed(request.image, [c.text for c in conditions], deadline)
+        ranked = joined.search(vectors, weights, request.k)
+        rows = joined.readers[0].rows([r.id for r in ranked])
+        names = [c.name for c in conditions]
+        hits = [
+            Hit(
+                rank=rank,
+                id=r.id,
+                score=r.score,
+                scores=dict(zip(names, r.scores, strict=True)),
+                path=row.path,
+                labels=row.labels,
+            )
+            for rank, (r, row) in enumerate(zip(ranked, rows, strict=True), start=1)
+        ]
+        return SearchResult(collection, conditions, weights, query, hits)
+
+    def first_id(
+        self,
+        joined: JoinedIndexes,
+        collection: CollectionIndexes,
+        conditions: Sequence[ConditionIndex],
+        request: SearchRequest,
+    ) -> int:
+        """The first condition's id of the image `request.id` names under `id_condition`."""
+        row_id = int(request.id or 0)
+        named_in = self.condition(collection, request.id_condition or conditions[0].name)
+        reader = self.reader_with_id(named_in, row_id)
+        if named_in.directory == conditions[0].directory:
+            first_id: int | None = row_id
+        else:
+            first_id = joined.first_id_of_hash(reader.row(row_id).content_hash)
+        if first_id is None or not joined.is_complete(first_id):
+            asked = ", ".join(c.name for c in conditions)
+            raise NotIndexed(f"image {row_id} of {named_in.name!r} is not indexed under {asked}")
+        return first_id

@@ -1,0 +1,1 @@
+"""`dior-search serve`: the HTTP API and web page over a Searcher (starlette, uvicorn)."""

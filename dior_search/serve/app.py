@@ -1,0 +1,442 @@
+"""`dior-search serve`: a JSON API and one web page over the served indexes.
+
+Starlette routes, each a thin layer over `SearchService`: requests are parsed and checked here,
+the work runs in a worker thread under the request's time limit, and every failure is answered
+with a one-line JSON body `{"error": "..."}` and its status code. Only the routes below exist:
+no file is ever served by a path from a request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from functools import cache, partial
+from importlib.resources import files
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import anyio
+import anyio.to_thread
+import uvicorn
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dior_search.errors import DiorError, InputError, UsageError
+from dior_search.search.searcher import DeadlineExceeded, NotIndexed, SearchRequest, SearchResult
+from dior_search.serve.service import NotFound, SearchService, TooLarge
+
+log = logging.getLogger(__name__)
+
+# Room in a request body for the multipart framing and the form's small fields.
+FORM_OVERHEAD = 64 * 1024
+MAX_PAGE = 200
+STATUS: tuple[tuple[type[DiorError], int], ...] = (
+    (NotFound, 404),
+    (NotIndexed, 404),
+    (TooLarge, 413),
+    (DeadlineExceeded, 504),
+    (UsageError, 400),
+    (InputError, 400),
+)
+QUERY_FIELDS = (
+    "collection",
+    "conditions",
+    "condition",
+    "weights",
+    "k",
+    "upload",
+    "id",
+    "id_condition",
+)
+PAGE_HEADERS = {
+    # The page is one file with its script and style inline; it loads nothing from elsewhere.
+    "content-security-policy": "default-src 'none'; script-src 'unsafe-inline'; "
+    "style-src 'unsafe-inline'; img-src 'self' blob: data:; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "cache-control": "no-cache",
+}
+
+T = TypeVar("T")
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class Guard:
+    """ASGI middleware: caps request bodies and marks every response's content type as final."""
+
+    def __init__(self, app: ASGIApp, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_guarded(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-content-type-options", b"nosniff"),
+                ]
+            await send(message)
+
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+            response = error(413, f"request body over the limit of {self.max_body} bytes")
+            await response(scope, receive, send_guarded)
+            return
+        received = 0
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise TooLarge(f"request body over the limit of {self.max_body} bytes")
+            return message
+
+        await self.app(scope, receive_limited, send_guarded)
+
+
+def service_of(request: Request) -> SearchService:
+    service: SearchService = request.app.state.service
+    return service
+
+
+async def in_thread(function: Callable[..., T], *args: Any) -> T:
+    """Run blocking work (embedding, FAISS, Parquet, PIL) off the event loop; cancellable."""
+    return await anyio.to_thread.run_sync(partial(function, *args), abandon_on_cancel=True)
+
+
+def api(handler: Handler) -> Handler:
+    """Apply the time limit and turn the project's errors into one-line JSON answers."""
+
+    async def guarded(request: Request) -> Response:
+        timeout = service_of(request).settings.timeout_s
+        try:
+            with anyio.fail_after(timeout):
+                return await handler(request)
+        except TimeoutError:
+            return error(504, f"the request took longer than the limit of {timeout:g} s")
+        except DiorError as exc:
+            status = next((code for kind, code in STATUS if isinstance(exc, kind)), 500)
+            if status == 500:
+                log.error("%s: %s", request.url.path, exc)
+            return error(status, str(exc))
+
+    return guarded
+
+
+@cache
+def page_html() -> str:
+    return files("dior_search.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+async def page(request: Request) -> Response:
+    return HTMLResponse(page_html(), headers=PAGE_HEADERS)
+
+
+def thumbnail_url(collection: str, condition: str, row_id: int) -> str:
+    return f"/api/thumbnail/{quote(collection, safe='')}/{quote(condition, safe='')}/{row_id}"
+
+
+@api
+async def collections(request: Request) -> Response:
+    service = service_of(request)
+    settings = service.settings
+    settings_used = service.searcher.description.settings
+    return JSONResponse(
+        {
+            "model": {
+                key: getattr(settings_used, key, None)
+                for key in ("model", "template", "layer", "position_scheme")
+            },
+            "limits": {
+                "max_upload_bytes": settings.max_upload_bytes,
+                "max_pixels": settings.max_pixels,
+                "timeout_s": settings.timeout_s,
+                "max_k": settings.max_k,
+            },
+            "collections": [
+                {
+                    "name": collection.name,
+                    "images": collection.images,
+                    "conditions": [
+                        {"name": c.name, "text": c.text, "rows": c.rows}
+                        for c in collection.conditions.values()
+                    ],
+                }
+                for collection in service.searcher.collections.values()
+            ],
+        }
+    )
+
+
+def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UsageError(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise UsageError(f"{name} must be between {low} and {high}")
+    return value
+
+
+@api
+async def images(request: Request) -> Response:
+    service = service_of(request)
+    name = request.path_params["collection"]
+    offset = int_param(request, "offset", 0, 0, 1 << 62)
+    limit = int_param(request, "limit", 60, 1, MAX_PAGE)
+    condition, total, rows = await in_thread(
+        service.images, name, request.query_params.get("condition"), offset, limit
+    )
+    return JSONResponse(
+        {
+            "collection": name,
+            "condition": condition.name,
+            "total": total,
+            "offset": offset,
+            "images": [
+                {
+                    "id": row_id,
+                    "path": path,
+                    "labels": labels,
+                    "thumbnail": thumbnail_url(name, condition.name, row_id),
+                }
+                for row_id, path, labels in rows
+            ],
+        }
+    )
+
+
+async def image_bytes(request: Request) -> bytes:
+    """The uploaded image: a multipart form's `image` file, or the raw request body."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        async with request.form(max_files=1, max_fields=16) as form:
+            part = form.get("image")
+            if not isinstance(part, UploadFile):
+                raise UsageError("the form has no file field 'image'")
+            data: bytes = await part.read()
+            return data
+    return await request.body()
+
+
+@api
+async def upload(request: Request) -> Response:
+    data = await image_bytes(request)
+    info = await in_thread(service_of(request).add_upload, data)
+    return JSONResponse(
+        {"upload": info.upload, "width": info.width, "height": info.height, "bytes": info.bytes}
+    )
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_query(fields: Mapping[str, Any]) -> tuple[SearchRequest, str | None]:
+    """A query and the upload it names, from JSON fields; UsageError naming what is wrong."""
+    unknown = sorted(set(fields) - set(QUERY_FIELDS))
+    if unknown:
+        valid = ", ".join(QUERY_FIELDS)
+        raise UsageError(f"unknown field {unknown[0]!r}; valid: {valid}")
+    collection = fields.get("collection")
+    if not isinstance(collection, str):
+        raise UsageError("collection must be a string: the name of a served collection")
+    conditions = fields.get("conditions")
+    if conditions is None and "condition" in fields:
+        conditions = [fields["condition"]]
+    if not (
+        isinstance(conditions, list) and conditions and all(isinstance(c, str) for c in conditions)
+    ):
+        raise UsageError("conditions must be a non-empty list of condition names")
+    weights = fields.get("weights")
+    if weights is not None and not (
+        isinstance(weights, list)
+        and all(isinstance(w, int | float) and not isinstance(w, bool) for w in weights)
+    ):
+        raise UsageError("weights must be a list of numbers, one per condition")
+    k = fields.get("k", 10)
+    if not is_int(k):
+        raise UsageError("k must be an integer")
+    upload = fields.get("upload")
+    if upload is not None and not (
+        isinstance(upload, str)
+        and len(upload) == 64
+        and all(c in "0123456789abcdef" for c in upload)
+    ):
+        raise UsageError("upload must be the 64-hex-digit id that /api/uploads returned")
+    row_id = fields.get("id")
+    if row_id is not None and not (is_int(row_id) and row_id >= 0):
+        raise UsageError("id must be a non-negative integer")
+    id_condition = fields.get("id_condition")
+    if id_condition is not None and not isinstance(id_condition, str):
+        raise UsageError("id_condition must be a condition name")
+    if (upload is None) == (row_id is None):
+        raise UsageError("give exactly one of upload (an uploaded image) or id (an indexed one)")
+    request = SearchRequest(
+        collection=collection,
+        conditions=tuple(conditions),
+        weights=None if weights is None else tuple(float(w) for w in weights),
+        k=k,
+        id=row_id,
+        id_condition=id_condition,
+    )
+    return request, upload
+
+
+async def form_query(request: Request) -> tuple[dict[str, Any], bytes | None]:
+    """A multipart query's fields, converted to the JSON form, and its image if it has one."""
+
+    def number(text: str, kind: Callable[[str], Any], name: str) -> Any:
+        try:
+            return kind(text)
+        except ValueError:
+            raise UsageError(f"{name} must be a number, got {text!r}") from None
+
+    async with request.form(max_files=1, max_fields=64) as form:
+        fields: dict[str, Any] = {}
+        data: bytes | None = None
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key != "image":
+                    raise UsageError(f"unexpected file field {key!r}; send the image as 'image'")
+                data = await value.read()
+            elif key in ("condition", "conditions"):
+                fields.setdefault("conditions", []).append(value)
+            elif key in ("weight", "weights"):
+                fields.setdefault("weights", []).append(number(value, float, "weight"))
+            elif key in ("k", "id"):
+                fields[key] = number(value, int, key)
+            else:
+                fields[key] = value
+    return fields, data
+
+
+@api
+async def query(request: Request) -> Response:
+    started = time.perf_counter()
+    service = service_of(request)
+    deadline = time.monotonic() + service.settings.timeout_s
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        fields, data = await form_query(request)
+        if data is not None:
+            if "upload" in fields or "id" in fields:
+                raise UsageError("send an image, an upload id or an id: one of them")
+            fields["upload"] = (await in_thread(service.add_upload, data)).upload
+    else:
+        try:
+            fields = json.loads(await request.body())
+        except ValueError:
+            raise UsageError("the body must be JSON (or a multipart form with an image)") from None
+        if not isinstance(fields, dict):
+            raise UsageError("the body must be a JSON object")
+    asked, upload_id = parse_query(fields)
+    outcome = await in_thread(service.query, asked, deadline, upload_id)
+    return JSONResponse(outcome_json(outcome, upload_id, time.perf_counter() - started))
+
+
+def outcome_json(outcome: SearchResult, upload: str | None, seconds: float) -> dict[str, Any]:
+    """The API's answer: hits as `dior-search query --json` prints them, with thumbnails."""
+    collection = outcome.collection.name
+    names = [c.name for c in outcome.conditions]
+    first = names[0]
+    asked = outcome.query
+    query_json: dict[str, Any]
+    if asked.id is None:
+        query_json = {"upload": upload}
+    else:
+        query_json = {
+            "id": asked.id,
+            "condition": first,
+            "path": asked.path,
+            "labels": asked.labels,
+            "thumbnail": thumbnail_url(collection, first, asked.id),
+        }
+    return {
+        "collection": collection,
+        "conditions": [
+            {"name": name, "weight": weight}
+            for name, weight in zip(names, outcome.weights, strict=True)
+        ],
+        "query": query_json,
+        "hits": [
+            {**hit.to_json(), "thumbnail": thumbnail_url(collection, first, hit.id)}
+            for hit in outcome.hits
+        ],
+        "took_ms": round(1000 * seconds, 1),
+    }
+
+
+@api
+async def thumbnail(request: Request) -> Response:
+    params = request.path_params
+    data = await in_thread(
+        service_of(request).thumbnail, params["collection"], params["condition"], params["id"]
+    )
+    return Response(data, media_type="image/jpeg", headers={"cache-control": "max-age=3600"})
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
+    return error(status, detail.lower() if status in (404, 405) else detail)
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    return error(500, "internal error")
+
+
+def create_app(service: SearchService) -> Starlette:
+    """The ASGI app: the page at `/` and the JSON API under `/api/`."""
+    routes = [
+        Route("/", page),
+        Route("/api/collections", collections),
+        Route("/api/collections/{collection}/images", images),
+        Route("/api/uploads", upload, methods=["POST"]),
+        Route("/api/query", query, methods=["POST"]),
+        # A condition name is free text and may hold a slash; the id always ends the path.
+        Route("/api/thumbnail/{collection}/{condition:path}/{id:int}", thumbnail),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(Guard, max_body=service.settings.max_upload_bytes + FORM_OVERHEAD)],
+        exception_handlers={HTTPException: http_error, Exception: internal_error},
+    )
+    app.state.service = service
+    return app
+
+
+def make_server(
+    service: SearchService, host: str, port: int, log_level: str = "warning"
+) -> uvicorn.Server:
+    """A uvicorn server for the app; `.run()` serves until interrupted."""
+    config = uvicorn.Config(
+        create_app(service),
+        host=host,
+        port=port,
+        log_level=log_level,
+        lifespan="off",
+        timeout_keep_alive=5,
+        server_header=False,
+    )
+    return uvicorn.Server(config)

@@ -1,0 +1,115 @@
+"""Where indexes live: the one module that knows the folder layout under `--indexes`.
+
+    indexes/<collection>/<embedder>/<condition>/     one index directory (see manifest, shards)
+    indexes/<collection>/<embedder>/skipped.tsv      images the last run could not index
+
+`<collection>` is a dataset's name or `<folder>-<hash>` for an image folder, `<embedder>` the
+model and every setting that changes its vectors, `<condition>` the condition made file-safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from dior_search import defaults
+from dior_search.data.collections import slug
+from dior_search.models.embedder import EmbedderDescription
+from dior_search.models.settings import GenerativeSettings
+from dior_search.store.manifest import MANIFEST, Manifest
+
+SKIPPED_FILE = "skipped.tsv"
+# Settings named in the folder when they differ from their default.
+FOLDER_SETTINGS = {
+    "template": defaults.DEFAULT_TEMPLATE,
+    "layer": defaults.DEFAULT_LAYER,
+    "position_scheme": defaults.DEFAULT_POSITION_SCHEME,
+}
+
+
+def embedder_folder(description: EmbedderDescription) -> str:
+    """Folder name of an embedder's indexes: method, model, and any non-default setting."""
+    settings = description.settings
+    parts = [model_slug(settings.model)]
+    if description.method != "dior":
+        parts[0] = f"{description.method}-{parts[0]}"
+    if isinstance(settings, GenerativeSettings):
+        parts.append(f"text-{model_slug(settings.text_encoder)}")
+    chosen = asdict(settings)
+    parts += [
+        f"{key}-{chosen[key]}"
+        for key, default in FOLDER_SETTINGS.items()
+        if chosen.get(key, default) != default
+    ]
+    if chosen.get("max_pixels") is not None:
+        parts.append(f"px-{chosen['max_pixels']}")
+    if settings.max_side != defaults.REFERENCE_MAX_SIDE:
+        parts.append(f"side-{settings.max_side}")
+    return "+".join(parts)
+
+
+def model_slug(model: str) -> str:
+    """A Hub id as `org--name`; a local folder as its name and a hash of its absolute path."""
+    path = Path(model)
+    if path.is_dir():
+        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+        return f"{slug(path.name)}-{digest}"
+    return slug(model)
+
+
+def embedder_dir(indexes_dir: Path, collection: str, description: EmbedderDescription) -> Path:
+    """The folder holding one embedder's indexes of a collection, one per condition."""
+    return indexes_dir / slug(collection) / embedder_folder(description)
+
+
+def index_dir(
+    indexes_dir: Path, collection: str, description: EmbedderDescription, condition: str
+) -> Path:
+    """The index directory of (collection, embedder, condition)."""
+    return embedder_dir(indexes_dir, collection, description) / slug(condition)
+
+
+def skipped_listing(indexes_dir: Path, collection: str, description: EmbedderDescription) -> Path:
+    return embedder_dir(indexes_dir, collection, description) / SKIPPED_FILE
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One index directory found under `--indexes`, with its manifest."""
+
+    directory: Path
+    manifest: Manifest
+
+    @property
+    def collection(self) -> str:
+        return self.manifest.collection["name"]
+
+    @property
+    def condition(self) -> str:
+        return str(self.manifest.condition["name"])
+
+    @property
+    def embedder_folder(self) -> str:
+        return self.directory.parent.name
+
+
+def find_indexes(
+    indexes_dir: Path,
+    collection: str | None = None,
+    method: str | None = None,
+    model: str | None = None,
+) -> list[IndexEntry]:
+    """Every index under `indexes_dir`, optionally only of one collection, method or model.
+
+    `model` matches the model as given when indexing or the embedder's folder name.
+    """
+    pattern = f"{slug(collection) if collection else '*'}/*/*/{MANIFEST}"
+    found = sorted(indexes_dir.glob(pattern))
+    entries = [IndexEntry(p.parent, Manifest.read(p.parent)) for p in found]
+    return [
+        e
+        for e in entries
+        if (method is None or e.manifest.embedder.method == method)
+        and (model is None or model in (e.manifest.embedder.model, e.embedder_folder))
+    ]

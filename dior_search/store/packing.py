@@ -1,0 +1,245 @@
+"""Packing: train an index type once, and turn staged Flat shards into shards of that type.
+
+Vectors arrive in exact `Flat` shards (resumable, searchable at once). When an index's type
+is another, packing
+1. decides the type: an explicit factory string as asked, or for `auto` the choice of
+   `choose_index_type` over every vector of the index (made once: it is fixed as soon as
+   there is a trained index);
+2. trains it once on a uniform random sample of the staged vectors (not the first ones to
+   arrive: collections are often sorted by class) and saves the empty trained index as
+   `trained.faiss`, its sha256 in the manifest. Every packed shard is a clone of it, so all
+   shards share one PCA, one set of centroids and one code book, and their scores compare;
+3. packs each run of consecutive staged shards into shards of up to `packed_shard_size`
+   vectors (about 2 GiB): every shard searched costs a PCA projection and a coarse search,
+   so fewer, larger shards answer faster.
+
+Crash safety: a packed shard's files are written (temp + fsync + rename) before the manifest
+swaps it in for the staged shards it replaces, and those are deleted only afterwards. After a
+crash the manifest lists either the staged or the packed shards; unlisted files are removed
+the next time the index is opened for writing, and packing resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dior_search.errors import IndexStoreError
+from dior_search.store.files import atomic_file, sha256_file, verify_file
+from dior_search.store.index_types import (
+    AUTO,
+    FLAT,
+    GiB,
+    choose_index_type,
+    default_search_params,
+    format_size,
+    make_index,
+    train_index,
+    training_minimum,
+    training_size,
+)
+from dior_search.store.manifest import (
+    TRAINED,
+    Manifest,
+    Shard,
+    Trained,
+    next_shard_number,
+    shard_name,
+    write_manifest,
+)
+from dior_search.store.shards import faiss_path, parquet_path, read_shard_index, staged_vectors
+
+log = logging.getLogger(__name__)
+
+PACKED_SHARD_BYTES = 2 * GiB
+TRAIN_SEED = 0
+ADD_CHUNK = 16_384
+
+
+def pack_staged_shards(directory: Path, manifest: Manifest) -> None:
+    """Train the manifest's index type if needed and pack its staged shards (see module)."""
+    before = (manifest.index_type, manifest.search_params)
+    target = decide_index_type(manifest)
+    staged = [s for s in manifest.shards if s.index_type == FLAT]
+    if target == FLAT or not staged:
+        if (manifest.index_type, manifest.search_params) != before and manifest.shards:
+            write_manifest(directory, manifest)
+        return
+    if manifest.trained is None:
+        trained = train(directory, manifest, staged, target)
+        if trained is None:
+            return
+    else:
+        trained = load_trained(directory, manifest)
+    for group in staged_groups(manifest.shards, manifest.packed_shard_size):
+        pack_group(directory, manifest, trained, group)
+
+
+def decide_index_type(manifest: Manifest) -> str:
+    """The type to pack into; `auto` chooses it from the index's size the first time."""
+    untouched = manifest.trained is None and all(s.index_type == FLAT for s in manifest.shards)
+    if manifest.index_spec == AUTO and untouched:
+        choice = choose_index_type(manifest.rows, manifest.dim, manifest.memory_budget)
+        if choice.factory != manifest.index_type:
+            log.info(
+                "auto index type for %d vectors of dimension %d: %s (%s, about %s)",
+                manifest.rows,
+                manifest.dim,
+                choice.factory,
+                choice.reason,
+                format_size(choice.bytes_estimate),
+            )
+        manifest.index_type = choice.factory
+        manifest.search_params = choice.search_params
+    return manifest.index_type
+
+
+def train(directory: Path, manifest: Manifest, staged: list[Shard], target: str) -> Any | None:
+    """Train `target` on a sample of the staged vectors and record it; None if too few."""
+    import faiss
+
+    empty = make_index(target, manifest.dim)
+    rows = sum(s.rows for s in staged)
+    if rows < training_minimum(empty):
+        log.warning(
+            "%s: index type %s needs at least %d vectors to train, the index has %d; its "
+            "shards stay Flat (exact) until a later run adds more",
+            directory,
+            target,
+            training_minimum(empty),
+            rows,
+        )
+        return None
+    size = max(training_size(empty, rows), min(rows, 1000))
+    started = time.perf_counter()
+    sample = sample_vectors(directory, staged, size, TRAIN_SEED, manifest.dim)
+    if not manifest.search_params:
+        manifest.search_params = default_search_params(empty)
+    trained = train_index(target, manifest.dim, sample, manifest.search_params)
+    per_vector = bytes_per_vector(trained, sample[:1000])
+    path = directory / TRAINED
+    with atomic_file(path) as tmp:
+        faiss.write_index(trained, str(tmp))
+    manifest.trained = Trained(TRAINED, sha256_file(path), size, TRAIN_SEED, per_vector)
+    if manifest.packed_shard_size <= 0:
+        manifest.packed_shard_size = max(manifest.shard_size, PACKED_SHARD_BYTES // per_vector)
+    write_manifest(directory, manifest)
+    log.info(
+        "trained %s on %d vectors in %.1f s (%d bytes per vector)",
+        target,
+        size,
+        time.perf_counter() - started,
+        per_vector,
+    )
+    return trained
+
+
+def load_trained(directory: Path, manifest: Manifest) -> Any:
+    import faiss
+
+    if manifest.trained is None:
+        raise IndexStoreError(f"index {directory} has no trained index to pack into")
+    path = directory / manifest.trained.name
+    verify_file(path, manifest.trained.sha256)
+    return faiss.read_index(str(path))
+
+
+def sample_vectors(
+    directory: Path, shards: Sequence[Shard], size: int, seed: int, dim: int
+) -> np.ndarray:
+    """`size` stored vectors drawn uniformly without replacement from staged shards."""
+    import faiss
+
+    total = sum(s.rows for s in shards)
+    picks = np.sort(np.random.default_rng(seed).choice(total, size=size, replace=False))
+    sample = np.empty((size, dim), dtype=np.float32)
+    start = 0
+    for shard in shards:
+        low, high = np.searchsorted(picks, [start, start + shard.rows])
+        if high > low:
+            index = read_shard_index(faiss_path(directory, shard), mmap=True)
+            flat = faiss.downcast_index(index.index)
+            sample[low:high] = flat.reconstruct_batch(picks[low:high] - start)
+        start += shard.rows
+    return sample
+
+
+def bytes_per_vector(trained: Any, sample: np.ndarray) -> int:
+    """Bytes a vector adds to a shard file of this type, measured on a clone."""
+    import faiss
+
+    probe = faiss.deserialize_index(faiss.serialize_index(trained))
+    empty = len(faiss.serialize_index(probe))
+    probe.add_with_ids(sample, np.arange(len(sample), dtype=np.int64))
+    return max(1, math.ceil((len(faiss.serialize_index(probe)) - empty) / len(sample)))
+
+
+def staged_groups(shards: Sequence[Shard], packed_shard_size: int) -> list[list[Shard]]:
+    """Runs of consecutive staged shards, cut at `packed_shard_size` vectors (at least one)."""
+    groups: list[list[Shard]] = []
+    current: list[Shard] = []
+    for shard in [*shards, None]:
+        full = current and sum(s.rows for s in current) + (shard.rows if shard else 0) > max(
+            packed_shard_size, 1
+        )
+        if shard is None or shard.index_type != FLAT or full:
+            if current:
+                groups.append(current)
+            current = []
+        if shard is not None and shard.index_type == FLAT:
+            current.append(shard)
+    return groups
+
+
+def pack_group(directory: Path, manifest: Manifest, trained: Any, group: list[Shard]) -> None:
+    """Replace consecutive staged shards by one packed shard, crash-safely."""
+    import faiss
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    started = time.perf_counter()
+    index = faiss.deserialize_index(faiss.serialize_index(trained))
+    tables = []
+    for shard in group:
+        verify_file(faiss_path(directory, shard), shard.faiss_sha256)
+        verify_file(parquet_path(directory, shard), shard.parquet_sha256)
+        ids, vectors = staged_vectors(faiss_path(directory, shard))
+        for low in range(0, len(ids), ADD_CHUNK):
+            index.add_with_ids(vectors[low : low + ADD_CHUNK], ids[low : low + ADD_CHUNK])
+        tables.append(pq.read_table(parquet_path(directory, shard)))
+    rows = sum(s.rows for s in group)
+    if index.ntotal != rows:
+        raise IndexStoreError(f"packing {directory}: read {index.ntotal} vectors, expected {rows}")
+    name = shard_name(next_shard_number(manifest))
+    with atomic_file(faiss_path(directory, name)) as tmp:
+        faiss.write_index(index, str(tmp))
+    with atomic_file(parquet_path(directory, name)) as tmp:
+        pq.write_table(pa.concat_tables(tables, promote_options="default"), tmp)
+    packed = Shard(
+        name,
+        rows,
+        group[0].first_id,
+        sha256_file(faiss_path(directory, name)),
+        sha256_file(parquet_path(directory, name)),
+        last_id=group[-1].last,
+        index_type=manifest.index_type,
+    )
+    position = manifest.shards.index(group[0])
+    manifest.shards[position : position + len(group)] = [packed]
+    write_manifest(directory, manifest)
+    for shard in group:
+        faiss_path(directory, shard).unlink(missing_ok=True)
+        parquet_path(directory, shard).unlink(missing_ok=True)
+    log.info(
+        "packed %d staged shards (%d vectors) into %s in %.1f s",
+        len(group),
+        rows,
+        name,
+        time.perf_counter() - started,
+    )

@@ -1,0 +1,106 @@
+"""One shard's two files: a FAISS index of unit vectors with their ids, and a Parquet table.
+
+    shard-00000.faiss        FAISS index of L2-normalised vectors, ids stored with them
+    shard-00000.parquet      one row per vector: id, path, content_hash, norm, label_<name> ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dior_search.store.manifest import Shard
+
+# Shards at least this large are memory-mapped by default rather than read into RAM.
+MMAP_MIN_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class Row:
+    """Metadata stored beside one vector."""
+
+    path: str
+    content_hash: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def faiss_path(directory: Path, shard: Shard | str) -> Path:
+    name = shard if isinstance(shard, str) else shard.name
+    return directory / f"{name}.faiss"
+
+
+def parquet_path(directory: Path, shard: Shard | str) -> Path:
+    name = shard if isinstance(shard, str) else shard.name
+    return directory / f"{name}.parquet"
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, so inner product is cosine similarity."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit: np.ndarray = vectors / np.maximum(norms, 1e-12)
+    return unit
+
+
+def write_faiss(path: Path, vectors: np.ndarray, ids: np.ndarray, index_type: str) -> None:
+    import faiss
+
+    index = faiss.index_factory(
+        vectors.shape[1], f"IDMap2,{index_type}", faiss.METRIC_INNER_PRODUCT
+    )
+    index.add_with_ids(vectors, ids)
+    faiss.write_index(index, str(path))
+
+
+def write_parquet(path: Path, ids: np.ndarray, norms: np.ndarray, rows: Sequence[Row]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns: dict[str, Any] = {
+        "id": pa.array(ids, type=pa.int64()),
+        "path": pa.array([r.path for r in rows], type=pa.string()),
+        "content_hash": pa.array([r.content_hash for r in rows], type=pa.string()),
+        # The vector's length before normalisation: unit vector * norm is the raw embedding.
+        "norm": pa.array(norms, type=pa.float32()),
+    }
+    for name in sorted({name for r in rows for name in r.labels}):
+        columns[f"label_{name}"] = pa.array([r.labels.get(name) for r in rows], type=pa.string())
+    pq.write_table(pa.table(columns), path)
+
+
+def read_shard_index(path: Path, mmap: bool | None = None) -> Any:
+    """A shard's FAISS index, memory-mapped if asked (None: if the file is large).
+
+    FAISS 1.10+ maps the file's contents in place (IO_FLAG_MMAP_IFC) for flat codes, IVF
+    lists and HNSW storage, so only the pages a search touches are read.
+    """
+    import faiss
+
+    if mmap is None:
+        mmap = path.stat().st_size >= MMAP_MIN_BYTES
+    flags = getattr(faiss, "IO_FLAG_MMAP_IFC", 0) if mmap else 0
+    return faiss.read_index(str(path), flags)
+
+
+def reconstruct_rows(index: Any, start: int, count: int) -> np.ndarray:
+    """Rows start .. start + count - 1 of an index's storage, as float32 numpy.
+
+    The output buffer is passed in: faiss.contrib.torch_utils (which some libraries import,
+    pytorch-metric-learning among them) makes FAISS return torch tensors otherwise.
+    """
+    out = np.empty((count, index.d), dtype=np.float32)
+    index.reconstruct_n(start, count, out)
+    return out
+
+
+def staged_vectors(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of a staged (IDMap2,Flat) shard file, in its storage order."""
+    import faiss
+
+    staged = read_shard_index(path, mmap=True)
+    flat = faiss.downcast_index(staged.index)
+    return faiss.vector_to_array(staged.id_map), reconstruct_rows(flat, 0, staged.ntotal)

@@ -1,0 +1,16 @@
+"""Embedder descriptions for tests that write vectors without a model."""
+
+from dior_search.models.embedder import EmbedderDescription
+from dior_search.models.settings import DiorSettings
+
+
+def described(model: str = "m", dim: int = 16) -> EmbedderDescription:
+    """What a manifest records for vectors made up by a test (no model loaded)."""
+    return EmbedderDescription(
+        settings=DiorSettings(model=model),
+        model_type="test",
+        commit=None,
+        weights_fingerprint="test",
+        dtype="float32",
+        dim=dim,
+    )

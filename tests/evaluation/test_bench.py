@@ -1,0 +1,140 @@
+"""`bench`: metrics per dataset, condition and method, on indexes built or reused."""
+
+import json
+
+import pytest
+
+from dior_search.cli import main
+from dior_search.data.collections import open_dataset
+from dior_search.data.synthetic import CONDITIONS
+
+METRICS = {"recall@1", "recall@5", "recall@10", "map@r", "precision@1"}
+
+
+def bench_args(workspace, *extra):
+    return [
+        "bench",
+        "--dataset",
+        "synthetic",
+        "--datasets-dir",
+        str(workspace / "datasets"),
+        "--indexes",
+        str(workspace / "indexes"),
+        "--device",
+        "cpu",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_dior_retrieves_every_synthetic_condition(synthetic_workspace, tmp_path, capsys):
+    out = tmp_path / "out.json"
+    plot = tmp_path / "recall.png"
+    args = bench_args(
+        synthetic_workspace,
+        "--method",
+        "dior",
+        "--method",
+        "dior-unconditional",
+        "--json",
+        str(out),
+        "--plot",
+        str(plot),
+    )
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    assert set(result) == {"synthetic"}
+    assert set(result["synthetic"]) == set(CONDITIONS)
+    for condition, per_method in result["synthetic"].items():
+        assert set(per_method) == {"dior", "dior-unconditional"}
+        for metrics in per_method.values():
+            assert set(metrics) == METRICS
+            assert all(0.0 <= value <= 1.0 for value in metrics.values())
+        assert per_method["dior"]["recall@1"] >= 0.90, condition
+        assert per_method["dior"]["recall@10"] >= per_method["dior"]["recall@1"]
+    assert plot.stat().st_size > 1000
+    table = capsys.readouterr().out
+    assert "dior-unconditional" in table and "MAP@R" in table
+
+
+@pytest.mark.slow
+def test_bench_reuses_the_indexes(synthetic_workspace, capsys):
+    """Nothing is embedded again: the indexes of the shared workspace already hold everything."""
+    assert main(bench_args(synthetic_workspace, "--method", "dior", "--condition", "color")) == 0
+    err = capsys.readouterr().err
+    assert "skipped" not in err
+
+
+@pytest.mark.slow
+def test_clip_and_generative_through_bench(baseline_model_dirs, tmp_path):
+    out = tmp_path / "out.json"
+    args = [
+        "bench",
+        "--dataset",
+        "synthetic",
+        "--datasets-dir",
+        str(tmp_path / "datasets"),
+        "--indexes",
+        str(tmp_path / "indexes"),
+        "--device",
+        "cpu",
+        "--condition",
+        "color",
+        "--method",
+        "clip",
+        "--clip-model",
+        str(baseline_model_dirs["clip"]),
+        "--method",
+        "generative",
+        "--model",
+        str(baseline_model_dirs["qwen2_5_vl_untied"]),
+        "--text-encoder",
+        str(baseline_model_dirs["bert"]),
+        "--json",
+        str(out),
+    ]
+    from dior_search.data.synthetic import write_dataset
+
+    write_dataset(tmp_path / "datasets" / "synthetic", {"test": 40})
+    assert main(args) == 0
+    color = json.loads(out.read_text())["synthetic"]["color"]
+    assert set(color) == {"clip", "generative"}
+    embedders = sorted(p.name for p in (tmp_path / "indexes" / "synthetic").iterdir())
+    assert [name.split("-")[0] for name in embedders] == ["clip", "generative"]
+    # CLIP takes no condition: one index serves every condition.
+    assert [p.name for p in (tmp_path / "indexes" / "synthetic" / embedders[0]).iterdir()] == [
+        "unconditional"
+    ]
+
+
+def test_absent_dataset_is_one_line(tmp_path, capsys):
+    code = main(
+        ["bench", "--dataset", "deepfashion", "--datasets-dir", str(tmp_path), "--method", "dior"]
+    )
+    assert code == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"error: no deepfashion images in {tmp_path / 'deepfashion'}")
+
+
+def test_unknown_method_lists_the_valid_ones(capsys):
+    assert main(["bench", "--method", "magic"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: unknown method 'magic'; valid: dior, dior-unconditional, clip, generative"
+    )
+
+
+def test_deepfashion_labels_are_whole_strings(tmp_path):
+    (tmp_path / "deepfashion").mkdir()
+    (tmp_path / "deepfashion" / "a.jpg").write_bytes(b"")
+    collection = open_dataset("deepfashion", tmp_path)
+    assert len(collection.items) == 4000
+    first = collection.items[0]
+    assert first.path == "Floral_Print_Shirt_Dress-img_00000065.jpg"
+    assert first.labels == {
+        "category": "41",
+        "texture": "1 0 0 0 0 0 0",
+        "fabric": "0 0 1 0 0 0",
+        "fit": "1 0 0",
+    }
+    assert collection.condition_text("texture") == "texture type"
