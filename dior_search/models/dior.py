@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dior_search.data.images import fit_within
+from dior_search.data.images import fit_size, fit_within
 from dior_search.errors import ModelError, UsageError, first_line
 from dior_search.models.embedder import EmbedderDescription, ProgressCallback
 from dior_search.models.families import (
@@ -105,6 +105,10 @@ class DiorEmbedder:
         return describe_loaded(
             self.settings, self.source, self.config, self.dtype, self.dim, image_size_policy=policy
         )
+
+    def check_image(self, image: Image.Image) -> None:
+        """ImageRefused if the input builder would refuse `image` once shrunk to max_side."""
+        self.inputs.check_size(*fit_size(image.width, image.height, self.settings.max_side))
 
     def embed(
         self,

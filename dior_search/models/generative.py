@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dior_search.data.images import fit_within
+from dior_search.data.images import fit_size, fit_within
 from dior_search.errors import ModelError, first_line
 from dior_search.models.embedder import EmbedderDescription, ProgressCallback
 from dior_search.models.families import InputBuilder, load_input_builder
@@ -109,6 +109,10 @@ class GenerativeEmbedder:
             text_encoder_commit=encoder_commit,
             text_encoder_fingerprint=encoder_fingerprint,
         )
+
+    def check_image(self, image: Image.Image) -> None:
+        """ImageRefused if the input builder would refuse `image` once shrunk to max_side."""
+        self.inputs.check_size(*fit_size(image.width, image.height, self.settings.max_side))
 
     def embed(
         self,

@@ -14,12 +14,13 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-from descriptions import described
+from descriptions import described, prompt_of
 from PIL import Image
 from serving import post_json, post_multipart, running, with_settings
 from starlette.testclient import TestClient
 
 from dior_search.cli import main
+from dior_search.data.decode_budget import default_budget_bytes
 from dior_search.data.images import decode_image
 from dior_search.data.synthetic import make_item
 from dior_search.search.joined import JoinedIndexes, normalize_weights
@@ -81,6 +82,7 @@ def test_collections_and_their_conditions(client):
     assert body["limits"] == {
         "max_upload_bytes": 20 * MIB,
         "max_pixels": 50_000_000,
+        "max_decode_bytes": default_budget_bytes(),
         "timeout_s": 30.0,
         "max_k": 100,
     }
@@ -170,6 +172,9 @@ class CountingEmbedder:
 
     def describe(self):
         return self.inner.describe()
+
+    def check_image(self, image):
+        self.inner.check_image(image)
 
     def embed(self, images, conditions, on_progress=None):
         self.calls.append(list(conditions))
@@ -325,8 +330,8 @@ def test_thumbnails_come_only_from_index_rows_inside_the_root(tmp_path, served):
         Manifest(
             collection={"name": "c", "root": str(root)},
             condition={"name": "color", "text": "color"},
-            prompt="p",
-            embedder=described("m"),
+            prompt=prompt_of("color"),
+            embedder=described("m", dim=4),
             dim=4,
         ),
     )
@@ -393,7 +398,7 @@ def expected_hits(served, request):
     conditions = [searcher.condition(collection, c) for c in request["conditions"]]
     joined = JoinedIndexes([searcher.reader(c) for c in conditions])
     if "image" in request:
-        image = decode_image(io.BytesIO(request["image"]), "q")
+        image = decode_image(request["image"], "q")
         vectors = searcher.embed(image, [c.text for c in conditions])
     else:
         vectors = joined.stored_query(request["id"])

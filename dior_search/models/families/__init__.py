@@ -73,6 +73,10 @@ class PrefixReuseUnsupported(Exception):
 class InputBuilder(Protocol):
     """Builds model inputs for rows of (image, prompt)."""
 
+    def check_size(self, width: int, height: int) -> None:
+        """Raise ImageRefused if an image of this size (as the model gets it) cannot be built."""
+        ...
+
     def build(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> ModelBatch: ...
 
     def size_policy(self) -> dict[str, Any]:
