@@ -22,13 +22,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dior_search.data.images import fit_size, fit_within
+from dior_search.data.images import fit_within
 from dior_search.errors import ModelError, UsageError, first_line
 from dior_search.models.embedder import EmbedderDescription, ProgressCallback
 from dior_search.models.families import (
     InputBuilder,
     PrefixReuseUnsupported,
     SplitBatch,
+    check_image_size,
     last_token_index,
     load_input_builder,
 )
@@ -108,7 +109,7 @@ class DiorEmbedder:
 
     def check_image(self, image: Image.Image) -> None:
         """ImageRefused if the input builder would refuse `image` once shrunk to max_side."""
-        self.inputs.check_size(*fit_size(image.width, image.height, self.settings.max_side))
+        check_image_size(self.inputs, image, self.settings.max_side)
 
     def embed(
         self,

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dior_search.data.images import fit_size, fit_within
+from dior_search.data.images import fit_within
 from dior_search.errors import ModelError, first_line
 from dior_search.models.embedder import EmbedderDescription, ProgressCallback
-from dior_search.models.families import InputBuilder, load_input_builder
+from dior_search.models.families import InputBuilder, check_image_size, load_input_builder
 from dior_search.models.loading import (
     describe_loaded,
     load_model_config,
@@ -112,7 +112,7 @@ class GenerativeEmbedder:
 
     def check_image(self, image: Image.Image) -> None:
         """ImageRefused if the input builder would refuse `image` once shrunk to max_side."""
-        self.inputs.check_size(*fit_size(image.width, image.height, self.settings.max_side))
+        check_image_size(self.inputs, image, self.settings.max_side)
 
     def embed(
         self,

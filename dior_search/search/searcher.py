@@ -342,7 +342,7 @@ class Searcher:
         except KeyError:
             for directory, problem in self.damaged.items():
                 if is_index_of(directory, collection.name, name):
-                    raise problem from None
+                    raise NotIndexed(str(problem)) from None
             valid = ", ".join(collection.conditions)
             raise NotIndexed(
                 f"no index for condition {name!r} of {collection.name}; conditions with an "

@@ -41,8 +41,9 @@ log = logging.getLogger(__name__)
 
 # Room in a request body for the multipart framing and the form's small fields.
 FORM_OVERHEAD = 64 * 1024
-# A JSON query is a few hundred bytes; nothing bigger (or nested deeper) is parsed.
-MAX_JSON_BYTES = 64 * 1024
+# A JSON query is a few hundred bytes: a bigger body is refused unparsed (413), and one nested
+# deeper than the parser's recursion limit is a 400.
+MAX_JSON_BYTES = 1024 * 1024
 # Error messages quote what was asked (names, values): never more than this of it.
 MAX_ERROR_CHARS = 300
 MAX_PAGE = 200

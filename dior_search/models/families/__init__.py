@@ -15,6 +15,8 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from dior_search.data.images import fit_size
+from dior_search.models.embedder import ImageRefused
 from dior_search.models.settings import PositionScheme
 
 
@@ -91,6 +93,18 @@ class InputBuilder(Protocol):
         Raises PrefixReuseUnsupported where the family cannot split these inputs.
         """
         ...
+
+
+def check_image_size(inputs: InputBuilder, image: Image.Image, max_side: int | None) -> None:
+    """ImageRefused, saying why, if `inputs` cannot build `image` once shrunk to `max_side`."""
+    fitted = fit_size(image.width, image.height, max_side)
+    try:
+        inputs.check_size(*fitted)
+    except ImageRefused as exc:
+        shrunk = "" if fitted == image.size else f" (shrunk to {fitted[0]}x{fitted[1]})"
+        raise ImageRefused(
+            f"the model cannot take this {image.width}x{image.height} image{shrunk}: {exc}"
+        ) from None
 
 
 def processor_size_policy(image_processor: Any) -> dict[str, Any]:

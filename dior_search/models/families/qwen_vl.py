@@ -96,8 +96,7 @@ class QwenVLInputs:
         ratio = max(width, height) / max(1, min(width, height))
         if ratio > MAX_ASPECT_RATIO:
             raise ImageRefused(
-                f"the model cannot take a {width}x{height} image: its aspect ratio {ratio:g} "
-                f"is over {MAX_ASPECT_RATIO} (Qwen-VL's limit)"
+                f"its aspect ratio {ratio:g} is over {MAX_ASPECT_RATIO}, Qwen-VL's limit"
             )
         # Each side is rounded to whole units; a side that rounds to none is scaled up only
         # while the processor has a pixel minimum (it has one unless configured away).
@@ -105,8 +104,8 @@ class QwenVLInputs:
         rounds_to_nothing = round(height / unit) == 0 or round(width / unit) == 0
         if rounds_to_nothing and not self.image_processor.size.shortest_edge:
             raise ImageRefused(
-                f"the model cannot take a {width}x{height} image: a side is under half a "
-                f"{unit}-pixel unit and the processor has no pixel minimum to scale it up"
+                f"a side is under half a {unit}-pixel unit and the processor has no pixel "
+                "minimum to scale it up"
             )
 
     def prompt_text(self, prompt: str, n_image_tokens: int) -> str:
