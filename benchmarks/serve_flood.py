@@ -65,7 +65,9 @@ def multipart(fields: list[tuple[str, str]], image: bytes) -> tuple[bytes, str]:
     ]
     parts.append(
         f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.png"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n".encode() + image + b"\r\n"
+        "Content-Type: application/octet-stream\r\n\r\n".encode()
+        + image
+        + b"\r\n"
     )
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), boundary
 
@@ -217,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"decode budget {budget / MIB:.0f} MiB, upload cache bound {CACHE_BYTES / MIB:.0f} MiB")
     print(f"RSS at start            {start_rss / MIB:8.0f} MiB")
     print(f"RSS peak in the flood   {sampler.peak / MIB:8.0f} MiB  (bound {peak_bound / MIB:.0f})")
-    print(f"RSS {args.idle:g} s after the flood {after_rss / MIB:6.0f} MiB  (bound {after_bound / MIB:.0f})")
+    after = f"RSS {args.idle:g} s after the flood"
+    print(f"{after:<24}{after_rss / MIB:8.0f} MiB  (bound {after_bound / MIB:.0f})")
     print(f"ordinary query p50 alone        {1000 * p50_alone:7.1f} ms ({len(alone)} queries)")
     print(f"ordinary query p50 in the flood {1000 * p50_during:7.1f} ms ({len(during)} queries)")
     ratio = p50_during / p50_alone

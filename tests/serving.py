@@ -1,6 +1,8 @@
-"""Helpers for the serve tests: a live server in a thread, services with other settings."""
+"""Helpers for the serve tests: a live server in a thread, services with other settings,
+images to upload, an embedder that counts its calls."""
 
 import dataclasses
+import io
 import json
 import socket
 import threading
@@ -11,6 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from PIL import Image
+
+from dior_search.data.synthetic import make_item
 from dior_search.search.searcher import Searcher
 from dior_search.serve.app import make_server
 from dior_search.serve.service import SearchService
@@ -82,3 +87,48 @@ def send(request: urllib.request.Request, timeout: float) -> tuple[int, Any]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def fresh_image(index: int) -> tuple[dict[str, str], bytes]:
+    """A synthetic image that is not in the index, with its labels."""
+    item, image = make_item(0, "extra", index)
+    return {"color": item.color, "background": item.background}, png_bytes(image)
+
+
+def assert_one_line_error(response, status, fragment=""):
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert "\n" not in response.text
+    body = response.json()
+    assert list(body) == ["error"]
+    assert fragment in body["error"]
+
+
+class CountingEmbedder:
+    """The real embedder, counting which condition texts each call embeds."""
+
+    def __init__(self, inner, delay: float = 0.0) -> None:
+        self.inner = inner
+        self.calls: list[list[str | None]] = []
+        self.delay = delay
+
+    @property
+    def dim(self) -> int:
+        return int(self.inner.dim)
+
+    def describe(self):
+        return self.inner.describe()
+
+    def check_size(self, width, height):
+        self.inner.check_size(width, height)
+
+    def embed(self, images, conditions, on_progress=None):
+        self.calls.append(list(conditions))
+        time.sleep(self.delay)
+        return self.inner.embed(images, conditions, on_progress)

@@ -181,7 +181,7 @@ def embed_items(
 def refusal(embedder: Embedder, image: Image.Image) -> str | None:
     """Why the model would refuse `image` (an aspect ratio it cannot take), or None."""
     try:
-        embedder.check_image(image)
+        embedder.check_size(*image.size)
     except ImageRefused as exc:
         return str(exc)
     return None

@@ -75,7 +75,7 @@ class ClipEmbedder:
             image_size_policy=policy,
         )
 
-    def check_image(self, image: Image.Image) -> None:
+    def check_size(self, width: int, height: int) -> None:
         """CLIP's processor resizes and crops any image to its square input: none is refused."""
 
     def embed(

@@ -107,9 +107,9 @@ class DiorEmbedder:
             self.settings, self.source, self.config, self.dtype, self.dim, image_size_policy=policy
         )
 
-    def check_image(self, image: Image.Image) -> None:
-        """ImageRefused if the input builder would refuse `image` once shrunk to max_side."""
-        check_image_size(self.inputs, image, self.settings.max_side)
+    def check_size(self, width: int, height: int) -> None:
+        """ImageRefused if the input builder would refuse such an image shrunk to max_side."""
+        check_image_size(self.inputs, width, height, self.settings.max_side)
 
     def embed(
         self,

@@ -124,8 +124,9 @@ class Embedder(Protocol):
     @property
     def dim(self) -> int: ...
 
-    def check_image(self, image: Image.Image) -> None:
-        """Raise ImageRefused, saying why, if `embed` would refuse `image`; no model call."""
+    def check_size(self, width: int, height: int) -> None:
+        """Raise ImageRefused, saying why, if `embed` would refuse an image of this size (as
+        given, before any shrinking); it needs no model call, nor the pixels."""
         ...
 
     def describe(self) -> EmbedderDescription:

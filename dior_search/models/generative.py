@@ -110,9 +110,9 @@ class GenerativeEmbedder:
             text_encoder_fingerprint=encoder_fingerprint,
         )
 
-    def check_image(self, image: Image.Image) -> None:
-        """ImageRefused if the input builder would refuse `image` once shrunk to max_side."""
-        check_image_size(self.inputs, image, self.settings.max_side)
+    def check_size(self, width: int, height: int) -> None:
+        """ImageRefused if the input builder would refuse such an image shrunk to max_side."""
+        check_image_size(self.inputs, width, height, self.settings.max_side)
 
     def embed(
         self,

@@ -302,23 +302,23 @@ class Searcher:
             )
         return kept
 
-    def check_image(self, image: Image.Image) -> None:
-        """InputError (ImageRefused) saying why, if the model would refuse `image`."""
-        self.load_embedder().check_image(image)
+    def check_size(self, width: int, height: int) -> None:
+        """InputError (ImageRefused) saying why, if the model would refuse an image this size."""
+        self.load_embedder().check_size(width, height)
 
     def embed(
         self, image: Image.Image, texts: Sequence[str | None], deadline: float | None = None
     ) -> list[np.ndarray]:
         """An image's embedding under each condition text, in one call to the model."""
         embedder = self.load_embedder()
-        embedder.check_image(image)
+        embedder.check_size(*image.size)
         with self._embed_lock:
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded("the request timed out waiting for the model")
             try:
                 vectors = embedder.embed([image], list(texts))
             except ValueError as exc:
-                # A processor's refusal of this image that check_image does not know of.
+                # A processor's refusal of this image that check_size does not know of.
                 raise InputError(f"the model cannot embed this image: {first_line(exc)}") from None
         return [np.asarray(vectors[0, column]) for column in range(len(texts))]
 

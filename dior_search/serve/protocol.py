@@ -5,7 +5,8 @@ that connects and sends nothing, or trickles its headers a byte at a time, holds
 its buffers) forever, and the app never sees it, so no ASGI middleware can help. Here every
 connection gets HEADER_TIMEOUT_S from when it opens (or from the end of its previous response)
 to finish its request line and headers, else it is closed. A request's body is read by the
-app inside the request's own time limit (`serve --timeout`), which covers a slow body.
+app inside the request's own time limit (`serve --timeout`), which covers a slow body; a
+connection answered before its body was all sent is closed after the same delay.
 """
 
 from __future__ import annotations
@@ -62,5 +63,6 @@ class TimedH11Protocol(H11Protocol):
 
     def _headers_too_slow(self) -> None:
         self._header_timer = None
-        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+        # IDLE: no complete request; SEND_BODY: answered (504, 413) before its body came.
+        if not self.transport.is_closing() and self.conn.their_state in (h11.IDLE, h11.SEND_BODY):
             self.transport.close()

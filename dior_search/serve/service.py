@@ -232,6 +232,8 @@ class SearchService:
         if cached is not None:
             return cached
         header = read_header(data, "the upload")
+        width, height = header.upright_size
+        self.searcher.check_size(width, height)  # before decoding: a refused image never is
         image = decode_image(
             data,
             "the upload",
@@ -240,8 +242,6 @@ class SearchService:
             budget=self.budget,
             deadline=deadline,
         )
-        self.searcher.check_image(image)
-        width, height = header.upright_size
         upload = Upload(digest, image, len(data), width, height)
         self.uploads.put(digest, upload, cost=upload.cost)
         return upload

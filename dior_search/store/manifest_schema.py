@@ -47,10 +47,13 @@ class Field:
             text += (
                 " of 64 hex digits" if self.pattern is SHA256 else f" like {self.pattern.pattern}"
             )
-        if self.low is not None:
+        high = None if self.high == MAX_ID else self.high  # the int64 bound goes unsaid
+        if self.low is not None and high is not None:
+            text += f" from {self.low} to {high}"
+        elif self.low is not None:
             text += f" >= {self.low}"
-        if self.high is not None:
-            text += f" <= {self.high}"
+        elif high is not None:
+            text += f" <= {high}"
         return text + (" or null" if self.nullable else "")
 
 

@@ -16,13 +16,21 @@ import numpy as np
 import pytest
 from descriptions import described, prompt_of
 from PIL import Image
-from serving import post_json, post_multipart, running, with_settings
+from serving import (
+    CountingEmbedder,
+    assert_one_line_error,
+    fresh_image,
+    png_bytes,
+    post_json,
+    post_multipart,
+    running,
+    with_settings,
+)
 from starlette.testclient import TestClient
 
 from dior_search.cli import main
 from dior_search.data.decode_budget import default_budget_bytes
 from dior_search.data.images import decode_image
-from dior_search.data.synthetic import make_item
 from dior_search.search.joined import JoinedIndexes, normalize_weights
 from dior_search.search.searcher import Searcher
 from dior_search.serve.app import create_app
@@ -44,18 +52,6 @@ def client(served):
         yield test_client
 
 
-def png_bytes(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
-
-
-def fresh_image(index: int) -> tuple[dict[str, str], bytes]:
-    """A synthetic image that is not in the index, with its labels."""
-    item, image = make_item(0, "extra", index)
-    return {"color": item.color, "background": item.background}, png_bytes(image)
-
-
 def upload(client, data: bytes) -> str:
     response = client.post("/api/uploads", files={"image": ("q.png", data, "image/png")})
     assert response.status_code == 200, response.text
@@ -65,15 +61,6 @@ def upload(client, data: bytes) -> str:
 def query(client, **body):
     body.setdefault("collection", "synthetic")
     return client.post("/api/query", json=body)
-
-
-def assert_one_line_error(response, status, fragment=""):
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    assert "\n" not in response.text
-    body = response.json()
-    assert list(body) == ["error"]
-    assert fragment in body["error"]
 
 
 def test_collections_and_their_conditions(client):
@@ -113,7 +100,9 @@ def test_page_and_image_listing(client):
         == Image.open(
             io.BytesIO(
                 (
-                    client.app.state.service.searcher.collections["synthetic"].conditions["color"].root
+                    client.app.state.service.searcher.collections["synthetic"]
+                    .conditions["color"]
+                    .root
                     / "test/00118.png"
                 ).read_bytes()
             )
@@ -156,30 +145,6 @@ def test_upload_query_finds_the_label_and_reranks_without_new_upload(client):
         hits = query(client, conditions=[condition], upload=digest).json()["hits"]
         same = sum(h["labels"][condition] == labels[condition] for h in hits)
         assert same >= 8, (condition, [h["labels"] for h in hits])
-
-
-class CountingEmbedder:
-    """The real embedder, counting which condition texts each call embeds."""
-
-    def __init__(self, inner, delay: float = 0.0) -> None:
-        self.inner = inner
-        self.calls: list[list[str | None]] = []
-        self.delay = delay
-
-    @property
-    def dim(self) -> int:
-        return int(self.inner.dim)
-
-    def describe(self):
-        return self.inner.describe()
-
-    def check_image(self, image):
-        self.inner.check_image(image)
-
-    def embed(self, images, conditions, on_progress=None):
-        self.calls.append(list(conditions))
-        time.sleep(self.delay)
-        return self.inner.embed(images, conditions, on_progress)
 
 
 def test_an_upload_is_embedded_once_per_condition(served):
@@ -347,8 +312,7 @@ def test_thumbnails_come_only_from_index_rows_inside_the_root(tmp_path, served):
         with pytest.raises(NotFound, match="not on disk"):
             service.thumbnail("c", "color", row_id)
     assert Image.open(io.BytesIO(service.thumbnail("c", "color", 2))).size == (8, 8)
-    Image.new("RGB", (8, 8), "green").save(root / "ok.png")
-    service.thumbnails.items.clear()
+    Image.new("RGB", (8, 8), "green").save(root / "ok.png")  # the cached one is not served
     with pytest.raises(NotFound, match="changed since it was indexed"):
         service.thumbnail("c", "color", 2)
 

@@ -95,15 +95,16 @@ class InputBuilder(Protocol):
         ...
 
 
-def check_image_size(inputs: InputBuilder, image: Image.Image, max_side: int | None) -> None:
-    """ImageRefused, saying why, if `inputs` cannot build `image` once shrunk to `max_side`."""
-    fitted = fit_size(image.width, image.height, max_side)
+def check_image_size(inputs: InputBuilder, width: int, height: int, max_side: int | None) -> None:
+    """ImageRefused, saying why, if `inputs` cannot build a `width` x `height` image once it
+    is shrunk to `max_side`."""
+    fitted = fit_size(width, height, max_side)
     try:
         inputs.check_size(*fitted)
     except ImageRefused as exc:
-        shrunk = "" if fitted == image.size else f" (shrunk to {fitted[0]}x{fitted[1]})"
+        shrunk = "" if fitted == (width, height) else f" (shrunk to {fitted[0]}x{fitted[1]})"
         raise ImageRefused(
-            f"the model cannot take this {image.width}x{image.height} image{shrunk}: {exc}"
+            f"the model cannot take this {width}x{height} image{shrunk}: {exc}"
         ) from None
 
 
