@@ -2,6 +2,7 @@
 images to upload, an embedder that counts its calls."""
 
 import dataclasses
+import hashlib
 import io
 import json
 import socket
@@ -11,14 +12,20 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+from descriptions import described, prompt_of
 from PIL import Image
 
 from dior_search.data.synthetic import make_item
 from dior_search.search.searcher import Searcher
 from dior_search.serve.app import make_server
-from dior_search.serve.service import SearchService
+from dior_search.serve.service import SearchService, ServeSettings
+from dior_search.store.manifest import Manifest
+from dior_search.store.shards import Row
+from dior_search.store.writer import IndexWriter
 
 
 def with_settings(service: SearchService, **changes: Any) -> SearchService:
@@ -132,3 +139,23 @@ class CountingEmbedder:
         self.calls.append(list(conditions))
         time.sleep(self.delay)
         return self.inner.embed(images, conditions, on_progress)
+
+
+def service_of_files(directory: Path, root: Path, rows: list[tuple[str, Path]]) -> SearchService:
+    """A service (no model) over an index at `directory` of collection `c` under `color`,
+    one row per (path under `root`, file whose content hash the row records)."""
+    writer = IndexWriter(
+        directory,
+        Manifest(
+            collection={"name": "c", "root": str(root)},
+            condition={"name": "color", "text": "color"},
+            prompt=prompt_of("color"),
+            embedder=described("m", dim=4),
+            dim=4,
+        ),
+    )
+    for number, (path, real) in enumerate(rows):
+        digest = hashlib.sha256(real.read_bytes()).hexdigest()
+        writer.add(np.eye(4, dtype=np.float32)[number], Row(path, digest))
+    writer.close()
+    return SearchService(Searcher.of_directories([directory]), ServeSettings())

@@ -11,16 +11,18 @@ from pathlib import Path
 import pytest
 from bad_images import tiny_gif
 from PIL import Image
+from rich.console import Console
 
 from dior_search.cli import main
+from dior_search.cli.progress import progress_bar
 from dior_search.data.synthetic import write_dataset
 from dior_search.models.dior import DiorEmbedder
 
 
 @pytest.fixture(scope="module")
 def bracketed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder `[red]imgs` (its collection is `red-imgs-<hash>`) holding `[red]b.png`, `[/x].png` (in a folder `[`), an
-    unreadable `[/bad].png`, indexed under the condition `[/x]`."""
+    """A folder `[red]imgs` (its collection is `red-imgs-<hash>`) holding `[red]b.png`,
+    `[/x].png` (in a folder `[`) and an unreadable `[/bad].png`."""
     root = tmp_path_factory.mktemp("brackets")
     write_dataset(root / "synthetic", {"test": 3})
     folder = root / "[red]imgs"
@@ -155,3 +157,11 @@ def test_a_tiny_file_that_declares_a_huge_image(indexed, tmp_path, capsys):
     code, out, err = run([*query_args(indexed), str(screen), "-c", "color", "--json"], capsys)
     assert code == 0, err
     assert len(json.loads(out)) == 10
+
+
+def test_progress_labels_are_printed_as_typed():
+    out = StringIO()
+    with progress_bar("indexing [red]x", "img", Console(file=out, width=100)) as bar:
+        bar.start(2)
+        bar.advance(2)
+    assert out.getvalue().startswith("indexing [red]x ━")

@@ -2,7 +2,6 @@
 deep or big JSON, long inputs echoed in errors, evicted uploads, changed files, slow clients,
 and memory that stays within the decode budget."""
 
-import hashlib
 import io
 import socket
 import threading
@@ -10,10 +9,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
 from bad_images import tiny_gif
-from descriptions import described, prompt_of
 from PIL import Image
 from serving import (
     CountingEmbedder,
@@ -22,18 +19,15 @@ from serving import (
     png_bytes,
     post_multipart,
     running,
+    service_of_files,
     with_settings,
 )
 from starlette.testclient import TestClient
 
 from dior_search.cli import main
-from dior_search.search.searcher import Searcher
 from dior_search.serve import protocol
 from dior_search.serve.app import MAX_ERROR_CHARS, create_app
-from dior_search.serve.service import NotFound, SearchService, ServeSettings
-from dior_search.store.manifest import Manifest
-from dior_search.store.shards import Row
-from dior_search.store.writer import IndexWriter
+from dior_search.serve.service import NotFound
 
 MIB = 1 << 20
 
@@ -239,20 +233,7 @@ def test_thumbnails_follow_the_file_on_disk(tmp_path, monkeypatch):
     picture = root / "a.png"
     Image.new("RGB", (8, 8), "blue").save(picture)
     original = picture.read_bytes()
-    directory = tmp_path / "index"
-    writer = IndexWriter(
-        directory,
-        Manifest(
-            collection={"name": "c", "root": str(root)},
-            condition={"name": "color", "text": "color"},
-            prompt=prompt_of("color"),
-            embedder=described("m", dim=4),
-            dim=4,
-        ),
-    )
-    writer.add(np.eye(4, dtype=np.float32)[0], Row("a.png", hashlib.sha256(original).hexdigest()))
-    writer.close()
-    service = SearchService(Searcher.of_directories([directory]), ServeSettings())
+    service = service_of_files(tmp_path / "index", root, [("a.png", picture)])
     first = service.thumbnail("c", "color", 0)
     assert Image.open(io.BytesIO(first)).size == (8, 8)
 

@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-from descriptions import described, prompt_of
 from PIL import Image
 from serving import (
     CountingEmbedder,
@@ -24,6 +23,7 @@ from serving import (
     post_json,
     post_multipart,
     running,
+    service_of_files,
     with_settings,
 )
 from starlette.testclient import TestClient
@@ -32,16 +32,10 @@ from dior_search.cli import main
 from dior_search.data.decode_budget import default_budget_bytes
 from dior_search.data.images import decode_image
 from dior_search.search.joined import JoinedIndexes, normalize_weights
-from dior_search.search.searcher import Searcher
 from dior_search.serve.app import create_app
 from dior_search.serve.service import (
     NotFound,
-    SearchService,
-    ServeSettings,
 )
-from dior_search.store.manifest import Manifest
-from dior_search.store.shards import Row
-from dior_search.store.writer import IndexWriter
 
 MIB = 1024 * 1024
 
@@ -289,25 +283,8 @@ def test_thumbnails_come_only_from_index_rows_inside_the_root(tmp_path, served):
     Image.new("RGB", (8, 8), "red").save(secret)
     (root / "link.png").symlink_to(secret)
     Image.new("RGB", (8, 8), "blue").save(root / "ok.png")
-    directory = tmp_path / "index"
-    writer = IndexWriter(
-        directory,
-        Manifest(
-            collection={"name": "c", "root": str(root)},
-            condition={"name": "color", "text": "color"},
-            prompt=prompt_of("color"),
-            embedder=described("m", dim=4),
-            dim=4,
-        ),
-    )
     rows = [("../secret.png", secret), ("link.png", secret), ("ok.png", root / "ok.png")]
-    for number, (path, real) in enumerate(rows):
-        import hashlib
-
-        digest = hashlib.sha256(real.read_bytes()).hexdigest()
-        writer.add(np.eye(4, dtype=np.float32)[number], Row(path, digest))
-    writer.close()
-    service = SearchService(Searcher.of_directories([directory]), ServeSettings())
+    service = service_of_files(tmp_path / "index", root, rows)
     for row_id in (0, 1):
         with pytest.raises(NotFound, match="not on disk"):
             service.thumbnail("c", "color", row_id)
