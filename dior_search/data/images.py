@@ -9,6 +9,7 @@ before the reservation is given back, so only the shrunk image outlives the deco
 
 from __future__ import annotations
 
+import io
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,8 +165,6 @@ def _head(source: bytes | Path, size: int) -> bytes:
 
 
 def _open(source: bytes | Path) -> Image.Image:
-    import io
-
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     return Image.open(fp, formats=FORMATS)
 
@@ -223,6 +222,12 @@ def decode_image(
     (the process's by default, waiting until `deadline`) before any pixel is decoded.
     InputError naming `name` if it cannot be read or is too large.
     """
+    if isinstance(source, Path):
+        # Read once: the bytes decoded are the bytes whose header was checked.
+        try:
+            source = source.read_bytes()
+        except OSError as exc:
+            raise ImageReadError(name, exc.strerror or str(exc)) from None
     header = read_header(source, name)
     check_pixels(header, max_pixels, name)
     budget = budget or process_budget()
