@@ -9,8 +9,9 @@ The queue is fair by cost: requests are grouped in classes by the size of their 
 of two), each class waits in arrival order, and freed memory goes to the classes in turn, so a
 flood of expensive images queues behind itself, not in front of cheap ones. Two more rules
 keep cheap decodes moving while expensive ones flood in: large decodes (over an eighth of the
-budget) leave that eighth free for the others, and at most `large_slots` of them run at once
-(each one keeps a CPU core busy for a while).
+budget) leave that eighth free for the others, and at most `large_slots` of them (one per two
+cores by default) run at once, since each keeps a core busy for a while; alone, a large decode
+may take all that is free.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from dior_search.errors import DiorError
 
 MIB = 1 << 20
 # The default budget: an eighth of the machine's memory but at most 1 GiB per core (more decodes
-# at once than cores only adds waiting), and at least 1 GiB (a 50-megapixel image of any kind).
+# at once than cores only adds waiting), and at least 1 GiB: enough for a 50-megapixel image of
+# most kinds (5 to 14 bytes a pixel; see images.ImageHeader.decode_bytes).
 DEFAULT_SHARE_OF_MEMORY = 8
 DEFAULT_MIN_BYTES = 1 << 30
 DEFAULT_BYTES_PER_CORE = 1 << 30
@@ -204,12 +206,4 @@ def process_budget() -> DecodeBudget:
     with _process_lock:
         if _process_budget is None:
             _process_budget = DecodeBudget(default_budget_bytes())
-        return _process_budget
-
-
-def set_process_budget(capacity: int) -> DecodeBudget:
-    """Replace the process's budget (`serve --max-decode-mb`); decodes in flight keep theirs."""
-    global _process_budget
-    with _process_lock:
-        _process_budget = DecodeBudget(capacity)
         return _process_budget

@@ -64,7 +64,8 @@ class ServeSettings:
     max_pixels: int = defaults.MAX_PIXELS
     timeout_s: float = defaults.REQUEST_TIMEOUT_S
     max_k: int = defaults.MAX_K
-    # Bytes that decodes in flight may hold together (None: the process's default budget).
+    # Bytes that the server's decodes in flight (uploads, thumbnails) may hold together
+    # (None: the process's default budget, sized for the machine).
     max_decode_bytes: int | None = None
     upload_cache_entries: int = 64
     upload_cache_bytes: int = 512 * MIB
