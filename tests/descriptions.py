@@ -1,6 +1,7 @@
 """Embedder descriptions for tests that write vectors without a model."""
 
 from dior_search.models.embedder import EmbedderDescription
+from dior_search.models.prompts import build_prompt
 from dior_search.models.settings import DiorSettings
 
 
@@ -14,3 +15,8 @@ def described(model: str = "m", dim: int = 16) -> EmbedderDescription:
         dtype="float32",
         dim=dim,
     )
+
+
+def prompt_of(text: str | None) -> str:
+    """The prompt a manifest of `described()` vectors records for a condition text."""
+    return build_prompt("describe", text)

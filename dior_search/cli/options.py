@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -107,6 +108,13 @@ def with_embedder_options(**overrides: Any) -> Callable[[Command], Command]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def positive_number(value: float, option: str) -> float:
+    """`value` if it is a finite positive number; UsageError naming `option` otherwise."""
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{option} must be a positive number, got {value}")
+    return value
 
 
 def open_collection(dataset: str | None, images: Path | None, datasets_dir: Path) -> Collection:

@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from dior_search import defaults
 from dior_search.data.collections import Collection, Item
 from dior_search.data.reading import LoadedImage, load_ahead
 from dior_search.errors import UsageError, first_line
-from dior_search.models.embedder import Embedder, EmbedderDescription
+from dior_search.models.embedder import Embedder, EmbedderDescription, ImageRefused
 from dior_search.models.prompts import build_prompt
 from dior_search.store.index_types import AUTO, FLAT, canonical_spec, check_index_spec
 from dior_search.store.layout import index_dir
@@ -156,10 +157,15 @@ def embed_items(
     """Load, embed and add `items` in order; `row_ids`: each writer's id per item path."""
     batch: list[LoadedImage] = []
     step = job.settings.images_per_step
-    for loaded in load_ahead(job.collection.root, items, job.settings.loader_threads, 2 * step):
-        if loaded.error is not None:
-            report.skipped.append((loaded.item.path, loaded.error))
-            log.info("skipping %s: %s", loaded.item.path, loaded.error)
+    # Decoded images are shrunk to what the model sees at once: the read-ahead window holds
+    # images of that size, never full-size ones.
+    max_side = job.description.settings.max_side
+    loader = load_ahead(job.collection.root, items, job.settings.loader_threads, 2 * step, max_side)
+    for loaded in loader:
+        error = loaded.error if loaded.image is None else refusal(job.embedder, loaded.image)
+        if error is not None:
+            report.skipped.append((loaded.item.path, error))
+            log.info("skipping %s: %s", loaded.item.path, error)
         elif all(loaded.content_hash in w.known_hashes for w in writers):
             report.already_indexed += 1
         else:
@@ -170,6 +176,15 @@ def embed_items(
         if on_progress is not None:
             on_progress(1)
     embed_batch(job, writers, batch, report, row_ids)
+
+
+def refusal(embedder: Embedder, image: Image.Image) -> str | None:
+    """Why the model would refuse `image` (an aspect ratio it cannot take), or None."""
+    try:
+        embedder.check_size(*image.size)
+    except ImageRefused as exc:
+        return str(exc)
+    return None
 
 
 def embed_batch(

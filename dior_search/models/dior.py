@@ -29,6 +29,7 @@ from dior_search.models.families import (
     InputBuilder,
     PrefixReuseUnsupported,
     SplitBatch,
+    check_image_size,
     last_token_index,
     load_input_builder,
 )
@@ -105,6 +106,10 @@ class DiorEmbedder:
         return describe_loaded(
             self.settings, self.source, self.config, self.dtype, self.dim, image_size_policy=policy
         )
+
+    def check_size(self, width: int, height: int) -> None:
+        """ImageRefused if the input builder would refuse such an image shrunk to max_side."""
+        check_image_size(self.inputs, width, height, self.settings.max_side)
 
     def embed(
         self,

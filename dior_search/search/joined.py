@@ -54,8 +54,13 @@ def normalize_weights(weights: Sequence[float] | None, n_conditions: int) -> tup
             "condition, in the same order, or none"
         )
     if not all(math.isfinite(w) and w > 0 for w in weights):
-        raise UsageError(f"weights must be positive numbers, got {list(weights)}")
+        raise UsageError(f"weights must be positive finite numbers, got {list(weights)}")
     total = sum(weights)
+    if not math.isfinite(total):
+        # Weights near the float maximum overflow their sum: scale them by the largest first.
+        largest = max(weights)
+        weights = [w / largest for w in weights]
+        total = sum(weights)
     return tuple(w / total for w in weights)
 
 

@@ -24,16 +24,19 @@ import numpy as np
 from PIL import Image
 
 from dior_search import defaults
-from dior_search.errors import IndexStoreError, UsageError
+from dior_search.errors import IndexStoreError, InputError, UsageError, first_line
 from dior_search.models.embedder import Embedder, EmbedderDescription
 from dior_search.search.joined import JoinedIndexes, normalize_weights
-from dior_search.store.layout import IndexEntry, find_indexes
+from dior_search.store.layout import IndexEntry, find_indexes, is_index_of
 from dior_search.store.manifest import Manifest, check_same_embedder
 from dior_search.store.reader import IndexReader
 
 log = logging.getLogger(__name__)
 
 JOINED_CACHE_ENTRIES = 64
+# Bounds on numbers a request gives: ids are int64, and k beyond a million is no search.
+MAX_ID = (1 << 63) - 1
+MAX_K = 1_000_000
 
 
 class NotIndexed(IndexStoreError):
@@ -171,9 +174,13 @@ class Searcher:
         entries: Sequence[IndexEntry],
         options: SearchOptions | None = None,
         embedder: Embedder | None = None,
+        damaged: dict[Path, IndexStoreError] | None = None,
     ) -> None:
+        # Index directories whose manifests are damaged: left out, their error raised when a
+        # request names their condition.
+        self.damaged = dict(damaged or {})
         if not entries:
-            raise IndexStoreError("no indexes to search")
+            raise next(iter(self.damaged.values()), IndexStoreError("no indexes to search"))
         folders = sorted({e.embedder_folder for e in entries})
         if len(folders) > 1:
             raise IndexStoreError(
@@ -206,11 +213,16 @@ class Searcher:
         """The indexes under `indexes_dir` (of one collection, method and model if given).
 
         `load_model` loads the model at once and leaves out, with a warning, the indexes
-        built with other settings; otherwise it is loaded on the first image query.
+        built with other settings; otherwise it is loaded on the first image query. Damaged
+        indexes are left out (listed in `damaged`); a request under one of their conditions
+        gets their error.
         """
         if not indexes_dir.is_dir():
             raise IndexStoreError(f"no indexes folder {indexes_dir}: run `dior-search index` first")
-        entries = find_indexes(indexes_dir, collection, method, model)
+        damaged: dict[Path, IndexStoreError] = {}
+        entries = find_indexes(indexes_dir, collection, method, model, damaged=damaged)
+        if not entries and damaged:
+            raise next(iter(damaged.values()))
         if not entries:
             what = f" of collection {collection!r}" if collection else ""
             kind = {None: "", "dior": " DIOR"}.get(method, f" {method}")
@@ -218,7 +230,7 @@ class Searcher:
             raise NotIndexed(
                 f"no{kind} indexes{what}{by} in {indexes_dir}: run `dior-search index` first"
             )
-        searcher = cls(entries, options)
+        searcher = cls(entries, options, damaged=damaged)
         if load_model:
             searcher.load_embedder()
         return searcher
@@ -290,15 +302,24 @@ class Searcher:
             )
         return kept
 
+    def check_size(self, width: int, height: int) -> None:
+        """InputError (ImageRefused) saying why, if the model would refuse an image this size."""
+        self.load_embedder().check_size(width, height)
+
     def embed(
         self, image: Image.Image, texts: Sequence[str | None], deadline: float | None = None
     ) -> list[np.ndarray]:
         """An image's embedding under each condition text, in one call to the model."""
         embedder = self.load_embedder()
+        embedder.check_size(*image.size)
         with self._embed_lock:
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded("the request timed out waiting for the model")
-            vectors = embedder.embed([image], list(texts))
+            try:
+                vectors = embedder.embed([image], list(texts))
+            except ValueError as exc:
+                # A processor's refusal of this image that check_size does not know of.
+                raise InputError(f"the model cannot embed this image: {first_line(exc)}") from None
         return [np.asarray(vectors[0, column]) for column in range(len(texts))]
 
     # -- look-ups -------------------------------------------------------------------------
@@ -319,6 +340,9 @@ class Searcher:
         try:
             return collection.conditions[name]
         except KeyError:
+            for directory, problem in self.damaged.items():
+                if is_index_of(directory, collection.name, name):
+                    raise NotIndexed(str(problem)) from None
             valid = ", ".join(collection.conditions)
             raise NotIndexed(
                 f"no index for condition {name!r} of {collection.name}; conditions with an "
@@ -380,11 +404,11 @@ class Searcher:
             raise UsageError("give at least one condition")
         if len(set(request.conditions)) != len(request.conditions):
             raise UsageError(f"a condition is repeated in {list(request.conditions)}")
-        max_k = self.options.max_k
-        if request.k < 1 or (max_k is not None and request.k > max_k):
-            raise UsageError(
-                "k must be at least 1" if max_k is None else f"k must be between 1 and {max_k}"
-            )
+        max_k = self.options.max_k or MAX_K
+        if not 1 <= request.k <= max_k:
+            raise UsageError(f"k must be between 1 and {max_k}")
+        if request.id is not None and not 0 <= request.id <= MAX_ID:
+            raise UsageError(f"an id must be between 0 and {MAX_ID}")
         given = [request.image is not None, request.vectors is not None, request.id is not None]
         if sum(given) != 1:
             raise UsageError("give a query image or an id (one of them)")

@@ -6,19 +6,24 @@ and every change is published by replacing it atomically (see docs/index-format.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from dior_search import __version__, defaults
 from dior_search.errors import IndexStoreError, UsageError
 from dior_search.models.embedder import EmbedderDescription
+from dior_search.models.prompts import build_prompt
 from dior_search.store.files import atomic_file
 from dior_search.store.index_types import FLAT
+from dior_search.store.manifest_schema import MANIFEST_FIELDS, SchemaError, check_fields
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+CHECKSUM = "checksum"
 SHARD_PREFIX = "shard-"
 TRAINED = "trained.faiss"
 
@@ -89,19 +94,34 @@ class Manifest:
         return max((s.last for s in self.shards), default=-1) + 1
 
     def to_json(self) -> str:
+        """The manifest file's text, with the checksum of its own content."""
         data = asdict(self)
         data["embedder"] = self.embedder.to_fields()
+        data[CHECKSUM] = content_checksum(data)
         return json.dumps(data, indent=2, sort_keys=True)
+
+    @property
+    def expected_prompt(self) -> str:
+        """The prompt the embedder's template makes of the condition text."""
+        template = getattr(self.embedder.settings, "template", defaults.DEFAULT_TEMPLATE)
+        return build_prompt(template, self.condition["text"])
 
     @classmethod
     def read(cls, directory: Path) -> Manifest:
+        """The manifest of `directory`, verified: checksum, every field, the prompt.
+
+        IndexStoreError naming the file if it is missing, of another format version or
+        damaged in any way these checks see.
+        """
         path = directory / MANIFEST
         if not path.is_file():
             raise IndexStoreError(f"no index in {directory} (no {MANIFEST})")
         try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise IndexStoreError(f"unreadable manifest {path}: {exc}") from None
+            data = json.loads(path.read_bytes())
+        except OSError as exc:
+            raise IndexStoreError(f"unreadable manifest {path}: {exc.strerror or exc}") from None
+        except (ValueError, RecursionError) as exc:
+            raise IndexStoreError(f"damaged manifest {path}: not JSON ({exc})") from None
         version = data.get("format_version") if isinstance(data, dict) else None
         if version != FORMAT_VERSION:
             raise IndexStoreError(
@@ -109,13 +129,46 @@ class Manifest:
                 f"{FORMAT_VERSION}: rebuild the index"
             )
         try:
-            data["shards"] = [Shard(**s) for s in data["shards"]]
-            if data.get("trained") is not None:
-                data["trained"] = Trained(**data["trained"])
-            data["embedder"] = EmbedderDescription.from_fields(data["embedder"])
-            return cls(**data)
-        except (KeyError, TypeError, UsageError) as exc:
-            raise IndexStoreError(f"malformed manifest {path}: {exc}") from None
+            return cls.from_fields(data)
+        except (SchemaError, UsageError) as exc:
+            raise IndexStoreError(f"damaged manifest {path}: {exc}; rebuild the index") from None
+
+    @classmethod
+    def from_fields(cls, data: dict[str, Any]) -> Manifest:
+        """A manifest from its parsed JSON; SchemaError or UsageError saying what is wrong."""
+        stored = data.pop(CHECKSUM, None)
+        if stored is not None and stored != content_checksum(data):
+            raise SchemaError("its content does not match its checksum")
+        check_fields(data, MANIFEST_FIELDS)
+        data["shards"] = [Shard(**s) for s in data["shards"]]
+        if data.get("trained") is not None:
+            data["trained"] = Trained(**data["trained"])
+        data["embedder"] = EmbedderDescription.from_fields(data["embedder"])
+        manifest = cls(**data)
+        manifest.check_consistent()
+        return manifest
+
+    def check_consistent(self) -> None:
+        """Fields that must agree with each other; SchemaError naming the first that does not."""
+        if self.embedder.dim != self.dim:
+            raise SchemaError(f"dim {self.dim} differs from the embedder's {self.embedder.dim}")
+        if self.prompt != self.expected_prompt:
+            raise SchemaError(
+                f"its prompt {self.prompt!r} is not what template and condition text make of "
+                f"it ({self.expected_prompt!r})"
+            )
+        names: set[str] = set()
+        last = -1
+        for shard in self.shards:
+            if shard.name in names:
+                raise SchemaError(f"shard {shard.name} is listed twice")
+            names.add(shard.name)
+            if shard.first_id <= last or shard.last < shard.first_id + shard.rows - 1:
+                raise SchemaError(
+                    f"shard {shard.name} holds ids {shard.first_id}..{shard.last} for "
+                    f"{shard.rows} rows after ids up to {last}"
+                )
+            last = shard.last
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> None:
@@ -132,6 +185,14 @@ def check_same_embedder(
     differences = stored.differences(wanted)
     if differences:
         raise IndexStoreError(f"index {directory} was built with {'; '.join(differences)}")
+
+
+def content_checksum(data: dict[str, Any]) -> str:
+    """sha256 of a manifest's fields (its checksum left out) as canonical JSON: sorted keys,
+    no spaces, ASCII."""
+    fields = {key: value for key, value in data.items() if key != CHECKSUM}
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def now() -> str:

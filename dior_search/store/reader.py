@@ -20,7 +20,7 @@ from dior_search.store.index_types import (
     merge_search_params,
     parse_search_params,
 )
-from dior_search.store.manifest import Manifest
+from dior_search.store.manifest import Manifest, Shard
 from dior_search.store.shards import (
     Row,
     faiss_path,
@@ -60,10 +60,12 @@ class IndexReader:
             if verify:
                 verify_file(faiss_path(directory, shard), shard.faiss_sha256)
                 verify_file(parquet_path(directory, shard), shard.parquet_sha256)
-            self._indexes.append(read_shard_index(faiss_path(directory, shard), mmap))
+            index = read_shard_index(faiss_path(directory, shard), mmap)
             self._tables.append(parquet_path(directory, shard))
             ids = pq.read_table(parquet_path(directory, shard), columns=["id"]).column("id")
             shard_ids.append(np.asarray(ids.to_numpy(), dtype=np.int64))
+            self._check_shard(shard, index, shard_ids[-1])
+            self._indexes.append(index)
         # Ids of each shard's rows, ascending: any increasing ids, not only contiguous ones.
         self._shard_ids = shard_ids
         self._first_ids = np.array([s.first_id for s in self.manifest.shards], dtype=np.int64)
@@ -74,6 +76,22 @@ class IndexReader:
         self._column_names: list[str] | None = None
         self.search_params = merge_search_params(self.manifest.search_params, search_params)
         self.set_search_params(self.search_params, strict=bool(search_params))
+
+    def _check_shard(self, shard: Shard, index: Any, ids: np.ndarray) -> None:
+        """The shard's files hold what its manifest entry says: rows, dimension, ids."""
+        if index.ntotal != shard.rows or index.d != self.manifest.dim or len(ids) != shard.rows:
+            raise IndexStoreError(
+                f"index {self.directory} is damaged: {shard.name} holds {index.ntotal} vectors "
+                f"of dimension {index.d} and {len(ids)} rows; its manifest says {shard.rows} of "
+                f"dimension {self.manifest.dim}"
+            )
+        if len(ids) and (
+            ids[0] != shard.first_id or ids[-1] != shard.last or (np.diff(ids) <= 0).any()
+        ):
+            raise IndexStoreError(
+                f"index {self.directory} is damaged: the ids of {shard.name} are not its "
+                f"manifest's {shard.first_id}..{shard.last} in increasing order"
+            )
 
     def set_search_params(self, text: str, strict: bool = True) -> None:
         """Apply `name=value,...` search parameters to every non-Flat shard.

@@ -1,7 +1,7 @@
 """One shard's two files: a FAISS index of unit vectors with their ids, and a Parquet table.
 
-    shard-00000.faiss        FAISS index of L2-normalised vectors, ids stored with them
-    shard-00000.parquet      one row per vector: id, path, content_hash, norm, label_<name> ...
+shard-00000.faiss        FAISS index of L2-normalised vectors, ids stored with them
+shard-00000.parquet      one row per vector: id, path, content_hash, norm, label_<name> ...
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import kill_runs
 import numpy as np
 import pytest
 from bad_images import EXPECTED_KEPT, write_bad_images
-from descriptions import described
+from descriptions import described, prompt_of
 from kill_runs import assert_same_index
 from PIL import Image
 
@@ -38,8 +38,8 @@ def new_manifest(dim: int = 16, shard_size: int = 10) -> Manifest:
     return Manifest(
         collection={"name": "c", "root": "/data"},
         condition={"name": "color", "text": "color"},
-        prompt="p",
-        embedder=described("m"),
+        prompt=prompt_of("color"),
+        embedder=described("m", dim=dim),
         dim=dim,
         shard_size=shard_size,
     )

@@ -48,9 +48,7 @@ def test_query_finds_the_dior_index_beside_a_generative_one(tmp_path, baseline_m
     ]
     by_collection = cli_json(["query", str(folder / "03.png"), *base, "--json"])
     (dior_dir,) = [p for p in (collection_dir / "tiny").iterdir() if p.is_dir()]
-    by_directory = cli_json(
-        ["query", str(folder / "03.png"), "--index", str(dior_dir), "--json"]
-    )
+    by_directory = cli_json(["query", str(folder / "03.png"), "--index", str(dior_dir), "--json"])
     assert by_collection == by_directory
     assert by_collection[0]["path"] == "03.png"
     assert by_collection[0]["score"] == pytest.approx(1.0, abs=1e-5)

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from descriptions import described
+from descriptions import described, prompt_of
 
 from dior_search.errors import IndexStoreError, UsageError
 from dior_search.store import index_types
@@ -44,8 +44,8 @@ def manifest_for(spec, shard_size, packed_shard_size=0, dim=DIM):
     return Manifest(
         collection={"name": "c", "root": "/data"},
         condition={"name": "color", "text": "object color"},
-        prompt="p",
-        embedder=described("m"),
+        prompt=prompt_of("object color"),
+        embedder=described("m", dim=dim),
         dim=dim,
         shard_size=shard_size,
         index_spec=spec,
@@ -210,7 +210,15 @@ def test_manifest_without_the_new_fields_is_read(tmp_path, vectors=None):
     build(tmp_path / "ix", clustered(50), "Flat", shard_size=20)
     path = tmp_path / "ix" / MANIFEST
     data = json.loads(path.read_text())
-    for key in ("index_spec", "memory_budget", "search_params", "packed_shard_size", "trained"):
+    # As written before these fields (and the checksum) were added.
+    for key in (
+        "index_spec",
+        "memory_budget",
+        "search_params",
+        "packed_shard_size",
+        "trained",
+        "checksum",
+    ):
         del data[key]
     for shard in data["shards"]:
         del shard["last_id"], shard["index_type"]

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from descriptions import described
+from descriptions import described, prompt_of
 
 from dior_search.errors import IndexStoreError
 from dior_search.store.manifest import MANIFEST, Manifest
@@ -18,8 +18,8 @@ def new_manifest(dim: int, shard_size: int, model: str = "m") -> Manifest:
     return Manifest(
         collection={"name": "c", "root": "/data"},
         condition={"name": "color", "text": "object color"},
-        prompt="p",
-        embedder=described(model),
+        prompt=prompt_of("object color"),
+        embedder=described(model, dim=dim),
         dim=dim,
         shard_size=shard_size,
     )

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from dior_search.data.images import fit_size
+from dior_search.models.embedder import ImageRefused
 from dior_search.models.settings import PositionScheme
 
 
@@ -73,6 +75,10 @@ class PrefixReuseUnsupported(Exception):
 class InputBuilder(Protocol):
     """Builds model inputs for rows of (image, prompt)."""
 
+    def check_size(self, width: int, height: int) -> None:
+        """Raise ImageRefused if an image of this size (as the model gets it) cannot be built."""
+        ...
+
     def build(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> ModelBatch: ...
 
     def size_policy(self) -> dict[str, Any]:
@@ -87,6 +93,19 @@ class InputBuilder(Protocol):
         Raises PrefixReuseUnsupported where the family cannot split these inputs.
         """
         ...
+
+
+def check_image_size(inputs: InputBuilder, width: int, height: int, max_side: int | None) -> None:
+    """ImageRefused, saying why, if `inputs` cannot build a `width` x `height` image once it
+    is shrunk to `max_side`."""
+    fitted = fit_size(width, height, max_side)
+    try:
+        inputs.check_size(*fitted)
+    except ImageRefused as exc:
+        shrunk = "" if fitted == (width, height) else f" (shrunk to {fitted[0]}x{fitted[1]})"
+        raise ImageRefused(
+            f"the model cannot take this {width}x{height} image{shrunk}: {exc}"
+        ) from None
 
 
 def processor_size_policy(image_processor: Any) -> dict[str, Any]:

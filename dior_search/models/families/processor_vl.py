@@ -57,6 +57,9 @@ class ProcessorInputs:
     def size_policy(self) -> dict[str, Any]:
         return processor_size_policy(self.processor.image_processor)
 
+    def check_size(self, width: int, height: int) -> None:
+        """Nothing known: these processors resize any image to their fixed input size."""
+
     def chat_text(self, prompt: str) -> str:
         """The chat-template text for one row, the image placeholder not yet expanded."""
         text: str = self.processor.apply_chat_template(

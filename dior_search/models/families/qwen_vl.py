@@ -13,6 +13,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer
 
 from dior_search.errors import ModelError
+from dior_search.models.embedder import ImageRefused
 from dior_search.models.families import (
     ModelBatch,
     PrefixReuseUnsupported,
@@ -26,6 +27,9 @@ from dior_search.models.families import (
 from dior_search.models.settings import PositionScheme
 
 IMAGE_PLACEHOLDER = "<|image_pad|>"
+# transformers' `smart_resize` (Qwen2-VL's image processor) refuses images whose longer side is
+# more than this many times the shorter one; smaller images it scales up to `min_pixels`.
+MAX_ASPECT_RATIO = 200
 
 
 class QwenVLInputs:
@@ -84,6 +88,25 @@ class QwenVLInputs:
             "max_pixels": size.longest_edge,
             "unit_pixels": self.image_processor.patch_size * self.merge_size,
         }
+
+    def check_size(self, width: int, height: int) -> None:
+        """The rules of transformers' `smart_resize`, which the image processor applies: an
+        aspect ratio over 200 is refused, and the resized image must keep at least one unit
+        (patch_size x merge_size pixels) a side."""
+        ratio = max(width, height) / max(1, min(width, height))
+        if ratio > MAX_ASPECT_RATIO:
+            raise ImageRefused(
+                f"its aspect ratio {ratio:g} is over {MAX_ASPECT_RATIO}, Qwen-VL's limit"
+            )
+        # Each side is rounded to whole units; a side that rounds to none is scaled up only
+        # while the processor has a pixel minimum (it has one unless configured away).
+        unit = self.image_processor.patch_size * self.merge_size
+        rounds_to_nothing = round(height / unit) == 0 or round(width / unit) == 0
+        if rounds_to_nothing and not self.image_processor.size.shortest_edge:
+            raise ImageRefused(
+                f"a side is under half a {unit}-pixel unit and the processor has no pixel "
+                "minimum to scale it up"
+            )
 
     def prompt_text(self, prompt: str, n_image_tokens: int) -> str:
         """The chat-template text for one row, the image placeholder expanded."""
