@@ -13,7 +13,13 @@ from rich.table import Table
 
 from dior_search import defaults
 from dior_search.cli.app import app, console, err_console
-from dior_search.cli.options import DatasetsDirOpt, IndexesOpt, with_embedder_options
+from dior_search.cli.options import (
+    DatasetsDirOpt,
+    IndexesOpt,
+    choose_model,
+    default_model_hint,
+    with_embedder_options,
+)
 from dior_search.cli.progress import progress_bar
 from dior_search.errors import UsageError
 from dior_search.models.settings import EmbedderOptions
@@ -82,14 +88,19 @@ def bench(
     unknown = [m for m in chosen if m not in METHODS]
     if unknown:
         raise UsageError(f"unknown method {unknown[0]!r}; valid: {', '.join(METHODS)}")
-    models = MethodModels(replace(options, clip_model=clip_model, text_encoder=text_encoder))
-    if method is None:
-        chosen, problems = models.loadable(chosen)
-        for problem in problems:
-            err_console.print(f"[yellow]{escape(problem)}[/yellow]", highlight=False)
     collections, problems = open_bench_datasets(dataset, datasets_dir)
     for problem in problems:
         err_console.print(f"[yellow]{escape(problem)}[/yellow]", highlight=False)
+    resolved = choose_model(options, [c.name for c in collections])
+    models = MethodModels(replace(resolved, clip_model=clip_model, text_encoder=text_encoder))
+    with default_model_hint(options):
+        if method is None:
+            chosen, problems = models.loadable(chosen)
+            for problem in problems:
+                err_console.print(f"[yellow]{escape(problem)}[/yellow]", highlight=False)
+        else:
+            for name in chosen:
+                models.get(name)
     with progress_bar("bench", "img", err_console) as bar:
         result = run_benches(
             collections,

@@ -16,6 +16,8 @@ from dior_search.cli.options import (
     DatasetsDirOpt,
     ImagesOpt,
     IndexesOpt,
+    choose_model,
+    default_model_hint,
     open_collection,
     with_embedder_options,
 )
@@ -93,7 +95,9 @@ def index(
     conditions = condition or list(collection.conditions)
     if not conditions:
         raise UsageError("--images needs at least one --condition (any free text)")
-    embedder = load_embedder(replace(options, device=process_device(options.device)).dior())
+    chosen = choose_model(options, [collection.name])
+    with default_model_hint(options):
+        embedder = load_embedder(replace(chosen, device=process_device(options.device)).dior())
     running = spec or launched_part()
     label = f"indexing {collection.name}" + (f" ({running.name})" if running else "")
     # Under accelerate launch, one bar (the first process's) rather than one per process.

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
 
+from dior_search import defaults
+from dior_search.cli.app import err_console
 from dior_search.data import collections
 from dior_search.data.collections import DATASETS, Collection, folder_collection_name
-from dior_search.errors import UsageError
+from dior_search.errors import ModelError, UsageError
 from dior_search.models.prompts import PROMPT_TEMPLATES
 from dior_search.models.settings import EmbedderOptions
 
@@ -34,9 +37,11 @@ DtypeOverrideOpt = Annotated[str | None, typer.Option(help="Override the indexes
 # The embedding options, as typer parameters; their names are EmbedderOptions' fields.
 EMBEDDER_PARAMETERS: dict[str, Any] = {
     "model": Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Hugging Face id, local model folder, or 'tiny' (the bundled demo model)."
+            help="Hugging Face id, local model folder, or 'tiny' (the bundled demo model). "
+            f"Default: {defaults.DEMO_MODEL} for the {defaults.DEMO_COLLECTION} dataset, "
+            f"{defaults.DEFAULT_MODEL} for any other collection.",
         ),
     ],
     "revision": Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit).")],
@@ -122,3 +127,34 @@ def collection_name(dataset: str | None, images: Path | None) -> str | None:
     if dataset is not None and images is not None:
         raise UsageError("give at most one of --dataset NAME or --images DIR")
     return dataset if images is None else folder_collection_name(images)
+
+
+def choose_model(options: EmbedderOptions, collections: Sequence[str]) -> EmbedderOptions:
+    """The options with the model filled in for these collections (see defaults.default_model);
+    a warning, once, when the demo model is to embed anything but the collection it knows."""
+    chosen = options.for_collections(collections)
+    others = [name for name in collections if name != defaults.DEMO_COLLECTION]
+    if chosen.model == defaults.DEMO_MODEL and others:
+        err_console.print(
+            f"warning: the {defaults.DEMO_MODEL} model knows only the generated "
+            f"{defaults.DEMO_COLLECTION} images; its vectors of {', '.join(others)} mean little "
+            f"(name a real model with --model, e.g. {defaults.DEFAULT_MODEL})",
+            markup=False,
+            highlight=False,
+        )
+    return chosen
+
+
+@contextmanager
+def default_model_hint(options: EmbedderOptions) -> Iterator[None]:
+    """Make a failure to load the default model (no --model given) say what to do instead."""
+    try:
+        yield
+    except ModelError as exc:
+        if options.model is not None:
+            raise
+        raise ModelError(
+            f"{exc}; it is the default model: name another with --model, e.g. --model "
+            f"{defaults.CPU_MODEL} (smaller, for a CPU) or --model {defaults.DEMO_MODEL} "
+            "(the demo model)"
+        ) from None

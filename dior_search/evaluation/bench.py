@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from dior_search.data.collections import DATASETS, UNCONDITIONAL, Collection, open_dataset
-from dior_search.errors import DiorError, InputError, UsageError
+from dior_search.errors import DiorError, InputError, ModelError, UsageError
 from dior_search.evaluation.metrics import retrieval_metrics
 from dior_search.indexing.job import IndexSettings
 from dior_search.indexing.run import index_collection
@@ -76,7 +76,7 @@ class MethodModels:
                 continue
             usable.append(method)
         if not usable:
-            raise UsageError("no method could be loaded")
+            raise ModelError(f"no method could be loaded: {'; '.join(problems)}")
         return usable, problems
 
 

@@ -6,7 +6,8 @@ from it, so a query embeds exactly as the index did. Defaults come from `dior_se
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar, Literal
 
 from dior_search import defaults
@@ -118,7 +119,8 @@ SETTINGS_BY_METHOD: dict[str, type[ModelSettings]] = {
 class EmbedderOptions:
     """What a user chose on the command line, for whichever methods a verb runs."""
 
-    model: str = defaults.DEFAULT_MODEL
+    # None: the default for the collection (defaults.default_model), chosen by `for_collections`.
+    model: str | None = None
     revision: str | None = None
     template: str = defaults.DEFAULT_TEMPLATE
     layer: int = defaults.DEFAULT_LAYER
@@ -133,12 +135,21 @@ class EmbedderOptions:
     clip_model: str = defaults.DEFAULT_CLIP_MODEL
     text_encoder: str = defaults.DEFAULT_TEXT_ENCODER
 
+    def for_collections(self, collections: Sequence[str]) -> EmbedderOptions:
+        """These options with the model filled in: as chosen, or the collections' default."""
+        return replace(self, model=self.model or defaults.default_model(collections))
+
+    @property
+    def vlm(self) -> str:
+        """The vision-language model (the paper's model when none was chosen)."""
+        return self.model or defaults.DEFAULT_MODEL
+
     def dior(self) -> DiorSettings:
         if self.position_scheme not in POSITION_SCHEMES:
             valid = ", ".join(POSITION_SCHEMES)
             raise UsageError(f"unknown position scheme {self.position_scheme!r}; valid: {valid}")
         return DiorSettings(
-            model=self.model,
+            model=self.vlm,
             revision=self.revision,
             template=self.template,
             layer=self.layer,
@@ -161,7 +172,7 @@ class EmbedderOptions:
 
     def generative(self) -> GenerativeSettings:
         return GenerativeSettings(
-            model=self.model,
+            model=self.vlm,
             revision=self.revision,
             text_encoder=self.text_encoder,
             template=self.template,

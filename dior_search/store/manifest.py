@@ -11,11 +11,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dior_search import __version__, defaults
+from dior_search import defaults
 from dior_search.errors import IndexStoreError, UsageError
 from dior_search.models.embedder import EmbedderDescription
 from dior_search.store.files import atomic_file
 from dior_search.store.index_types import FLAT
+from dior_search.version import __version__
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
