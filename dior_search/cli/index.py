@@ -14,6 +14,7 @@ from dior_search.cli.app import app, console, err_console
 from dior_search.cli.options import (
     DatasetOpt,
     DatasetsDirOpt,
+    ImageColumnOpt,
     ImagesOpt,
     IndexesOpt,
     choose_model,
@@ -50,6 +51,7 @@ def index(
     options: EmbedderOptions,
     dataset: DatasetOpt = None,
     images: ImagesOpt = None,
+    image_column: ImageColumnOpt = None,
     condition: ConditionsOpt = None,
     datasets_dir: DatasetsDirOpt = defaults.DEFAULT_DATASETS_DIR,
     indexes: IndexesOpt = defaults.DEFAULT_INDEXES_DIR,
@@ -91,7 +93,7 @@ def index(
         memory_budget=parse_size(memory_budget) if memory_budget is not None else None,
         part=spec,
     )
-    collection = open_collection(dataset, images, datasets_dir)
+    collection = open_collection(dataset, images, datasets_dir, image_column)
     conditions = condition or list(collection.conditions)
     if not conditions:
         raise UsageError("--images needs at least one --condition (any free text)")

@@ -18,14 +18,28 @@ import typer
 
 from dior_search import defaults
 from dior_search.cli.app import err_console
-from dior_search.data import collections
-from dior_search.data.collections import DATASETS, Collection, folder_collection_name
+from dior_search.data import collections, sources
+from dior_search.data.collections import DATASETS, Collection
 from dior_search.errors import ModelError, UsageError
 from dior_search.models.prompts import PROMPT_TEMPLATES
 from dior_search.models.settings import EmbedderOptions
 
 DatasetOpt = Annotated[str | None, typer.Option(help=f"A named dataset: {', '.join(DATASETS)}.")]
-ImagesOpt = Annotated[Path | None, typer.Option(help="Any folder of images (unlabelled).")]
+ImagesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Unlabelled images: a folder of image files, a WebDataset .tar shard, a brace "
+        "pattern of shards (shards/{00000..00099}.tar), a folder of shards, or Parquet "
+        "file(s) of image bytes (img2dataset's layout)."
+    ),
+]
+ImageColumnOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Parquet column holding the image bytes (default: jpg, png, webp, jpeg, image or "
+        "img, whichever is there, or the only binary column)."
+    ),
+]
 DatasetsDirOpt = Annotated[
     Path, typer.Option(help="Where named datasets live: DIR/NAME/ holds NAME's images.")
 ]
@@ -114,11 +128,15 @@ def with_embedder_options(**overrides: Any) -> Callable[[Command], Command]:
     return decorate
 
 
-def open_collection(dataset: str | None, images: Path | None, datasets_dir: Path) -> Collection:
+def open_collection(
+    dataset: str | None, images: Path | None, datasets_dir: Path, image_column: str | None = None
+) -> Collection:
     if dataset is not None and images is None:
+        if image_column is not None:
+            raise UsageError("--image-column applies only to --images (Parquet files)")
         return collections.open_dataset(dataset, datasets_dir)
     if images is not None and dataset is None:
-        return collections.open_folder(images)
+        return sources.open_images(images, image_column)
     raise UsageError("give exactly one of --dataset NAME or --images DIR")
 
 
@@ -126,7 +144,7 @@ def collection_name(dataset: str | None, images: Path | None) -> str | None:
     """The collection a --dataset or --images option names (None: neither was given)."""
     if dataset is not None and images is not None:
         raise UsageError("give at most one of --dataset NAME or --images DIR")
-    return dataset if images is None else folder_collection_name(images)
+    return dataset if images is None else sources.source_name(images)
 
 
 def choose_model(options: EmbedderOptions, collections: Sequence[str]) -> EmbedderOptions:

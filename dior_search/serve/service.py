@@ -24,6 +24,8 @@ from PIL import Image, UnidentifiedImageError
 
 from dior_search import defaults
 from dior_search.data.images import decode_image
+from dior_search.data.reading import item_file, read_item
+from dior_search.data.sources import ItemReadError
 from dior_search.errors import DiorError, InputError, UsageError
 from dior_search.search.searcher import (
     ConditionIndex,
@@ -254,10 +256,14 @@ class SearchService:
             return cached
         row = self.searcher.reader_with_id(condition, row_id).row(row_id)
         root = condition.root.resolve()
-        path = (root / row.path).resolve()
+        # The file holding the image: itself, or its shard or Parquet file.
+        path = item_file(root, row.path).resolve()
         if not path.is_relative_to(root) or not path.is_file():
             raise NotFound(f"image {row_id} of {condition.name!r} is not on disk")
-        data = path.read_bytes()
+        try:
+            data = read_item(root, row.path)
+        except ItemReadError:
+            raise NotFound(f"image {row_id} of {condition.name!r} is not readable") from None
         if hashlib.sha256(data).hexdigest() != row.content_hash:
             raise NotFound(f"image {row_id} of {condition.name!r} changed since it was indexed")
         image = decode_image(io.BytesIO(data), row.path)
