@@ -91,12 +91,16 @@ EMBEDDER_PARAMETERS: dict[str, Any] = {
 Command = TypeVar("Command", bound=Callable[..., Any])
 
 
-def with_embedder_options(**overrides: Any) -> Callable[[Command], Command]:
+def with_embedder_options(
+    *, exclude: tuple[str, ...] = (), **overrides: Any
+) -> Callable[[Command], Command]:
     """Add the embedding options to a command, which receives them as `options`.
 
-    `overrides` change an option's default for this command (the demo's batch size, say).
+    `overrides` change an option's default for this command (the demo's batch size, say);
+    `exclude` leaves options out (their defaults apply), for a command declaring its own.
     """
     option_defaults = {f.name: f.default for f in fields(EmbedderOptions)} | overrides
+    embedding = {k: v for k, v in EMBEDDER_PARAMETERS.items() if k not in exclude}
 
     def decorate(command: Command) -> Command:
         hints = get_type_hints(command, include_extras=True)
@@ -112,12 +116,12 @@ def with_embedder_options(**overrides: Any) -> Callable[[Command], Command]:
                 default=option_defaults[name],
                 annotation=annotation,
             )
-            for name, annotation in EMBEDDER_PARAMETERS.items()
+            for name, annotation in embedding.items()
         ]
 
         @functools.wraps(command)
         def wrapper(**kwargs: Any) -> Any:
-            chosen = {name: kwargs.pop(name) for name in EMBEDDER_PARAMETERS}
+            chosen = {name: kwargs.pop(name) for name in embedding}
             return command(options=EmbedderOptions(**chosen), **kwargs)
 
         parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + added

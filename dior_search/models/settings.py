@@ -17,7 +17,7 @@ from dior_search.models.prompts import build_prompt
 PositionScheme = Literal["reference", "native"]
 POSITION_SCHEMES: tuple[PositionScheme, ...] = ("reference", "native")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
-Method = Literal["dior", "clip", "generative"]
+Method = Literal["dior", "clip", "generative", "indirect"]
 
 
 def check_dtype(dtype: str) -> None:
@@ -110,8 +110,25 @@ class GenerativeSettings(ModelSettings):
         build_prompt(self.template, None)  # raises on an unknown template
 
 
+@dataclass(frozen=True)
+class IndirectSettings(ModelSettings):
+    """InDiReCT (Kobs et al., WACV 2023): CLIP image embeddings projected, per condition, onto
+    the subspace in which CLIP's embeddings of texts about that condition vary."""
+
+    method: ClassVar[Method] = "indirect"
+
+    model: str = defaults.DEFAULT_CLIP_MODEL
+    batch_size: int = defaults.DEFAULT_CLIP_BATCH_SIZE
+    components: int = defaults.INDIRECT_COMPONENTS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.components < 1:
+            raise UsageError("InDiReCT needs at least 1 component")
+
+
 SETTINGS_BY_METHOD: dict[str, type[ModelSettings]] = {
-    cls.method: cls for cls in (DiorSettings, ClipSettings, GenerativeSettings)
+    cls.method: cls for cls in (DiorSettings, ClipSettings, GenerativeSettings, IndirectSettings)
 }
 
 
@@ -184,9 +201,22 @@ class EmbedderOptions:
             trust_remote_code=self.trust_remote_code,
         )
 
+    def indirect(self) -> IndirectSettings:
+        return IndirectSettings(
+            model=self.clip_model,
+            dtype=self.dtype,
+            device=self.device,
+            max_side=self.max_side or None,
+        )
+
     def for_method(self, method: str) -> ModelSettings:
-        """The settings of `method` (dior, clip or generative) under these options."""
-        makers = {"dior": self.dior, "clip": self.clip, "generative": self.generative}
+        """The settings of `method` (dior, clip, generative or indirect) under these options."""
+        makers = {
+            "dior": self.dior,
+            "clip": self.clip,
+            "generative": self.generative,
+            "indirect": self.indirect,
+        }
         try:
             return makers[method]()
         except KeyError:
