@@ -14,7 +14,8 @@ one) get the same projection.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -53,13 +54,15 @@ def fit_projection(
     max_steps: int = defaults.INDIRECT_MAX_STEPS,
 ) -> np.ndarray:
     """U (components x d) fitted to the unit rows of `texts` (n x d); the best U seen."""
-    x = normalise(torch.as_tensor(texts, dtype=torch.float32))
-    generator = torch.Generator().manual_seed(seed)
-    projection = torch.normal(0.0, 0.1, (components, x.shape[1]), generator=generator)
-    projection.requires_grad_(True)
-    optimiser = torch.optim.Adam([projection], lr=learning_rate)
-    best, best_projection, since_best = float("inf"), projection.detach().clone(), 0
-    with torch.enable_grad():
+    # Gradients are needed even when called under a caller's inference mode. The matrices are
+    # small: one thread, where two spend most of their time handing each tiny op over.
+    with torch.inference_mode(False), torch.enable_grad(), one_thread():
+        x = normalise(torch.as_tensor(texts, dtype=torch.float32))
+        generator = torch.Generator().manual_seed(seed)
+        projection = torch.normal(0.0, 0.1, (components, x.shape[1]), generator=generator)
+        projection.requires_grad_(True)
+        optimiser = torch.optim.Adam([projection], lr=learning_rate)
+        best, best_projection, since_best = float("inf"), projection.detach().clone(), 0
         for _ in range(max_steps):
             optimiser.zero_grad()
             loss = reconstruction_angle(x, projection)
@@ -73,6 +76,16 @@ def fit_projection(
             optimiser.step()
     fitted: np.ndarray = best_projection.numpy()
     return fitted
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class IndirectEmbedder:

@@ -45,7 +45,9 @@ def test_parquet_holds_rows_labels_and_raw_vectors(synthetic_workspace, exported
         "label_size",
         "vector",
     ]
-    assert table.schema.field("vector").type == pa.list_(pa.float32(), 64)
+    vector_type = table.schema.field("vector").type
+    assert pa.types.is_fixed_size_list(vector_type) and vector_type.list_size == 128
+    assert vector_type.value_type == pa.float32()
     assert table.column("id").to_pylist() == reader.ids.tolist()
     assert table.column("path").to_pylist() == reader.paths()
     assert table.column("label_color").to_pylist() == reader.labels("color")
@@ -76,12 +78,12 @@ def test_duckdb_and_pandas_read_the_export(exported):
     import pandas as pd
 
     path = exported / "parquet" / "color.parquet"
-    count, dim = duckdb.sql(
+    ((count, dim),) = duckdb.sql(
         f"SELECT count(*), max(len(vector)) FROM read_parquet('{path}') WHERE label_color = 'red'"
-    ).fetchone()
+    ).fetchall()
     frame = pd.read_parquet(path)
     assert count == int((frame["label_color"] == "red").sum()) > 0
-    assert dim == 64 and len(frame["vector"].iloc[0]) == 64
+    assert dim == 128 and len(frame["vector"].iloc[0]) == 128
 
 
 @pytest.mark.slow
