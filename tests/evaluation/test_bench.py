@@ -122,8 +122,7 @@ def test_absent_dataset_is_one_line(tmp_path, capsys):
 def test_unknown_method_lists_the_valid_ones(capsys):
     assert main(["bench", "--method", "magic"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "error: unknown method 'magic'; valid: dior, dior-unconditional, clip, generative, "
-        "indirect"
+        "error: unknown method 'magic'; valid: dior, dior-unconditional, clip, generative, indirect"
     )
 
 
