@@ -53,6 +53,8 @@ def test_dior_retrieves_every_synthetic_condition(synthetic_workspace, tmp_path,
             assert all(0.0 <= metrics[name] <= 1.0 for name in METRICS)
             assert -1.0 <= metrics["leakage"] <= 1.0
         assert per_method["dior"]["recall@1"] >= 0.90, condition
+        # The other labels still drive the tiny model's neighbours (+0.17 to +0.33 measured).
+        assert 0.1 < per_method["dior"]["leakage"] < 0.45, condition
         assert per_method["dior"]["recall@10"] >= per_method["dior"]["recall@1"]
     assert plot.stat().st_size > 1000
     table = capsys.readouterr().out
