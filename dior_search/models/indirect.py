@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -95,16 +96,8 @@ class IndirectEmbedder:
         from transformers import AutoTokenizer
 
         self.settings = settings
-        self.clip = ClipEmbedder(
-            ClipSettings(
-                model=settings.model,
-                revision=settings.revision,
-                dtype=settings.dtype,
-                device=settings.device,
-                max_side=settings.max_side,
-                batch_size=settings.batch_size,
-            )
-        )
+        # CLIP with the same model settings; only `components` is InDiReCT's own.
+        self.clip = ClipEmbedder(ClipSettings.from_fields(asdict(settings)))
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(
                 settings.model, revision=settings.revision

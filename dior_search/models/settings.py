@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from dior_search import defaults
 from dior_search.errors import UsageError
@@ -28,6 +28,9 @@ def check_dtype(dtype: str) -> None:
 def check_max_side(max_side: int | None) -> None:
     if max_side is not None and max_side < 1:
         raise UsageError("the image side cap must be at least 1 pixel")
+
+
+Settings = TypeVar("Settings", bound="ModelSettings")
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ class ModelSettings:
         check_dtype(self.dtype)
 
     @classmethod
-    def from_fields(cls, stored: dict[str, Any]) -> ModelSettings:
+    def from_fields(cls: type[Settings], stored: dict[str, Any]) -> Settings:
         """Settings from a manifest's flat embedder fields (unknown keys ignored)."""
         names = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in stored.items() if key in names})
@@ -127,6 +130,8 @@ class IndirectSettings(ModelSettings):
             raise UsageError("InDiReCT needs at least 1 component")
 
 
+DualEncoder = TypeVar("DualEncoder", ClipSettings, IndirectSettings)
+
 SETTINGS_BY_METHOD: dict[str, type[ModelSettings]] = {
     cls.method: cls for cls in (DiorSettings, ClipSettings, GenerativeSettings, IndirectSettings)
 }
@@ -180,12 +185,7 @@ class EmbedderOptions:
         )
 
     def clip(self) -> ClipSettings:
-        return ClipSettings(
-            model=self.clip_model,
-            dtype=self.dtype,
-            device=self.device,
-            max_side=self.max_side or None,
-        )
+        return self.dual_encoder(ClipSettings)
 
     def generative(self) -> GenerativeSettings:
         return GenerativeSettings(
@@ -202,7 +202,11 @@ class EmbedderOptions:
         )
 
     def indirect(self) -> IndirectSettings:
-        return IndirectSettings(
+        return self.dual_encoder(IndirectSettings)
+
+    def dual_encoder(self, kind: type[DualEncoder]) -> DualEncoder:
+        """Settings of a method built on the CLIP model (`clip_model`)."""
+        return kind(
             model=self.clip_model,
             dtype=self.dtype,
             device=self.device,
