@@ -22,6 +22,8 @@ def index_command(folder: Path, indexes: Path, conditions: list[str], shard_size
         str(shard_size),
         "--indexes",
         str(indexes),
+        "--model",
+        "tiny",
         "--device",
         "cpu",
     ]

@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from dior_search import defaults
 from dior_search.cli.app import app, console, err_console
 from dior_search.cli.options import with_embedder_options
 from dior_search.cli.progress import progress_bar
@@ -17,7 +18,7 @@ from dior_search.models.settings import EmbedderOptions
 
 
 @app.command()
-@with_embedder_options(batch_size=16)
+@with_embedder_options(batch_size=16, model=defaults.DEMO_MODEL)
 def demo(
     options: EmbedderOptions,
     data_dir: Annotated[

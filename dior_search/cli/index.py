@@ -14,8 +14,11 @@ from dior_search.cli.app import app, console, err_console
 from dior_search.cli.options import (
     DatasetOpt,
     DatasetsDirOpt,
+    ImageColumnOpt,
     ImagesOpt,
     IndexesOpt,
+    choose_model,
+    default_model_hint,
     open_collection,
     with_embedder_options,
 )
@@ -48,6 +51,7 @@ def index(
     options: EmbedderOptions,
     dataset: DatasetOpt = None,
     images: ImagesOpt = None,
+    image_column: ImageColumnOpt = None,
     condition: ConditionsOpt = None,
     datasets_dir: DatasetsDirOpt = defaults.DEFAULT_DATASETS_DIR,
     indexes: IndexesOpt = defaults.DEFAULT_INDEXES_DIR,
@@ -89,11 +93,13 @@ def index(
         memory_budget=parse_size(memory_budget) if memory_budget is not None else None,
         part=spec,
     )
-    collection = open_collection(dataset, images, datasets_dir)
+    collection = open_collection(dataset, images, datasets_dir, image_column)
     conditions = condition or list(collection.conditions)
     if not conditions:
         raise UsageError("--images needs at least one --condition (any free text)")
-    embedder = load_embedder(replace(options, device=process_device(options.device)).dior())
+    chosen = choose_model(options, [collection.name])
+    with default_model_hint(options):
+        embedder = load_embedder(replace(chosen, device=process_device(options.device)).dior())
     running = spec or launched_part()
     label = f"indexing {collection.name}" + (f" ({running.name})" if running else "")
     # Under accelerate launch, one bar (the first process's) rather than one per process.

@@ -93,6 +93,7 @@ def query(
     similarities under each condition.
     """
     from dior_search.data.images import load_image
+    from dior_search.data.reading import load_item_image
     from dior_search.search.searcher import SearchOptions, SearchRequest
     from dior_search.store.index_types import search_params_of
 
@@ -124,7 +125,7 @@ def query(
         from dior_search.cli.contact_sheet import write_contact_sheet
 
         if query_image is None:
-            query_image = load_image(result.root / str(result.query.path))
+            query_image = load_item_image(result.root, str(result.query.path))
         caption = image.name if image is not None else f"id {row_id}"
         write_contact_sheet(sheet, result.title, query_image, caption, result.hits, result.root)
     if as_json:

@@ -19,7 +19,8 @@ from dior_search.data.synthetic import CONDITIONS as SYNTHETIC_CONDITIONS
 from dior_search.data.synthetic import LABELS_FILE, read_labels, write_dataset
 from dior_search.errors import InputError, UsageError
 
-METADATA_DIR = Path(__file__).resolve().parents[2] / "metadata"
+# The label tables ship inside the package (the repository's top-level metadata/ links here).
+METADATA_DIR = Path(__file__).resolve().parent / "metadata"
 UNCONDITIONAL = "unconditional"
 
 

@@ -1,4 +1,9 @@
-"""Reading a collection's images for indexing: bytes hashed, then decoded, ahead of the model."""
+"""Reading a collection's items: bytes hashed, then decoded, ahead of the model.
+
+This is the one place that reads items: `read_item` gets an item's bytes by its path, whether
+a file under the collection root, a WebDataset shard's member or a Parquet row (see
+data.sources for how those are addressed and listed).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,13 @@ from PIL import Image
 
 from dior_search.data.collections import Item
 from dior_search.data.images import ImageReadError, decode_image
+from dior_search.data.sources import (
+    ItemReadError,
+    is_container,
+    parse_member_path,
+    read_container,
+    read_member,
+)
 
 
 @dataclass(frozen=True)
@@ -24,17 +36,45 @@ class LoadedImage:
     error: str | None
 
 
-def load_item(root: Path, item: Item, max_side: int | None = None) -> LoadedImage:
-    """Read, hash and decode one image (shrunk to `max_side`); failures are reported, not
-    raised."""
-    path = root / item.path
+def item_file(root: Path, path: str) -> Path:
+    """The file on disk that holds an item: the image file, or its shard or Parquet file."""
+    file = root / path
+    member = parse_member_path(path)
+    if member is None or file.is_file():
+        return file
+    return root / member.container
+
+
+def read_item(root: Path, path: str) -> bytes:
+    """An item's bytes; ItemReadError with the reason if it cannot be read."""
+    file = root / path
+    member = parse_member_path(path)
+    if member is not None and not file.is_file():
+        return read_member(root, member)
+    if is_container(path):
+        # A shard or Parquet file listed whole: it could not be read when listed.
+        raise ItemReadError(path, read_container(root, path))
     try:
-        data = path.read_bytes()
+        return file.read_bytes()
     except OSError as exc:
-        return LoadedImage(item, "", None, f"cannot read: {exc.strerror or exc}")
+        raise ItemReadError(path, f"cannot read: {exc.strerror or exc}") from None
+
+
+def load_item_image(root: Path, path: str, max_side: int | None = None) -> Image.Image:
+    """An item decoded to upright RGB; InputError (ItemReadError, ImageReadError) if not."""
+    return decode_image(read_item(root, path), path, max_side=max_side)
+
+
+def load_item(root: Path, item: Item, max_side: int | None = None) -> LoadedImage:
+    """Read, hash and decode one item (shrunk to `max_side`); failures are reported, not
+    raised."""
+    try:
+        data = read_item(root, item.path)
+    except ItemReadError as exc:
+        return LoadedImage(item, "", None, exc.reason)
     content_hash = hashlib.sha256(data).hexdigest()
     try:
-        image = decode_image(data, str(path), max_side=max_side)
+        image = decode_image(data, str(root / item.path), max_side=max_side)
     except ImageReadError as exc:
         return LoadedImage(item, content_hash, None, exc.reason)
     return LoadedImage(item, content_hash, image, None)

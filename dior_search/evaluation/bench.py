@@ -7,6 +7,14 @@ labelled image queries all the others by exact search over the stored vectors.
 - `dior-unconditional`: the prompt without a condition, one index scored against every label.
 - `clip`: a CLIP model's image embedding, one index (CLIP takes no condition).
 - `generative`: the VLM's one-word answer to the prompt, embedded by a sentence encoder.
+- `indirect`: InDiReCT, CLIP's image embedding projected onto the subspace in which CLIP's
+  embeddings of texts about the condition vary.
+
+With several layers, each DIOR method is scored once per layer (`dior layer -8`, ...), every
+layer read from the same forward passes. Scores use cosine similarity (as search does) or
+Euclidean distance on the raw vectors (as the paper's numbers did). Where a collection has
+several labels, `leakage` says how much the other labels still drive each condition's
+neighbours (see metrics.leakage).
 """
 
 from __future__ import annotations
@@ -18,11 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from dior_search.data.collections import DATASETS, UNCONDITIONAL, Collection, open_dataset
-from dior_search.errors import DiorError, InputError, UsageError
-from dior_search.evaluation.metrics import retrieval_metrics
+from dior_search.errors import DiorError, InputError, ModelError, UsageError
+from dior_search.evaluation.metrics import Distance, leakage, retrieval_metrics
 from dior_search.indexing.job import IndexSettings
+from dior_search.indexing.layers import index_layers
 from dior_search.indexing.run import index_collection
 from dior_search.models import load_embedder
+from dior_search.models.dior import DiorEmbedder
 from dior_search.models.embedder import Embedder
 from dior_search.models.settings import EmbedderOptions
 from dior_search.search.joined import JoinedIndexes
@@ -37,6 +47,7 @@ METHODS = {
     "dior-unconditional": "dior",
     "clip": "clip",
     "generative": "generative",
+    "indirect": "indirect",
 }
 # Methods whose one index serves every condition.
 CONDITION_BLIND = frozenset({"dior-unconditional", "clip"})
@@ -51,8 +62,11 @@ Progress = Callable[[int], None]
 class MethodModels:
     """Each method's embedder, loaded on first use and shared across datasets."""
 
-    def __init__(self, options: EmbedderOptions) -> None:
+    def __init__(self, options: EmbedderOptions, layers: Sequence[int] = ()) -> None:
+        """`layers`: the DIOR methods' hidden layers, several read from one forward pass
+        (default: the options' one layer)."""
         self.options = options
+        self.layers = list(dict.fromkeys(layers)) or [options.layer]
         self.loaded: dict[str, Embedder] = {}
 
     def get(self, method: str) -> Embedder:
@@ -62,8 +76,21 @@ class MethodModels:
             raise UsageError(f"unknown method {method!r}; valid: {', '.join(METHODS)}") from None
         # Both DIOR methods use one model; only the prompt differs.
         if kind not in self.loaded:
-            self.loaded[kind] = load_embedder(self.options.for_method(kind))
+            if kind == "dior" and self.several_layers:
+                self.loaded[kind] = DiorEmbedder(self.options.dior(), self.layers)
+            else:
+                self.loaded[kind] = load_embedder(self.options.for_method(kind))
         return self.loaded[kind]
+
+    @property
+    def several_layers(self) -> bool:
+        return len(self.layers) > 1
+
+    def scored_as(self, method: str) -> list[str]:
+        """The result rows of a method: itself, or one per layer for a DIOR method."""
+        if METHODS.get(method) == "dior" and self.several_layers:
+            return [layer_method(method, layer) for layer in self.layers]
+        return [method]
 
     def loadable(self, methods: Sequence[str]) -> tuple[list[str], list[str]]:
         """(methods whose models load, one message per method that does not)."""
@@ -76,7 +103,7 @@ class MethodModels:
                 continue
             usable.append(method)
         if not usable:
-            raise UsageError("no method could be loaded")
+            raise ModelError(f"no method could be loaded: {'; '.join(problems)}")
         return usable, problems
 
 
@@ -84,18 +111,29 @@ def indexed_conditions(method: str, conditions: Sequence[str]) -> list[str]:
     return [UNCONDITIONAL] if method in CONDITION_BLIND else list(conditions)
 
 
-def evaluate_index(reader: IndexReader, condition: str) -> Metrics:
-    """Metrics of one index by one condition's labels, exact search over its vectors."""
+def layer_method(method: str, layer: int) -> str:
+    return f"{method} layer {layer}"
+
+
+def evaluate_index(reader: IndexReader, condition: str, distance: Distance = "cosine") -> Metrics:
+    """Metrics of one index by one condition's labels, exact search over its vectors (unit
+    vectors for cosine, raw ones for Euclidean); `leakage` where there are other labels."""
     if not reader.exact:
         log.warning(
             "%s stores compressed vectors (%s): metrics use their reconstructions",
             reader.directory,
             reader.manifest.index_type,
         )
-    _, vectors = reader.all_vectors()
+    _, vectors = reader.all_vectors(raw=distance == "euclidean")
     labels = reader.labels(condition)
     keep = np.array([label is not None for label in labels], dtype=bool)
-    return retrieval_metrics(vectors[keep], [label for label in labels if label is not None])
+    kept = [label for label in labels if label is not None]
+    metrics = retrieval_metrics(vectors[keep], kept, distance=distance)
+    names = reader.label_names()
+    if condition in names and len(names) > 1:
+        by_name = {name: np.asarray(reader.labels(name), dtype=object)[keep] for name in names}
+        metrics["leakage"] = leakage(vectors[keep], by_name, condition, distance=distance)
+    return metrics
 
 
 def run_bench(
@@ -106,6 +144,7 @@ def run_bench(
     index_settings: IndexSettings,
     on_stage: Stage | None = None,
     on_progress: Progress | None = None,
+    distance: Distance = "cosine",
 ) -> dict[str, dict[str, Metrics]]:
     """condition -> method -> metrics for one collection; indexes built where missing."""
     unknown = [c for c in conditions if c not in collection.conditions]
@@ -120,15 +159,24 @@ def run_bench(
             if on_stage is not None:
                 on_stage(f"{collection.name}: {method}", total)
 
-        report = index_collection(
-            collection, targets, models.get(method), index_settings, start, on_progress
-        )
-        searcher = Searcher.of_directories(list(report.directories.values()))
-        indexes = searcher.collection(collection.name)
-        for condition in conditions:
-            indexed = UNCONDITIONAL if method in CONDITION_BLIND else condition
-            reader = searcher.reader(searcher.condition(indexes, indexed))
-            results[condition][method] = evaluate_index(reader, condition)
+        embedder = models.get(method)
+        if isinstance(embedder, DiorEmbedder) and models.several_layers:
+            by_layer = index_layers(
+                collection, targets, embedder, index_settings, start, on_progress
+            )
+            directories = {layer_method(method, layer): found for layer, found in by_layer.items()}
+        else:
+            report = index_collection(
+                collection, targets, embedder, index_settings, start, on_progress
+            )
+            directories = {method: report.directories}
+        for row, found in directories.items():
+            searcher = Searcher.of_directories(list(found.values()))
+            indexes = searcher.collection(collection.name)
+            for condition in conditions:
+                indexed = UNCONDITIONAL if method in CONDITION_BLIND else condition
+                reader = searcher.reader(searcher.condition(indexes, indexed))
+                results[condition][row] = evaluate_index(reader, condition, distance)
     return results
 
 
@@ -156,6 +204,7 @@ def run_benches(
     index_settings: IndexSettings,
     on_stage: Stage | None = None,
     on_progress: Progress | None = None,
+    distance: Distance = "cosine",
 ) -> BenchResult:
     """`run_bench` for each collection, under `conditions` (default: all its labelled ones)."""
     return {
@@ -167,6 +216,7 @@ def run_benches(
             index_settings,
             on_stage,
             on_progress,
+            distance,
         )
         for collection in collections
     }

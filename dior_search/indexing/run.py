@@ -8,6 +8,7 @@ from pathlib import Path
 from dior_search.data.collections import Collection
 from dior_search.errors import IndexStoreError
 from dior_search.indexing.job import (
+    IndexJob,
     IndexReport,
     IndexSettings,
     Progress,
@@ -27,14 +28,16 @@ def index_collection(
     settings: IndexSettings,
     on_start: Progress | None = None,
     on_progress: Progress | None = None,
+    job: IndexJob | None = None,
 ) -> IndexReport:
     """Embed every not-yet-indexed image under each condition; resumable and incremental.
 
     Images that cannot be read or embedded are skipped and listed in the report and in
     `skipped.tsv` beside the indexes. Under `accelerate launch` (or with `settings.part`)
-    this process embeds only its part of the work; see indexing.parts.
+    this process embeds only its part of the work; see indexing.parts. `job`: one planned
+    beforehand (several layers of one forward pass, see indexing.layers).
     """
-    job = plan_job(collection, conditions, embedder, settings)
+    job = job or plan_job(collection, conditions, embedder, settings)
     part = settings.part or launched_part()
     if part is not None and part.parts > 1:
         report = index_part(job, part, on_start, on_progress)

@@ -16,6 +16,7 @@ import inspect
 import logging
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -49,7 +50,9 @@ log = logging.getLogger(__name__)
 class DiorEmbedder:
     """DIOR embeddings from a Hugging Face vision-language model (Hub id or local path)."""
 
-    def __init__(self, settings: DiorSettings) -> None:
+    def __init__(self, settings: DiorSettings, layers: Sequence[int] | None = None) -> None:
+        """`layers`: hidden-state indices to read from each forward pass (`embed_layers`);
+        default the settings' one layer."""
         from transformers import AutoModel
 
         self.settings = settings
@@ -81,16 +84,21 @@ class DiorEmbedder:
         text_config = self.config.get_text_config()
         self.n_layers: int = text_config.num_hidden_layers
         self._dim: int = text_config.hidden_size
-        if not -(self.n_layers + 1) <= settings.layer <= self.n_layers:
-            raise UsageError(
-                f"layer {settings.layer} out of range: this model has hidden states "
-                f"0..{self.n_layers} (or -{self.n_layers + 1}..-1)"
-            )
-        layer = settings.layer % (self.n_layers + 1)
-        # Where the layers after the chosen one can be dropped, the model's last hidden state is
-        # the embedding; otherwise every hidden state is returned and the chosen one read.
-        stops_early = layer == self.n_layers or keep_first_layers(self.model, layer)
-        self._hidden_index: int | None = None if stops_early else layer
+        self.layers = [settings.layer] if layers is None else list(dict.fromkeys(layers))
+        for layer in self.layers:
+            if not -(self.n_layers + 1) <= layer <= self.n_layers:
+                raise UsageError(
+                    f"layer {layer} out of range: this model has hidden states "
+                    f"0..{self.n_layers} (or -{self.n_layers + 1}..-1)"
+                )
+        indices = [layer % (self.n_layers + 1) for layer in self.layers]
+        deepest = max(indices)
+        # Where the layers after the deepest chosen one can be dropped, the model's last hidden
+        # state is that layer's; the others are read from the returned hidden states.
+        stops_early = deepest == self.n_layers or keep_first_layers(self.model, deepest)
+        self._hidden_indices: list[int | None] = [
+            None if stops_early and index == deepest else index for index in indices
+        ]
         self.model.to(self.device).eval()
         self._prefix_reuse = settings.prefix_reuse
         if self._prefix_reuse and "cache" not in inspect.signature(self.model.forward).parameters:
@@ -100,11 +108,12 @@ class DiorEmbedder:
     def dim(self) -> int:
         return self._dim
 
-    def describe(self) -> EmbedderDescription:
-        """What makes these embeddings, for the index manifest."""
+    def describe(self, layer: int | None = None) -> EmbedderDescription:
+        """What makes these embeddings (those of `layer`: default the settings' one)."""
         policy = {"max_side": self.settings.max_side, **self.inputs.size_policy()}
+        settings = self.settings if layer is None else replace(self.settings, layer=layer)
         return describe_loaded(
-            self.settings, self.source, self.config, self.dtype, self.dim, image_size_policy=policy
+            settings, self.source, self.config, self.dtype, self.dim, image_size_policy=policy
         )
 
     def check_size(self, width: int, height: int) -> None:
@@ -117,11 +126,24 @@ class DiorEmbedder:
         conditions: Sequence[str | None],
         on_progress: ProgressCallback | None = None,
     ) -> np.ndarray:
-        """Embed every image under every condition: float32 (n_images, n_conditions, dim)."""
+        """Embed every image under every condition: float32 (n_images, n_conditions, dim), from
+        the first of `layers`."""
+        first: np.ndarray = self.embed_layers(images, conditions, on_progress)[:, :, 0]
+        return np.ascontiguousarray(first)
+
+    def embed_layers(
+        self,
+        images: Sequence[Image.Image],
+        conditions: Sequence[str | None],
+        on_progress: ProgressCallback | None = None,
+    ) -> np.ndarray:
+        """Every image under every condition at each of `layers`, from one forward pass:
+        float32 (n_images, n_conditions, n_layers, dim)."""
         prompts = [build_prompt(self.settings.template, c) for c in conditions]
         images = [fit_within(image, self.settings.max_side) for image in images]
         if not images or not prompts:
-            return np.empty((len(images), len(prompts), self.dim), dtype=np.float32)
+            shape = (len(images), len(prompts), len(self.layers), self.dim)
+            return np.empty(shape, dtype=np.float32)
         if self._prefix_reuse:
             return self.embed_by_prefix(images, prompts, on_progress)
         return self.embed_full(images, prompts, on_progress)
@@ -132,19 +154,19 @@ class DiorEmbedder:
         prompts: Sequence[str],
         on_progress: ProgressCallback | None = None,
     ) -> np.ndarray:
-        """`embed` by prefix reuse: float32 (n_images, n_prompts, dim).
+        """`embed_layers` by prefix reuse: float32 (n_images, n_prompts, n_layers, dim).
 
         `batch_size` bounds the suffix rows of a pass, as it bounds the rows of a full pass:
         a pass takes `batch_size // n_prompts` images (at least one).
         """
-        out = np.empty((len(images), len(prompts), self.dim), dtype=np.float32)
+        out = np.empty((len(images), len(prompts), len(self.layers), self.dim), dtype=np.float32)
         step = max(1, self.settings.batch_size // len(prompts))
         chunks = [images[start : start + step] for start in range(0, len(images), step)]
         done = 0
         try:
             for chunk, split in zip(chunks, self._splits(chunks, prompts), strict=True):
                 out[done : done + len(chunk)] = self.embed_split(split).reshape(
-                    len(chunk), len(prompts), self.dim
+                    len(chunk), len(prompts), len(self.layers), self.dim
                 )
                 done += len(chunk)
                 if on_progress is not None:
@@ -172,7 +194,8 @@ class DiorEmbedder:
 
     @torch.inference_mode()
     def embed_split(self, split: SplitBatch) -> np.ndarray:
-        """The prefix pass, the cache repeated per prompt, the suffix pass; float32 (rows, dim)."""
+        """The prefix pass, the cache repeated per prompt, the suffix pass; float32
+        (rows, n_layers, dim)."""
         batch = split.to(self.device, self.dtype)
         cache = self.prefix_pass(batch)
         if batch.prompts_per_image > 1:
@@ -185,12 +208,13 @@ class DiorEmbedder:
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config)
-        self._hidden(batch.prefix_inputs, cache=cache, use_cache=True)
+        self.model(**batch.prefix_inputs, cache=cache, use_cache=True)
         return cache
 
     @torch.inference_mode()
     def suffix_pass(self, batch: SplitBatch, cache: Any) -> np.ndarray:
-        """Run the suffixes against `cache`, already repeated per prompt; float32 (rows, dim).
+        """Run the suffixes against `cache`, already repeated per prompt; float32
+        (rows, n_layers, dim).
 
         Prefixes of different lengths leave pad slots in the cache between a row's prefix and
         its suffix: the 2-D mask over (cache + suffix) hides them, and positions are explicit.
@@ -215,40 +239,51 @@ class DiorEmbedder:
         prompts: Sequence[str],
         on_progress: ProgressCallback | None = None,
     ) -> np.ndarray:
-        """`embed` by a full forward pass per row: float32 (n_images, n_prompts, dim)."""
+        """`embed_layers` by a full forward pass per row: float32
+        (n_images, n_prompts, n_layers, dim)."""
         rows = [(i, p) for i in range(len(images)) for p in range(len(prompts))]
-        out = np.empty((len(images) * len(prompts), self.dim), dtype=np.float32)
+        out = np.empty((len(images) * len(prompts), len(self.layers), self.dim), dtype=np.float32)
         step = self.settings.batch_size
         for start in range(0, len(rows), step):
             chunk = rows[start : start + step]
-            out[start : start + len(chunk)] = self.embed_rows(
+            out[start : start + len(chunk)] = self.embed_rows_layers(
                 [images[i] for i, _ in chunk], [prompts[p] for _, p in chunk]
             )
             if on_progress is not None:
                 on_progress(len(chunk))
-        return out.reshape(len(images), len(prompts), self.dim)
+        return out.reshape(len(images), len(prompts), len(self.layers), self.dim)
+
+    def embed_rows(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
+        """One forward pass over (image, prompt) rows; float32 (rows, dim), the first layer."""
+        first: np.ndarray = self.embed_rows_layers(images, prompts)[:, 0]
+        return first
 
     @torch.inference_mode()
-    def embed_rows(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
-        """One forward pass over (image, prompt) rows; float32 (rows, dim)."""
+    def embed_rows_layers(
+        self, images: Sequence[Image.Image], prompts: Sequence[str]
+    ) -> np.ndarray:
+        """One forward pass over (image, prompt) rows; float32 (rows, n_layers, dim)."""
         images = [fit_within(image, self.settings.max_side) for image in images]
         batch = self.inputs.build(images, prompts).to(self.device, self.dtype)
         hidden = self._hidden(batch.inputs, use_cache=False)
         return self._last_tokens(hidden, batch.last_index)
 
-    def _hidden(self, inputs: dict[str, torch.Tensor], **options: Any) -> torch.Tensor:
-        """The chosen layer's hidden states for `inputs`: (rows, tokens, dim)."""
-        if self._hidden_index is None:
-            last: torch.Tensor = self.model(**inputs, **options).last_hidden_state
-            return last
+    def _hidden(self, inputs: dict[str, torch.Tensor], **options: Any) -> list[torch.Tensor]:
+        """Each chosen layer's hidden states for `inputs`: (rows, tokens, dim) each."""
+        if self._hidden_indices == [None]:
+            return [self.model(**inputs, **options).last_hidden_state]
         outputs = self.model(**inputs, **options, output_hidden_states=True)
-        chosen: torch.Tensor = outputs.hidden_states[self._hidden_index]
-        return chosen
+        return [
+            outputs.last_hidden_state if index is None else outputs.hidden_states[index]
+            for index in self._hidden_indices
+        ]
 
     @staticmethod
-    def _last_tokens(hidden: torch.Tensor, last_index: torch.Tensor) -> np.ndarray:
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        vectors: np.ndarray = hidden[rows, last_index].float().cpu().numpy()
+    def _last_tokens(hidden: list[torch.Tensor], last_index: torch.Tensor) -> np.ndarray:
+        """Each row's state at its last token, per layer: float32 (rows, n_layers, dim)."""
+        rows = torch.arange(hidden[0].shape[0], device=hidden[0].device)
+        stacked = torch.stack([states[rows, last_index] for states in hidden], dim=1)
+        vectors: np.ndarray = stacked.float().cpu().numpy()
         return vectors
 
     def _stop_prefix_reuse(self, reason: str) -> None:

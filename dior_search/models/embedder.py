@@ -28,6 +28,7 @@ IDENTITY_SETTINGS = (
     "max_pixels",
     "max_side",
     "text_encoder",
+    "components",
 )
 
 

@@ -28,6 +28,8 @@ from PIL import Image
 from dior_search import defaults
 from dior_search.data.decode_budget import DecodeBudget, process_budget
 from dior_search.data.images import decode_image, read_header
+from dior_search.data.reading import item_file, read_item
+from dior_search.data.sources import ItemReadError
 from dior_search.errors import DiorError, InputError, UsageError
 from dior_search.search.searcher import (
     ConditionIndex,
@@ -310,7 +312,8 @@ class SearchService:
         condition = self.searcher.condition(collection, condition_name)
         row = self.searcher.reader_with_id(condition, row_id).row(row_id)
         root = condition.root.resolve()
-        path = (root / row.path).resolve()
+        # The file holding the image: itself, or its shard or Parquet file.
+        path = item_file(root, row.path).resolve()
         key = (condition.directory, row_id)
         try:
             stat = os.stat(path) if path.is_relative_to(root) else None
@@ -325,7 +328,11 @@ class SearchService:
             stat.st_mtime_ns,
         ):
             return cached.jpeg
-        data = path.read_bytes()
+        try:
+            data = read_item(root, row.path)
+        except ItemReadError:
+            self.thumbnails.discard(key)
+            raise NotFound(f"image {row_id} of {condition.name!r} is not readable") from None
         if hashlib.sha256(data).hexdigest() != row.content_hash:
             self.thumbnails.discard(key)
             raise NotFound(f"image {row_id} of {condition.name!r} changed since it was indexed")

@@ -26,6 +26,7 @@ FOLDER_SETTINGS = {
     "template": defaults.DEFAULT_TEMPLATE,
     "layer": defaults.DEFAULT_LAYER,
     "position_scheme": defaults.DEFAULT_POSITION_SCHEME,
+    "components": defaults.INDIRECT_COMPONENTS,
 }
 
 

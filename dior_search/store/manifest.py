@@ -13,13 +13,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dior_search import __version__, defaults
+from dior_search import defaults
 from dior_search.errors import IndexStoreError, UsageError
 from dior_search.models.embedder import EmbedderDescription
 from dior_search.models.prompts import build_prompt
 from dior_search.store.files import atomic_file
 from dior_search.store.index_types import FLAT
 from dior_search.store.manifest_schema import MANIFEST_FIELDS, SchemaError, check_fields
+from dior_search.version import __version__
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

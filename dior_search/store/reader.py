@@ -73,7 +73,7 @@ class IndexReader:
             np.concatenate(shard_ids) if shard_ids else np.empty(0, dtype=np.int64)
         )
         self._columns: dict[str, list[Any]] = {}
-        self._column_names: list[str] | None = None
+        self._column_types: dict[str, Any] | None = None
         self.search_params = merge_search_params(self.manifest.search_params, search_params)
         self.set_search_params(self.search_params, strict=bool(search_params))
 
@@ -200,14 +200,19 @@ class IndexReader:
 
     def column_names(self) -> list[str]:
         """Every column any shard's table has."""
+        return list(self.column_types())
+
+    def column_types(self) -> dict[str, Any]:
+        """Every column any shard's table has, with its Arrow type (the first shard's)."""
         import pyarrow.parquet as pq
 
-        if self._column_names is None:
-            names: dict[str, None] = {}
+        if self._column_types is None:
+            types: dict[str, Any] = {}
             for path in self._tables:
-                names.update(dict.fromkeys(pq.read_schema(path).names))
-            self._column_names = list(names)
-        return self._column_names
+                for column in pq.read_schema(path):
+                    types.setdefault(column.name, column.type)
+            self._column_types = types
+        return self._column_types
 
     def label_names(self) -> list[str]:
         """The labels stored beside the vectors (the collection's label columns)."""

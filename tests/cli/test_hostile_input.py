@@ -53,7 +53,9 @@ def one_line_error(err: str) -> str:
 def test_brackets_are_printed_as_typed(bracketed, capsys):
     folder = bracketed / "[red]imgs"
     indexes = ["--indexes", str(bracketed / "indexes")]
-    code, out, err = run(["index", "--images", str(folder), "-c", "[/x]", *indexes], capsys)
+    code, out, err = run(
+        ["index", "--images", str(folder), "-c", "[/x]", "--model", "tiny", *indexes], capsys
+    )
     assert code == 0, err
     assert "│ [/x]      │ 2" in out
     assert "skipped [/bad].png: not an image, or not one of JPEG, PNG" in err

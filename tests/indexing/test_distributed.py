@@ -41,6 +41,8 @@ def index_args(images, indexes, *extra):
         "7",
         "--indexes",
         str(indexes),
+        "--model",
+        "tiny",
         "--device",
         "cpu",
         *extra,

@@ -82,6 +82,8 @@ def test_indexing_a_folder_of_bad_images(tmp_path, capsys):
         "color",
         "--indexes",
         str(tmp_path / "indexes"),
+        "--model",
+        "tiny",
         "--device",
         "cpu",
         "--shard-size",
@@ -190,6 +192,8 @@ def test_second_index_run_is_refused(tmp_path, capsys):
         "color",
         "--indexes",
         str(tmp_path / "indexes"),
+        "--model",
+        "tiny",
         "--device",
         "cpu",
     ]

@@ -34,7 +34,7 @@ def test_query_finds_the_dior_index_beside_a_generative_one(tmp_path, baseline_m
         make_item(0, "test", index)[1].save(folder / f"{index:02d}.png")
     indexes = tmp_path / "indexes"
     base = ["--images", str(folder), "-c", "object color", "--indexes", str(indexes)]
-    assert main(["index", *base, "--device", "cpu"]) == 0
+    assert main(["index", *base, "--model", "tiny", "--device", "cpu"]) == 0
     generative = GenerativeEmbedder(
         GenerativeSettings(model="tiny", text_encoder=str(baseline_model_dirs["bert"]))
     )

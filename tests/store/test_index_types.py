@@ -314,7 +314,7 @@ def run_cli(folder, indexes, *extra):
     from dior_search.cli import main
 
     args = ["index", "--images", str(folder), "-c", "object color", "--indexes", str(indexes)]
-    return main([*args, "--device", "cpu", *extra])
+    return main([*args, "--model", "tiny", "--device", "cpu", *extra])
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("manifests")
     write_dataset(root / "datasets" / "synthetic", {"test": 16})
     common = ["--indexes", str(root / "indexes"), "--device", "cpu", "--shard-size", "8"]
+    common += ["--model", "tiny"]
     dataset = ["--dataset", "synthetic", "--datasets-dir", str(root / "datasets")]
     assert main(["index", *dataset, *common, "-c", "color", "-c", "background"]) == 0
     folder = root / "folder"
@@ -173,7 +174,7 @@ def test_a_query_under_a_sound_condition_ignores_a_damaged_one(copy, capsys):
 
 @pytest.fixture(scope="module")
 def tiny_embedder() -> DiorEmbedder:
-    return DiorEmbedder(DiorSettings(device="cpu"))
+    return DiorEmbedder(DiorSettings(model="tiny", device="cpu"))
 
 
 def test_serve_leaves_a_damaged_collection_out_and_serves_the_others(
