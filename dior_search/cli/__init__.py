@@ -4,7 +4,7 @@ Each verb parses its options, calls one library function, and renders the answer
 rich live only here.
 """
 
-from dior_search.cli import bench, demo, index, query, serve  # noqa: F401  (registers verbs)
+from dior_search.cli import bench, compact, demo, index, query, serve  # noqa: F401 (verbs)
 from dior_search.cli.app import app, main, run
 
 __all__ = ["app", "main", "run"]

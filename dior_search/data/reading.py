@@ -1,4 +1,5 @@
-"""Reading a collection's images for indexing: bytes hashed, then decoded, ahead of the model."""
+"""Reading a collection's images for indexing: bytes hashed, then decoded, ahead of the model;
+or only hashed, to see which files changed."""
 
 from __future__ import annotations
 
@@ -23,6 +24,37 @@ class LoadedImage:
     content_hash: str
     image: Image.Image | None
     error: str | None
+
+
+@dataclass(frozen=True)
+class FileHash:
+    """One file's content hash; or None, with `missing` (it is not there) or why it could not
+    be read."""
+
+    content_hash: str | None
+    missing: bool = False
+    error: str | None = None
+
+
+def hash_file(path: Path) -> FileHash:
+    """The sha256 of a file's bytes, streamed; failures are reported, not raised."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        return FileHash(None, missing=True)
+    except OSError as exc:
+        return FileHash(None, error=f"cannot read: {exc.strerror or exc}")
+    return FileHash(digest.hexdigest())
+
+
+def hash_files(root: Path, paths: Sequence[str], threads: int) -> dict[str, FileHash]:
+    """Each path's content hash (paths relative to `root`), read by a thread pool."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        found = pool.map(lambda path: hash_file(root / path), paths)
+        return dict(zip(paths, found, strict=True))
 
 
 def load_item(root: Path, item: Item) -> LoadedImage:

@@ -47,13 +47,16 @@ import numpy as np
 from dior_search.data.collections import Item
 from dior_search.errors import IndexStoreError, UsageError
 from dior_search.indexing.job import (
+    ConditionRun,
     IndexJob,
     IndexReport,
     PartSpec,
     Progress,
+    SyncCounts,
     embed_items,
 )
-from dior_search.store.files import atomic_file, fsync_dir, sha256_file, verify_file
+from dior_search.indexing.sync import ConfirmRemoval, sync_targets
+from dior_search.store.files import atomic_file, fsync_dir, sha256_file
 from dior_search.store.index_types import FLAT
 from dior_search.store.manifest import (
     MANIFEST,
@@ -66,6 +69,7 @@ from dior_search.store.manifest import (
 from dior_search.store.shards import (
     faiss_path,
     parquet_path,
+    read_keys,
     staged_vectors,
     write_faiss,
 )
@@ -120,24 +124,23 @@ class IndexState:
 
 
 def read_state(directory: Path) -> IndexState:
-    import pyarrow.parquet as pq
-
+    """The paths and contents of an index's live rows, and its next id."""
     if not (directory / MANIFEST).is_file():
         return IndexState(frozenset(), frozenset(), 0)
     manifest = Manifest.read(directory)
     paths: set[str] = set()
     hashes: set[str] = set()
     for shard in manifest.shards:
-        path = parquet_path(directory, shard)
-        verify_file(path, shard.parquet_sha256)
-        table = pq.read_table(path, columns=["path", "content_hash"])
-        paths.update(table.column("path").to_pylist())
-        hashes.update(table.column("content_hash").to_pylist())
+        found = read_keys(directory, shard)
+        live = found.live.tolist()
+        paths.update(p for p, keep in zip(found.paths, live, strict=True) if keep)
+        hashes.update(h for h, keep in zip(found.hashes, live, strict=True) if keep)
     return IndexState(frozenset(paths), frozenset(hashes), manifest.next_id)
 
 
 def work_list(items: Sequence[Item], states: Sequence[IndexState]) -> list[Item]:
-    """Items, in collection order, that some condition's index does not hold yet."""
+    """Items, in collection order, whose path some condition's index does not hold yet (the
+    merge's sync handles changed files, moves and removals)."""
     return [item for item in items if any(item.path not in s.paths for s in states)]
 
 
@@ -360,59 +363,69 @@ def index_part(
     part: PartSpec,
     on_start: Progress | None = None,
     on_progress: Progress | None = None,
+    confirm: ConfirmRemoval | None = None,
 ) -> IndexReport:
-    """Embed this process's slice of the work into its part; merge if it completes the run."""
+    """Embed this process's slice of the new images into its part; if it completes the run,
+    merge the parts and sync the index with the collection (changed files, moves, removals)."""
     settings = job.settings
     report = IndexReport(part=part)
+    merged = []
     for target in job.targets:
         if (parts_dir(target.directory) / MERGE_PLAN).is_file():  # a merge was interrupted
             merge_parts(
                 target.directory, target.manifest, settings.index_type, settings.memory_budget
             )
-            report.merged.append(target.condition)
+            merged.append(target)
     report.directories = {t.condition: t.directory for t in job.targets}
-    report.added = dict.fromkeys(job.conditions, 0)
     # The plan comes from the indexes as they are before any part writes: every process
     # computes the same work list.
     states = [read_state(t.directory) for t in job.targets]
     items = job.collection.items
     work = work_list(items, states)
-    if not work:
-        report.already_indexed = len(items)
+    if not work and not merged:
+        report.counts = {c: SyncCounts(unchanged=len(items)) for c in job.conditions}
         return report
     job.check_index_types(len(work))
     start, stop = part.bounds(len(work))
-    report.already_indexed = len(items) - len(work)
-    writers: list[IndexWriter] = []
+    runs: list[ConditionRun] = []
     try:
         folders = []
         for target, state in zip(job.targets, states, strict=True):
+            if not work:
+                break
             folder = prepare_part(target.directory, part, work, state.next_id)
             folders.append(folder)
             writer = IndexWriter(folder, copy.deepcopy(target.manifest), packs=False)
-            writer.known_hashes |= state.hashes
-            writers.append(writer)
+            runs.append(ConditionRun(target.condition, writer, skip=state.hashes))
         if on_start is not None:
             on_start(stop - start)
-        if not all(is_done(folder) for folder in folders):
+        if runs and not all(is_done(folder) for folder in folders):
             positions = {item.path: start + offset for offset, item in enumerate(work[start:stop])}
             row_ids = [
                 {path: state.next_id + position for path, position in positions.items()}
                 for state in states
             ]
-            embed_items(job, writers, work[start:stop], report, on_progress, row_ids)
-            for writer, folder in zip(writers, folders, strict=True):
-                writer.write_shard()
-                mark_done(folder, writer.manifest.rows)
+            embed_items(job, runs, work[start:stop], report, on_progress, row_ids)
+            for run, folder in zip(runs, folders, strict=True):
+                run.writer.write_shard()
+                mark_done(folder, run.writer.manifest.rows)
     finally:
-        for writer in writers:
-            writer.abort()
+        for run in runs:
+            run.writer.abort()
+    report.counts = {run.condition: run.counts for run in runs}
     for target in job.targets:
-        missing = missing_parts(target.directory, part.parts)
+        missing = missing_parts(target.directory, part.parts) if work else []
         if missing:
             report.waiting[target.condition] = missing
-        elif merge_parts(
+        elif work and merge_parts(
             target.directory, target.manifest, settings.index_type, settings.memory_budget
         ):
-            report.merged.append(target.condition)
+            merged.append(target)
+    if merged:
+        added = {c: counts.added for c, counts in report.counts.items()}
+        sync_targets(job, merged, report, confirm=confirm)
+        for condition, count in added.items():
+            if condition in report.counts:
+                report.counts[condition].added += count
+        report.merged = [target.condition for target in merged]
     return report

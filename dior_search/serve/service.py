@@ -248,11 +248,13 @@ class SearchService:
         """A JPEG thumbnail of an indexed image, read through its index row, never a path."""
         collection = self.searcher.collection(collection_name)
         condition = self.searcher.condition(collection, condition_name)
+        # Checked first: an id deleted since its thumbnail was cached is not served (ids are
+        # never given to another image, so a cached thumbnail is never another image's).
+        row = self.searcher.reader_with_id(condition, row_id).row(row_id)
         key = (condition.directory, row_id)
         cached = self.thumbnails.get(key)
         if cached is not None:
             return cached
-        row = self.searcher.reader_with_id(condition, row_id).row(row_id)
         root = condition.root.resolve()
         path = (root / row.path).resolve()
         if not path.is_relative_to(root) or not path.is_file():
