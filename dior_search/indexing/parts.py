@@ -50,6 +50,7 @@ from dior_search.indexing.job import (
     ConditionRun,
     IndexJob,
     IndexReport,
+    IndexTarget,
     PartSpec,
     Progress,
     SyncCounts,
@@ -226,8 +227,9 @@ def merge_parts(
     template: Manifest,
     index_type: str | None = None,
     memory_budget: int | None = None,
-) -> bool:
-    """Merge completed parts into the index and pack it; False if another run merged them."""
+) -> int | None:
+    """Merge completed parts into the index and pack it: the rows merged (None if another
+    run merged them)."""
     # Two parts that complete at once both get here: the second waits, then finds no parts.
     writer = IndexWriter(directory, copy.deepcopy(template), wait_for_lock=True)
     try:
@@ -237,7 +239,7 @@ def merge_parts(
             shutil.rmtree(retired)
         root = parts_dir(directory)
         if not root.is_dir():
-            return False
+            return None
         entries = merge_plan(directory, writer.manifest)
         listed = {s.name for s in writer.manifest.shards}
         if not all(e["shard"]["name"] in listed for e in entries):
@@ -249,7 +251,7 @@ def merge_parts(
         log.info("merged %d part shards into %s", len(entries), directory)
         writer.next_id = writer.manifest.next_id
         writer.close()
-        return True
+        return sum(int(e["shard"]["rows"]) for e in entries)
     finally:
         writer.abort()
 
@@ -369,13 +371,14 @@ def index_part(
     merge the parts and sync the index with the collection (changed files, moves, removals)."""
     settings = job.settings
     report = IndexReport(part=part)
-    merged = []
+    # Conditions whose parts this process merged, with the rows merged.
+    merged: dict[str, tuple[IndexTarget, int]] = {}
     for target in job.targets:
         if (parts_dir(target.directory) / MERGE_PLAN).is_file():  # a merge was interrupted
-            merge_parts(
+            rows = merge_parts(
                 target.directory, target.manifest, settings.index_type, settings.memory_budget
             )
-            merged.append(target)
+            merged[target.condition] = (target, rows or 0)
     report.directories = {t.condition: t.directory for t in job.targets}
     # The plan comes from the indexes as they are before any part writes: every process
     # computes the same work list.
@@ -417,15 +420,17 @@ def index_part(
         missing = missing_parts(target.directory, part.parts) if work else []
         if missing:
             report.waiting[target.condition] = missing
-        elif work and merge_parts(
-            target.directory, target.manifest, settings.index_type, settings.memory_budget
-        ):
-            merged.append(target)
+        elif work:
+            rows = merge_parts(
+                target.directory, target.manifest, settings.index_type, settings.memory_budget
+            )
+            if rows is not None:
+                merged[target.condition] = (target, rows)
     if merged:
-        added = {c: counts.added for c, counts in report.counts.items()}
-        sync_targets(job, merged, report, confirm=confirm)
-        for condition, count in added.items():
-            if condition in report.counts:
-                report.counts[condition].added += count
-        report.merged = [target.condition for target in merged]
+        # The parts added the new files; the sync then finds them unchanged.
+        sync_targets(job, [target for target, _ in merged.values()], report, confirm=confirm)
+        for condition, (_, rows) in merged.items():
+            report.counts[condition].added += rows
+            report.counts[condition].unchanged -= rows
+        report.merged = list(merged)
     return report
