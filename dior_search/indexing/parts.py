@@ -386,7 +386,12 @@ def index_part(
     items = job.collection.items
     work = work_list(items, states)
     if not work and not merged:
-        report.counts = {c: SyncCounts(unchanged=len(items)) for c in job.conditions}
+        # No new path to embed, so no merge: the first process alone syncs (changed files,
+        # moves, removals); the others have nothing to do.
+        if part.part == 0:
+            sync_targets(job, job.targets, report, on_start, on_progress, confirm)
+        else:
+            report.counts = {c: SyncCounts(unchanged=len(items)) for c in job.conditions}
         return report
     job.check_index_types(len(work))
     start, stop = part.bounds(len(work))

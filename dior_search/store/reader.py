@@ -53,6 +53,8 @@ LABEL_PREFIX = "label_"
 OPEN_ATTEMPTS = 5
 # Rows reconstructed at once by an exhaustive search of a shard.
 SCAN_CHUNK = 16_384
+# Over-fetching asks for this many times the live hits expected among the nearest rows.
+OVER_FETCH_MARGIN = 1.2
 
 
 class OpenShard:
@@ -156,6 +158,11 @@ class IndexReader:
             deletion_filter(dead) if len(dead) and entry.index_type == FLAT else None
             for entry, dead in zip(manifest.shards, self._dead, strict=True)
         ]
+        # For over-fetched shards: deleted or not, by id - first_id (a lookup, not a search).
+        self._is_dead = [
+            dead_lookup(entry, dead) if len(dead) and entry.index_type != FLAT else None
+            for entry, dead in zip(manifest.shards, self._dead, strict=True)
+        ]
         self._first_ids = np.array([s.first_id for s in manifest.shards], dtype=np.int64)
         live_ids = [
             shard.ids if mask is None else shard.ids[mask]
@@ -240,7 +247,7 @@ class IndexReader:
         A shard without deleted rows is searched as it is. In a Flat shard, a FAISS ID
         selector leaves its deleted ids out of the exact search. Other types (IVF, HNSW,
         PCA, Refine) take no selector through their IDMap2 wrapper, so they are over-fetched
-        in proportion to their deleted rows, filtered, and re-searched with a larger k while
+        (1.2 k x rows / live rows, + 2), filtered, and re-searched with 4 times more while
         too few live hits came back; where the approximate search runs out of candidates
         (every probed list read), the shard's live vectors are scanned exactly.
         """
@@ -273,18 +280,21 @@ class IndexReader:
     def _search_over_fetched(
         self, number: int, queries: np.ndarray, k: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        shard, dead = self._shards[number], self._dead[number]
+        shard, entry = self._shards[number], self.manifest.shards[number]
+        is_dead = self._is_dead[number]
+        assert is_dead is not None  # a shard with deleted rows and no selector
         total = shard.index.ntotal
-        # Deleted rows are as likely as any among the nearest: fetch enough for k live ones.
-        live = self.manifest.shards[number].live
-        fetch = min(total, k + math.ceil(k * len(dead) / live) + k)
+        # Deleted rows are as likely as any among the nearest: fetch enough for k live ones,
+        # with a margin; a shortfall (deletions near the query) is fetched again, larger.
+        fetch = min(total, math.ceil(OVER_FETCH_MARGIN * k * entry.rows / entry.live) + 2)
         out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         out_ids = np.full((len(queries), k), -1, dtype=np.int64)
         pending = np.arange(len(queries))
         short: list[int] = []
         while len(pending):
             found_scores, found_ids = shard.index.search(queries[pending], fetch)
-            keep = (found_ids >= 0) & ~np.isin(found_ids, dead)
+            keep = found_ids >= 0
+            keep[keep] = ~is_dead[found_ids[keep] - entry.first_id]
             enough = keep.sum(axis=1) >= k
             exhausted = (found_ids < 0).any(axis=1) | (fetch >= total)
             for row in np.flatnonzero(enough | exhausted).tolist():
@@ -429,6 +439,13 @@ class IndexReader:
 
 def shard_key(entry: Shard) -> tuple[str, str, str]:
     return entry.name, entry.faiss_sha256, entry.parquet_sha256
+
+
+def dead_lookup(entry: Shard, dead: np.ndarray) -> np.ndarray:
+    """Whether each id of a shard's range (from first_id) is deleted."""
+    lookup = np.zeros(entry.last - entry.first_id + 1, dtype=bool)
+    lookup[dead - entry.first_id] = True
+    return lookup
 
 
 def deletion_filter(dead: np.ndarray) -> tuple[Any, ...]:

@@ -207,6 +207,14 @@ def test_distributed_parts_then_the_merge_syncs(tmp_path, capsys):
     assert "color: 4 added, 1 changed, 1 moved, 3 removed, 25 unchanged" in out
     reader = IndexReader(directory_of(folder, indexes))
     assert sorted(index_rows(reader)) == sorted(folder_state(folder).items())
+    # Only removals: no new path for the parts, so part 0 syncs on its own.
+    (folder / "renamed.png").unlink()
+    assert main(index_args(folder, indexes, "--part", "1", "--parts", "2")) == 0
+    assert "color: 0 added, 0 changed, 0 moved, 0 removed" in capsys.readouterr().out
+    assert main(index_args(folder, indexes, "--part", "0", "--parts", "2")) == 0
+    assert "color: 0 added, 0 changed, 0 moved, 1 removed" in capsys.readouterr().out
+    reader = IndexReader(directory_of(folder, indexes))
+    assert sorted(index_rows(reader)) == sorted(folder_state(folder).items())
 
 
 def test_compact_from_the_command_line(tmp_path, capsys):
