@@ -60,12 +60,6 @@ class Compaction:
     rows_dropped: int = 0
     seconds: float = 0.0
 
-    def add(self, other: Compaction) -> None:
-        self.shards_rewritten += other.shards_rewritten
-        self.shards_dropped += other.shards_dropped
-        self.rows_dropped += other.rows_dropped
-        self.seconds += other.seconds
-
 
 def needs_compaction(shard: Shard, threshold: float) -> bool:
     """Whether a shard's deleted rows are more than `threshold` of its rows (0: any)."""

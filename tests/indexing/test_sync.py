@@ -8,7 +8,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
-from kill_runs import PixelEmbedder
+from kill_runs import PixelEmbedder, index_command
 from PIL import Image
 from sync_helpers import folder_state, index_rows
 
@@ -29,20 +29,9 @@ def nine(tmp_path) -> Path:
 
 
 def index_args(folder: Path, indexes: Path, *extra: str) -> list[str]:
-    return [
-        "index",
-        "--images",
-        str(folder),
-        "--condition",
-        "color",
-        "--indexes",
-        str(indexes),
-        "--shard-size",
-        "4",
-        "--device",
-        "cpu",
-        *extra,
-    ]
+    """`index` of the folder under "color", as `main` takes it."""
+    command = index_command(folder, indexes, ["color"], shard_size=4)
+    return [*command[command.index("index") :], *extra]
 
 
 def directory_of(folder: Path, indexes: Path, embedder: str = "tiny") -> Path:
