@@ -350,7 +350,16 @@ class Searcher:
             with self._readers_lock:
                 self._readers[directory] = reader
                 self._update_catalog(IndexEntry(directory, reader.manifest))
+            self._forget_joined(directory, reader)
             return reader
+
+    def _forget_joined(self, directory: Path, current: IndexReader) -> None:
+        """Drop the cached joins of an older generation of `directory`: once the requests
+        using them end, its old files are closed (and their disk space freed)."""
+        with self._joined_lock:
+            for key in list(self._joined):
+                if any(d == directory and r != id(current) for d, _, r in key):
+                    del self._joined[key]
 
     def _update_catalog(self, entry: IndexEntry) -> None:
         """Row counts (and the rest of the catalog) as of a newly opened generation."""
