@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from descriptions import described
+from descriptions import made_up_manifest
 from kill_child import sync
 from PIL import Image
 
@@ -119,16 +119,8 @@ def test_sigkill_during_a_sync_then_a_run_ends_as_a_fresh_build(tmp_path):
 def test_sigkill_during_a_compaction_then_it_completes(tmp_path):
     directory = tmp_path / "index"
     vectors = np.random.default_rng(3).normal(size=(64, 16)).astype(np.float32)
-    manifest = Manifest(
-        collection={"name": "c", "root": str(tmp_path)},
-        condition={"name": "color", "text": "color"},
-        prompt="p",
-        embedder=described("m"),
-        dim=16,
-        shard_size=4,
-        index_spec="IVF4,Flat",
-        index_type="IVF4,Flat",
-        packed_shard_size=8,
+    manifest = made_up_manifest(
+        shard_size=4, index_spec="IVF4,Flat", index_type="IVF4,Flat", packed_shard_size=8
     )
     with IndexWriter(directory, manifest) as writer:
         for number, vector in enumerate(vectors):

@@ -6,7 +6,7 @@ from io import StringIO
 
 import numpy as np
 import pytest
-from descriptions import described
+from descriptions import made_up_manifest
 
 from dior_search.cli import main
 from dior_search.data.collections import open_folder
@@ -16,7 +16,6 @@ from dior_search.indexing.run import index_collection
 from dior_search.models.generative import GenerativeEmbedder
 from dior_search.models.settings import GenerativeSettings
 from dior_search.search.searcher import Searcher, SearchRequest
-from dior_search.store.manifest import Manifest
 from dior_search.store.shards import Row
 from dior_search.store.writer import IndexWriter, compact_index
 
@@ -99,15 +98,7 @@ def check_same_hits(served, client):
 
 def test_a_searcher_follows_new_generations_of_its_indexes(tmp_path):
     vectors = np.random.default_rng(2).normal(size=(30, 16)).astype(np.float32)
-    manifest = Manifest(
-        collection={"name": "c", "root": str(tmp_path)},
-        condition={"name": "color", "text": "color"},
-        prompt="p",
-        embedder=described("m"),
-        dim=16,
-        shard_size=10,
-    )
-    with IndexWriter(tmp_path / "ix", manifest) as writer:
+    with IndexWriter(tmp_path / "ix", made_up_manifest(root=str(tmp_path))) as writer:
         for number, vector in enumerate(vectors):
             writer.add(vector, Row(f"{number}.png", f"h{number}"))
     searcher = Searcher.of_directories([tmp_path / "ix"])

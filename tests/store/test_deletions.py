@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from descriptions import made_up_manifest
 from test_index_types import build, clustered, exact_top_k, recall
 
 from dior_search.errors import IndexStoreError
@@ -130,7 +131,7 @@ def test_flat_compaction_is_exact_and_drops_empty_shards(tmp_path):
 
 def test_a_reader_keeps_its_generation_while_its_files_are_deleted(tmp_path):
     vectors = clustered(40)
-    writer = IndexWriter(tmp_path / "ix", build_manifest(shard_size=10))
+    writer = IndexWriter(tmp_path / "ix", made_up_manifest(dim=64))
     for number, vector in enumerate(vectors):
         writer.add(vector, Row(f"{number}.png", f"h{number}", {"color": f"c{number}"}))
     writer.close()
@@ -223,9 +224,3 @@ def test_unlisted_tombstones_are_leftovers(tmp_path):
     stray.write_bytes(b"left by a killed run")
     IndexWriter.existing(tmp_path / "ix").abort()
     assert not stray.exists() and (tmp_path / "ix" / listed).exists()
-
-
-def build_manifest(shard_size):
-    from test_index_types import manifest_for
-
-    return manifest_for("Flat", shard_size)
