@@ -82,16 +82,16 @@ class Vectors:
         return unit
 
 
-def bench_manifest(spec: str, budget: int, shard_size: int) -> Manifest:
+def bench_manifest(spec: str, budget: int, shard_size: int, dim: int = DIM) -> Manifest:
     return Manifest(
         collection={"name": "generated", "root": "/dev/null"},
         condition={"name": "generated", "text": None},
         prompt=build_prompt(DEFAULT_TEMPLATE, None),
         # Generated vectors: no model made them; the description only names the benchmark.
         embedder=EmbedderDescription(
-            DiorSettings(model="search_scale"), "generated", None, "generated", "float32", DIM
+            DiorSettings(model="search_scale"), "generated", None, "generated", "float32", dim
         ),
-        dim=DIM,
+        dim=dim,
         index_type="Flat" if spec == "auto" else spec,
         index_spec=spec,
         memory_budget=budget,

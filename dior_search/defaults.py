@@ -35,6 +35,10 @@ DEFAULT_DATASETS_DIR = Path("datasets")
 DEFAULT_SHARD_SIZE = 10_000
 DEFAULT_MEMORY_BUDGET = 8 << 30
 DEFAULT_INDEX_SPEC = "auto"
+# A shard is rewritten without its deleted rows once they are more than this share of it.
+COMPACT_THRESHOLD = 0.2
+# An `index` run that would remove more than this share of an index asks first (--yes).
+CONFIRM_REMOVAL_SHARE = 0.5
 
 # Queries and serving.
 DEFAULT_K = 10

@@ -31,6 +31,12 @@ class IndexStoreError(DiorError):
     exit_code = 5
 
 
+class RemovalRefused(DiorError):
+    """A run stopped before changing anything: it would remove much of an index unasked."""
+
+    exit_code = 6
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type's name if it has none)."""
     text = str(exc).strip()

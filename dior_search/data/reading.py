@@ -1,4 +1,5 @@
-"""Reading a collection's items: bytes hashed, then decoded, ahead of the model.
+"""Reading a collection's items: bytes hashed, then decoded, ahead of the model; or only
+hashed, to see which items changed.
 
 This is the one place that reads items: `read_item` gets an item's bytes by its path, whether
 a file under the collection root, a WebDataset shard's member or a Parquet row (see
@@ -34,6 +35,45 @@ class LoadedImage:
     content_hash: str
     image: Image.Image | None
     error: str | None
+
+
+@dataclass(frozen=True)
+class FileHash:
+    """One item's content hash; or None, with `missing` (it is not there) or why it could not
+    be read."""
+
+    content_hash: str | None
+    missing: bool = False
+    error: str | None = None
+
+
+def hash_item(root: Path, path: str) -> FileHash:
+    """The sha256 of an item's bytes (a file's streamed); failures are reported, not raised."""
+    member = parse_member_path(path)
+    if member is not None and not (root / path).is_file():
+        if not (root / member.container).is_file():
+            return FileHash(None, missing=True)
+        try:
+            return FileHash(hashlib.sha256(read_member(root, member)).hexdigest())
+        except ItemReadError as exc:
+            return FileHash(None, error=exc.reason)
+    digest = hashlib.sha256()
+    try:
+        with (root / path).open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        return FileHash(None, missing=True)
+    except OSError as exc:
+        return FileHash(None, error=f"cannot read: {exc.strerror or exc}")
+    return FileHash(digest.hexdigest())
+
+
+def hash_files(root: Path, paths: Sequence[str], threads: int) -> dict[str, FileHash]:
+    """Each item's content hash (paths relative to `root`), read by a thread pool."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        found = pool.map(lambda path: hash_item(root, path), paths)
+        return dict(zip(paths, found, strict=True))
 
 
 def item_file(root: Path, path: str) -> Path:

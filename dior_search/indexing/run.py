@@ -1,4 +1,4 @@
-"""`index_collection`: embed every image of a collection not indexed yet, under each condition."""
+"""`index_collection`: make each condition's index hold exactly a collection's current images."""
 
 from __future__ import annotations
 
@@ -7,18 +7,11 @@ from pathlib import Path
 
 from dior_search.data.collections import Collection
 from dior_search.errors import IndexStoreError
-from dior_search.indexing.job import (
-    IndexJob,
-    IndexReport,
-    IndexSettings,
-    Progress,
-    embed_items,
-    plan_job,
-)
+from dior_search.indexing.job import IndexJob, IndexReport, IndexSettings, Progress, plan_job
 from dior_search.indexing.parts import index_part, launched_part, parts_dir
+from dior_search.indexing.sync import ConfirmRemoval, sync_targets
 from dior_search.models.embedder import Embedder
 from dior_search.store.layout import skipped_listing
-from dior_search.store.writer import IndexWriter
 
 
 def index_collection(
@@ -29,18 +22,23 @@ def index_collection(
     on_start: Progress | None = None,
     on_progress: Progress | None = None,
     job: IndexJob | None = None,
+    confirm_removal: ConfirmRemoval | None = None,
 ) -> IndexReport:
-    """Embed every not-yet-indexed image under each condition; resumable and incremental.
+    """Sync every condition's index with the collection; resumable and incremental.
 
-    Images that cannot be read or embedded are skipped and listed in the report and in
-    `skipped.tsv` beside the indexes. Under `accelerate launch` (or with `settings.part`)
-    this process embeds only its part of the work; see indexing.parts. `job`: one planned
+    New and changed images are embedded, moved and copied ones keep their stored vector,
+    rows of vanished files are removed (not with `settings.keep_missing`; removing more than
+    half of an index needs `confirm_removal` to say yes, else RemovalRefused), and shards
+    with many deleted rows are compacted (see indexing.sync). Images that cannot be read or
+    embedded are skipped and listed in the report and in `skipped.tsv` beside the indexes.
+    Under `accelerate launch` (or with `settings.part`) this process embeds only its part of
+    the new images; see indexing.parts. `job`: one planned
     beforehand (several layers of one forward pass, see indexing.layers).
     """
     job = job or plan_job(collection, conditions, embedder, settings)
     part = settings.part or launched_part()
     if part is not None and part.parts > 1:
-        report = index_part(job, part, on_start, on_progress)
+        report = index_part(job, part, on_start, on_progress, confirm_removal)
     else:
         report = IndexReport()
         for target in job.targets:
@@ -51,22 +49,7 @@ def index_collection(
                     "missing part), or delete that folder"
                 )
         job.check_index_types(len(collection.items))
-        writers: list[IndexWriter] = []
-        try:
-            for target in job.targets:
-                writer = IndexWriter(target.directory, target.manifest)
-                writers.append(writer)
-                writer.set_index_type(settings.index_type, settings.memory_budget)
-                report.directories[target.condition] = target.directory
-                report.added[target.condition] = 0
-            if on_start is not None:
-                on_start(len(collection.items))
-            embed_items(job, writers, collection.items, report, on_progress)
-            for writer in writers:
-                writer.close()
-        finally:
-            for writer in writers:
-                writer.abort()
+        sync_targets(job, job.targets, report, on_start, on_progress, confirm_removal)
     report.skipped_listing = write_skipped(
         skipped_listing(settings.indexes_dir, collection.name, job.description), report
     )

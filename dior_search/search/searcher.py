@@ -196,7 +196,7 @@ class Searcher:
         self._readers: dict[Path, IndexReader] = {}
         self._reader_locks: dict[Path, threading.Lock] = {}
         self._readers_lock = threading.Lock()
-        self._joined: OrderedDict[tuple[Path, ...], JoinedIndexes] = OrderedDict()
+        self._joined: OrderedDict[tuple[tuple[Path, int, int], ...], JoinedIndexes] = OrderedDict()
         self._joined_lock = threading.Lock()
 
     @classmethod
@@ -350,13 +350,15 @@ class Searcher:
             ) from None
 
     def reader(self, condition: ConditionIndex) -> IndexReader:
-        """The condition's index, opened (and checksummed) on first use, once."""
+        """The condition's index as of its latest generation: opened (and checksummed) on
+        first use, reopened when a newer generation was committed (a stat of its manifest
+        per call). A reader already handed out stays valid: it keeps its files open."""
         directory = condition.directory
         with self._readers_lock:
             reader = self._readers.get(directory)
-            if reader is not None:
-                return reader
             lock = self._reader_locks.setdefault(directory, threading.Lock())
+        if reader is not None and reader.is_current():
+            return reader
         with lock:
             with self._readers_lock:
                 reader = self._readers.get(directory)
@@ -364,18 +366,43 @@ class Searcher:
                 reader = IndexReader(
                     directory, mmap=self.options.mmap, search_params=self.options.search_params
                 )
-                with self._readers_lock:
-                    self._readers[directory] = reader
+            elif not reader.is_current():
+                log.info("%s: switching to generation %s", directory, reader.manifest.generation)
+                reader = reader.reopen()
+            else:
+                return reader
+            with self._readers_lock:
+                self._readers[directory] = reader
+                self._update_catalog(IndexEntry(directory, reader.manifest))
+            self._forget_joined(directory, reader)
             return reader
 
+    def _forget_joined(self, directory: Path, current: IndexReader) -> None:
+        """Drop the cached joins of an older generation of `directory`: once the requests
+        using them end, its old files are closed (and their disk space freed)."""
+        with self._joined_lock:
+            for key in list(self._joined):
+                if any(d == directory and r != id(current) for d, _, r in key):
+                    del self._joined[key]
+
+    def _update_catalog(self, entry: IndexEntry) -> None:
+        """Row counts (and the rest of the catalog) as of a newly opened generation."""
+        self.entries = [entry if e.directory == entry.directory else e for e in self.entries]
+        self.collections = self._catalog(self.entries)
+
     def joined(self, conditions: Sequence[ConditionIndex]) -> JoinedIndexes:
-        key = tuple(c.directory for c in conditions)
+        """The conditions' indexes joined, each as of its latest generation: one request
+        searches through one JoinedIndexes, so it never sees half of a change."""
+        readers = [self.reader(c) for c in conditions]
+        key = tuple(
+            (c.directory, r.generation, id(r)) for c, r in zip(conditions, readers, strict=True)
+        )
         with self._joined_lock:
             joined = self._joined.get(key)
             if joined is not None:
                 self._joined.move_to_end(key)
                 return joined
-        joined = JoinedIndexes([self.reader(c) for c in conditions])
+        joined = JoinedIndexes(readers)
         with self._joined_lock:
             self._joined[key] = joined
             while len(self._joined) > JOINED_CACHE_ENTRIES:
@@ -385,13 +412,7 @@ class Searcher:
     def reader_with_id(self, condition: ConditionIndex, row_id: int) -> IndexReader:
         """The condition's index, checked to hold `row_id`."""
         reader = self.reader(condition)
-        if len(reader) == 0:
-            raise NotIndexed(f"no id {row_id}: the index of {condition.name!r} is empty")
-        if not reader.contains(row_id):
-            raise NotIndexed(
-                f"no id {row_id} under condition {condition.name!r} "
-                f"(ids {reader.ids[0]}..{reader.ids[-1]})"
-            )
+        check_id(reader, condition, row_id)
         return reader
 
     # -- queries --------------------------------------------------------------------------
@@ -457,7 +478,10 @@ class Searcher:
         """The first condition's id of the image `request.id` names under `id_condition`."""
         row_id = int(request.id or 0)
         named_in = self.condition(collection, request.id_condition or conditions[0].name)
-        reader = self.reader_with_id(named_in, row_id)
+        # The request's own generation of that index when it is one of the searched ones.
+        searched = {c.directory: r for c, r in zip(conditions, joined.readers, strict=True)}
+        reader = searched.get(named_in.directory) or self.reader(named_in)
+        check_id(reader, named_in, row_id)
         if named_in.directory == conditions[0].directory:
             first_id: int | None = row_id
         else:
@@ -466,3 +490,15 @@ class Searcher:
             asked = ", ".join(c.name for c in conditions)
             raise NotIndexed(f"image {row_id} of {named_in.name!r} is not indexed under {asked}")
         return first_id
+
+
+def check_id(reader: IndexReader, condition: ConditionIndex, row_id: int) -> None:
+    """NotIndexed unless the reader holds a live row `row_id`."""
+    if len(reader) == 0:
+        raise NotIndexed(f"no id {row_id}: the index of {condition.name!r} is empty")
+    if not reader.contains(row_id):
+        raise NotIndexed(
+            f"no id {row_id} under condition {condition.name!r} "
+            f"(ids {reader.ids[0]}..{reader.ids[-1]}; an image's id changes when it is "
+            "re-indexed)"
+        )

@@ -310,6 +310,8 @@ class SearchService:
         """
         collection = self.searcher.collection(collection_name)
         condition = self.searcher.condition(collection, condition_name)
+        # Checked first: an id deleted since its thumbnail was cached is not served (ids are
+        # never given to another image, so a cached thumbnail is never another image's).
         row = self.searcher.reader_with_id(condition, row_id).row(row_id)
         root = condition.root.resolve()
         # The file holding the image: itself, or its shard or Parquet file.

@@ -106,6 +106,7 @@ EMBEDDER_FIELDS: dict[str, Field] = {
     "text_encoder_revision": text(optional=True, nullable=True),
     "max_new_tokens": integer(1, optional=True),
     "encode_prompt": flag(optional=True),
+    "components": integer(1, optional=True),
     "model_type": text(),
     "commit": text(nullable=True),
     "weights_fingerprint": text(),
@@ -123,6 +124,14 @@ SHARD_FIELDS: dict[str, Field] = {
     "faiss_sha256": sha256(),
     "parquet_sha256": sha256(),
     "index_type": text(optional=True),
+    # Format 2: rows deleted since the shard was written, and the file of their ids.
+    "deleted": integer(0, optional=True),
+    "tombstones": text(
+        pattern=re.compile(r"(shard-[0-9]{5,}\.deleted-[0-9]+\.parquet)?"),
+        optional=True,
+        empty=True,
+    ),
+    "tombstones_sha256": text(pattern=re.compile(r"([0-9a-f]{64})?"), optional=True, empty=True),
 }
 
 TRAINED_FIELDS: dict[str, Field] = {
@@ -134,7 +143,7 @@ TRAINED_FIELDS: dict[str, Field] = {
 }
 
 MANIFEST_FIELDS: dict[str, Field] = {
-    "format_version": integer(1),
+    "format_version": integer(1, 2),
     "tool_version": text(),
     "created": text(empty=True),
     "updated": text(empty=True),
@@ -153,6 +162,10 @@ MANIFEST_FIELDS: dict[str, Field] = {
     "search_params": text(optional=True, empty=True),
     "packed_shard_size": integer(0, optional=True),
     "trained": obj(TRAINED_FIELDS, optional=True, nullable=True),
+    # Format 2: commits so far, and the next shard number and row id never used yet.
+    "generation": integer(0, optional=True),
+    "next_shard": integer(0, optional=True),
+    "next_row_id": integer(0, optional=True),
     # sha256 of the other fields (see manifest.content_checksum); absent before it was added.
     "checksum": sha256(optional=True),
 }

@@ -11,7 +11,8 @@ is another, packing
    shards share one PCA, one set of centroids and one code book, and their scores compare;
 3. packs each run of consecutive staged shards into shards of up to `packed_shard_size`
    vectors (about 2 GiB): every shard searched costs a PCA projection and a coarse search,
-   so fewer, larger shards answer faster.
+   so fewer, larger shards answer faster. Deleted rows of staged shards are left out (the
+   sample, too, is drawn from live rows only).
 
 Crash safety: a packed shard's files are written (temp + fsync + rename) before the manifest
 swaps it in for the staged shards it replaces, and those are deleted only afterwards. After a
@@ -53,7 +54,13 @@ from dior_search.store.manifest import (
     shard_name,
     write_manifest,
 )
-from dior_search.store.shards import faiss_path, parquet_path, read_shard_index, staged_vectors
+from dior_search.store.shards import (
+    faiss_path,
+    parquet_path,
+    read_shard_index,
+    read_tombstones,
+    staged_vectors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +74,7 @@ def pack_staged_shards(directory: Path, manifest: Manifest) -> None:
     before = (manifest.index_type, manifest.search_params)
     target = decide_index_type(manifest)
     staged = [s for s in manifest.shards if s.index_type == FLAT]
-    if target == FLAT or not staged:
+    if target == FLAT or not any(s.live for s in staged):
         if (manifest.index_type, manifest.search_params) != before and manifest.shards:
             write_manifest(directory, manifest)
         return
@@ -105,7 +112,7 @@ def train(directory: Path, manifest: Manifest, staged: list[Shard], target: str)
     import faiss
 
     empty = make_index(target, manifest.dim)
-    rows = sum(s.rows for s in staged)
+    rows = sum(s.live for s in staged)
     if rows < training_minimum(empty):
         log.warning(
             "%s: index type %s needs at least %d vectors to train, the index has %d; its "
@@ -153,20 +160,22 @@ def load_trained(directory: Path, manifest: Manifest) -> Any:
 def sample_vectors(
     directory: Path, shards: Sequence[Shard], size: int, seed: int, dim: int
 ) -> np.ndarray:
-    """`size` stored vectors drawn uniformly without replacement from staged shards."""
+    """`size` live vectors drawn uniformly without replacement from staged shards."""
     import faiss
 
-    total = sum(s.rows for s in shards)
+    total = sum(s.live for s in shards)
     picks = np.sort(np.random.default_rng(seed).choice(total, size=size, replace=False))
     sample = np.empty((size, dim), dtype=np.float32)
     start = 0
     for shard in shards:
-        low, high = np.searchsorted(picks, [start, start + shard.rows])
+        low, high = np.searchsorted(picks, [start, start + shard.live])
         if high > low:
             index = read_shard_index(faiss_path(directory, shard), mmap=True)
             flat = faiss.downcast_index(index.index)
-            sample[low:high] = flat.reconstruct_batch(picks[low:high] - start)
-        start += shard.rows
+            stored_ids = faiss.vector_to_array(index.id_map)
+            live = np.flatnonzero(~np.isin(stored_ids, read_tombstones(directory, shard)))
+            sample[low:high] = flat.reconstruct_batch(live[picks[low:high] - start])
+        start += shard.live
     return sample
 
 
@@ -174,7 +183,7 @@ def bytes_per_vector(trained: Any, sample: np.ndarray) -> int:
     """Bytes a vector adds to a shard file of this type, measured on a clone."""
     import faiss
 
-    probe = faiss.deserialize_index(faiss.serialize_index(trained))
+    probe = clone_index(trained)
     empty = len(faiss.serialize_index(probe))
     probe.add_with_ids(sample, np.arange(len(sample), dtype=np.int64))
     return max(1, math.ceil((len(faiss.serialize_index(probe)) - empty) / len(sample)))
@@ -185,7 +194,7 @@ def staged_groups(shards: Sequence[Shard], packed_shard_size: int) -> list[list[
     groups: list[list[Shard]] = []
     current: list[Shard] = []
     for shard in [*shards, None]:
-        full = current and sum(s.rows for s in current) + (shard.rows if shard else 0) > max(
+        full = current and sum(s.live for s in current) + (shard.live if shard else 0) > max(
             packed_shard_size, 1
         )
         if shard is None or shard.index_type != FLAT or full:
@@ -197,45 +206,62 @@ def staged_groups(shards: Sequence[Shard], packed_shard_size: int) -> list[list[
     return groups
 
 
+def clone_index(trained: Any) -> Any:
+    """A copy of an (empty, trained) index to fill."""
+    import faiss
+
+    return faiss.deserialize_index(faiss.serialize_index(trained))
+
+
 def pack_group(directory: Path, manifest: Manifest, trained: Any, group: list[Shard]) -> None:
-    """Replace consecutive staged shards by one packed shard, crash-safely."""
+    """Replace consecutive staged shards by one packed shard of their live rows, crash-safely
+    (a group without live rows is dropped)."""
     import faiss
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     started = time.perf_counter()
-    index = faiss.deserialize_index(faiss.serialize_index(trained))
-    tables = []
+    index = clone_index(trained)
+    tables, kept = [], []
     for shard in group:
         verify_file(faiss_path(directory, shard), shard.faiss_sha256)
         verify_file(parquet_path(directory, shard), shard.parquet_sha256)
         ids, vectors = staged_vectors(faiss_path(directory, shard))
+        live = ~np.isin(ids, read_tombstones(directory, shard))
+        ids, vectors = ids[live], np.ascontiguousarray(vectors[live])
         for low in range(0, len(ids), ADD_CHUNK):
             index.add_with_ids(vectors[low : low + ADD_CHUNK], ids[low : low + ADD_CHUNK])
-        tables.append(pq.read_table(parquet_path(directory, shard)))
-    rows = sum(s.rows for s in group)
+        tables.append(pq.read_table(parquet_path(directory, shard)).filter(pa.array(live)))
+        kept.append(ids)
+    rows = sum(s.live for s in group)
     if index.ntotal != rows:
         raise IndexStoreError(f"packing {directory}: read {index.ntotal} vectors, expected {rows}")
-    name = shard_name(next_shard_number(manifest))
-    with atomic_file(faiss_path(directory, name)) as tmp:
-        faiss.write_index(index, str(tmp))
-    with atomic_file(parquet_path(directory, name)) as tmp:
-        pq.write_table(pa.concat_tables(tables, promote_options="default"), tmp)
-    packed = Shard(
-        name,
-        rows,
-        group[0].first_id,
-        sha256_file(faiss_path(directory, name)),
-        sha256_file(parquet_path(directory, name)),
-        last_id=group[-1].last,
-        index_type=manifest.index_type,
-    )
     position = manifest.shards.index(group[0])
-    manifest.shards[position : position + len(group)] = [packed]
+    name = shard_name(next_shard_number(manifest))
+    if rows:
+        with atomic_file(faiss_path(directory, name)) as tmp:
+            faiss.write_index(index, str(tmp))
+        with atomic_file(parquet_path(directory, name)) as tmp:
+            pq.write_table(pa.concat_tables(tables, promote_options="default"), tmp)
+        live_ids = np.concatenate(kept)
+        packed = [
+            Shard(
+                name,
+                rows,
+                int(live_ids[0]),
+                sha256_file(faiss_path(directory, name)),
+                sha256_file(parquet_path(directory, name)),
+                last_id=int(live_ids[-1]),
+                index_type=manifest.index_type,
+            )
+        ]
+    else:
+        packed = []
+    manifest.shards[position : position + len(group)] = packed
     write_manifest(directory, manifest)
     for shard in group:
-        faiss_path(directory, shard).unlink(missing_ok=True)
-        parquet_path(directory, shard).unlink(missing_ok=True)
+        for file_name in shard.files():
+            (directory / file_name).unlink(missing_ok=True)
     log.info(
         "packed %d staged shards (%d vectors) into %s in %.1f s",
         len(group),

@@ -1,7 +1,9 @@
-"""One shard's two files: a FAISS index of unit vectors with their ids, and a Parquet table.
+"""One shard's files: a FAISS index of unit vectors with their ids, a Parquet table, and the
+ids of its deleted rows.
 
-shard-00000.faiss        FAISS index of L2-normalised vectors, ids stored with them
-shard-00000.parquet      one row per vector: id, path, content_hash, norm, label_<name> ...
+    shard-00000.faiss                  FAISS index of L2-normalised vectors, ids stored with them
+    shard-00000.parquet                one row per vector: id, path, content_hash, norm, label_*
+    shard-00000.deleted-7.parquet      ids of the rows deleted since (written at generation 7)
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from dior_search.errors import IndexStoreError
+from dior_search.store.files import verify_file
 from dior_search.store.manifest import Shard
 
 # Shards at least this large are memory-mapped by default rather than read into RAM.
@@ -36,6 +40,75 @@ def faiss_path(directory: Path, shard: Shard | str) -> Path:
 def parquet_path(directory: Path, shard: Shard | str) -> Path:
     name = shard if isinstance(shard, str) else shard.name
     return directory / f"{name}.parquet"
+
+
+def tombstones_path(directory: Path, shard: Shard) -> Path:
+    return directory / shard.tombstones
+
+
+def write_tombstones(path: Path, ids: np.ndarray) -> None:
+    """A Parquet table of one int64 column `id`: the shard's deleted rows, ascending."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": pa.array(np.sort(ids), type=pa.int64())}), path)
+
+
+def read_tombstones(directory: Path, shard: Shard, verify: bool = True) -> np.ndarray:
+    """The ids of a shard's deleted rows, ascending (empty if none); checked if `verify`."""
+    import pyarrow.parquet as pq
+
+    if not shard.tombstones:
+        return np.empty(0, dtype=np.int64)
+    path = tombstones_path(directory, shard)
+    if verify:
+        verify_file(path, shard.tombstones_sha256)
+    ids = pq.read_table(path, columns=["id"]).column("id").to_numpy()
+    dead = np.sort(np.asarray(ids, dtype=np.int64))
+    if len(dead) != shard.deleted:
+        raise IndexStoreError(
+            f"{path} lists {len(dead)} deleted rows, the manifest {shard.deleted}: "
+            "rebuild the index"
+        )
+    return dead
+
+
+def read_ids(directory: Path, shard: Shard, verify: bool = True) -> np.ndarray:
+    """Every stored row's id in a shard, in its storage order (ascending)."""
+    import pyarrow.parquet as pq
+
+    path = parquet_path(directory, shard)
+    if verify:
+        verify_file(path, shard.parquet_sha256)
+    ids = pq.read_table(path, columns=["id"]).column("id").to_numpy()
+    return np.asarray(ids, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class ShardKeys:
+    """Every stored row of a shard: id, path and content hash, and whether it is live."""
+
+    ids: np.ndarray
+    paths: list[str]
+    hashes: list[str]
+    live: np.ndarray
+
+
+def read_keys(directory: Path, shard: Shard, verify: bool = True) -> ShardKeys:
+    """A shard's rows as (id, path, content hash, live), from its table and tombstones."""
+    import pyarrow.parquet as pq
+
+    path = parquet_path(directory, shard)
+    if verify:
+        verify_file(path, shard.parquet_sha256)
+    table = pq.read_table(path, columns=["id", "path", "content_hash"])
+    ids = np.asarray(table.column("id").to_numpy(), dtype=np.int64)
+    return ShardKeys(
+        ids,
+        table.column("path").to_pylist(),
+        table.column("content_hash").to_pylist(),
+        ~np.isin(ids, read_tombstones(directory, shard, verify)),
+    )
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
@@ -94,6 +167,24 @@ def reconstruct_rows(index: Any, start: int, count: int) -> np.ndarray:
     """
     out = np.empty((count, index.d), dtype=np.float32)
     index.reconstruct_n(start, count, out)
+    return out
+
+
+def reconstruct_ids(index: Any, ids: np.ndarray) -> np.ndarray:
+    """The stored vectors of `ids` (each in the index) from an IDMap2 shard index."""
+    import faiss
+
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    try:
+        vectors = index.reconstruct_batch(ids)
+    except RuntimeError:
+        # An IVF without a re-ranking copy finds a vector through its direct map.
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is None:
+            raise
+        ivf.make_direct_map()
+        vectors = index.reconstruct_batch(ids)
+    out: np.ndarray = np.asarray(vectors, dtype=np.float32)
     return out
 
 

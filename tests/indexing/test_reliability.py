@@ -145,7 +145,7 @@ def test_other_format_version(tmp_path):
     manifest["format_version"] = 99
     (tmp_path / "ix" / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(
-        IndexStoreError, match="has format version 99; this dior-search reads version 1"
+        IndexStoreError, match="has format version 99; this dior-search reads versions 1 to 2"
     ):
         IndexReader(tmp_path / "ix")
     with pytest.raises(IndexStoreError, match="format version 99"):

@@ -189,7 +189,7 @@ def test_manifest_records_the_type_and_the_trained_index(tmp_path, monkeypatch):
     monkeypatch.setattr(index_types, "FLAT_MAX_BYTES", 100_000)
     build(tmp_path / "ix", clustered(3000), "auto", shard_size=1000)
     data = json.loads((tmp_path / "ix" / MANIFEST).read_text())
-    assert data["format_version"] == 1
+    assert data["format_version"] == 2
     assert data["index_spec"] == "auto"
     assert data["index_type"] == "IVF128,SQ8,Refine(SQfp16)"
     assert data["search_params"] == "nprobe=16,k_factor_rf=16"
