@@ -103,6 +103,14 @@ class OpenShard:
         return list(self.parquet.schema_arrow.names)
 
 
+def search_with_params(index: Any, queries: np.ndarray, k: int, params: Any) -> Any:
+    """`index.search(queries, k, params=params)`, also where faiss.contrib.torch_utils (which
+    pytorch-metric-learning imports) has replaced `search` by a wrapper without `params`: the
+    original method is then kept as `search_numpy`."""
+    search = getattr(index, "search_numpy", index.search)
+    return search(queries, k, params=params)
+
+
 def check_shard(directory: Path, shard: Shard, dim: int, index: Any, ids: np.ndarray) -> None:
     """The shard's files hold what its manifest entry says: rows, dimension, ids."""
     if index.ntotal != shard.rows or index.d != dim or len(ids) != shard.rows:
@@ -292,7 +300,7 @@ class IndexReader:
         if len(self._dead[number]) == 0:
             found: tuple[np.ndarray, np.ndarray] = index.search(queries, k)
         elif selector is not None:
-            found = index.search(queries, k, params=selector[0])
+            found = search_with_params(index, queries, k, selector[0])
         else:
             found = self._search_over_fetched(number, queries, k)
         return found

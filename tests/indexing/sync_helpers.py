@@ -28,6 +28,9 @@ class CachedEmbedder:
     def describe(self) -> EmbedderDescription:
         return self.inner.describe()
 
+    def check_size(self, width: int, height: int) -> None:
+        self.inner.check_size(width, height)
+
     def embed(self, images, conditions, on_progress=None) -> np.ndarray:
         out = np.empty((len(images), len(conditions), self.dim), dtype=np.float32)
         for row, image in enumerate(images):

@@ -50,7 +50,7 @@ CONTENTS = contents(10)
 
 @pytest.fixture(scope="module")
 def cached_tiny():
-    return CachedEmbedder(DiorEmbedder(DiorSettings(device="cpu", batch_size=8)))
+    return CachedEmbedder(DiorEmbedder(DiorSettings(model="tiny", device="cpu", batch_size=8)))
 
 
 class FolderFollowing(RuleBasedStateMachine):

@@ -38,7 +38,7 @@ def test_serve_answers_from_one_generation_while_an_index_run_changes_it(tmp_pat
     folder.mkdir()
     for path in pool[:28]:
         shutil.copy(path, folder / path.name)
-    embedder = DiorEmbedder(DiorSettings(device="cpu", batch_size=8))
+    embedder = DiorEmbedder(DiorSettings(model="tiny", device="cpu", batch_size=8))
     indexes = tmp_path / "indexes"
     index_collection(
         open_folder(folder), ["color"], embedder, IndexSettings(indexes_dir=indexes, shard_size=2)
@@ -59,7 +59,7 @@ def test_serve_answers_from_one_generation_while_an_index_run_changes_it(tmp_pat
     failures: list[str] = []
 
     with running(service) as url:
-        upload = service.add_upload((pool[0]).read_bytes()).upload
+        upload = service.add_upload((pool[0]).read_bytes()).digest
         body = {"collection": collection, "conditions": ["color"], "k": 100, "upload": upload}
 
         def ask() -> None:
