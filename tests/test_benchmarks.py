@@ -1,19 +1,32 @@
+import importlib
 import importlib.util
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 
-BENCHMARK = Path(__file__).parents[1] / "benchmarks" / "embed_throughput.py"
+from dior_search.models.dior import DiorEmbedder
+from dior_search.models.prompts import build_prompt
+from dior_search.models.settings import DiorSettings
+from dior_search.models.tiny_training import build_qwen_tokenizer, tiny_corpus
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+def benchmark_module(name: str):
+    """A module of benchmarks/, imported as its scripts import each other."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
 
 
 @pytest.mark.slow
 def test_throughput_benchmark_runs_every_path(capsys):
-    spec = importlib.util.spec_from_file_location("embed_throughput", BENCHMARK)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-
+    module = benchmark_module("embed_throughput")
     argv = ["--images", "2", "--conditions", "1", "3", "--repeats", "1", "--image-size", "112"]
     argv += ["--threads", str(torch.get_num_threads())]  # main sets it for the process
     rates = module.main(argv)
@@ -21,3 +34,103 @@ def test_throughput_benchmark_runs_every_path(capsys):
     assert all(rate > 0 for rate in rates.values())
     table = capsys.readouterr().out
     assert "lower bound" in table and "reference-kv" in table
+    assert "GFLOP/emb" in table and "TFLOPS" in table
+    assert "% peak" not in table  # a CPU has no peak to compare with
+
+
+def counted(run) -> float:
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        run()
+    return float(counter.get_total_flops())
+
+
+def test_flop_count_equals_torch_flop_counter_on_the_real_forward_pass(tiny_model_dirs):
+    """Vision tower (edge windows, full-attention layers), prefix and suffixes, counted by
+    torch on the model's own forward pass. torch counts attention over every key; ours counts
+    only the keys a causal query sees, so the masked (query, key) pairs are added back."""
+    flops = benchmark_module("flops")
+    embedder = DiorEmbedder(DiorSettings(model=str(tiny_model_dirs["qwen2_5_vl"]), device="cpu"))
+    model = embedder.model
+    model.set_attn_implementation("eager")  # plain matrix products, which torch counts
+    config = model.config
+    text = config.get_text_config()
+    layers = text.num_hidden_layers
+    per_pair = 4 * text.hidden_size * layers  # q.k and weight.v over all heads, every layer
+
+    def masked_pairs(n: int) -> int:  # causal: query t of n does not see the n - 1 - t after it
+        return n * (n - 1) // 2
+
+    rng = np.random.default_rng(0)
+    # 10 x 8 patches: windows of 4 x 4, 4 x 1, 1 x 4 and 1 x 1 merged tokens, one full layer.
+    image = Image.fromarray(rng.integers(0, 256, (140, 112, 3), dtype=np.uint8))
+    prompts = [build_prompt("describe", c) for c in ("color", "the main object's fabric")]
+    split = embedder.inputs.split([image], prompts, model)
+    grid = split.prefix_inputs["image_grid_thw"].tolist()
+    assert grid == [[1, 10, 8]]
+    n_prefix = int(split.prefix_inputs["attention_mask"].sum())
+
+    pixels, grid_thw = split.prefix_inputs["pixel_values"], split.prefix_inputs["image_grid_thw"]
+    vision = counted(lambda: model.visual(pixels, grid_thw=grid_thw))
+    assert vision == flops.vision_flops(config.vision_config, grid)
+    prefix = flops.decoder_flops(text, layers, n_prefix)
+    whole_prefix = counted(lambda: embedder.prefix_pass(split))
+    assert whole_prefix == vision + prefix + per_pair * masked_pairs(n_prefix)
+
+    cache = embedder.prefix_pass(split)
+    suffix_total = 0.0
+    for row in range(len(prompts)):
+        n = int(split.suffix_mask[row].sum())
+        one = type(split)(
+            split.prefix_inputs,
+            split.next_position,
+            split.suffix_ids[row : row + 1, :n],
+            split.suffix_mask[row : row + 1, :n],
+        )
+        seen = counted(lambda one=one: embedder.suffix_pass(one, cache))
+        cache.crop(-n)
+        ours = flops.decoder_flops(text, layers, n, n_past=n_prefix)
+        assert seen == ours + per_pair * masked_pairs(n)
+        suffix_total += ours
+
+    work = flops.batch_work(config, layers, split)
+    assert (work.vision, work.prefix, work.suffixes) == (vision, prefix, suffix_total)
+    assert work.full == 2 * (work.vision + work.prefix) + work.suffixes
+
+
+def test_seven_b_shapes_match_a_hand_count():
+    """Qwen2.5-VL-7B at 448 x 448: 1,024 patches, 16 windows of 64, 256 visual tokens."""
+    flops = benchmark_module("flops")
+    embed = benchmark_module("embed_throughput")
+    config = embed.model_config(build_qwen_tokenizer(tiny_corpus(), vocab_size=400), "7b")
+    vision = config.vision_config
+    linear = 32 * 2 * 1024 * (4 * 1280 * 1280 + 3 * 1280 * 3420)
+    attention = 4 * 1280 * (4 * 1024**2 + 28 * 16 * 64**2)
+    patch_embed = 2 * 1024 * 3 * 2 * 14 * 14 * 1280
+    merger = 2 * 256 * (5120 * 5120 + 5120 * 3584)
+    assert flops.vision_flops(vision, [(1, 32, 32)]) == linear + attention + patch_embed + merger
+    text = config.text_config
+    per_token = 2 * (2 * 3584 * 3584 + 2 * 3584 * 512 + 3 * 3584 * 18944)
+    n = 290
+    assert flops.decoder_flops(text, 28, n) == 28 * (n * per_token + 4 * 3584 * n * (n + 1) // 2)
+    # The issue's estimate: about 1.4 TFLOP of vision and 2 x 7B x ~300 tokens of language model.
+    assert 1.2e12 < flops.vision_flops(vision, [(1, 32, 32)]) < 1.5e12
+
+
+@pytest.mark.parametrize(
+    ("name", "peak"),
+    [
+        ("NVIDIA H100 80GB HBM3", 989.0),
+        ("NVIDIA H100 PCIe", 756.0),
+        ("NVIDIA H100 NVL", 835.0),
+        ("NVIDIA H200", 989.0),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
+        ("NVIDIA A100 80GB PCIe", 312.0),
+        ("NVIDIA L40S", 362.0),
+        ("NVIDIA L40", 181.0),
+        ("NVIDIA L4", 121.0),
+        ("NVIDIA A10G", 125.0),
+        ("Tesla T4", None),
+    ],
+)
+def test_peak_by_device_name(name, peak):
+    assert benchmark_module("flops").peak_tflops(name) == peak
