@@ -38,6 +38,27 @@ def test_throughput_benchmark_runs_every_path(capsys):
     assert "% peak" not in table  # a CPU has no peak to compare with
 
 
+@pytest.mark.slow
+def test_profile_runs_every_stage_before_and_after(tmp_path, capsys):
+    module = benchmark_module("profile_embed")
+    markdown = tmp_path / "profile.md"
+    argv = ["--image-size", "56", "--batches", "1", "--conditions", "1", "3", "--batch-size", "3"]
+    argv += ["--threads", str(torch.get_num_threads()), "--markdown", str(markdown)]
+    ms = module.main(argv)
+    assert set(ms) == {"before", "after"} and all(set(ms[v]) == {1, 3} for v in ms)
+    for variant in ms.values():
+        for stages in variant.values():
+            for name in ("build", "patches", "vision", "prefix_lm", "suffix_lm", "pipelined"):
+                assert stages[name] > 0, name
+    # Before, the cache is copied per condition; packed suffixes never copy it.
+    assert ms["before"][3]["repeat"] > 0 and ms["after"][3]["repeat"] == 0
+    assert ms["before"][1]["repeat"] == 0  # one condition: nothing to repeat
+    text = markdown.read_text()
+    assert text.count("| stage | ms per batch | share | TFLOPS |") == 4
+    assert "vision tower" in text and "language model, suffixes" in text
+    assert text in capsys.readouterr().out
+
+
 def counted(run) -> float:
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         run()
@@ -134,3 +155,46 @@ def test_seven_b_shapes_match_a_hand_count():
 )
 def test_peak_by_device_name(name, peak):
     assert benchmark_module("flops").peak_tflops(name) == peak
+
+
+def test_grouped_vision_attention_equals_the_models_own(tiny_model_dirs, mixed_images, monkeypatch):
+    """The GPU session's experiment: same embeddings, far fewer attention calls."""
+    experiment = benchmark_module("vision_attention")
+    settings = DiorSettings(model=str(tiny_model_dirs["qwen2_5_vl"]), device="cpu")
+    embedder = DiorEmbedder(settings)
+    prompts = [build_prompt("describe", c) for c in ("color", None)]
+    # Six images of 10 x 10 patches: windows of 4 x 4, 4 x 1, 1 x 4 and 1 x 1 merged tokens.
+    same_size = [mixed_images[0].resize((140, 140))] * 6
+    split = embedder.inputs.split(same_size, prompts, embedder.model)
+    pixels, grid = split.prefix_inputs["pixel_values"], split.prefix_inputs["image_grid_thw"]
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape[0])
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+
+    def vision() -> torch.Tensor:
+        calls.clear()
+        with torch.inference_mode():
+            return embedder.model.visual(pixels, grid_thw=grid).pooler_output
+
+    own, own_calls = vision(), len(calls)
+    loop = embedder.embed(mixed_images, ["color", None])
+    assert experiment.use_grouped_vision_attention(embedder.model) == 2
+    grouped, grouped_calls = vision(), len(calls)
+    batched = embedder.embed(mixed_images, ["color", None])
+    experiment.use_loop_vision_attention(embedder.model)
+    assert torch.allclose(own, grouped, atol=1e-5)
+    assert cosine(loop, batched) >= 1 - 1e-6
+    # A call per window (24) or image (6) before; one per distinct segment length after.
+    assert (own_calls, grouped_calls) == (24 + 6, 3 + 1)
+    assert np.array_equal(embedder.embed(mixed_images, ["color", None]), loop)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
+    return float((a * b).sum(-1).min())

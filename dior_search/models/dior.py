@@ -203,7 +203,7 @@ class DiorEmbedder:
         with ThreadPoolExecutor(max_workers=1) as ahead, images as workers:
 
             def build(chunk: Sequence[Image.Image]) -> SplitBatch:
-                return self._build_split(chunk, prompts, workers)
+                return self.build_split(chunk, prompts, workers)
 
             pending = ahead.submit(build, chunks[0])
             for following in [*chunks[1:], None]:
@@ -212,9 +212,10 @@ class DiorEmbedder:
                     pending = ahead.submit(build, following)
                 yield split
 
-    def _build_split(
-        self, chunk: Sequence[Image.Image], prompts: Sequence[str], workers: Executor | None
+    def build_split(
+        self, chunk: Sequence[Image.Image], prompts: Sequence[str], workers: Executor | None = None
     ) -> SplitBatch:
+        """A chunk's inputs as `embed_by_prefix` builds them: pinned where that is on."""
         split = self.inputs.split(chunk, prompts, self.model, workers=workers)
         if self.throughput.pin_memory and self.device.type == "cuda":
             return split.pinned(self.dtype)
