@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -231,7 +231,12 @@ class DiorEmbedder:
         batch = split.to(self.device, self.dtype, non_blocking=split.suffix_ids.is_pinned())
         cache = self.prefix_pass(batch)
         if batch.prompts_per_image > 1 and self.throughput.packed_suffixes:
-            return self.packed_suffix_pass(batch, cache)
+            try:
+                return self.packed_suffix_pass(batch, cache)
+            except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+                # A model whose forward pass cannot take a custom mask: a cache row per prompt.
+                self._stop_packing(first_line(exc))
+                cache = self.prefix_pass(batch)  # the failed pass may have grown the cache
         if batch.prompts_per_image > 1:
             cache.batch_repeat_interleave(batch.prompts_per_image)
         return self.suffix_pass(batch, cache)
@@ -331,6 +336,14 @@ class DiorEmbedder:
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         vectors: np.ndarray = hidden[rows, last_index].float().cpu().numpy()
         return vectors
+
+    def _stop_packing(self, reason: str) -> None:
+        self.throughput = replace(self.throughput, packed_suffixes=False)
+        log.warning(
+            "packed suffixes are off for %s (%s): the KV cache is repeated per condition",
+            self.source,
+            reason,
+        )
 
     def _stop_prefix_reuse(self, reason: str) -> None:
         self._prefix_reuse = False

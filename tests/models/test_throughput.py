@@ -1,5 +1,6 @@
 """How batches are fed (`Throughput`) never changes an embedding; grouping pads less."""
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -77,3 +78,23 @@ def test_packed_suffixes_run_one_row_per_image(tiny_model_dirs, mixed_images):
     model.embed(mixed_images, CONDITIONS)
     assert rows == [len(mixed_images), len(mixed_images)]  # prefix pass, suffix pass
     assert np.isfinite(model.embed(mixed_images[:1], CONDITIONS)).all()
+
+
+def test_a_model_that_refuses_packed_suffixes_falls_back_once(
+    tiny_model_dirs, mixed_images, caplog, monkeypatch
+):
+    model = embedder(tiny_model_dirs["qwen2_5_vl"], FAST, batch_size=8)
+    plain = embedder(tiny_model_dirs["qwen2_5_vl"], PLAIN, batch_size=8)
+
+    def refuse(*_args: object) -> None:
+        raise RuntimeError("the mask must be 2-D\nmore detail")
+
+    monkeypatch.setattr("dior_search.models.dior.pack_suffixes", refuse)
+    with caplog.at_level(logging.WARNING):
+        first = model.embed(mixed_images, CONDITIONS)
+        second = model.embed(mixed_images[:2], CONDITIONS)
+    assert caplog.text.count("packed suffixes are off") == 1
+    assert "the mask must be 2-D" in caplog.text and "more detail" not in caplog.text
+    assert not model.throughput.packed_suffixes
+    assert cosine_rows(first, plain.embed(mixed_images, CONDITIONS)).min() >= SAME
+    assert cosine_rows(second, plain.embed(mixed_images[:2], CONDITIONS)).min() >= SAME
