@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from embed_throughput import CONDITIONS, add_model_options, load_embedder
+from embed_throughput import BEFORE, CONDITIONS, add_model_options, load_embedder
 from PIL import Image
-from profile_embed import BEFORE
 
 from dior_search.models.dior import DiorEmbedder, Throughput
 

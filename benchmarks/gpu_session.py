@@ -17,16 +17,13 @@ import time
 import traceback
 from pathlib import Path
 
-BEFORE = ["--image-threads", "1", "--pin-memory", "off", "--packed-suffixes", "off"]
-BEFORE += ["--group-by-size", "off"]
-
 
 def steps(out: Path, tiny: bool) -> list[tuple[str, float, str, list[str]]]:
     """(title, seconds it is expected to take, module, argv), most valuable first."""
     if tiny:
         cpu = ["--model-size", "mid", "--device", "cpu", "--image-size", "56", "--batch-size", "4"]
-        big = [*cpu, "--threads", "2", "--model-dir", "/tmp/dior_tiny_big"]
-        mid = [*cpu, "--threads", "2", "--model-dir", "/tmp/dior_tiny_mid"]
+        big = [*cpu, "--model-dir", "/tmp/dior_tiny_big"]
+        mid = [*cpu, "--model-dir", "/tmp/dior_tiny_mid"]
         bench = ["--images", "4", "--repeats", "1"]
         mid_bench = ["--images", "4", "--repeats", "1"]
         profile = ["--batches", "1"]
@@ -42,37 +39,34 @@ def steps(out: Path, tiny: bool) -> list[tuple[str, float, str, list[str]]]:
         agree = ["--images", "8", "--conditions", "5"]
         scale = 1.0
     markdown = ["--markdown", str(out / "profile_7b.md")]
+    every = ["--paths", "naive", "reference-kv", "ours", "ours-before", "lower bound"]
+    grouped = ["--paths", "ours", "lower bound", "--vision-attention", "grouped"]
     return [
-        # Where each millisecond of one batch goes, before and after (builds the 7B folder).
+        # Where each millisecond of one batch goes: before, after, after with the vision
+        # attention grouped (builds the 7B folder first).
         (
             "profile, 7B shapes, C = 1 and 10",
             150 * scale,
             "profile_embed",
             [*big, "--conditions", "1", "10", *profile, "--trace-dir", "/tmp/traces", *markdown],
         ),
-        # The benchmark with the new defaults, every path (naive is most of its time).
+        # The benchmark, every path and ours as it was (naive is most of its time).
         (
-            "benchmark, 7B shapes, C = 1 5 10, every path",
-            110 * scale,
+            "benchmark, 7B shapes, C = 1 5 10",
+            120 * scale,
             "embed_throughput",
-            [*big, "--conditions", "1", "5", "10", *bench],
+            [*big, "--conditions", "1", "5", "10", *bench, *every],
         ),
-        # Input building at C = 10 with a 25M-parameter model: after, before, and its profile.
+        # Input building with a 25M-parameter model (the bound that matters is at C = 10).
         (
-            "benchmark, 25M, C = 10, after",
-            40 * scale,
+            "benchmark, 25M, C = 1 5 10",
+            50 * scale,
             "embed_throughput",
-            [*mid, "--conditions", "10", *mid_bench],
-        ),
-        (
-            "benchmark, 25M, C = 10, before: ours and bound",
-            25 * scale,
-            "embed_throughput",
-            [*mid, "--conditions", "10", *mid_bench, "--paths", "ours", "lower bound", *BEFORE],
+            [*mid, "--conditions", "1", "5", "10", *mid_bench, *every],
         ),
         (
             "profile, 25M, C = 10",
-            20 * scale,
+            25 * scale,
             "profile_embed",
             [*mid, "--conditions", "10", *profile, "--markdown", str(out / "profile_mid.md")],
         ),
@@ -83,12 +77,12 @@ def steps(out: Path, tiny: bool) -> list[tuple[str, float, str, list[str]]]:
             "dtype_agreement",
             [*big, *agree],
         ),
-        # Ours and the bound as the embedder was, for before/after at 7B in one table.
+        # The vision attention experiment in the benchmark, if there is time left.
         (
-            "benchmark, 7B shapes, before: ours and bound",
+            "benchmark, 7B shapes, grouped vision attention: ours and bound",
             30 * scale,
             "embed_throughput",
-            [*big, "--conditions", "1", "10", *bench, "--paths", "ours", "lower bound", *BEFORE],
+            [*big, "--conditions", "1", "5", "10", *bench, *grouped],
         ),
     ]
 

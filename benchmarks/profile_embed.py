@@ -36,15 +36,14 @@ from typing import Any
 
 import torch
 import transformers
-from embed_throughput import CONDITIONS, add_model_options, load_embedder, random_images
+from embed_throughput import BEFORE, CONDITIONS, add_model_options, load_embedder, random_images
 from flops import batch_work, tflops
 from PIL import Image
 from vision_attention import use_grouped_vision_attention, use_loop_vision_attention
 
-from dior_search.models.dior import DiorEmbedder, Throughput
+from dior_search.models.dior import DiorEmbedder
 from dior_search.models.prompts import build_prompt
 
-BEFORE = Throughput(image_threads=1, pin_memory=False, packed_suffixes=False, group_by_size=False)
 STAGES = [
     ("build", "input building (patches, tokens)"),
     ("patches", "  of which image patching"),
