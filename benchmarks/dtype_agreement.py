@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import transformers
-from embed_throughput import BEFORE, CONDITIONS, add_model_options, load_embedder
+from embed_throughput import BEFORE, CONDITIONS, load_embedder, parse
 from PIL import Image
 
 from dior_search.models.dior import DiorEmbedder, Throughput
@@ -67,11 +66,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=8, help="images of mixed sizes")
     parser.add_argument("--conditions", type=int, default=5, help="conditions per image")
-    add_model_options(parser)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
+    args = parse(parser, argv)
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.model_dir or Path(scratch)
         fp32 = embed_with(args, folder, "float32", {"plain": BEFORE, "fast": None})

@@ -263,6 +263,19 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(on_off=on_off)
 
 
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Add the model options to `parser`, parse `argv`, and set torch and transformers up."""
+    add_model_options(parser)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    conditions = args.conditions if isinstance(args.conditions, list) else [args.conditions]
+    if max(conditions) > len(CONDITIONS) or min(conditions) < 1:
+        parser.error(f"--conditions must lie in 1..{len(CONDITIONS)}")
+    return args
+
+
 # Embedders loaded from a --model-dir, kept for the next main() in this process (gpu_session.py
 # runs several): a 7B model loads in tens of seconds.
 LOADED: dict[tuple[str, DiorSettings], DiorEmbedder] = {}
@@ -309,13 +322,7 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[str, int], float]:
     )
     parser.add_argument("--paths", nargs="+", choices=ALL_PATHS, default=PATHS, help="to time")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense peak to compare with")
-    add_model_options(parser)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    if max(args.conditions) > len(CONDITIONS) or min(args.conditions) < 1:
-        parser.error(f"--conditions must lie in 1..{len(CONDITIONS)}")
+    args = parse(parser, argv)
     paths = [path for path in ALL_PATHS if path in args.paths]
 
     images = random_images(args.images, args.image_size)

@@ -35,8 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
-from embed_throughput import BEFORE, CONDITIONS, add_model_options, load_embedder, random_images
+from embed_throughput import BEFORE, CONDITIONS, load_embedder, parse, random_images
 from flops import batch_work, tflops
 from PIL import Image
 from vision_attention import use_grouped_vision_attention, use_loop_vision_attention
@@ -220,13 +219,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[int, dict[str, flo
     )
     parser.add_argument("--trace-dir", type=Path, help="also record one batch with torch.profiler")
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
-    add_model_options(parser)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    if max(args.conditions) > len(CONDITIONS) or min(args.conditions) < 1:
-        parser.error(f"--conditions must lie in 1..{len(CONDITIONS)}")
+    args = parse(parser, argv)
 
     out: dict[str, dict[int, dict[str, float]]] = {}
     report: list[str] = []
