@@ -35,7 +35,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from embed_throughput import BEFORE, CONDITIONS, load_embedder, parse, random_images
+from embed_throughput import (
+    BEFORE,
+    CONDITIONS,
+    device_peak,
+    load_embedder,
+    parse,
+    random_images,
+)
 from flops import batch_work, tflops
 from PIL import Image
 from vision_attention import use_grouped_vision_attention, use_loop_vision_attention
@@ -206,6 +213,37 @@ def operator_summary(
     return table
 
 
+def summary_table(
+    ms: dict[str, dict[str, float]], by_prefix_flops: float, peak: float | None
+) -> str:
+    """Median milliseconds per stage (rows) and variant (columns), as markdown."""
+    variants = list(ms)
+    lines = [
+        "| stage | " + " | ".join(variants) + " |",
+        "| --- |" + " ---: |" * len(variants),
+    ]
+    for name, label in [*STAGES, ("serial", "all stages, one after another")]:
+        if name == "repeat" and not any(ms[v][name] for v in variants):
+            continue
+        lines.append(
+            f"| {label.strip()} | " + " | ".join(f"{ms[v][name]:.1f}" for v in variants) + " |"
+        )
+    rates = [tflops(by_prefix_flops, ms[v]["pipelined"] / 1000) for v in variants]
+    lines.append(
+        "| **`embed_by_prefix`, inputs built ahead** | "
+        + " | ".join(f"**{ms[v]['pipelined']:.1f}**" for v in variants)
+        + " |"
+    )
+    lines.append("| its TFLOPS | " + " | ".join(f"{r:.3g}" for r in rates) + " |")
+    if peak is not None:
+        lines.append(
+            f"| % of {peak:.0f} TFLOPS | "
+            + " | ".join(f"{100 * r / peak:.1f}%" for r in rates)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[int, dict[str, float]]]:
     """Profile, print the tables; median milliseconds by variant, C and stage."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -219,14 +257,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[int, dict[str, flo
     )
     parser.add_argument("--trace-dir", type=Path, help="also record one batch with torch.profiler")
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
+    parser.add_argument("--peak-tflops", type=float, help="the device's dense peak to compare with")
     args = parse(parser, argv)
 
     out: dict[str, dict[int, dict[str, float]]] = {}
-    report: list[str] = []
+    details: list[str] = []
+    work: dict[int, float] = {}
     with tempfile.TemporaryDirectory() as scratch:
         embedder = load_embedder(args, args.model_dir or Path(scratch))
         after = embedder.throughput
         n_params = sum(p.numel() for p in embedder.model.parameters())
+        size = f"{n_params / 1e9:.1f}B" if n_params >= 1e9 else f"{n_params / 1e6:.0f}M"
+        machine = f"{embedder.device} {str(embedder.dtype).removeprefix('torch.')}"
+        peak = device_peak(embedder.device, embedder.dtype, args.peak_tflops)
+        n_layers = len(embedder.model.get_decoder().layers)
         for variant in args.variants:
             embedder.throughput = BEFORE if variant == "before" else after
             if variant == "grouped":
@@ -242,30 +286,39 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[int, dict[str, flo
                 profile_batches(embedder, chunks[:1], prompts)  # warm-up
                 rows, splits = profile_batches(embedder, chunks[1:], prompts)
                 pipelined = pipelined_ms(embedder, chunks[1:], prompts)
-                size = f"{n_params / 1e9:.1f}B" if n_params >= 1e9 else f"{n_params / 1e6:.0f}M"
-                title = (
-                    f"### {variant}: {size}-parameter Qwen2.5-VL, "
-                    f"{embedder.device} {str(embedder.dtype).removeprefix('torch.')}, "
-                    f"{per_batch} images x {c} conditions per batch, "
-                    f"{args.image_size} px, median of {args.batches}"
-                )
-                table = stage_table(embedder, rows, splits, pipelined)
+                work[c] = batch_work(embedder.config, n_layers, splits[0]).by_prefix
                 options = ", ".join(
                     f"{f.name}={getattr(embedder.throughput, f.name)}"
                     for f in dataclasses.fields(embedder.throughput)
                 )
-                text = f"{title}\n\n({options})\n\n{table}\n"
+                text = (
+                    f"#### {variant}, C = {c} ({options})\n\n"
+                    f"{stage_table(embedder, rows, splits, pipelined)}\n"
+                )
                 if args.trace_dir is not None:
                     trace = args.trace_dir / f"trace_{variant}_c{c}.json"
                     ops = operator_summary(embedder, chunks[1], prompts, trace)
                     text += f"\n```\n{ops}```\n"
                 print(text, flush=True)
-                report.append(text)
-                out[variant][c] = {
+                details.append(text)
+                medians = {
                     name: statistics.median(r.get(name, 0.0) for r in rows) for name, _ in STAGES
-                } | {"pipelined": pipelined}
+                }
+                serial = sum(ms for name, ms in medians.items() if name != "patches")
+                out[variant][c] = medians | {"serial": serial, "pipelined": pipelined}
+    summaries = []
+    for c in args.conditions:
+        per_batch = max(1, args.batch_size // c)
+        title = (
+            f"### Where each millisecond of one batch goes: {size}-parameter Qwen2.5-VL, "
+            f"{machine}, {per_batch} images x {c} conditions, {args.image_size} px "
+            f"(median of {args.batches} batches)"
+        )
+        table = summary_table({v: out[v][c] for v in args.variants}, work[c], peak)
+        summaries.append(f"{title}\n\n{table}\n")
+    print("\n".join(summaries), flush=True)
     if args.markdown is not None:
-        args.markdown.write_text("\n".join(report))
+        args.markdown.write_text("\n".join([*summaries, "## Each variant\n", *details]))
     return out
 
 

@@ -45,18 +45,22 @@ def test_profile_runs_every_stage_before_and_after(tmp_path, capsys):
     argv = ["--image-size", "56", "--batches", "1", "--conditions", "1", "3", "--batch-size", "3"]
     argv += ["--threads", str(torch.get_num_threads()), "--markdown", str(markdown)]
     ms = module.main(argv)
-    assert set(ms) == {"before", "after"} and all(set(ms[v]) == {1, 3} for v in ms)
+    assert set(ms) == {"before", "after", "grouped"} and all(set(ms[v]) == {1, 3} for v in ms)
     for variant in ms.values():
         for stages in variant.values():
             for name in ("build", "patches", "vision", "prefix_lm", "suffix_lm", "pipelined"):
                 assert stages[name] > 0, name
+            assert stages["serial"] >= stages["vision"] + stages["prefix_lm"] + stages["suffix_lm"]
     # Before, the cache is copied per condition; packed suffixes never copy it.
     assert ms["before"][3]["repeat"] > 0 and ms["after"][3]["repeat"] == 0
     assert ms["before"][1]["repeat"] == 0  # one condition: nothing to repeat
     text = markdown.read_text()
-    assert text.count("| stage | ms per batch | share | TFLOPS |") == 4
+    assert text.count("| stage | ms per batch | share | TFLOPS |") == 6  # variant x C
+    assert text.count("### Where each millisecond of one batch goes") == 2  # one per C
+    assert "| stage | before | after | grouped |" in text
     assert "vision tower" in text and "language model, suffixes" in text
-    assert text in capsys.readouterr().out
+    summaries = text.split("## Each variant")[0]
+    assert summaries.strip() in capsys.readouterr().out
 
 
 def counted(run) -> float:
