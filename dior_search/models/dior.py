@@ -233,6 +233,8 @@ class DiorEmbedder:
         if batch.prompts_per_image > 1 and self.throughput.packed_suffixes:
             try:
                 return self.packed_suffix_pass(batch, cache)
+            except torch.OutOfMemoryError:
+                raise  # not the mask's fault: a smaller batch is the cure
             except (RuntimeError, ValueError, TypeError, IndexError) as exc:
                 # A model whose forward pass cannot take a custom mask: a cache row per prompt.
                 self._stop_packing(first_line(exc))
