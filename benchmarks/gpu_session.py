@@ -33,7 +33,7 @@ def steps(out: Path, tiny: bool) -> list[tuple[str, float, str, list[str]]]:
         gpu = ["--device", "cuda", "--dtype", "bfloat16", "--image-size", "448"]
         big = ["--model-size", "7b", *gpu, "--batch-size", "32", "--model-dir", "/tmp/dior_7b"]
         mid = ["--model-size", "mid", *gpu, "--batch-size", "32", "--model-dir", "/tmp/dior_mid"]
-        bench = ["--images", "32", "--repeats", "1"]
+        bench = ["--images", "32", "--repeats", "1", "--passes-per-group", "2"]
         mid_bench = ["--images", "48", "--repeats", "2", "--passes-per-group", "2"]
         profile = ["--batches", "2"]
         agree = ["--images", "8", "--conditions", "5"]
@@ -48,7 +48,7 @@ def steps(out: Path, tiny: bool) -> list[tuple[str, float, str, list[str]]]:
             "profile, 7B shapes, C = 1 and 10",
             150 * scale,
             "profile_embed",
-            [*big, "--conditions", "1", "10", *profile, "--trace-dir", "/tmp/traces", *markdown],
+            [*big, "--conditions", "1", "10", *profile, "--operators", *markdown],
         ),
         # The benchmark, every path and ours as it was (naive is most of its time).
         (

@@ -2,7 +2,7 @@
 
     python benchmarks/profile_embed.py                       # mid-size model on the CPU
     python benchmarks/profile_embed.py --model-size 7b --device cuda --batch-size 32 \\
-        --conditions 1 10 --trace-dir /tmp/traces
+        --conditions 1 10 --operators
 
 One batch is `batch_size // C` images under C conditions (as `DiorEmbedder.embed` takes them).
 Its stages run one after another, the device synchronised around each, timed by the host
@@ -16,8 +16,9 @@ batches as it really runs, inputs built on a thread while the model runs, per ba
 Variants: `before` is the embedder as it was (one image after another, a cache row per
 condition, no grouping, no pinning); `after` is the device's defaults with the command line's
 options; `grouped` is `after` with the vision attention batched by segment length
-(benchmarks/vision_attention.py, an experiment). `--trace-dir` also records one batch with
-torch.profiler: its busiest operators are printed and a Chrome trace written per (variant, C).
+(benchmarks/vision_attention.py, an experiment). `--operators` also records one batch with
+torch.profiler and prints its busiest operators (with the calls of each: many small launches
+show there); `--trace-dir` writes that batch's Chrome trace per (variant, C).
 """
 
 from __future__ import annotations
@@ -208,7 +209,7 @@ def stage_table(
 
 
 def operator_summary(
-    embedder: DiorEmbedder, chunk: Sequence[Image.Image], prompts: list[str], trace: Path
+    embedder: DiorEmbedder, chunk: Sequence[Image.Image], prompts: list[str], trace: Path | None
 ) -> str:
     """One batch under torch.profiler: its busiest operators; a Chrome trace at `trace`."""
     from torch.profiler import ProfilerActivity, profile
@@ -218,8 +219,9 @@ def operator_summary(
         activities.append(ProfilerActivity.CUDA)
     with profile(activities=activities) as profiler:
         embedder.embed_by_prefix(list(chunk), prompts)
-    trace.parent.mkdir(parents=True, exist_ok=True)
-    profiler.export_chrome_trace(str(trace))
+    if trace is not None:  # tens of MB for a 7B batch, and seconds to write
+        trace.parent.mkdir(parents=True, exist_ok=True)
+        profiler.export_chrome_trace(str(trace))
     key = "self_cuda_time_total" if embedder.device.type == "cuda" else "self_cpu_time_total"
     table: str = profiler.key_averages().table(sort_by=key, row_limit=12, max_name_column_width=50)
     return table
@@ -267,7 +269,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[int, dict[str, flo
         choices=["before", "after", "grouped"],
         default=["before", "after", "grouped"],
     )
-    parser.add_argument("--trace-dir", type=Path, help="also record one batch with torch.profiler")
+    parser.add_argument("--operators", action="store_true", help="print a batch's top operators")
+    parser.add_argument("--trace-dir", type=Path, help="and write its Chrome trace here")
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense peak to compare with")
     parser.add_argument("--clock", choices=CLOCKS, default="wall", help="cpu: this process's time")
@@ -309,8 +312,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[int, dict[str, flo
                     f"#### {variant}, C = {c} ({options})\n\n"
                     f"{stage_table(embedder, rows, splits, pipelined)}\n"
                 )
-                if args.trace_dir is not None:
-                    trace = args.trace_dir / f"trace_{variant}_c{c}.json"
+                if args.operators or args.trace_dir is not None:
+                    trace = args.trace_dir and args.trace_dir / f"trace_{variant}_c{c}.json"
                     ops = operator_summary(embedder, chunks[1], prompts, trace)
                     text += f"\n```\n{ops}```\n"
                 print(text, flush=True)
