@@ -77,7 +77,7 @@ class Throughput:
 class DiorEmbedder:
     """DIOR embeddings from a Hugging Face vision-language model (Hub id or local path)."""
 
-    def __init__(self, settings: DiorSettings, throughput: Throughput | None = None) -> None:
+    def __init__(self, settings: DiorSettings, *, throughput: Throughput | None = None) -> None:
         from transformers import AutoModel
 
         self.settings = settings

@@ -18,7 +18,7 @@ FAST = Throughput(image_threads=3, pin_memory=False, packed_suffixes=True, group
 
 def embedder(path, throughput: Throughput, **overrides: object) -> DiorEmbedder:
     settings = DiorSettings(model=str(path), device="cpu", **overrides)  # type: ignore[arg-type]
-    return DiorEmbedder(settings, throughput)
+    return DiorEmbedder(settings, throughput=throughput)
 
 
 def test_cpu_defaults_leave_the_gpu_only_options_off():
