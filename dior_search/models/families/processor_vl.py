@@ -1,6 +1,7 @@
 """Any other vision-language model (LLaVA, Idefics3, SmolVLM, ...) through its own processor."""
 
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from typing import Any
 
 import torch
@@ -79,8 +80,13 @@ class ProcessorInputs:
         return ModelBatch(inputs, last_token_index(mask))
 
     def split(
-        self, images: Sequence[Image.Image], prompts: Sequence[str], model: Any
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        model: Any,
+        workers: Executor | None = None,
     ) -> SplitBatch:
+        # `workers` is left unused: the processor expands text and images in one call.
         if self.position_scheme == "native" and hasattr(model, "get_rope_index"):
             raise PrefixReuseUnsupported(
                 f"{type(model).__name__} places tokens with its own multimodal rotary index"

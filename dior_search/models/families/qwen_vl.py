@@ -6,6 +6,7 @@ many tokens as the image has merged patches, and tokenize.
 """
 
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from typing import Any
 
 import torch
@@ -48,6 +49,8 @@ class QwenVLInputs:
         self.image_token_id = image_token_id
         self.position_scheme = position_scheme
         self.merge_size: int = image_processor.merge_size
+        # Token rows of the last prompt sets: every batch of an `embed` call has the same prompts.
+        self._prompt_rows: dict[tuple[str, ...], list[list[int]]] = {}
 
     @classmethod
     def load(
@@ -113,13 +116,35 @@ class QwenVLInputs:
         return self.chat_text(prompt).replace(IMAGE_PLACEHOLDER, IMAGE_PLACEHOLDER * n_image_tokens)
 
     def image_inputs(
-        self, images: Sequence[Image.Image]
+        self, images: Sequence[Image.Image], workers: Executor | None = None
     ) -> tuple[dict[str, torch.Tensor], list[int]]:
-        """Pixel inputs for `images`, and how many placeholder tokens each image takes."""
-        pixels = self.image_processor(images=list(images), return_tensors="pt")
-        grid: torch.Tensor = pixels["image_grid_thw"]
+        """Pixel inputs for `images`, and how many placeholder tokens each image takes.
+
+        With `workers`, each image is processed on its own (resizing and patching are numpy and
+        PIL work that runs outside the GIL) and the results joined: the same tensors.
+        """
+        if workers is None or len(images) < 2:
+            pixels = self.image_processor(images=list(images), return_tensors="pt")
+            values, grid = pixels["pixel_values"], pixels["image_grid_thw"]
+        else:
+            each = list(workers.map(self.one_image, images))
+            values = torch.cat([p["pixel_values"] for p in each])
+            grid = torch.cat([p["image_grid_thw"] for p in each])
         n_tokens: list[int] = (grid.prod(dim=-1) // self.merge_size**2).tolist()
-        return {"pixel_values": pixels["pixel_values"], "image_grid_thw": grid}, n_tokens
+        return {"pixel_values": values, "image_grid_thw": grid}, n_tokens
+
+    def one_image(self, image: Image.Image) -> Any:
+        return self.image_processor(images=[image], return_tensors="pt")
+
+    def prompt_rows(self, prompts: Sequence[str]) -> list[list[int]]:
+        """The token rows of `prompts` in the chat template, the image placeholder unexpanded."""
+        key = tuple(prompts)
+        if key not in self._prompt_rows:
+            if len(self._prompt_rows) >= 8:
+                self._prompt_rows.pop(next(iter(self._prompt_rows)))
+            texts = [self.chat_text(p) for p in prompts]
+            self._prompt_rows[key] = self.tokenizer(texts)["input_ids"]
+        return self._prompt_rows[key]
 
     def build(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> ModelBatch:
         pixels, n_tokens = self.image_inputs(images)
@@ -137,12 +162,16 @@ class QwenVLInputs:
         return ModelBatch(inputs, last_token_index(mask))
 
     def split(
-        self, images: Sequence[Image.Image], prompts: Sequence[str], model: Any
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        model: Any,
+        workers: Executor | None = None,
     ) -> SplitBatch:
-        pixels, n_tokens = self.image_inputs(images)
+        pixels, n_tokens = self.image_inputs(images, workers)
         # The placeholder is one special token, so the text around it tokenizes alike whether
         # it is expanded or not: split the short unexpanded rows, then expand the prefix.
-        rows: list[list[int]] = self.tokenizer([self.chat_text(p) for p in prompts])["input_ids"]
+        rows = self.prompt_rows(prompts)
         n_shared = shared_prefix_length(rows)
         shared = rows[0][:n_shared]
         if self.image_token_id not in shared:
