@@ -234,3 +234,27 @@ def first_tokens(tokenizer: Any, word: str) -> tuple[list[int], bool]:
     if not found:
         raise UsageError(f"--text {word!r}: the model's tokenizer cannot encode this word")
     return list(found), single
+
+
+class WordHead:
+    """What a text query needs of a model, without loading it: its tokenizer (loaded with the
+    index's settings) and the output head's rows of the words asked about."""
+
+    def __init__(self, source: str, revision: str | None, trust_remote_code: bool) -> None:
+        from transformers import AutoTokenizer
+
+        from dior_search.models.loading import load_model_config
+
+        config = load_model_config(source, revision, trust_remote_code)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                source, revision=revision, trust_remote_code=trust_remote_code
+            )
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot load the tokenizer of {source!r}: {exc}") from None
+        self.head = HeadRows(source, revision, config)
+
+    def word(self, word: str) -> tuple[list[int], np.ndarray]:
+        """The first tokens of `word`'s surface forms and their W_U rows (tokens x hidden)."""
+        tokens, _ = first_tokens(self.tokenizer, word)
+        return tokens, self.head.rows(tokens)
