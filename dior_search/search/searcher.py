@@ -82,6 +82,8 @@ class ConditionIndex:
     directory: Path
     root: Path
     rows: int
+    # Whether its rows carry the model's answers (see models.embedder.AnswerState).
+    answers: str = "off"
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,7 @@ def entry_condition(entry: IndexEntry) -> ConditionIndex:
         directory=entry.directory,
         root=Path(manifest.collection["root"]),
         rows=manifest.rows,
+        answers=manifest.answers,
     )
 
 
