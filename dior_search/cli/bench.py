@@ -35,6 +35,9 @@ METRIC_COLUMNS = {
     "precision@1": "P@1",
     # Where the collection has other labels: how much they still drive the neighbours.
     "leakage": "leak",
+    # Where the index stores the model's answers: as a tagger and a text search engine.
+    "answer_accuracy": "ans",
+    "text_precision@10": "txt@10",
 }
 
 
@@ -85,6 +88,14 @@ def bench(
     text_encoder: Annotated[
         str, typer.Option(help="Sentence encoder of the generative method.")
     ] = defaults.DEFAULT_TEXT_ENCODER,
+    generative_answers: Annotated[
+        str,
+        typer.Option(
+            help="generate: the generative method generates its answers; stored: it embeds "
+            "the answers the DIOR indexes store (no generation; the same numbers where they "
+            "are what it generates: index with --positions native, its positions)."
+        ),
+    ] = "generate",
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the results as JSON.")
     ] = None,
@@ -104,6 +115,10 @@ def bench(
 
     if distance not in DISTANCES:
         raise UsageError(f"unknown distance {distance!r}; valid: {', '.join(DISTANCES)}")
+    if generative_answers not in ("generate", "stored"):
+        raise UsageError(
+            f"unknown --generative-answers {generative_answers!r}; valid: generate, stored"
+        )
     layers = list(layer or [defaults.DEFAULT_LAYER])
     options = replace(options, layer=layers[0])
 
@@ -116,7 +131,9 @@ def bench(
         err_console.print(f"[yellow]{escape(problem)}[/yellow]", highlight=False)
     resolved = choose_model(options, [c.name for c in collections])
     models = MethodModels(
-        replace(resolved, clip_model=clip_model, text_encoder=text_encoder), layers
+        replace(resolved, clip_model=clip_model, text_encoder=text_encoder),
+        layers,
+        generative_answers=generative_answers == "stored",
     )
     with default_model_hint(options):
         if method is None:

@@ -117,6 +117,10 @@ class InputBuilder(Protocol):
         """Raise ImageRefused if an image of this size (as the model gets it) cannot be built."""
         ...
 
+    def chat_text(self, prompt: str) -> str:
+        """The chat-template text of one row, its image placeholder not expanded."""
+        ...
+
     def build(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> ModelBatch: ...
 
     def size_policy(self) -> dict[str, Any]:
