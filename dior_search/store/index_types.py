@@ -318,6 +318,44 @@ def apply_search_params(index: Any, text: str, index_type: str) -> None:
         space.set_index_parameter(index, name, value)
 
 
+def widened_search_params(index: Any, factor: float) -> tuple[Any, ...]:
+    """Per-search FAISS parameters for `index` (an IDMap2 shard) that visit `factor` times
+    more candidates than its current settings (IVF lists probed, HNSW breadth), re-ranking as
+    it does: for a filter that few rows pass, whose top k lie deeper in the ranking. The
+    parameters come first, then the objects they point to (keep them referenced)."""
+    import faiss
+
+    made: list[Any] = []
+
+    def params_of(chain: list[Any]) -> Any:
+        if not chain:
+            return None
+        part, rest = chain[0], chain[1:]
+        found: Any = None
+        if isinstance(part, faiss.IndexRefine):
+            found = faiss.IndexRefineSearchParameters(
+                k_factor=part.k_factor, base_index_params=params_of(rest)
+            )
+        elif isinstance(part, faiss.IndexPreTransform):
+            found = faiss.SearchParametersPreTransform(index_params=params_of(rest))
+        elif isinstance(part, faiss.IndexIVF):
+            nprobe = min(part.nlist, math.ceil(part.nprobe * factor))
+            found = faiss.SearchParametersIVF(nprobe=nprobe, max_codes=part.max_codes)
+            quantizer = faiss.downcast_index(part.quantizer)
+            if isinstance(quantizer, faiss.IndexHNSW):
+                breadth = max(nprobe, math.ceil(quantizer.hnsw.efSearch * factor))
+                found.quantizer_params = faiss.SearchParametersHNSW(efSearch=breadth)
+                made.append(found.quantizer_params)
+        elif isinstance(part, faiss.IndexHNSW):
+            found = faiss.SearchParametersHNSW(efSearch=math.ceil(part.hnsw.efSearch * factor))
+        if found is not None:
+            made.append(found)
+        return found
+
+    top = params_of(unwrap(index)[1:])  # the IDMap2 wrapper passes them to what it wraps
+    return (top, *made)
+
+
 def default_search_params(index: Any) -> str:
     """Search parameters a type gets unless the manifest or the query says otherwise.
 

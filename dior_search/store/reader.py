@@ -34,6 +34,7 @@ from dior_search.store.index_types import (
     apply_search_params,
     merge_search_params,
     parse_search_params,
+    widened_search_params,
 )
 from dior_search.store.manifest import Manifest, Shard, Stamp, manifest_stamp
 from dior_search.store.shards import (
@@ -376,12 +377,17 @@ class IndexReader:
         # Blocked rows are as likely as any among the nearest: fetch enough for k passing
         # ones, with a margin; a shortfall (blocked rows near the query) is fetched again.
         fetch = min(total, math.ceil(OVER_FETCH_MARGIN * k * entry.rows / passing) + 2)
+        # Those lie deeper in the ranking than the top k: the approximate search visits more
+        # candidates (IVF lists, HNSW breadth) by the square root of the share blocked.
+        params = widened_search_params(shard.index, entry.rows / passing)
         out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         out_ids = np.full((len(queries), k), -1, dtype=np.int64)
         pending = np.arange(len(queries))
         short: list[int] = []
         while len(pending):
-            found_scores, found_ids = shard.index.search(queries[pending], fetch)
+            found_scores, found_ids = search_with_params(
+                shard.index, queries[pending], fetch, params[0]
+            )
             keep = found_ids >= 0
             keep[keep] = ~blocked[found_ids[keep] - entry.first_id]
             enough = keep.sum(axis=1) >= k
