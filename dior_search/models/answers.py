@@ -45,10 +45,11 @@ class Answer:
 
 
 def is_boundary(char: str) -> bool:
-    """Whether `char` ends a word: whitespace, a quote or any punctuation but a joiner."""
+    """Whether `char` ends a word: whitespace, a quote, any punctuation but a joiner, or a
+    control character."""
     if char in JOINERS:
         return False
-    return char.isspace() or unicodedata.category(char).startswith("P")
+    return char.isspace() or unicodedata.category(char)[0] in "PC"
 
 
 def normalize_word(text: str) -> str:
@@ -123,6 +124,8 @@ class AnswerText:
 def stop_tokens(tokenizer: Any, config: Any) -> frozenset[int]:
     """Token ids that end the answer: the end of the turn, end of sequence, any special token."""
     ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    ids.update(token_id for token_id, token in added.items() if getattr(token, "special", False))
     for source in (config, config.get_text_config()):
         eos = getattr(source, "eos_token_id", None)
         ids.update([eos] if isinstance(eos, int) else list(eos or []))
@@ -219,21 +222,18 @@ def surface_forms(word: str) -> list[str]:
     return [form for case in cases for form in (case, " " + case)]
 
 
-def first_tokens(tokenizer: Any, word: str) -> tuple[list[int], bool]:
-    """The distinct first tokens of `word`'s surface forms, and whether every form is one
-    token. UsageError if the tokenizer cannot encode it (unknown tokens or nothing)."""
+def first_tokens(tokenizer: Any, word: str) -> list[int]:
+    """The distinct first tokens of `word`'s surface forms (those the tokenizer encodes
+    without an unknown token); UsageError if it encodes none."""
     unknown = getattr(tokenizer, "unk_token_id", None)
     found: dict[int, None] = {}
-    single = True
     for form in surface_forms(word):
         ids = tokenizer(form, add_special_tokens=False)["input_ids"]
-        if not ids or unknown in ids:
-            continue
-        found[ids[0]] = None
-        single = single and len(ids) == 1
+        if ids and unknown not in ids:
+            found[ids[0]] = None
     if not found:
         raise UsageError(f"--text {word!r}: the model's tokenizer cannot encode this word")
-    return list(found), single
+    return list(found)
 
 
 class WordHead:
@@ -256,5 +256,5 @@ class WordHead:
 
     def word(self, word: str) -> tuple[list[int], np.ndarray]:
         """The first tokens of `word`'s surface forms and their W_U rows (tokens x hidden)."""
-        tokens, _ = first_tokens(self.tokenizer, word)
+        tokens = first_tokens(self.tokenizer, word)
         return tokens, self.head.rows(tokens)
