@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 from deletions import build, exact_top_k
+from search_scale import Vectors
 
 from dior_search.store.index_types import canonical_spec
 from dior_search.store.reader import IndexReader
-from search_scale import Vectors
 
 K = 10
 SHARES = (0.01, 0.1, 0.5)

@@ -328,7 +328,9 @@ class IndexReader:
         if len(allowed) > 1 and (np.diff(allowed) <= 0).any():
             allowed = np.unique(allowed)
         passing = allowed[self._live_positions(allowed)]
-        k = max(1, min(k, len(passing)))
+        if len(passing) == 0:  # nothing passes: no hits at all
+            return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
+        k = min(k, len(passing))
         scores = [np.full((len(queries), k), -np.inf, dtype=np.float32)]
         ids = [np.full((len(queries), k), -1, dtype=np.int64)]
         for number, entry in enumerate(self.manifest.shards):
