@@ -3,6 +3,7 @@ facets, on the synthetic test split indexed by the tiny model (answers stored by
 
 import json
 from collections import Counter
+from itertools import pairwise
 from contextlib import redirect_stdout
 from io import StringIO
 
@@ -98,7 +99,7 @@ def test_answered_rows_first_then_the_rest_by_first_token(searcher):
     assert [h.score for h in first] == sorted((logprobs[h.id] for h in first), reverse=True)
     truth = dict(zip(reader.ids.tolist(), first_token_truth(reader, "purple"), strict=True))
     np.testing.assert_allclose([h.score for h in rest], [truth[h.id] for h in rest], atol=1e-4)
-    assert all(a.score >= b.score for a, b in zip(rest, rest[1:], strict=False))
+    assert all(a.score >= b.score for a, b in pairwise(rest))
     assert all(h.answers["color"] == "purple" for h in first)
 
 
