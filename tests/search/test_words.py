@@ -3,9 +3,9 @@ facets, on the synthetic test split indexed by the tiny model (answers stored by
 
 import json
 from collections import Counter
-from itertools import pairwise
 from contextlib import redirect_stdout
 from io import StringIO
+from itertools import pairwise
 
 import numpy as np
 import pytest
