@@ -35,9 +35,12 @@ METRIC_COLUMNS = {
     "precision@1": "P@1",
     # Where the collection has other labels: how much they still drive the neighbours.
     "leakage": "leak",
-    # Where the index stores the model's answers: as a tagger and a text search engine.
-    "answer_accuracy": "ans",
-    "text_precision@10": "txt@10",
+}
+# Where an index stores the model's answers: the model as a tagger and a text search engine.
+ANSWER_COLUMNS = {
+    "answer_accuracy": "answer = label",
+    "text_precision@10": "text P@10",
+    "text_precision@10_min": "worst value",
 }
 
 
@@ -168,30 +171,51 @@ def bench(
 
 
 def bench_tables(result: BenchResult, methods: list[str]) -> list[Table]:
-    """One table per dataset, a row per (condition, method): at most eight columns, which fit
-    an 80-column terminal whatever the number of methods."""
+    """Per dataset, a table of retrieval metrics (a row per condition and method, at most
+    eight columns, which fit an 80-column terminal whatever the number of methods), and one
+    of the model's answers where any index stores them."""
     tables = []
     for dataset_name, conditions in result.items():
-        table = Table(
-            title=escape(f"{dataset_name}: retrieval by condition (exact search, query excluded)"),
-            padding=(0, 1),
-        )
-        shown = {
-            metric: short
-            for metric, short in METRIC_COLUMNS.items()
-            if any(metric in scores for per in conditions.values() for scores in per.values())
+        titles = {
+            "retrieval by condition (exact search, query excluded)": METRIC_COLUMNS,
+            "the model's answers: as tags, and as text search (each label value asked)": (
+                ANSWER_COLUMNS
+            ),
         }
-        table.add_column("condition")
-        table.add_column("method", no_wrap=True)
-        for short in shown.values():
-            table.add_column(short, justify="right", no_wrap=True)
-        for condition_name, per_method in conditions.items():
-            for m in methods:
-                scores = per_method.get(m, {})
-                cells = [cell(scores, metric) for metric in shown]
-                table.add_row(escape(condition_name), m, *cells, end_section=m == methods[-1])
-        tables.append(table)
+        for title, columns in titles.items():
+            shown = {
+                metric: short
+                for metric, short in columns.items()
+                if any(metric in scores for per in conditions.values() for scores in per.values())
+            }
+            if not shown:
+                continue
+            rows = [
+                m
+                for m in methods
+                if any(m in per and set(shown) & set(per[m]) for per in conditions.values())
+            ]
+            tables.append(metric_table(f"{dataset_name}: {title}", conditions, rows, shown))
     return tables
+
+
+def metric_table(
+    title: str,
+    conditions: dict[str, dict[str, dict[str, float]]],
+    methods: list[str],
+    shown: dict[str, str],
+) -> Table:
+    table = Table(title=escape(title), padding=(0, 1))
+    table.add_column("condition")
+    table.add_column("method", no_wrap=True)
+    for short in shown.values():
+        table.add_column(short, justify="right", no_wrap=True)
+    for condition_name, per_method in conditions.items():
+        for m in methods:
+            scores = per_method.get(m, {})
+            cells = [cell(scores, metric) for metric in shown]
+            table.add_row(escape(condition_name), m, *cells, end_section=m == methods[-1])
+    return table
 
 
 def cell(scores: dict[str, float], metric: str) -> str:
