@@ -71,13 +71,16 @@ class Throughput:
     `pin_memory`: inputs are built into page-locked memory and copied to the GPU without
     waiting (CUDA only). `packed_suffixes`: an image's condition suffixes run as one row against
     its prefix's KV cache, which is then never copied per condition. `group_by_size`: images go
-    through the model in order of size, so that a batch pads its rows less.
+    through the model in order of size, so that a batch pads its rows less. `answer_rows`: the
+    (image, condition) rows whose answers are decoded together, the caches of several passes
+    joined: each decoding step reads the model's weights once for all of them.
     """
 
     image_threads: int = 1
     pin_memory: bool = False
     packed_suffixes: bool = True
     group_by_size: bool = True
+    answer_rows: int = 64
 
     @classmethod
     def for_device(cls, device: torch.device) -> Throughput:
@@ -291,25 +294,26 @@ class DiorEmbedder:
         a pass takes `batch_size // n_prompts` images (at least one).
         """
         out = np.empty((len(images), len(prompts), len(self.layers), self.dim), dtype=np.float32)
-        found: list[Answer] = []
+        decoding = AnswerDecoding(self)
         step = max(1, self.settings.batch_size // len(prompts))
         chunks = [images[start : start + step] for start in range(0, len(images), step)]
         done = 0
         try:
             for chunk, split in zip(chunks, self._splits(chunks, prompts), strict=True):
-                vectors, chunk_answers = self.run_split(split, answers)
+                vectors, to_decode = self.run_split(split, answers)
                 out[done : done + len(chunk)] = vectors.reshape(
                     len(chunk), len(prompts), len(self.layers), self.dim
                 )
-                found += chunk_answers
+                if to_decode is not None:
+                    decoding.add(*to_decode)
                 done += len(chunk)
                 if on_progress is not None:
                     on_progress(len(chunk) * len(prompts))
         except PrefixReuseUnsupported as exc:
             self._stop_prefix_reuse(str(exc))
             out[done:], rest = self.embed_full(images[done:], prompts, on_progress, answers)
-            found += rest
-        return out, found
+            return out, [*decoding.finish(), *rest]
+        return out, decoding.finish()
 
     def _splits(
         self, chunks: Sequence[Sequence[Image.Image]], prompts: Sequence[str]
@@ -354,8 +358,11 @@ class DiorEmbedder:
         return self.run_split(split, answers=False)[0]
 
     @torch.inference_mode()
-    def run_split(self, split: SplitBatch, answers: bool) -> tuple[np.ndarray, list[Answer]]:
-        """`embed_split`, and each row's answer decoded against the same cache if asked."""
+    def run_split(
+        self, split: SplitBatch, answers: bool
+    ) -> tuple[np.ndarray, tuple[torch.Tensor, Decoder] | None]:
+        """`embed_split`, and (if asked) what decodes its rows' answers against the same
+        cache: the last layer's states and a decoder."""
         batch = split.to(self.device, self.dtype, non_blocking=split.suffix_ids.is_pinned())
         cache = self.prefix_pass(batch)
         if batch.prompts_per_image > 1 and self.throughput.packed_suffixes:
@@ -431,12 +438,12 @@ class DiorEmbedder:
         ends = packed.ends
         images = torch.arange(ends.shape[0], device=ends.device)
         states = self._last_states(hidden, ends.flatten(), images.repeat_interleave(ends.shape[1]))
-        decoder = PackedDecoder(
+        decoder = PackedDecoder.after_packing(
             self.model,
             cache,
-            batch.prefix_inputs["attention_mask"].bool(),
-            packed.owner,
-            batch.next_position[:, None] + packed.lengths,
+            batch.prefix_inputs["attention_mask"],
+            packed,
+            batch.next_position,
             mask_dtype,
         )
         return states, decoder
@@ -495,14 +502,14 @@ class DiorEmbedder:
         batch = self.inputs.build(images, prompts).to(self.device, self.dtype)
         if not answers:
             hidden = self._hidden(batch.inputs, use_cache=False)
-            return self._finish(self._last_states(hidden, batch.last_index), None)
+            return to_numpy(self._last_states(hidden, batch.last_index)), []
         cache = DynamicCache(config=self.model.config)
         hidden = self._hidden(batch.inputs, cache=cache, use_cache=True)
         states = self._last_states(hidden, batch.last_index)
         starts = self.inputs.next_positions(self.model, batch)
-        return self._finish(
-            states, RowDecoder(self.model, cache, batch.inputs["attention_mask"], starts)
-        )
+        decoder = RowDecoder(self.model, cache, batch.inputs["attention_mask"], starts)
+        vectors, to_decode = self._finish(states, decoder)
+        return vectors, [] if to_decode is None else self.decode_answers(*to_decode)
 
     def _hidden(self, inputs: dict[str, torch.Tensor], **options: Any) -> list[torch.Tensor]:
         """Each chosen layer's hidden states for `inputs`: (rows, tokens, dim) each."""
@@ -528,13 +535,13 @@ class DiorEmbedder:
 
     def _finish(
         self, states: torch.Tensor, decoder: Decoder | None
-    ) -> tuple[np.ndarray, list[Answer]]:
-        """The vectors as float32 numpy, and the answers decoded from the last layer's states
-        if a decoder is given."""
+    ) -> tuple[np.ndarray, tuple[torch.Tensor, Decoder] | None]:
+        """The vectors as float32 numpy, and (where a decoder is given) the last layer's
+        states with it, to decode the answers from."""
         vectors = to_numpy(states)
         if decoder is None or self.answer_position is None:
-            return vectors, []
-        return vectors, self.decode_answers(states[:, self.answer_position], decoder)
+            return vectors, None
+        return vectors, (states[:, self.answer_position], decoder)
 
     def head_matrix(self) -> torch.Tensor:
         """The output head W_U (vocabulary x hidden) on the device, in the model's dtype: the
@@ -655,10 +662,97 @@ class Decoder:
     """One greedy step for every (image, prompt) row still decoding, against the KV cache of
     the pass that made the vectors."""
 
+    cache: Any
+
     def step(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         """Run `tokens` (one per row) of the `active` rows; the last layer's state at each
         row's new token (rows, dim; rows not active: zeros)."""
         raise NotImplementedError
+
+    @property
+    def width(self) -> int:
+        """Columns of the cache (its sequence length)."""
+        return int(self.cache.get_seq_length())
+
+
+class AnswerDecoding:
+    """Answers of several passes decoded together: their caches joined (right-padded to one
+    width, what a row may see said by its mask), so that each decoding step reads the model's
+    weights once for up to `Throughput.answer_rows` rows."""
+
+    def __init__(self, embedder: DiorEmbedder) -> None:
+        self.embedder = embedder
+        self.waiting: list[tuple[torch.Tensor, Decoder]] = []
+        self.answers: list[Answer] = []
+
+    def add(self, states: torch.Tensor, decoder: Decoder) -> None:
+        self.waiting.append((states, decoder))
+        if sum(len(s) for s, _ in self.waiting) >= self.embedder.throughput.answer_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        decoders = [decoder for _, decoder in self.waiting]
+        joined = join_decoders(decoders) if len(decoders) > 1 else None
+        if joined is not None:
+            states = torch.cat([states for states, _ in self.waiting])
+            self.answers += self.embedder.decode_answers(states, joined)
+        else:
+            for states, decoder in self.waiting:
+                self.answers += self.embedder.decode_answers(states, decoder)
+        self.waiting = []
+
+    def finish(self) -> list[Answer]:
+        self.flush()
+        return self.answers
+
+
+def join_caches(caches: Sequence[Any]) -> Any | None:
+    """One cache of the rows of `caches`, each right-padded with zeros to the widest; None
+    where a layer is not a plain dynamic one (sliding windows keep more state)."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = [cache.layers for cache in caches]
+    if any(type(layer) is not DynamicLayer for group in layers for layer in group):
+        return None
+    joined = caches[0]
+    width = max(cache.get_seq_length() for cache in caches)
+    for number, layer in enumerate(joined.layers):
+
+        def padded(tensor: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.pad(tensor, (0, 0, 0, width - tensor.shape[-2]))
+
+        layer.keys = torch.cat([padded(group[number].keys) for group in layers])
+        layer.values = torch.cat([padded(group[number].values) for group in layers])
+    return joined
+
+
+def pad_columns(tensor: torch.Tensor, width: int, value: int) -> torch.Tensor:
+    """A (rows, columns) tensor right-padded with `value` to `width` columns."""
+    return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]), value=value)
+
+
+def join_decoders(decoders: Sequence[Decoder]) -> Decoder | None:
+    """One decoder of the rows of `decoders` (all of one kind), their caches joined; None where
+    they cannot be (mixed kinds, or caches that are not plain dynamic ones)."""
+    width = max(decoder.width for decoder in decoders)
+    if all(isinstance(d, RowDecoder) for d in decoders):
+        rows = [d for d in decoders if isinstance(d, RowDecoder)]
+        cache = join_caches([d.cache for d in rows])
+        if cache is None:
+            return None
+        mask = torch.cat([pad_columns(d.mask, width, 0) for d in rows])
+        return RowDecoder(rows[0].model, cache, mask, torch.cat([d.next_position for d in rows]))
+    if all(isinstance(d, PackedDecoder) for d in decoders):
+        packed = [d for d in decoders if isinstance(d, PackedDecoder)]
+        if len({d.n_prompts for d in packed}) > 1:
+            return None
+        cache = join_caches([d.cache for d in packed])
+        if cache is None:
+            return None
+        owner = torch.cat([pad_columns(d.owner, width, HIDDEN) for d in packed])
+        positions = torch.cat([d.next_position for d in packed])
+        return PackedDecoder(packed[0].model, cache, owner, positions, packed[0].mask_dtype)
+    return None
 
 
 class RowDecoder(Decoder):
@@ -697,6 +791,11 @@ class RowDecoder(Decoder):
         return out
 
 
+# Who may see a cache column of a packed row: every prompt of its image (the image's prefix),
+# none (padding), or one prompt (its suffix and answer tokens: that prompt's number).
+SHARED, HIDDEN = -2, -1
+
+
 class PackedDecoder(Decoder):
     """A cache row per image (its packed suffixes): each step one token per prompt in the
     image's row, each seeing the image's prefix and its own prompt's columns (4-D mask).
@@ -706,33 +805,49 @@ class PackedDecoder(Decoder):
         self,
         model: Any,
         cache: Any,
-        prefix_mask: torch.Tensor,
         owner: torch.Tensor,
         next_position: torch.Tensor,
         mask_dtype: torch.dtype,
     ) -> None:
+        """`owner`: per image and cache column, SHARED, HIDDEN or the prompt it belongs to;
+        `next_position`: per image and prompt, the position of its next token."""
         self.model, self.cache, self.mask_dtype = model, cache, mask_dtype
-        self.prefix_mask, self.owner, self.next_position = prefix_mask, owner, next_position
+        self.owner, self.next_position = owner, next_position
         self.images = torch.arange(owner.shape[0], device=owner.device)
         self.n_prompts = next_position.shape[1]
+
+    @classmethod
+    def after_packing(
+        cls,
+        model: Any,
+        cache: Any,
+        prefix_mask: torch.Tensor,
+        packed: Packed,
+        next_position: torch.Tensor,
+        mask_dtype: torch.dtype,
+    ) -> PackedDecoder:
+        """The decoder of a packed suffix pass: the prefix (its real tokens) seen by every
+        prompt, each packed column by its own prompt."""
+        prefix = torch.where(prefix_mask.bool(), SHARED, HIDDEN)
+        owner = torch.cat([prefix, packed.owner], dim=1)
+        return cls(model, cache, owner, next_position[:, None] + packed.lengths, mask_dtype)
 
     def step(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         keep = active.reshape(-1, self.n_prompts)[self.images].any(dim=1)
         if not keep.all():
             kept = torch.nonzero(keep).flatten()
             self.cache.batch_select_indices(kept)
-            self.images, self.prefix_mask = self.images[kept], self.prefix_mask[kept]
-            self.owner, self.next_position = self.owner[kept], self.next_position[kept]
-        n, width = len(self.images), self.prefix_mask.shape[1]
+            self.images, self.owner = self.images[kept], self.owner[kept]
+            self.next_position = self.next_position[kept]
+        n = len(self.images)
         prompts = torch.arange(self.n_prompts, device=self.owner.device)
         self.owner = torch.cat([self.owner, prompts.expand(n, -1)], dim=1)
-        own = self.owner[:, None, :] == prompts[None, :, None]
-        prefix = self.prefix_mask[:, None, :].expand(-1, self.n_prompts, width)
+        seen = (self.owner[:, None, :] == SHARED) | (
+            self.owner[:, None, :] == prompts[None, :, None]
+        )
         hidden = self.model(
             input_ids=tokens.reshape(-1, self.n_prompts)[self.images],
-            attention_mask=attention_mask(
-                torch.cat([prefix, own], dim=2)[:, None], self.mask_dtype
-            ),
+            attention_mask=attention_mask(seen[:, None], self.mask_dtype),
             position_ids=self.next_position,
             cache=self.cache,
             use_cache=True,

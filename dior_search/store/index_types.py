@@ -325,6 +325,8 @@ def widened_search_params(index: Any, factor: float) -> tuple[Any, ...]:
     parameters come first, then the objects they point to (keep them referenced)."""
     import faiss
 
+    # FAISS's parameter classes take their fields as attributes (its stubs know no keywords).
+    kinds: Any = faiss
     made: list[Any] = []
 
     def params_of(chain: list[Any]) -> Any:
@@ -333,21 +335,25 @@ def widened_search_params(index: Any, factor: float) -> tuple[Any, ...]:
         part, rest = chain[0], chain[1:]
         found: Any = None
         if isinstance(part, faiss.IndexRefine):
-            found = faiss.IndexRefineSearchParameters(
-                k_factor=part.k_factor, base_index_params=params_of(rest)
-            )
+            found = kinds.IndexRefineSearchParameters()
+            found.k_factor = part.k_factor
+            found.base_index_params = params_of(rest)
         elif isinstance(part, faiss.IndexPreTransform):
-            found = faiss.SearchParametersPreTransform(index_params=params_of(rest))
+            found = kinds.SearchParametersPreTransform()
+            found.index_params = params_of(rest)
         elif isinstance(part, faiss.IndexIVF):
-            nprobe = min(part.nlist, math.ceil(part.nprobe * factor))
-            found = faiss.SearchParametersIVF(nprobe=nprobe, max_codes=part.max_codes)
+            found = kinds.SearchParametersIVF()
+            found.nprobe = min(part.nlist, math.ceil(part.nprobe * factor))
+            found.max_codes = part.max_codes
             quantizer = faiss.downcast_index(part.quantizer)
             if isinstance(quantizer, faiss.IndexHNSW):
-                breadth = max(nprobe, math.ceil(quantizer.hnsw.efSearch * factor))
-                found.quantizer_params = faiss.SearchParametersHNSW(efSearch=breadth)
+                found.quantizer_params = kinds.SearchParametersHNSW()
+                breadth = math.ceil(quantizer.hnsw.efSearch * factor)
+                found.quantizer_params.efSearch = max(found.nprobe, breadth)
                 made.append(found.quantizer_params)
         elif isinstance(part, faiss.IndexHNSW):
-            found = faiss.SearchParametersHNSW(efSearch=math.ceil(part.hnsw.efSearch * factor))
+            found = kinds.SearchParametersHNSW()
+            found.efSearch = math.ceil(part.hnsw.efSearch * factor)
         if found is not None:
             made.append(found)
         return found

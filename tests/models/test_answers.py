@@ -105,17 +105,28 @@ def test_stored_answers_equal_a_fresh_pass_with_the_full_head(
 
 @pytest.mark.slow
 def test_every_embedding_path_reads_the_same_answers(baseline_model_dirs, mixed_images):
-    """Packed suffixes, a cache row per prompt, and full passes: one answer per row."""
+    """Packed suffixes, a cache row per prompt, full passes, the caches of several passes
+    joined to decode or not: one answer per row."""
     path = baseline_model_dirs["qwen2_5_vl_untied"]
     found = []
-    for prefix_reuse, packed in ((True, True), (True, False), (False, False)):
-        settings = DiorSettings(model=str(path), device="cpu", prefix_reuse=prefix_reuse)
-        embedder = DiorEmbedder(settings, throughput=Throughput(packed_suffixes=packed))
+    paths = (
+        (True, True, 64),
+        (True, True, 1),
+        (True, False, 64),
+        (True, False, 1),
+        (False, False, 64),
+    )
+    for prefix_reuse, packed, rows in paths:
+        settings = DiorSettings(
+            model=str(path), device="cpu", prefix_reuse=prefix_reuse, batch_size=6
+        )
+        throughput = Throughput(packed_suffixes=packed, answer_rows=rows)
+        embedder = DiorEmbedder(settings, throughput=throughput)
         vectors, answers = embedder.embed_with_answers(mixed_images, CONDITIONS)
         np.testing.assert_allclose(vectors, embedder.embed(mixed_images, CONDITIONS), atol=1e-5)
         found.append(answers)
     words = [[[a.word for a in row] for row in answers] for answers in found]
-    assert words[0] == words[1] == words[2]
+    assert all(one == words[0] for one in words[1:])
     assert len({w for row in words[0] for w in row}) > 1  # a test that could fail
     for answers in found[1:]:
         for mine, theirs in zip(found[0], answers, strict=True):
