@@ -19,6 +19,8 @@ GENERATIVE_MAX_NEW_TOKENS = 16
 # Folders.
 DEFAULT_INDEXES_DIR = Path("indexes")
 DEFAULT_DATASETS_DIR = Path("datasets")
+# The demo's own images: never the synthetic dataset that `index --dataset synthetic` reads.
+DEFAULT_DEMO_DIR = Path("datasets/demo")
 
 # Indexes.
 DEFAULT_SHARD_SIZE = 10_000

@@ -31,6 +31,12 @@ class IndexStoreError(DiorError):
     exit_code = 5
 
 
+class OutputError(DiorError):
+    """An output file (a contact sheet, JSON, a chart, the demo's images) cannot be written."""
+
+    exit_code = 6
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type's name if it has none)."""
     text = str(exc).strip()

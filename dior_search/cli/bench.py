@@ -14,7 +14,9 @@ from rich.table import Table
 from dior_search import defaults
 from dior_search.cli.app import app, console, err_console
 from dior_search.cli.options import DatasetsDirOpt, IndexesOpt, with_embedder_options
+from dior_search.cli.outputs import check_output, write_output
 from dior_search.cli.progress import progress_bar
+from dior_search.data.paths import shown
 from dior_search.errors import UsageError
 from dior_search.models.settings import EmbedderOptions
 
@@ -82,14 +84,19 @@ def bench(
     unknown = [m for m in chosen if m not in METHODS]
     if unknown:
         raise UsageError(f"unknown method {unknown[0]!r}; valid: {', '.join(METHODS)}")
+    # Output files are checked before the run, not after it.
+    if json_path is not None:
+        check_output(json_path, "--json")
+    if plot is not None:
+        check_output(plot, "--plot")
     models = MethodModels(replace(options, clip_model=clip_model, text_encoder=text_encoder))
     if method is None:
         chosen, problems = models.loadable(chosen)
         for problem in problems:
-            err_console.print(f"[yellow]{escape(problem)}[/yellow]", highlight=False)
+            err_console.print(f"[yellow]{escape(shown(problem))}[/yellow]", highlight=False)
     collections, problems = open_bench_datasets(dataset, datasets_dir)
     for problem in problems:
-        err_console.print(f"[yellow]{escape(problem)}[/yellow]", highlight=False)
+        err_console.print(f"[yellow]{escape(shown(problem))}[/yellow]", highlight=False)
     with progress_bar("bench", "img", err_console) as bar:
         result = run_benches(
             collections,
@@ -104,8 +111,8 @@ def bench(
         # Print whole, never cropped, where a long condition name outgrows the terminal.
         console.print(table, width=max(console.width, console.measure(table).maximum))
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2))
+        text = json.dumps(result, indent=2)
+        write_output(json_path, "--json", lambda tmp: write_text(tmp, text))
     if plot is not None:
         from dior_search.cli.recall_chart import write_recall_chart
 
@@ -131,6 +138,12 @@ def bench_tables(result: BenchResult, methods: list[str]) -> list[Table]:
                     f"{per_method[m][metric]:.3f}" if m in per_method else "-"
                     for metric in METRIC_COLUMNS
                 ]
-                table.add_row(escape(condition_name), m, *cells, end_section=m == methods[-1])
+                table.add_row(
+                    escape(shown(condition_name)), m, *cells, end_section=m == methods[-1]
+                )
         tables.append(table)
     return tables
+
+
+def write_text(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")

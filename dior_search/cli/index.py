@@ -20,6 +20,8 @@ from dior_search.cli.options import (
     with_embedder_options,
 )
 from dior_search.cli.progress import progress_bar
+from dior_search.data.collections import check_conditions
+from dior_search.data.paths import shown
 from dior_search.errors import UsageError
 from dior_search.models.settings import EmbedderOptions
 
@@ -52,8 +54,12 @@ def index(
     datasets_dir: DatasetsDirOpt = defaults.DEFAULT_DATASETS_DIR,
     indexes: IndexesOpt = defaults.DEFAULT_INDEXES_DIR,
     shard_size: Annotated[
-        int, typer.Option(help="Vectors per shard.")
-    ] = defaults.DEFAULT_SHARD_SIZE,
+        int | None,
+        typer.Option(
+            help=f"Vectors per shard of a new index (default {defaults.DEFAULT_SHARD_SIZE}); "
+            "an existing index keeps its own."
+        ),
+    ] = None,
     index_type: IndexTypeOpt = None,
     memory_budget: Annotated[
         str | None,
@@ -79,18 +85,22 @@ def index(
     from dior_search.models import load_embedder
     from dior_search.store.index_types import canonical_spec, parse_size
 
-    if shard_size < 1:
+    if shard_size is not None and shard_size < 1:
         raise UsageError("--shard-size must be at least 1")
+    budget = parse_size(memory_budget) if memory_budget is not None else None
+    if budget is not None and budget < 1:
+        raise UsageError(f"--memory-budget must be more than 0 bytes, not {memory_budget!r}")
+    asked = check_conditions(condition or [])
     spec = requested_part(part, parts)
     settings = IndexSettings(
         indexes_dir=indexes,
         shard_size=shard_size,
         index_type=canonical_spec(index_type) if index_type is not None else None,
-        memory_budget=parse_size(memory_budget) if memory_budget is not None else None,
+        memory_budget=budget,
         part=spec,
     )
     collection = open_collection(dataset, images, datasets_dir)
-    conditions = condition or list(collection.conditions)
+    conditions = asked or list(collection.conditions)
     if not conditions:
         raise UsageError("--images needs at least one --condition (any free text)")
     embedder = load_embedder(replace(options, device=process_device(options.device)).dior())
@@ -114,29 +124,29 @@ def index(
     for column in ("condition", "added", "index"):
         table.add_column(column)
     for name, directory in report.directories.items():
-        table.add_row(escape(name), str(report.added[name]), escape(str(directory)))
+        table.add_row(escape(shown(name)), str(report.added[name]), escape(shown(str(directory))))
     console.print(table)
     listing = report.skipped_listing
     console.print(
         f"{report.already_indexed} already indexed, {len(report.skipped)} skipped"
-        + (f" (listed in {listing})" if listing else ""),
+        + (f" (listed in {shown(str(listing))})" if listing else ""),
         markup=False,
         highlight=False,
     )
     for path, reason in report.skipped:
         err_console.print(
-            f"[yellow]skipped[/yellow] {escape(path)}: {escape(reason)}", highlight=False
-        )
-    for name in report.merged:
-        console.print(
-            f"{name}: all parts complete, merged into {report.directories[name]}",
-            markup=False,
+            f"[yellow]skipped[/yellow] {escape(shown(path))}: {escape(shown(reason))}",
             highlight=False,
         )
-    for name, missing in report.waiting.items():
-        console.print(
-            f"{name}: waiting for parts {', '.join(map(str, missing))}; the last to finish "
-            "merges (re-run a failed one with the same command, or --part K --parts N)",
-            markup=False,
-            highlight=False,
-        )
+    lines = [*report.notes]
+    lines += [
+        f"{name}: all parts complete, merged into {report.directories[name]}"
+        for name in report.merged
+    ]
+    lines += [
+        f"{name}: waiting for parts {', '.join(map(str, missing))}; the last to finish "
+        "merges (re-run a failed one with the same command, or --part K --parts N)"
+        for name, missing in report.waiting.items()
+    ]
+    for line in lines:
+        console.print(shown(line), markup=False, highlight=False)

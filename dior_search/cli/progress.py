@@ -67,5 +67,10 @@ def progress_bar(label: str, unit: str, console: Console) -> Iterator[ProgressBa
     bar = ProgressBar(label, unit, console)
     try:
         yield bar
-    finally:
+    except BaseException:
+        # Without the blank line rich ends a bar with off a terminal: the error that follows
+        # is then the next line, as every error is.
+        bar.progress.live.stop()
+        raise
+    if bar.task is not None:
         bar.progress.stop()

@@ -17,7 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dior_search.data.collections import DATASETS, UNCONDITIONAL, Collection, open_dataset
+from dior_search.data.collections import (
+    DATASETS,
+    UNCONDITIONAL,
+    Collection,
+    LabelTableError,
+    open_dataset,
+)
 from dior_search.errors import DiorError, InputError, UsageError
 from dior_search.evaluation.metrics import retrieval_metrics
 from dior_search.indexing.job import IndexSettings
@@ -84,8 +90,12 @@ def indexed_conditions(method: str, conditions: Sequence[str]) -> list[str]:
     return [UNCONDITIONAL] if method in CONDITION_BLIND else list(conditions)
 
 
-def evaluate_index(reader: IndexReader, condition: str) -> Metrics:
-    """Metrics of one index by one condition's labels, exact search over its vectors."""
+def evaluate_index(reader: IndexReader, collection: Collection, condition: str) -> Metrics:
+    """Metrics of one index by one condition's labels, exact search over its vectors.
+
+    Labels are the collection's as its label table says now, not as they were stored when
+    the index was built; indexed images the table no longer lists are left out.
+    """
     if not reader.exact:
         log.warning(
             "%s stores compressed vectors (%s): metrics use their reconstructions",
@@ -93,7 +103,19 @@ def evaluate_index(reader: IndexReader, condition: str) -> Metrics:
             reader.manifest.index_type,
         )
     _, vectors = reader.all_vectors()
-    labels = reader.labels(condition)
+    current = {item.path: item.labels for item in collection.items}
+    paths = reader.paths()
+    unlisted = sum(path not in current for path in paths)
+    if unlisted:
+        log.warning(
+            "%d of the %d images indexed in %s are no longer in the label table of %s: left "
+            "out of the metrics",
+            unlisted,
+            len(paths),
+            reader.directory,
+            collection.name,
+        )
+    labels = [current.get(path, {}).get(condition) for path in paths]
     keep = np.array([label is not None for label in labels], dtype=bool)
     return retrieval_metrics(vectors[keep], [label for label in labels if label is not None])
 
@@ -128,7 +150,7 @@ def run_bench(
         for condition in conditions:
             indexed = UNCONDITIONAL if method in CONDITION_BLIND else condition
             reader = searcher.reader(searcher.condition(indexes, indexed))
-            results[condition][method] = evaluate_index(reader, condition)
+            results[condition][method] = evaluate_index(reader, collection, condition)
     return results
 
 
@@ -141,10 +163,14 @@ def open_bench_datasets(
     for name in names or list(DATASETS):
         try:
             collections.append(open_dataset(name, datasets_dir))
+        except LabelTableError:
+            raise  # a dataset that is there but whose labels cannot be read
         except InputError as exc:
             if names:
                 raise
             problems.append(f"skipped {exc}")
+    if not collections:
+        raise InputError(f"no dataset to evaluate in {datasets_dir}: {'; '.join(problems)}")
     return collections, problems
 
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dior_search.data.collections import Collection
+from dior_search.data.paths import shown
 from dior_search.errors import IndexStoreError
 from dior_search.indexing.job import (
     IndexReport,
@@ -16,8 +17,9 @@ from dior_search.indexing.job import (
 )
 from dior_search.indexing.parts import index_part, launched_part, parts_dir
 from dior_search.models.embedder import Embedder
+from dior_search.store.files import atomic_file
 from dior_search.store.layout import skipped_listing
-from dior_search.store.writer import IndexWriter
+from dior_search.store.writer import IndexWriter, io_errors
 
 
 def index_collection(
@@ -39,7 +41,7 @@ def index_collection(
     if part is not None and part.parts > 1:
         report = index_part(job, part, on_start, on_progress)
     else:
-        report = IndexReport()
+        report = IndexReport(skipped=list(collection.unreadable))
         for target in job.targets:
             if parts_dir(target.directory).is_dir():
                 raise IndexStoreError(
@@ -56,11 +58,18 @@ def index_collection(
                 writer.set_index_type(settings.index_type, settings.memory_budget)
                 report.directories[target.condition] = target.directory
                 report.added[target.condition] = 0
+                kept = writer.manifest.shard_size
+                if settings.shard_size not in (None, kept):
+                    report.notes.append(
+                        f"{target.condition}: the index keeps its shard size of {kept} "
+                        f"vectors (--shard-size {settings.shard_size} applies to new indexes)"
+                    )
             if on_start is not None:
                 on_start(len(collection.items))
             embed_items(job, writers, collection.items, report, on_progress)
-            for writer in writers:
+            for target, writer in zip(job.targets, writers, strict=True):
                 writer.close()
+                report.notes += [f"{target.condition}: {note}" for note in writer.notes]
         finally:
             for writer in writers:
                 writer.abort()
@@ -71,10 +80,18 @@ def index_collection(
 
 
 def write_skipped(listing: Path, report: IndexReport) -> Path | None:
-    """List the run's skipped images (path, reason) in `listing`; None if none was skipped."""
-    if not report.skipped:
-        return None
-    lines = [f"{path}\t{reason}\n" for path, reason in report.skipped]
-    listing.parent.mkdir(parents=True, exist_ok=True)
-    listing.write_text("path\treason\n" + "".join(lines), encoding="utf-8")
+    """List the run's skipped images (path, reason) in `listing`, or remove an old listing
+    when the run skipped none; None if none was skipped.
+
+    Tabs, newlines and other invisible characters in a name are backslash-escaped
+    (`data.paths.shown`), so each line is one image and its two fields.
+    """
+    with io_errors(f"cannot write {listing}"):
+        if not report.skipped:
+            listing.unlink(missing_ok=True)  # a fixed image must not stay listed
+            return None
+        lines = [f"{shown(path)}\t{shown(reason)}\n" for path, reason in report.skipped]
+        listing.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(listing) as tmp:
+            tmp.write_text("path\treason\n" + "".join(lines), encoding="utf-8")
     return listing

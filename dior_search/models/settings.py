@@ -29,6 +29,11 @@ def check_max_side(max_side: int | None) -> None:
         raise UsageError("the image side cap must be at least 1 pixel")
 
 
+def check_max_pixels(max_pixels: int | None) -> None:
+    if max_pixels is not None and max_pixels < 1:
+        raise UsageError(f"--max-pixels must be at least 1 pixel, not {max_pixels}")
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     """What every method shares: which model, on which device, in batches of what size."""
@@ -77,6 +82,7 @@ class DiorSettings(ModelSettings):
             valid = ", ".join(POSITION_SCHEMES)
             raise UsageError(f"unknown position scheme {self.position_scheme!r}; valid: {valid}")
         build_prompt(self.template, None)  # raises on an unknown template
+        check_max_pixels(self.max_pixels)
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,7 @@ class GenerativeSettings(ModelSettings):
         if self.max_new_tokens < 1:
             raise UsageError("max new tokens must be at least 1")
         build_prompt(self.template, None)  # raises on an unknown template
+        check_max_pixels(self.max_pixels)
 
 
 SETTINGS_BY_METHOD: dict[str, type[ModelSettings]] = {

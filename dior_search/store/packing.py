@@ -13,6 +13,11 @@ is another, packing
    vectors (about 2 GiB): every shard searched costs a PCA projection and a coarse search,
    so fewer, larger shards answer faster.
 
+A later run may ask for another type or memory budget: `change_index_type` then unpacks a
+packed index (its shards become staged Flat shards of the vectors their codes reconstruct,
+the trained index is dropped) and packing starts again with the new type. The new type is
+recorded only by the packing itself: a run that fails to pack leaves the index as it was.
+
 Crash safety: a packed shard's files are written (temp + fsync + rename) before the manifest
 swaps it in for the staged shards it replaces, and those are deleted only afterwards. After a
 crash the manifest lists either the staged or the packed shards; unlisted files are removed
@@ -36,6 +41,7 @@ from dior_search.store.index_types import (
     AUTO,
     FLAT,
     GiB,
+    canonical_spec,
     choose_index_type,
     default_search_params,
     format_size,
@@ -53,7 +59,19 @@ from dior_search.store.manifest import (
     shard_name,
     write_manifest,
 )
-from dior_search.store.shards import faiss_path, parquet_path, read_shard_index, staged_vectors
+from dior_search.store.shards import (
+    faiss_path,
+    normalize,
+    parquet_path,
+    read_index_file,
+    read_shard_index,
+    read_table,
+    reconstruct_ids,
+    staged_vectors,
+    write_faiss,
+    write_index_file,
+    write_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +120,6 @@ def decide_index_type(manifest: Manifest) -> str:
 
 def train(directory: Path, manifest: Manifest, staged: list[Shard], target: str) -> Any | None:
     """Train `target` on a sample of the staged vectors and record it; None if too few."""
-    import faiss
 
     empty = make_index(target, manifest.dim)
     rows = sum(s.rows for s in staged)
@@ -125,7 +142,7 @@ def train(directory: Path, manifest: Manifest, staged: list[Shard], target: str)
     per_vector = bytes_per_vector(trained, sample[:1000])
     path = directory / TRAINED
     with atomic_file(path) as tmp:
-        faiss.write_index(trained, str(tmp))
+        write_index_file(trained, tmp)
     manifest.trained = Trained(TRAINED, sha256_file(path), size, TRAIN_SEED, per_vector)
     if manifest.packed_shard_size <= 0:
         manifest.packed_shard_size = max(manifest.shard_size, PACKED_SHARD_BYTES // per_vector)
@@ -141,13 +158,11 @@ def train(directory: Path, manifest: Manifest, staged: list[Shard], target: str)
 
 
 def load_trained(directory: Path, manifest: Manifest) -> Any:
-    import faiss
-
     if manifest.trained is None:
         raise IndexStoreError(f"index {directory} has no trained index to pack into")
     path = directory / manifest.trained.name
     verify_file(path, manifest.trained.sha256)
-    return faiss.read_index(str(path))
+    return read_index_file(path)
 
 
 def sample_vectors(
@@ -201,7 +216,6 @@ def pack_group(directory: Path, manifest: Manifest, trained: Any, group: list[Sh
     """Replace consecutive staged shards by one packed shard, crash-safely."""
     import faiss
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     started = time.perf_counter()
     index = faiss.deserialize_index(faiss.serialize_index(trained))
@@ -212,15 +226,15 @@ def pack_group(directory: Path, manifest: Manifest, trained: Any, group: list[Sh
         ids, vectors = staged_vectors(faiss_path(directory, shard))
         for low in range(0, len(ids), ADD_CHUNK):
             index.add_with_ids(vectors[low : low + ADD_CHUNK], ids[low : low + ADD_CHUNK])
-        tables.append(pq.read_table(parquet_path(directory, shard)))
+        tables.append(read_table(parquet_path(directory, shard)))
     rows = sum(s.rows for s in group)
     if index.ntotal != rows:
         raise IndexStoreError(f"packing {directory}: read {index.ntotal} vectors, expected {rows}")
     name = shard_name(next_shard_number(manifest))
     with atomic_file(faiss_path(directory, name)) as tmp:
-        faiss.write_index(index, str(tmp))
+        write_index_file(index, tmp)
     with atomic_file(parquet_path(directory, name)) as tmp:
-        pq.write_table(pa.concat_tables(tables, promote_options="default"), tmp)
+        write_table(pa.concat_tables(tables, promote_options="default"), tmp)
     packed = Shard(
         name,
         rows,
@@ -243,3 +257,101 @@ def pack_group(directory: Path, manifest: Manifest, trained: Any, group: list[Sh
         name,
         time.perf_counter() - started,
     )
+
+
+def change_index_type(
+    directory: Path, manifest: Manifest, spec: str | None, memory_budget: int | None
+) -> str | None:
+    """Make `manifest` ask for `spec` and `memory_budget` (None: keep), unpacking a packed
+    index whose type must change; what changed, or None. `pack_staged_shards` then packs."""
+    spec = None if spec is None else canonical_spec(spec)
+    new_spec = spec if spec is not None and spec != manifest.index_spec else None
+    new_budget = memory_budget if memory_budget not in (None, manifest.memory_budget) else None
+    if new_spec is None and new_budget is None:
+        return None
+    changes = []
+    if new_spec is not None:
+        changes.append(f"index type {manifest.index_spec!r} -> {new_spec!r}")
+    if new_budget is not None:
+        changes.append(
+            f"memory budget {format_size(manifest.memory_budget)} -> {format_size(new_budget)}"
+        )
+    target = new_spec or manifest.index_spec
+    packed = manifest.trained is not None or any(s.index_type != FLAT for s in manifest.shards)
+    if packed and must_repack(manifest, target, new_budget or manifest.memory_budget):
+        was = manifest.index_type
+        unpacked = unpack(directory, manifest)
+        changes.append(f"{unpacked} vectors unpacked from their {was} codes to be packed again")
+    if new_spec is not None:
+        manifest.index_spec = new_spec
+        manifest.index_type = FLAT if new_spec == AUTO else new_spec
+        manifest.search_params = ""
+    if new_budget is not None:
+        manifest.memory_budget = new_budget
+    return "; ".join(changes)
+
+
+def must_repack(manifest: Manifest, spec: str, memory_budget: int) -> bool:
+    """Whether packed shards must change for the index to be of type `spec` (auto: the type
+    auto chooses for its size within `memory_budget`)."""
+    if spec != AUTO:
+        return spec != manifest.index_type
+    choice = choose_index_type(manifest.rows, manifest.dim, memory_budget)
+    return choice.factory != manifest.index_type
+
+
+def unpack(directory: Path, manifest: Manifest) -> int:
+    """Turn the packed shards back into staged Flat shards (of the vectors their codes
+    reconstruct, at most `shard_size` each) and drop the trained index; vectors unpacked.
+
+    The staged files are written before the manifest lists them in place of the packed ones,
+    which are deleted afterwards: after a crash the manifest lists one set or the other.
+    """
+    import faiss
+
+    number = next_shard_number(manifest)
+    shards: list[Shard] = []
+    unpacked = 0
+    for shard in manifest.shards:
+        if shard.index_type == FLAT:
+            shards.append(shard)
+            continue
+        verify_file(faiss_path(directory, shard), shard.faiss_sha256)
+        verify_file(parquet_path(directory, shard), shard.parquet_sha256)
+        index = read_shard_index(faiss_path(directory, shard), mmap=True)
+        ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+        table = read_table(parquet_path(directory, shard))
+        if table.column("id").to_pylist() != ids.tolist():
+            raise IndexStoreError(f"{parquet_path(directory, shard)} does not match its index")
+        for low in range(0, len(ids), manifest.shard_size):
+            chunk = ids[low : low + manifest.shard_size]
+            name = shard_name(number)
+            number += 1
+            with atomic_file(faiss_path(directory, name)) as tmp:
+                write_faiss(tmp, normalize(reconstruct_ids(index, chunk)), chunk, FLAT)
+            with atomic_file(parquet_path(directory, name)) as tmp:
+                write_table(table.slice(low, len(chunk)), tmp)
+            shards.append(
+                Shard(
+                    name,
+                    len(chunk),
+                    int(chunk[0]),
+                    sha256_file(faiss_path(directory, name)),
+                    sha256_file(parquet_path(directory, name)),
+                    last_id=int(chunk[-1]),
+                )
+            )
+        unpacked += len(ids)
+    retired = [s for s in manifest.shards if s.index_type != FLAT]
+    trained = manifest.trained
+    manifest.shards = shards
+    manifest.trained = None
+    manifest.packed_shard_size = 0
+    manifest.search_params = ""
+    write_manifest(directory, manifest)
+    for shard in retired:
+        faiss_path(directory, shard).unlink(missing_ok=True)
+        parquet_path(directory, shard).unlink(missing_ok=True)
+    if trained is not None:
+        (directory / trained.name).unlink(missing_ok=True)
+    return unpacked

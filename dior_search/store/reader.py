@@ -22,12 +22,18 @@ from dior_search.store.index_types import (
 )
 from dior_search.store.manifest import Manifest
 from dior_search.store.shards import (
+    PATH_BYTES,
     Row,
+    column_names,
     faiss_path,
     normalize,
     parquet_path,
     read_shard_index,
+    read_table,
+    reconstruct_ids,
     reconstruct_rows,
+    row_count,
+    stored_paths,
 )
 
 LABEL_PREFIX = "label_"
@@ -49,8 +55,6 @@ class IndexReader:
         search_params: str = "",
         verify: bool = True,
     ) -> None:
-        import pyarrow.parquet as pq
-
         self.directory = directory
         self.manifest = Manifest.read(directory)
         self._indexes: list[Any] = []
@@ -62,7 +66,7 @@ class IndexReader:
                 verify_file(parquet_path(directory, shard), shard.parquet_sha256)
             self._indexes.append(read_shard_index(faiss_path(directory, shard), mmap))
             self._tables.append(parquet_path(directory, shard))
-            ids = pq.read_table(parquet_path(directory, shard), columns=["id"]).column("id")
+            ids = read_table(parquet_path(directory, shard), ["id"]).column("id")
             shard_ids.append(np.asarray(ids.to_numpy(), dtype=np.int64))
         # Ids of each shard's rows, ascending: any increasing ids, not only contiguous ones.
         self._shard_ids = shard_ids
@@ -151,43 +155,26 @@ class IndexReader:
         return found
 
     def _reconstruct(self, shard: int, ids: np.ndarray) -> np.ndarray:
-        import faiss
-
-        index = self._indexes[shard]
-        try:
-            vectors: np.ndarray = index.reconstruct_batch(ids)
-        except RuntimeError:
-            # An IVF without a re-ranking copy finds a vector through its direct map.
-            ivf = faiss.try_extract_index_ivf(index)
-            if ivf is None:
-                raise
-            ivf.make_direct_map()
-            vectors = index.reconstruct_batch(ids)
-        out: np.ndarray = np.asarray(vectors, dtype=np.float32)
-        return out
+        return reconstruct_ids(self._indexes[shard], ids)
 
     def column(self, name: str) -> list[Any]:
         """A Parquet column of every row, in id order (None in shards without it); read once."""
-        import pyarrow.parquet as pq
-
         if name not in self._columns:
             values: list[Any] = []
             for path in self._tables:
-                if name in pq.read_schema(path).names:
-                    values += pq.read_table(path, columns=[name]).column(name).to_pylist()
+                if name in column_names(path):
+                    values += read_table(path, [name]).column(name).to_pylist()
                 else:
-                    values += [None] * pq.read_metadata(path).num_rows
+                    values += [None] * row_count(path)
             self._columns[name] = values
         return self._columns[name]
 
     def column_names(self) -> list[str]:
         """Every column any shard's table has."""
-        import pyarrow.parquet as pq
-
         if self._column_names is None:
             names: dict[str, None] = {}
             for path in self._tables:
-                names.update(dict.fromkeys(pq.read_schema(path).names))
+                names.update(dict.fromkeys(column_names(path)))
             self._column_names = list(names)
         return self._column_names
 
@@ -208,8 +195,9 @@ class IndexReader:
         return self.column("content_hash")
 
     def paths(self) -> list[str]:
-        """Every row's image path, in id order."""
-        return self.column("path")
+        """Every row's image path, in id order (exact, also where a name is not UTF-8)."""
+        exact = self.column(PATH_BYTES) if PATH_BYTES in self.column_names() else None
+        return stored_paths(self.column("path"), exact)
 
     def rows(self, ids: Sequence[int] | np.ndarray) -> list[Row]:
         """The metadata of `ids`, in the order given."""

@@ -2,6 +2,13 @@
 
     shard-00000.faiss        FAISS index of L2-normalised vectors, ids stored with them
     shard-00000.parquet      one row per vector: id, path, content_hash, norm, label_<name> ...
+
+Image paths are data (see data.paths): a name that is valid UTF-8 is stored as it is in the
+`path` column; a name that is not is stored in `path` with U+FFFD for each byte that is not
+UTF-8 (readable, lossy) and exactly, as bytes, in a `path_bytes` column (null elsewhere;
+absent from a shard none of whose names needs it). Every file is opened through the helpers
+below, which give FAISS and Arrow an open file where the index folder's own path is not
+UTF-8 (neither library can take such a name).
 """
 
 from __future__ import annotations
@@ -13,7 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from dior_search.data.paths import from_bytes, fs_path, is_text, name_bytes, readable
 from dior_search.store.manifest import Shard
+
+PATH_BYTES = "path_bytes"
 
 # Shards at least this large are memory-mapped by default rather than read into RAM.
 MMAP_MIN_BYTES = 16 << 20
@@ -53,23 +63,103 @@ def write_faiss(path: Path, vectors: np.ndarray, ids: np.ndarray, index_type: st
         vectors.shape[1], f"IDMap2,{index_type}", faiss.METRIC_INNER_PRODUCT
     )
     index.add_with_ids(vectors, ids)
-    faiss.write_index(index, str(path))
+    write_index_file(index, path)
+
+
+def write_index_file(index: Any, path: Path) -> None:
+    """Write a FAISS index to `path`, whatever bytes its folder's name holds."""
+    import faiss
+
+    name = fs_path(path)
+    if name is not None:
+        faiss.write_index(index, name)
+        return
+    with path.open("wb") as handle:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))  # type: ignore[attr-defined]
+
+
+def read_index_file(path: Path, mmap: bool = False) -> Any:
+    """Read a FAISS index from `path`; memory-mapped if asked and its name allows."""
+    import faiss
+
+    name = fs_path(path)
+    if name is not None:
+        flags = getattr(faiss, "IO_FLAG_MMAP_IFC", 0) if mmap else 0
+        return faiss.read_index(name, flags)
+    with path.open("rb") as handle:  # FAISS can map only a file it opens by name
+        return faiss.read_index(faiss.PyCallbackIOReader(handle.read))  # type: ignore[attr-defined]
 
 
 def write_parquet(path: Path, ids: np.ndarray, norms: np.ndarray, rows: Sequence[Row]) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     columns: dict[str, Any] = {
         "id": pa.array(ids, type=pa.int64()),
-        "path": pa.array([r.path for r in rows], type=pa.string()),
+        **path_columns([r.path for r in rows]),
         "content_hash": pa.array([r.content_hash for r in rows], type=pa.string()),
         # The vector's length before normalisation: unit vector * norm is the raw embedding.
         "norm": pa.array(norms, type=pa.float32()),
     }
     for name in sorted({name for r in rows for name in r.labels}):
         columns[f"label_{name}"] = pa.array([r.labels.get(name) for r in rows], type=pa.string())
-    pq.write_table(pa.table(columns), path)
+    write_table(pa.table(columns), path)
+
+
+def path_columns(paths: Sequence[str]) -> dict[str, Any]:
+    """The `path` column (and `path_bytes`, if a name is not UTF-8) of `paths`."""
+    import pyarrow as pa
+
+    exact = [None if is_text(p) else name_bytes(p) for p in paths]
+    columns = {"path": pa.array([readable(p) for p in paths], type=pa.string())}
+    if any(raw is not None for raw in exact):
+        columns[PATH_BYTES] = pa.array(exact, type=pa.binary())
+    return columns
+
+
+def stored_paths(paths: Sequence[str | None], exact: Sequence[bytes | None] | None) -> list[str]:
+    """Image paths from a `path` column and its `path_bytes` column (None: absent)."""
+    if exact is None:
+        return [str(p) for p in paths]
+    return [str(p) if raw is None else from_bytes(raw) for p, raw in zip(paths, exact, strict=True)]
+
+
+def read_paths(path: Path) -> list[str]:
+    """The image paths of one shard's table, in row order."""
+    names = ["path", PATH_BYTES] if PATH_BYTES in column_names(path) else ["path"]
+    table = read_table(path, names)
+    exact = table.column(PATH_BYTES).to_pylist() if PATH_BYTES in names else None
+    return stored_paths(table.column("path").to_pylist(), exact)
+
+
+def write_table(table: Any, path: Path) -> None:
+    """Write a Parquet table to `path`, whatever bytes its folder's name holds."""
+    import pyarrow.parquet as pq
+
+    with path.open("wb") as handle:
+        pq.write_table(table, handle)
+
+
+def read_table(path: Path, columns: Sequence[str] | None = None) -> Any:
+    """A Parquet table (or some of its columns) from `path`."""
+    import pyarrow.parquet as pq
+
+    with path.open("rb") as handle:
+        return pq.read_table(handle, columns=None if columns is None else list(columns))
+
+
+def column_names(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    with path.open("rb") as handle:
+        return list(pq.read_schema(handle).names)
+
+
+def row_count(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    with path.open("rb") as handle:
+        rows: int = pq.read_metadata(handle).num_rows
+        return rows
 
 
 def read_shard_index(path: Path, mmap: bool | None = None) -> Any:
@@ -78,12 +168,9 @@ def read_shard_index(path: Path, mmap: bool | None = None) -> Any:
     FAISS 1.10+ maps the file's contents in place (IO_FLAG_MMAP_IFC) for flat codes, IVF
     lists and HNSW storage, so only the pages a search touches are read.
     """
-    import faiss
-
     if mmap is None:
         mmap = path.stat().st_size >= MMAP_MIN_BYTES
-    flags = getattr(faiss, "IO_FLAG_MMAP_IFC", 0) if mmap else 0
-    return faiss.read_index(str(path), flags)
+    return read_index_file(path, mmap)
 
 
 def reconstruct_rows(index: Any, start: int, count: int) -> np.ndarray:
@@ -94,6 +181,24 @@ def reconstruct_rows(index: Any, start: int, count: int) -> np.ndarray:
     """
     out = np.empty((count, index.d), dtype=np.float32)
     index.reconstruct_n(start, count, out)
+    return out
+
+
+def reconstruct_ids(index: Any, ids: np.ndarray) -> np.ndarray:
+    """The stored vectors of `ids` in an `IDMap2` index, as float32 (from codes if compressed)."""
+    import faiss
+
+    wanted = np.ascontiguousarray(ids, dtype=np.int64)
+    try:
+        vectors = index.reconstruct_batch(wanted)
+    except RuntimeError:
+        # An IVF without a re-ranking copy finds a vector through its direct map.
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is None:
+            raise
+        ivf.make_direct_map()
+        vectors = index.reconstruct_batch(wanted)
+    out: np.ndarray = np.asarray(vectors, dtype=np.float32)
     return out
 
 

@@ -6,20 +6,24 @@ Files that the manifest does not list are leftovers of such a run and are remove
 
 Vectors are staged as exact `Flat` shards while they arrive; when the index type is another
 (see index_types), `pack()` trains it once on a sample of the staged vectors and packs the
-staged shards into shards of that type (see packing).
+staged shards into shards of that type (see packing). A type or memory budget asked for with
+`set_index_type` takes effect there too (repacking a packed index) and is recorded only once
+it is packed.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 
-from dior_search.errors import IndexStoreError
+from dior_search.errors import IndexStoreError, first_line
 from dior_search.store.files import atomic_file, sha256_file, take_lock, verify_file
-from dior_search.store.index_types import AUTO, FLAT, canonical_spec
+from dior_search.store.index_types import FLAT, canonical_spec
 from dior_search.store.manifest import (
     MANIFEST,
     SHARD_PREFIX,
@@ -32,12 +36,13 @@ from dior_search.store.manifest import (
     shard_name,
     write_manifest,
 )
-from dior_search.store.packing import pack_staged_shards
+from dior_search.store.packing import change_index_type, pack_staged_shards
 from dior_search.store.shards import (
     Row,
     faiss_path,
     normalize,
     parquet_path,
+    read_table,
     write_faiss,
     write_parquet,
 )
@@ -63,27 +68,42 @@ class IndexWriter:
     ) -> None:
         self.directory = directory
         self.packs = packs
-        directory.mkdir(parents=True, exist_ok=True)
-        self.lock = take_lock(directory, wait_for_lock)
-        if (directory / MANIFEST).is_file():
-            self.manifest = Manifest.read(directory)
-            check_same_embedder(directory, self.manifest.embedder, new_manifest.embedder)
-            if self.manifest.condition != new_manifest.condition:
-                raise IndexStoreError(
-                    f"index {directory} is for condition {self.manifest.condition}, "
-                    f"not {new_manifest.condition}"
-                )
-        else:
-            self.manifest = new_manifest
-            self.manifest.created = now()
-            # Published at once, empty: the directory is an index from its first moment.
-            write_manifest(directory, self.manifest)
-        self.remove_leftovers()
-        self.known_hashes = self.read_hashes()
+        with io_errors(f"cannot write index {directory}"):
+            directory.mkdir(parents=True, exist_ok=True)
+            self.lock = take_lock(directory, wait_for_lock)
+        try:
+            with io_errors(f"cannot open index {directory} for writing"):
+                self.manifest = self.open_manifest(new_manifest)
+                self.remove_leftovers()
+                self.known_hashes = self.read_hashes()
+        except BaseException:
+            self.lock.close()
+            raise
         self.next_id = self.manifest.next_id
         self.vectors: list[np.ndarray] = []
         self.rows: list[Row] = []
         self.ids: list[int] = []
+        # The index type and memory budget asked for (None: the index's own), and what
+        # packing changed, for the run's report.
+        self.asked: tuple[str | None, int | None] = (None, None)
+        self.notes: list[str] = []
+
+    def open_manifest(self, new_manifest: Manifest) -> Manifest:
+        """The index's manifest, or `new_manifest` published at once for a new index."""
+        directory = self.directory
+        if (directory / MANIFEST).is_file():
+            manifest = Manifest.read(directory)
+            check_same_embedder(directory, manifest.embedder, new_manifest.embedder)
+            if manifest.condition != new_manifest.condition:
+                raise IndexStoreError(
+                    f"index {directory} is for condition {manifest.condition}, "
+                    f"not {new_manifest.condition}"
+                )
+            return manifest
+        new_manifest.created = now()
+        # Published at once, empty: the directory is an index from its first moment.
+        write_manifest(directory, new_manifest)
+        return new_manifest
 
     def __enter__(self) -> IndexWriter:
         return self
@@ -112,32 +132,21 @@ class IndexWriter:
                 path.unlink()
 
     def read_hashes(self) -> set[str]:
-        import pyarrow.parquet as pq
-
         hashes: set[str] = set()
         for shard in self.manifest.shards:
             path = parquet_path(self.directory, shard)
             verify_file(path, shard.parquet_sha256)
-            column = pq.read_table(path, columns=["content_hash"]).column("content_hash")
+            column = read_table(path, ["content_hash"]).column("content_hash")
             hashes.update(column.to_pylist())
         return hashes
 
     def set_index_type(self, spec: str | None, memory_budget: int | None) -> None:
-        """Use another index type or budget from now on; refused once shards are packed."""
-        manifest = self.manifest
-        spec = None if spec is None else canonical_spec(spec)
-        if spec is not None and spec != manifest.index_spec:
-            packed = [s.name for s in manifest.shards if s.index_type != FLAT]
-            if packed or manifest.trained is not None:
-                raise IndexStoreError(
-                    f"index {self.directory} is built as {manifest.index_spec!r} (asked: "
-                    f"{spec!r}); delete it to rebuild it with another index type"
-                )
-            manifest.index_spec = spec
-            manifest.index_type = FLAT if spec == AUTO else spec
-            manifest.search_params = ""
-        if memory_budget is not None:
-            manifest.memory_budget = memory_budget
+        """Ask for another index type or memory budget (None: keep the index's own).
+
+        It takes effect when the run packs (`close()`): staged shards are packed into it, and
+        an index already packed into another type is unpacked and packed again.
+        """
+        self.asked = (None if spec is None else canonical_spec(spec), memory_budget)
 
     def add(self, vector: np.ndarray, row: Row, row_id: int | None = None) -> None:
         """Queue one vector (with the next id, or `row_id`); a full shard is written at once."""
@@ -184,7 +193,7 @@ class IndexWriter:
             # The manifest on disk still lists only the earlier shards; files of this one are
             # leftovers that the next run removes.
             self.manifest.shards = published
-            reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]
+            reason = error_reason(exc)
             raise IndexStoreError(
                 f"cannot write {name} in {self.directory}: {reason}; the index keeps its "
                 f"{self.manifest.rows} rows written before"
@@ -194,8 +203,16 @@ class IndexWriter:
 
     def pack(self) -> None:
         """Train the index type if needed and pack the staged Flat shards into it."""
-        if self.packs:
-            pack_staged_shards(self.directory, self.manifest)
+        if not self.packs:
+            return
+        manifest = self.manifest
+        with io_errors(f"cannot pack index {self.directory}"):
+            changed = change_index_type(self.directory, manifest, *self.asked)
+            pack_staged_shards(self.directory, manifest)
+            if changed is not None:
+                write_manifest(self.directory, manifest)  # records the type once it is packed
+        if changed is not None:
+            self.notes.append(f"{changed}; the index is now {manifest.index_type}")
 
     def close(self) -> None:
         """Write what is queued (a last, partial shard), pack, and release the lock."""
@@ -208,3 +225,22 @@ class IndexWriter:
     def abort(self) -> None:
         """Release the lock; anything still queued is dropped, the index stays as published."""
         self.lock.close()
+
+
+def error_reason(exc: BaseException) -> str:
+    """What an I/O error says (the errno's meaning), FAISS's write errors included."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return first_line(exc)
+
+
+@contextmanager
+def io_errors(doing: str) -> Iterator[None]:
+    """Turn an OSError (or FAISS's RuntimeError for a failed write) into one IndexStoreError
+    line: what was being done, the file, and the errno's meaning."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        where = getattr(exc, "filename", None)
+        named = f" ({where})" if where else ""
+        raise IndexStoreError(f"{doing}{named}: {error_reason(exc)}") from None
