@@ -5,9 +5,15 @@ data -> models -> store -> indexing / search -> evaluation / serve -> cli
 (see docs/architecture.md).
 """
 
-from importlib.metadata import PackageNotFoundError, version
 
-try:
-    __version__ = version("dior-search")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0"
+def __getattr__(name: str) -> str:
+    # Looked up on first use, not on import: `dior-search` handles Ctrl+C from its first
+    # milliseconds, and importing the package must not delay that.
+    if name != "__version__":
+        raise AttributeError(f"module 'dior_search' has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dior-search")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0.0.0"

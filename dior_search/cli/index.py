@@ -132,6 +132,7 @@ def index(
         + (f" (listed in {shown(str(listing))})" if listing else ""),
         markup=False,
         highlight=False,
+        soft_wrap=True,
     )
     for path, reason in report.skipped:
         err_console.print(
@@ -149,4 +150,4 @@ def index(
         for name, missing in report.waiting.items()
     ]
     for line in lines:
-        console.print(shown(line), markup=False, highlight=False)
+        console.print(shown(line), markup=False, highlight=False, soft_wrap=True)

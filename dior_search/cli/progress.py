@@ -68,8 +68,9 @@ def progress_bar(label: str, unit: str, console: Console) -> Iterator[ProgressBa
     try:
         yield bar
     except BaseException:
-        # Without the blank line rich ends a bar with off a terminal: the error that follows
-        # is then the next line, as every error is.
+        # The bar goes away (and off a terminal is never printed): the error that follows is
+        # the run's only line on stderr.
+        bar.progress.live.transient = True
         bar.progress.live.stop()
         raise
     if bar.task is not None:

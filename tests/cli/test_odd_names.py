@@ -79,9 +79,7 @@ def test_odd_names_are_indexed_shown_escaped_and_found_again(odd_workspace, caps
     assert all(len(line.split("\t")) == 2 for line in listing)
     # Every odd name is found again: by its stored vector and by its file.
     for row_id, path in zip(reader.ids.tolist(), reader.paths(), strict=True):
-        by_id = run_cli(
-            capsys, "query", "--id", row_id, "--index", directory, "--json", "-k", "1"
-        )
+        by_id = run_cli(capsys, "query", "--id", row_id, "--index", directory, "--json", "-k", "1")
         assert by_id.code == 0, by_id.err
         assert json.loads(by_id.out)[0]["path"] == path
     image = folder / NAMES[0]
@@ -92,9 +90,10 @@ def test_odd_names_are_indexed_shown_escaped_and_found_again(odd_workspace, caps
     assert by_image.code == 0, by_image.err
     first_row = next(line for line in by_image.out.splitlines() if line.startswith("│ 1 "))
     assert shown(NAMES[0]) in first_row
-    assert "[red]markup[/red].png" in run_cli(
-        capsys, "query", "--id", 0, "--index", directory, "-k", "20"
-    ).out
+    assert (
+        "[red]markup[/red].png"
+        in run_cli(capsys, "query", "--id", 0, "--index", directory, "-k", "20").out
+    )
 
 
 def test_a_fixed_file_leaves_skipped_tsv(tmp_path, capsys):
