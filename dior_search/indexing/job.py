@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
 
 
+# More processes than this share no index usefully (each part is a folder and a merge step).
+MAX_PARTS = 4096
+
+
 @dataclass(frozen=True)
 class PartSpec:
     """Part `part` (0-based) of `parts` of a distributed run."""
@@ -40,7 +44,9 @@ class PartSpec:
     parts: int
 
     def __post_init__(self) -> None:
-        if self.parts < 1 or not 0 <= self.part < self.parts:
+        if not 1 <= self.parts <= MAX_PARTS:
+            raise UsageError(f"--parts must be between 1 and {MAX_PARTS}, not {self.parts}")
+        if not 0 <= self.part < self.parts:
             raise UsageError(
                 f"part {self.part} of {self.parts} does not exist: parts are 0..{self.parts - 1}"
             )

@@ -86,6 +86,13 @@ class DiorEmbedder:
                 f"0..{self.n_layers} (or -{self.n_layers + 1}..-1)"
             )
         layer = settings.layer % (self.n_layers + 1)
+        if layer == 0:
+            # Before any layer the last token has seen nothing: every image would get the
+            # same vector.
+            raise UsageError(
+                f"layer {settings.layer} is the embedding layer, where the last token's state "
+                f"is the same for every image: use 1..{self.n_layers} (or -{self.n_layers}..-1)"
+            )
         # Where the layers after the chosen one can be dropped, the model's last hidden state is
         # the embedding; otherwise every hidden state is returned and the chosen one read.
         stops_early = layer == self.n_layers or keep_first_layers(self.model, layer)

@@ -109,16 +109,16 @@ def test_cuda_on_a_cpu_only_torch_is_one_line(folder, tmp_path, capsys, device):
 
 def test_shard_size_on_resume_is_kept_and_said(folder, tmp_path, capsys):
     args = ["index", "--images", folder, "-c", "color", "--indexes", tmp_path, "--device", "cpu"]
-    assert run_cli(capsys, *args, "--shard-size", "16").code == 0
+    assert run_cli(capsys, *args, "--shard-size", "6").code == 0
     run = run_cli(capsys, *args, "--shard-size", "5")
     assert run.code == 0
     assert (
-        "color: the index keeps its shard size of 16 vectors (--shard-size 5 applies to new "
+        "color: the index keeps its shard size of 6 vectors (--shard-size 5 applies to new "
         "indexes)"
     ) in run.out.splitlines()
     assert "shard size" not in run_cli(capsys, *args).out  # not asked: nothing to say
     (directory,) = tmp_path.glob("*/tiny/color")
-    assert [s.rows for s in IndexReader(directory).manifest.shards] == [16, 16, 8]
+    assert [s.rows for s in IndexReader(directory).manifest.shards] == [6, 6, 4]
 
 
 def test_serve_options_out_of_range(tmp_path, capsys):
