@@ -168,3 +168,21 @@ def test_a_folder_and_indexes_path_that_are_not_utf8(tmp_path, capsys):
     reader = IndexReader(directory_of(folder, indexes, "color"))
     assert sorted(reader.paths()) == ["a.png", "b.png"]
     assert os.fsencode(reader.manifest.collection["root"]).endswith(b"/\xff\xfe")
+
+
+def test_odd_names_through_the_http_api(odd_workspace, capsys):
+    from starlette.testclient import TestClient
+
+    from dior_search.serve.app import create_app
+    from dior_search.serve.service import SearchService, ServeSettings
+
+    folder, indexes = odd_workspace
+    assert index(capsys, folder, indexes, "color").code in (0,)
+    service = SearchService.open(ServeSettings(indexes_dir=indexes, device="cpu"))
+    with TestClient(create_app(service)) as client:
+        (collection,) = client.get("/api/collections").json()["collections"]
+        page = client.get(f"/api/collections/{collection['name']}/images?limit=50")
+        assert page.status_code == 200
+        assert sorted(image["path"] for image in page.json()["images"]) == sorted(NAMES)
+        thumbnail = client.get(page.json()["images"][0]["thumbnail"])
+        assert thumbnail.status_code == 200 and thumbnail.content[:2] == b"\xff\xd8"
