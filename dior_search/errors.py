@@ -34,7 +34,7 @@ class IndexStoreError(DiorError):
 class OutputError(DiorError):
     """An output file (a contact sheet, JSON, a chart, the demo's images) cannot be written."""
 
-    exit_code = 6
+    exit_code = 7
 
 
 def first_line(exc: BaseException) -> str:

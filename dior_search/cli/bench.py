@@ -16,6 +16,7 @@ from dior_search.cli.app import app, console, err_console
 from dior_search.cli.options import DatasetsDirOpt, IndexesOpt, with_embedder_options
 from dior_search.cli.outputs import check_output, write_output
 from dior_search.cli.progress import progress_bar
+from dior_search.data.collections import check_conditions
 from dior_search.data.paths import shown
 from dior_search.errors import UsageError
 from dior_search.models.settings import EmbedderOptions
@@ -84,6 +85,7 @@ def bench(
     unknown = [m for m in chosen if m not in METHODS]
     if unknown:
         raise UsageError(f"unknown method {unknown[0]!r}; valid: {', '.join(METHODS)}")
+    conditions = check_conditions(condition) if condition else None
     # Output files are checked before the run, not after it.
     if json_path is not None:
         check_output(json_path, "--json")
@@ -100,7 +102,7 @@ def bench(
     with progress_bar("bench", "img", err_console) as bar:
         result = run_benches(
             collections,
-            condition,
+            conditions,
             chosen,
             models,
             IndexSettings(indexes_dir=indexes),

@@ -1,5 +1,5 @@
 """Files the verbs write for the user (`--sheet`, `--json`, `--plot`): checked before the
-run, written whole or not at all, and every failure one line with exit code 6.
+run, written whole or not at all, and every failure one line with exit code 7.
 
 A missing parent folder is created only inside the working directory; elsewhere it is
 refused (a typo in `--sheet /nonexistent/x.png` must not create `/nonexistent`).

@@ -47,11 +47,6 @@ def readable(name: str) -> str:
     return name_bytes(name).decode("utf-8", "replace")
 
 
-def relative_name(path: Path, root: Path) -> str:
-    """`path` relative to `root`, with forward slashes, as a collection item's path."""
-    return path.relative_to(root).as_posix()
-
-
 def shown(text: str) -> str:
     """`text` safe to print on one line: backslashes, tabs, newlines, controls, bidirectional
     and other invisible characters and bytes that were not UTF-8 become backslash escapes.

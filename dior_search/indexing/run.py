@@ -17,9 +17,9 @@ from dior_search.indexing.job import (
 )
 from dior_search.indexing.parts import index_part, launched_part, parts_dir
 from dior_search.models.embedder import Embedder
-from dior_search.store.files import atomic_file
+from dior_search.store.files import atomic_file, io_errors
 from dior_search.store.layout import skipped_listing
-from dior_search.store.writer import IndexWriter, io_errors
+from dior_search.store.writer import IndexWriter
 
 
 def index_collection(
@@ -40,6 +40,7 @@ def index_collection(
     part = settings.part or launched_part()
     if part is not None and part.parts > 1:
         report = index_part(job, part, on_start, on_progress)
+        report.skipped[:0] = collection.unreadable
     else:
         report = IndexReport(skipped=list(collection.unreadable))
         for target in job.targets:

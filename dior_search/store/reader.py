@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from dior_search.errors import IndexStoreError, UsageError
-from dior_search.store.files import verify_file
+from dior_search.store.files import io_errors, verify_file
 from dior_search.store.index_types import (
     FLAT,
     apply_search_params,
@@ -60,14 +60,15 @@ class IndexReader:
         self._indexes: list[Any] = []
         self._tables: list[Path] = []
         shard_ids = []
-        for shard in self.manifest.shards:
-            if verify:
-                verify_file(faiss_path(directory, shard), shard.faiss_sha256)
-                verify_file(parquet_path(directory, shard), shard.parquet_sha256)
-            self._indexes.append(read_shard_index(faiss_path(directory, shard), mmap))
-            self._tables.append(parquet_path(directory, shard))
-            ids = read_table(parquet_path(directory, shard), ["id"]).column("id")
-            shard_ids.append(np.asarray(ids.to_numpy(), dtype=np.int64))
+        with io_errors(f"cannot read index {directory}"):
+            for shard in self.manifest.shards:
+                if verify:
+                    verify_file(faiss_path(directory, shard), shard.faiss_sha256)
+                    verify_file(parquet_path(directory, shard), shard.parquet_sha256)
+                self._indexes.append(read_shard_index(faiss_path(directory, shard), mmap))
+                self._tables.append(parquet_path(directory, shard))
+                ids = read_table(parquet_path(directory, shard), ["id"]).column("id")
+                shard_ids.append(np.asarray(ids.to_numpy(), dtype=np.int64))
         # Ids of each shard's rows, ascending: any increasing ids, not only contiguous ones.
         self._shard_ids = shard_ids
         self._first_ids = np.array([s.first_id for s in self.manifest.shards], dtype=np.int64)

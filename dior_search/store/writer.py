@@ -14,15 +14,20 @@ it is packed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 
-from dior_search.errors import IndexStoreError, first_line
-from dior_search.store.files import atomic_file, sha256_file, take_lock, verify_file
+from dior_search.errors import IndexStoreError
+from dior_search.store.files import (
+    atomic_file,
+    error_reason,
+    io_errors,
+    sha256_file,
+    take_lock,
+    verify_file,
+)
 from dior_search.store.index_types import FLAT, canonical_spec
 from dior_search.store.manifest import (
     MANIFEST,
@@ -225,22 +230,3 @@ class IndexWriter:
     def abort(self) -> None:
         """Release the lock; anything still queued is dropped, the index stays as published."""
         self.lock.close()
-
-
-def error_reason(exc: BaseException) -> str:
-    """What an I/O error says (the errno's meaning), FAISS's write errors included."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return first_line(exc)
-
-
-@contextmanager
-def io_errors(doing: str) -> Iterator[None]:
-    """Turn an OSError (or FAISS's RuntimeError for a failed write) into one IndexStoreError
-    line: what was being done, the file, and the errno's meaning."""
-    try:
-        yield
-    except (OSError, RuntimeError) as exc:
-        where = getattr(exc, "filename", None)
-        named = f" ({where})" if where else ""
-        raise IndexStoreError(f"{doing}{named}: {error_reason(exc)}") from None

@@ -155,7 +155,7 @@ def test_sheet_paths_are_checked_before_the_run(small_index, tmp_path, capsys):
     for path, message in bad_outputs(tmp_path):
         # --index names no index: the sheet is refused first, before anything is read.
         run = run_cli(capsys, "query", "--id", "0", "--index", tmp_path / "none", "--sheet", path)
-        line = error_line(run, 6)
+        line = error_line(run, 7)
         assert line.startswith(f"error: --sheet {path}") and message in line
     assert not Path("/nonexistent").exists()
 
@@ -173,9 +173,9 @@ def test_read_only_sheet_and_json_paths(small_index, tmp_path, capsys, monkeypat
     run = run_cli(
         capsys, "query", "--id", "0", "--index", small_index, "--sheet", tmp_path / "ro" / "s.png"
     )
-    assert error_line(run, 6).endswith("Permission denied")
+    assert error_line(run, 7).endswith("Permission denied")
     run = run_cli(capsys, "bench", "--dataset", "synthetic", "--json", tmp_path / "ro" / "o.json")
-    assert error_line(run, 6) == (
+    assert error_line(run, 7) == (
         f"error: --json {tmp_path / 'ro' / 'o.json'}: cannot write in {tmp_path / 'ro'}: "
         "Permission denied"
     )
@@ -186,7 +186,7 @@ def test_bench_json_and_plot_are_checked_before_the_run(tmp_path, capsys):
     for option in ("--json", "--plot"):
         run = run_cli(capsys, "bench", "--dataset", "synthetic", option, tmp_path / "taken")
         assert (
-            error_line(run, 6)
+            error_line(run, 7)
             == f"error: {option} {tmp_path / 'taken'} is a folder: give a file name"
         )
 
@@ -200,7 +200,7 @@ def test_a_sheet_write_that_fails_is_one_line(small_index, tmp_path, capsys, mon
     monkeypatch.setattr(Image.Image, "save", full)
     sheet = tmp_path / "sheet.png"
     run = run_cli(capsys, "query", "--id", "0", "--index", small_index, "--sheet", sheet)
-    assert error_line(run, 6) == f"error: cannot write --sheet {sheet}: No space left on device"
+    assert error_line(run, 7) == f"error: cannot write --sheet {sheet}: No space left on device"
     assert not sheet.exists() and not list(tmp_path.glob(".*tmp"))
 
 
@@ -236,3 +236,14 @@ def test_lock_file_errors_name_the_lock(tmp_path):
             store_files.take_lock(tmp_path / "ix")
     finally:
         holder.close()
+
+
+def test_an_unreadable_index_file_is_an_index_error(small_index, capsys, monkeypatch):
+    def denied(path):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(store_files, "sha256_file", denied)
+    run = run_cli(capsys, "query", "--id", "0", "--index", small_index)
+    line = error_line(run, 5)
+    assert line.startswith(f"error: cannot read index {small_index} ({small_index}/shard-00000")
+    assert line.endswith(": Permission denied")

@@ -84,6 +84,6 @@ def test_demo_folder_that_cannot_be_written_is_one_line(tmp_path, capsys, monkey
 
     monkeypatch.setattr(PILImage.Image, "save", refuse)
     run = run_cli(capsys, "demo", "--data-dir", tmp_path / "demo", "--n-images", "8")
-    line = error_line(run, 6)
+    line = error_line(run, 7)
     assert line.startswith(f"error: cannot write the demo images to {tmp_path / 'demo'}")
     assert line.endswith(": Permission denied")
