@@ -6,17 +6,23 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: demo test lint
 
-$(BIN)/dior-search: pyproject.toml constraints.txt
+# What the demo needs: dior-search and its runtime dependencies, nothing else.
+$(VENV)/.installed-runtime: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -c constraints.txt -e .
+	touch $@
+
+# The development tools on top: pytest, ruff, mypy, import-linter, playwright, ...
+$(VENV)/.installed-dev: $(VENV)/.installed-runtime
 	$(BIN)/pip install -c constraints.txt -e '.[dev]'
 	touch $@
 
-demo: $(BIN)/dior-search
+demo: $(VENV)/.installed-runtime
 	$(BIN)/dior-search demo
 
-lint: $(BIN)/dior-search
+lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports

@@ -2,6 +2,7 @@
 
     python benchmarks/embed_throughput.py [--images 8] [--conditions 1 5 10] [--repeats 3]
     python benchmarks/embed_throughput.py --model-size 7b --device cuda --dtype bfloat16
+    python benchmarks/embed_throughput.py --model-dir /tmp/m7b ...   # build once, reuse after
 
 `--model-size 7b` takes Qwen2.5-VL-7B-Instruct's layer shapes (random weights, a small
 vocabulary: with no LM head the vocabulary costs one embedding lookup), for real-size figures
@@ -16,6 +17,11 @@ Every path is timed in the same run, so the ratios hold on a noisy machine even 
 absolute figures do not: the images are taken a group at a time (the images of one of our
 passes, or of --passes-per-group), all paths run on a group back to back in turn, and each
 path's time is the sum over groups of its best time on each.
+
+Work accounting (benchmarks/flops.py): the FLOPs each path does on these images (real tokens,
+attention included; naive runs each image and prefix once per condition), the TFLOPS that
+makes, and on a GPU the share of its dense bf16/fp16 peak (`--peak-tflops` for a GPU not in
+the table).
 """
 
 from __future__ import annotations
@@ -26,13 +32,16 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import transformers
+from flops import Work, batch_work, peak_tflops, tflops
 from PIL import Image
+from vision_attention import use_grouped_vision_attention, use_loop_vision_attention
 
-from dior_search.models.dior import DiorEmbedder
+from dior_search.models.dior import DiorEmbedder, Throughput
 from dior_search.models.loading import resolve_device, resolve_dtype
 from dior_search.models.prompts import build_prompt
 from dior_search.models.settings import DiorSettings
@@ -56,37 +65,46 @@ CONDITIONS = [
     "style",
 ]
 PATHS = ["naive", "reference-kv", "ours", "lower bound"]
+# Timed on request: ours as the embedder fed the model before issue 16, for before/after in one
+# run (one image after another, a cache row per condition, no grouping, no pinning).
+ALL_PATHS = [*PATHS[:3], "ours-before", PATHS[3]]
+BEFORE = Throughput(image_threads=1, pin_memory=False, packed_suffixes=False, group_by_size=False)
+
+
+def model_config(tokenizer: Any, model_size: str) -> Any:
+    """A Qwen2.5-VL config of `model_size`: "mid" (6 vision and 6 language layers, language
+    hidden size 512) or "7b" (Qwen2.5-VL-7B's shapes), its token ids from `tokenizer`."""
+    if model_size == "mid":
+        return qwen25_config(
+            tokenizer, hidden=512, layers=6, vision_hidden=256, vision_layers=6, intermediate=1536
+        )
+    config = qwen25_config(
+        tokenizer,
+        hidden=3584,
+        layers=28,
+        vision_hidden=1280,
+        vision_layers=32,
+        intermediate=18944,
+    )
+    config.text_config.num_attention_heads = 28
+    config.text_config.num_key_value_heads = 4
+    config.text_config.rope_parameters["mrope_section"] = [16, 24, 24]
+    config.vision_config.num_heads = 16
+    config.vision_config.intermediate_size = 3420
+    config.vision_config.fullatt_block_indexes = [7, 15, 23, 31]
+    return config
 
 
 def build_model(
     folder: Path, image_size: int, model_size: str, device: torch.device, dtype: torch.dtype
 ) -> None:
-    """A random-weight Qwen2.5-VL of `model_size`: "mid" (6 vision and 6 language layers,
-    language hidden size 512) or "7b" (Qwen2.5-VL-7B's shapes)."""
+    """A random-weight Qwen2.5-VL of `model_size` (see `model_config`), saved in `folder`."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     torch.manual_seed(0)
     prompts = [build_prompt("describe", c) for c in CONDITIONS]
     tokenizer = build_qwen_tokenizer([*tiny_corpus(), *prompts * 4], vocab_size=1024)
-    if model_size == "mid":
-        config = qwen25_config(
-            tokenizer, hidden=512, layers=6, vision_hidden=256, vision_layers=6, intermediate=1536
-        )
-    else:
-        config = qwen25_config(
-            tokenizer,
-            hidden=3584,
-            layers=28,
-            vision_hidden=1280,
-            vision_layers=32,
-            intermediate=18944,
-        )
-        config.text_config.num_attention_heads = 28
-        config.text_config.num_key_value_heads = 4
-        config.text_config.rope_parameters["mrope_section"] = [16, 24, 24]
-        config.vision_config.num_heads = 16
-        config.vision_config.intermediate_size = 3420
-        config.vision_config.fullatt_block_indexes = [7, 15, 23, 31]
+    config = model_config(tokenizer, model_size)
     # Built where it will run and in its dtype: 7B parameters initialised in fp32 on a CPU
     # take minutes and 32 GB.
     default = torch.get_default_dtype()
@@ -134,19 +152,24 @@ def ours(embedder: DiorEmbedder, images: Sequence[Image.Image], prompts: list[st
     return time.perf_counter() - start
 
 
+def ours_before(embedder: DiorEmbedder, images: Sequence[Image.Image], prompts: list[str]) -> float:
+    chosen, embedder.throughput = embedder.throughput, BEFORE
+    try:
+        return ours(embedder, images, prompts)
+    finally:
+        embedder.throughput = chosen
+
+
 def lower_bound(embedder: DiorEmbedder, images: Sequence[Image.Image], prompts: list[str]) -> float:
+    """Our passes alone (`embed_split` on inputs already built and on the device)."""
     step = max(1, embedder.settings.batch_size // len(prompts))
     elapsed = 0.0
     for start in range(0, len(images), step):
         split = embedder.inputs.split(images[start : start + step], prompts, embedder.model)
         batch = split.to(embedder.device, embedder.dtype)
-        began = time.perf_counter()
-        cache = embedder.prefix_pass(batch)
         synchronize(embedder)
-        elapsed += time.perf_counter() - began
-        cache.batch_repeat_interleave(batch.prompts_per_image)
         began = time.perf_counter()
-        embedder.suffix_pass(batch, cache)
+        embedder.embed_split(batch)  # ends by copying the vectors to the host: synchronised
         elapsed += time.perf_counter() - began
     return elapsed
 
@@ -161,8 +184,131 @@ TIMERS: dict[str, Callable[[DiorEmbedder, Sequence[Image.Image], list[str]], flo
     "naive": naive,
     "reference-kv": reference_kv,
     "ours": ours,
+    "ours-before": ours_before,
     "lower bound": lower_bound,
 }
+
+
+def work_by_path(embedder: DiorEmbedder, images: Sequence[Image.Image], c: int) -> dict[str, float]:
+    """FLOPs each path does to embed `images` under the first `c` conditions."""
+    prompts = [build_prompt("describe", cond) for cond in CONDITIONS[:c]]
+    n_layers = len(embedder.model.get_decoder().layers)
+    step = max(1, embedder.settings.batch_size // c)
+    work = Work(0.0, 0.0, 0.0, c)
+    for start in range(0, len(images), step):
+        split = embedder.inputs.split(images[start : start + step], prompts, embedder.model)
+        work += batch_work(embedder.config, n_layers, split)
+    return {path: work.full if path == "naive" else work.by_prefix for path in ALL_PATHS}
+
+
+def describe_work(embedder: DiorEmbedder, image: Image.Image) -> str:
+    """One image's work under one condition, by part, as a line."""
+    prompt = build_prompt("describe", CONDITIONS[0])
+    split = embedder.inputs.split([image], [prompt], embedder.model)
+    work = batch_work(embedder.config, len(embedder.model.get_decoder().layers), split)
+    prefix = int(split.prefix_inputs["attention_mask"].sum())
+    suffix = int(split.suffix_mask.sum())
+    return (
+        f"work per image: vision tower {work.vision / 1e9:.1f} GFLOP, language-model prefix "
+        f"{work.prefix / 1e9:.1f} GFLOP ({prefix} tokens), suffix {work.suffixes / 1e9:.2f} "
+        f"GFLOP per condition ({suffix} tokens)"
+    )
+
+
+def device_peak(device: torch.device, dtype: torch.dtype, override: float | None) -> float | None:
+    """The dense peak TFLOPS to compare with: `override`, else the GPU's bf16/fp16 peak."""
+    if override is not None:
+        return override
+    if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
+        return None
+    return peak_tflops(torch.cuda.get_device_name(device))
+
+
+def throughput_options(args: argparse.Namespace, device: torch.device) -> Throughput:
+    """The device's defaults, with what the command line sets."""
+    chosen = Throughput.for_device(device)
+    given = {
+        "image_threads": args.image_threads,
+        "pin_memory": args.pin_memory,
+        "packed_suffixes": args.packed_suffixes,
+        "group_by_size": args.group_by_size,
+    }
+    return dataclasses.replace(chosen, **{k: v for k, v in given.items() if v is not None})
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared with profile_embed.py: which model, where, and how it is fed."""
+    parser.add_argument("--image-size", type=int, default=448, help="448: 256 visual tokens")
+    parser.add_argument("--batch-size", type=int, default=8, help="rows per forward pass")
+    # One thread by default: where other work shares the cores, a descheduled OpenMP thread
+    # stalls every parallel region and timings swing tenfold; one thread keeps them steady.
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--model-size", choices=["mid", "7b"], default="mid")
+    parser.add_argument(
+        "--model-dir", type=Path, help="keep the built model here; reuse it if it is there"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    on_off = {"on": True, "off": False}
+    parser.add_argument("--image-threads", type=int, help="threads patching a batch's images")
+    parser.add_argument("--pin-memory", choices=on_off, help="page-locked inputs (CUDA)")
+    parser.add_argument("--packed-suffixes", choices=on_off, help="one suffix row per image")
+    parser.add_argument("--group-by-size", choices=on_off, help="batch images by size")
+    parser.add_argument(
+        "--vision-attention",
+        choices=["loop", "grouped"],
+        default="loop",
+        help="the model's own (a call per window) or benchmarks/vision_attention.py's",
+    )
+    parser.set_defaults(on_off=on_off)
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Add the model options to `parser`, parse `argv`, and set torch and transformers up."""
+    add_model_options(parser)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    conditions = args.conditions if isinstance(args.conditions, list) else [args.conditions]
+    if max(conditions) > len(CONDITIONS) or min(conditions) < 1:
+        parser.error(f"--conditions must lie in 1..{len(CONDITIONS)}")
+    return args
+
+
+# Embedders loaded from a --model-dir, kept for the next main() in this process (gpu_session.py
+# runs several): a 7B model loads in tens of seconds.
+LOADED: dict[tuple[str, DiorSettings], DiorEmbedder] = {}
+
+
+def load_embedder(args: argparse.Namespace, folder: Path) -> DiorEmbedder:
+    """The embedder over a random-weight model of `args.model_size`, built in `folder` if new."""
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    if not (folder / "config.json").is_file():
+        build_model(folder, args.image_size, args.model_size, device, dtype)
+    for name in ("pin_memory", "packed_suffixes", "group_by_size"):
+        if isinstance(getattr(args, name), str):
+            setattr(args, name, args.on_off[getattr(args, name)])
+    settings = DiorSettings(
+        model=str(folder), device=args.device, dtype=args.dtype, batch_size=args.batch_size
+    )
+    embedder = LOADED.get((str(folder), settings)) or DiorEmbedder(settings)
+    if args.model_dir is not None:
+        LOADED[str(folder), settings] = embedder
+    embedder.throughput = throughput_options(args, device)
+    if args.vision_attention == "grouped":
+        use_grouped_vision_attention(embedder.model)
+    else:
+        use_loop_vision_attention(embedder.model)
+    return embedder
+
+
+def random_images(n: int, size: int) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(n)
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> dict[tuple[str, int], float]:
@@ -171,39 +317,17 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[str, int], float]:
     parser.add_argument("--images", type=int, default=6, help="images per timed run")
     parser.add_argument("--conditions", type=int, nargs="+", default=[1, 5, 10], help="C values")
     parser.add_argument("--repeats", type=int, default=3, help="runs per group; the best counts")
-    parser.add_argument("--image-size", type=int, default=448, help="448: 256 visual tokens")
-    parser.add_argument("--batch-size", type=int, default=8, help="rows per forward pass")
-    # One thread by default: where other work shares the cores, a descheduled OpenMP thread
-    # stalls every parallel region and timings swing tenfold; one thread keeps them steady.
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument(
         "--passes-per-group", type=int, default=1, help="our passes per timed group of images"
     )
-    parser.add_argument("--model-size", choices=["mid", "7b"], default="mid")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
-    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    if max(args.conditions) > len(CONDITIONS) or min(args.conditions) < 1:
-        parser.error(f"--conditions must lie in 1..{len(CONDITIONS)}")
+    parser.add_argument("--paths", nargs="+", choices=ALL_PATHS, default=PATHS, help="to time")
+    parser.add_argument("--peak-tflops", type=float, help="the device's dense peak to compare with")
+    args = parse(parser, argv)
+    paths = [path for path in ALL_PATHS if path in args.paths]
 
-    rng = np.random.default_rng(0)
-    size = args.image_size
-    images = [
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
-        for _ in range(args.images)
-    ]
-    with tempfile.TemporaryDirectory() as folder:
-        device = resolve_device(args.device)
-        dtype = resolve_dtype(args.dtype, device)
-        build_model(Path(folder), args.image_size, args.model_size, device, dtype)
-        embedder = DiorEmbedder(
-            DiorSettings(
-                model=folder, device=args.device, dtype=args.dtype, batch_size=args.batch_size
-            )
-        )
+    images = random_images(args.images, args.image_size)
+    with tempfile.TemporaryDirectory() as scratch:
+        embedder = load_embedder(args, args.model_dir or Path(scratch))
         n_params = sum(p.numel() for p in embedder.model.parameters())
         split = embedder.inputs.split(images[:1], ["x"], embedder.model)
         n_visual = int(split.prefix_inputs["image_grid_thw"].prod()) // 2**2  # merge size 2
@@ -211,37 +335,68 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[str, int], float]:
             f"random-weight Qwen2.5-VL, {n_params / 1e6:.1f}M parameters, "
             f"{n_visual} visual tokens per image, {args.images} images, "
             f"{embedder.device} {str(embedder.dtype).removeprefix('torch.')}, "
-            f"{torch.get_num_threads()} threads, best of {args.repeats}",
+            f"{torch.get_num_threads()} threads, best of {args.repeats}; {embedder.throughput}",
             flush=True,
         )
-        ours(embedder, images[:2], [build_prompt("describe", c) for c in CONDITIONS[:2]])
+        print(describe_work(embedder, images[0]), flush=True)
+        work = {c: work_by_path(embedder, images, c) for c in args.conditions}
+        for c in args.conditions:  # each C's shapes once, untimed (allocator, kernel choice)
+            prompts = [build_prompt("describe", cond) for cond in CONDITIONS[:c]]
+            ours(embedder, images[: max(1, args.batch_size // c)], prompts)
         best: dict[tuple[str, int, int], float] = {}
         for repeat in range(args.repeats):
             for c in args.conditions:
                 prompts = [build_prompt("describe", cond) for cond in CONDITIONS[:c]]
                 step = max(1, args.batch_size // c) * args.passes_per_group
                 for group, start in enumerate(range(0, len(images), step)):
-                    turn = (repeat + group) % len(PATHS)
-                    for path in PATHS[turn:] + PATHS[:turn]:
+                    turn = (repeat + group) % len(paths)
+                    for path in paths[turn:] + paths[:turn]:
                         seconds = TIMERS[path](embedder, images[start : start + step], prompts)
                         key = (path, c, group)
                         best[key] = min(best.get(key, float("inf")), seconds)
+        peak = device_peak(embedder.device, embedder.dtype, args.peak_tflops)
 
     total = {
         (path, c): sum(t for (p, n, _), t in best.items() if (p, n) == (path, c))
-        for path in PATHS
+        for path in paths
         for c in args.conditions
     }
     rates = {key: args.images * key[1] / seconds for key, seconds in total.items()}
-    print(f"{'path':<14}{'C':>4}{'embeddings/s':>15}{'x naive':>10}{'time / lower bound':>21}")
-    for c in args.conditions:
-        for path in PATHS:
-            print(
-                f"{path:<14}{c:>4}{rates[path, c]:>15.1f}"
-                f"{rates[path, c] / rates['naive', c]:>9.2f}x"
-                f"{total[path, c] / total['lower bound', c]:>20.2f}x"
-            )
+    print_table(paths, args.conditions, args.images, total, rates, work, peak)
     return rates
+
+
+def print_table(
+    paths: list[str],
+    conditions: list[int],
+    n_images: int,
+    total: dict[tuple[str, int], float],
+    rates: dict[tuple[str, int], float],
+    work: dict[int, dict[str, float]],
+    peak: float | None,
+) -> None:
+    """One row per (C, path): rate, the two ratios, and the work accounting."""
+
+    def ratio(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}x"
+
+    header = f"{'path':<14}{'C':>4}{'embeddings/s':>14}{'x naive':>9}{'time/bound':>11}"
+    header += f"{'GFLOP/emb':>11}{'TFLOPS':>9}" + ("" if peak is None else f"{'% peak':>8}")
+    print(header)
+    for c in conditions:
+        for path in paths:
+            achieved = tflops(work[c][path], total[path, c])
+            naive = rates[path, c] / rates["naive", c] if "naive" in paths else None
+            bound = total[path, c] / total["lower bound", c] if "lower bound" in paths else None
+            line = (
+                f"{path:<14}{c:>4}{rates[path, c]:>14.1f}{ratio(naive):>9}{ratio(bound):>11}"
+                f"{work[c][path] / (n_images * c) / 1e9:>11.1f}{achieved:>9.3g}"
+            )
+            if peak is not None:
+                line += f"{100 * achieved / peak:>7.1f}%"
+            print(line)
+    if peak is not None:
+        print(f"% peak: of {peak:.0f} TFLOPS dense (bf16/fp16)")
 
 
 if __name__ == "__main__":

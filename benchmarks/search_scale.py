@@ -38,7 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dior_search.defaults import DEFAULT_TEMPLATE
 from dior_search.models.embedder import EmbedderDescription
+from dior_search.models.prompts import build_prompt
 from dior_search.models.settings import DiorSettings
 from dior_search.store.index_types import DEFAULT_MEMORY_BUDGET, canonical_spec, parse_size
 from dior_search.store.manifest import Manifest
@@ -80,16 +82,16 @@ class Vectors:
         return unit
 
 
-def bench_manifest(spec: str, budget: int, shard_size: int) -> Manifest:
+def bench_manifest(spec: str, budget: int, shard_size: int, dim: int = DIM) -> Manifest:
     return Manifest(
         collection={"name": "generated", "root": "/dev/null"},
         condition={"name": "generated", "text": None},
-        prompt=None,
+        prompt=build_prompt(DEFAULT_TEMPLATE, None),
         # Generated vectors: no model made them; the description only names the benchmark.
         embedder=EmbedderDescription(
-            DiorSettings(model="search_scale"), "generated", None, "generated", "float32", DIM
+            DiorSettings(model="search_scale"), "generated", None, "generated", "float32", dim
         ),
-        dim=DIM,
+        dim=dim,
         index_type="Flat" if spec == "auto" else spec,
         index_spec=spec,
         memory_budget=budget,

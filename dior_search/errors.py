@@ -31,6 +31,12 @@ class IndexStoreError(DiorError):
     exit_code = 5
 
 
+class RemovalRefused(DiorError):
+    """A run stopped before changing anything: it would remove much of an index unasked."""
+
+    exit_code = 6
+
+
 class OutputError(DiorError):
     """An output file (a contact sheet, JSON, a chart, the demo's images) cannot be written."""
 

@@ -34,6 +34,11 @@ def ignore() -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # CPython ends a process by killing itself with SIGINT (exit status -2, not ours) once a
+    # KeyboardInterrupt has left code that exec() ran from a string, even if it was caught
+    # since: dataclasses create their methods that way, so an interrupt while a module
+    # imports often does. Running such code again clears that mark.
+    exec("")
 
 
 def terminated() -> bool:

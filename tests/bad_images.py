@@ -76,3 +76,12 @@ def write_bad_images(folder: Path) -> None:
     noise(64, 64).save(folder / "photo.webp")
     noise(64, 64).save(folder / "plain.png")
     noise(1, 400).save(folder / "sliver-1x400.png")
+
+
+def tiny_gif(width: int, height: int, seed: int = 0) -> bytes:
+    """35 bytes: a width x height screen holding one 1x1 frame; it decodes to the whole
+    screen. `seed` makes each file distinct."""
+    palette = bytes([seed & 255, seed >> 8 & 255, seed >> 16 & 255, 255, 255, 255])
+    screen = struct.pack("<HHBBB", width, height, 0x80, 0, 0)
+    frame = b"," + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00;"
+    return b"GIF89a" + screen + palette + frame

@@ -106,7 +106,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
 
     root = tmp_path_factory.mktemp("serve")
     write_dataset(root / "datasets" / "synthetic", {"test": 120})
-    embedder = DiorEmbedder(DiorSettings(device="cpu", batch_size=16))
+    embedder = DiorEmbedder(DiorSettings(model="tiny", device="cpu", batch_size=16))
     index_collection(
         open_dataset("synthetic", root / "datasets"),
         SERVE_CONDITIONS,

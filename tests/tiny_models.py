@@ -137,18 +137,45 @@ def save_llava(folder: Path, seed: int = 0) -> Path:
 BUILDERS = {"qwen2_5_vl": save_qwen25, "qwen2_vl": save_qwen2, "llava": save_llava}
 
 
+def clip_tokenizer() -> Any:
+    """A CLIP-style tokenizer: start and end tokens around every text, padded with the end."""
+    from tokenizers import processors
+
+    from dior_search.data.indirect_texts import SYNTHETIC_LISTS
+
+    corpus = [
+        *tiny_corpus(),
+        *(t.format(item=i) for t, items in SYNTHETIC_LISTS.values() for i in items),
+    ]
+    tokenizer = build_bpe_tokenizer(
+        corpus,
+        ["<|startoftext|>", "<|endoftext|>"],
+        vocab_size=320,
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>",
+        special_tokens=[("<|startoftext|>", 0), ("<|endoftext|>", 1)],
+    )
+    return tokenizer
+
+
 def save_clip(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
+    tokenizer = clip_tokenizer()
     config = CLIPConfig(
         text_config={
-            "vocab_size": 64,
+            "vocab_size": len(tokenizer),
             "hidden_size": 32,
             "intermediate_size": 64,
             "num_hidden_layers": 1,
             "num_attention_heads": 2,
-            "max_position_embeddings": 16,
-            "bos_token_id": 1,
-            "eos_token_id": 2,
+            "max_position_embeddings": 32,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+            "pad_token_id": 1,
         },
         vision_config={
             "hidden_size": 32,
@@ -161,6 +188,7 @@ def save_clip(folder: Path, seed: int = 0) -> Path:
         projection_dim=24,
     )
     CLIPModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     CLIPImageProcessorPil(
         size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}
     ).save_pretrained(folder)

@@ -4,7 +4,8 @@ Each verb parses its options, calls one library function, and renders the answer
 rich live only here.
 """
 
-from dior_search.cli import bench, demo, index, query, serve  # noqa: F401  (registers verbs)
+# Importing each verb's module registers it on the app.
+from dior_search.cli import bench, compact, demo, export, index, query, serve  # noqa: F401
 from dior_search.cli.app import app, main, run
 
 __all__ = ["app", "main", "run"]

@@ -13,7 +13,13 @@ from rich.table import Table
 
 from dior_search import defaults
 from dior_search.cli.app import app, console, err_console
-from dior_search.cli.options import DatasetsDirOpt, IndexesOpt, with_embedder_options
+from dior_search.cli.options import (
+    DatasetsDirOpt,
+    IndexesOpt,
+    choose_model,
+    default_model_hint,
+    with_embedder_options,
+)
 from dior_search.cli.outputs import check_output, write_output
 from dior_search.cli.progress import progress_bar
 from dior_search.data.collections import check_conditions
@@ -30,11 +36,13 @@ METRIC_COLUMNS = {
     "recall@10": "R@10",
     "map@r": "MAP@R",
     "precision@1": "P@1",
+    # Where the collection has other labels: how much they still drive the neighbours.
+    "leakage": "leak",
 }
 
 
 @app.command()
-@with_embedder_options()
+@with_embedder_options(exclude=("layer",))
 def bench(
     options: EmbedderOptions,
     dataset: Annotated[
@@ -55,10 +63,25 @@ def bench(
         list[str] | None,
         typer.Option(
             "--method",
-            help="dior, dior-unconditional, clip, generative (repeatable). "
+            help="dior, dior-unconditional, clip, generative, indirect (repeatable). "
             "Default: all; those whose models cannot be loaded are skipped.",
         ),
     ] = None,
+    layer: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--layer",
+            help="Hidden-state index of the DIOR methods (-1: the last layer); repeat it to "
+            "score several layers, one row each, all read from the same forward passes.",
+        ),
+    ] = None,
+    distance: Annotated[
+        str,
+        typer.Option(
+            help="cosine (as search ranks) or euclidean (on the raw vectors, as the paper's "
+            "numbers were computed)."
+        ),
+    ] = "cosine",
     clip_model: Annotated[
         str, typer.Option(help="CLIP model of the clip method.")
     ] = defaults.DEFAULT_CLIP_MODEL,
@@ -79,7 +102,13 @@ def bench(
         open_bench_datasets,
         run_benches,
     )
+    from dior_search.evaluation.metrics import DISTANCES
     from dior_search.indexing.job import IndexSettings
+
+    if distance not in DISTANCES:
+        raise UsageError(f"unknown distance {distance!r}; valid: {', '.join(DISTANCES)}")
+    layers = list(layer or [defaults.DEFAULT_LAYER])
+    options = replace(options, layer=layers[0])
 
     chosen = method or list(METHODS)
     unknown = [m for m in chosen if m not in METHODS]
@@ -91,14 +120,21 @@ def bench(
         check_output(json_path, "--json")
     if plot is not None:
         check_output(plot, "--plot")
-    models = MethodModels(replace(options, clip_model=clip_model, text_encoder=text_encoder))
-    if method is None:
-        chosen, problems = models.loadable(chosen)
-        for problem in problems:
-            err_console.print(f"[yellow]{escape(shown(problem))}[/yellow]", highlight=False)
     collections, problems = open_bench_datasets(dataset, datasets_dir)
     for problem in problems:
         err_console.print(f"[yellow]{escape(shown(problem))}[/yellow]", highlight=False)
+    resolved = choose_model(options, [c.name for c in collections])
+    models = MethodModels(
+        replace(resolved, clip_model=clip_model, text_encoder=text_encoder), layers
+    )
+    with default_model_hint(options):
+        if method is None:
+            chosen, problems = models.loadable(chosen)
+            for problem in problems:
+                err_console.print(f"[yellow]{escape(shown(problem))}[/yellow]", highlight=False)
+        else:
+            for name in chosen:
+                models.get(name)
     with progress_bar("bench", "img", err_console) as bar:
         result = run_benches(
             collections,
@@ -108,8 +144,10 @@ def bench(
             IndexSettings(indexes_dir=indexes),
             on_stage=bar.stage,
             on_progress=bar.advance,
+            distance=distance,
         )
-    for table in bench_tables(result, chosen):
+    rows = [row for name in chosen for row in models.scored_as(name)]
+    for table in bench_tables(result, rows):
         # Print whole, never cropped, where a long condition name outgrows the terminal.
         console.print(table, width=max(console.width, console.measure(table).maximum))
     if json_path is not None:
@@ -122,29 +160,39 @@ def bench(
 
 
 def bench_tables(result: BenchResult, methods: list[str]) -> list[Table]:
-    """One table per dataset, a row per (condition, method): seven columns, which fit an
-    80-column terminal whatever the number of methods."""
+    """One table per dataset, a row per (condition, method): at most eight columns, which fit
+    an 80-column terminal whatever the number of methods."""
     tables = []
     for dataset_name, conditions in result.items():
         table = Table(
             title=escape(f"{dataset_name}: retrieval by condition (exact search, query excluded)"),
             padding=(0, 1),
         )
+        columns = {
+            metric: short
+            for metric, short in METRIC_COLUMNS.items()
+            if any(metric in scores for per in conditions.values() for scores in per.values())
+        }
         table.add_column("condition")
         table.add_column("method", no_wrap=True)
-        for short in METRIC_COLUMNS.values():
+        for short in columns.values():
             table.add_column(short, justify="right", no_wrap=True)
         for condition_name, per_method in conditions.items():
             for m in methods:
-                cells = [
-                    f"{per_method[m][metric]:.3f}" if m in per_method else "-"
-                    for metric in METRIC_COLUMNS
-                ]
+                scores = per_method.get(m, {})
+                cells = [cell(scores, metric) for metric in columns]
                 table.add_row(
                     escape(shown(condition_name)), m, *cells, end_section=m == methods[-1]
                 )
         tables.append(table)
     return tables
+
+
+def cell(scores: dict[str, float], metric: str) -> str:
+    """A metric as the table shows it: leakage signed, a missing one as a dash."""
+    if metric not in scores:
+        return "-"
+    return f"{scores[metric]:+.3f}" if metric == "leakage" else f"{scores[metric]:.3f}"
 
 
 def write_text(path: Path, text: str) -> None:

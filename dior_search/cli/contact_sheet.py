@@ -10,8 +10,8 @@ from typing import Protocol
 from PIL import Image, ImageDraw, ImageOps
 
 from dior_search.cli.outputs import write_output
-from dior_search.data.images import load_image
 from dior_search.data.paths import shown
+from dior_search.data.reading import load_item_image
 from dior_search.errors import InputError
 
 
@@ -66,7 +66,7 @@ def write_contact_sheet(
     tiles = [tile(query, ["query", shown(query_caption)], (40, 90, 200))]
     for rank, hit in enumerate(hits, start=1):
         try:
-            image: Image.Image | None = load_image(root / hit.path)
+            image: Image.Image | None = load_item_image(root, hit.path)
         except InputError:
             image = None
         labels = ", ".join(f"{k}={v}" for k, v in sorted(hit.labels.items()))

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from dior_search import defaults
 from dior_search.cli.app import app, console, err_console
 from dior_search.cli.options import (
     DatasetOpt,
     DatasetsDirOpt,
+    ImageColumnOpt,
     ImagesOpt,
     IndexesOpt,
+    choose_model,
+    default_model_hint,
     open_collection,
     with_embedder_options,
 )
@@ -23,7 +27,13 @@ from dior_search.cli.progress import progress_bar
 from dior_search.data.collections import check_conditions
 from dior_search.data.paths import shown
 from dior_search.errors import UsageError
-from dior_search.models.settings import EmbedderOptions
+from dior_search.models.settings import EmbedderOptions, check_at_most
+
+if TYPE_CHECKING:
+    from dior_search.indexing.job import IndexReport
+    from dior_search.indexing.sync import ConfirmRemoval, Removal
+
+SUMMARY = ("added", "changed", "moved", "removed", "unchanged")
 
 ConditionsOpt = Annotated[
     list[str] | None,
@@ -50,6 +60,7 @@ def index(
     options: EmbedderOptions,
     dataset: DatasetOpt = None,
     images: ImagesOpt = None,
+    image_column: ImageColumnOpt = None,
     condition: ConditionsOpt = None,
     datasets_dir: DatasetsDirOpt = defaults.DEFAULT_DATASETS_DIR,
     indexes: IndexesOpt = defaults.DEFAULT_INDEXES_DIR,
@@ -73,11 +84,28 @@ def index(
         int | None,
         typer.Option(help="Number of parts of a distributed run (accelerate launch sets it)."),
     ] = None,
+    keep_missing: Annotated[
+        bool,
+        typer.Option(
+            "--keep-missing",
+            help="Keep the entries of images whose files are gone (e.g. an unmounted drive).",
+        ),
+    ] = False,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes",
+            "-y",
+            help="Remove the entries of vanished images even if that is most of "
+            "an index (without it such a run asks, or is refused when not on a terminal).",
+        ),
+    ] = False,
 ) -> None:
-    """Embed a collection under conditions into sharded FAISS indexes (resumable).
+    """Make each condition's index hold exactly the collection's current images.
 
-    Under `accelerate launch` every process embeds its own part and the last one to finish
-    merges the parts into the index.
+    New and changed images are embedded, renamed or copied ones keep their vectors, entries of
+    vanished ones are removed; resumable. Under `accelerate launch` every process embeds its
+    own part and the last one to finish merges the parts into the index.
     """
     from dior_search.indexing.job import IndexSettings
     from dior_search.indexing.parts import launched_part, process_device, requested_part
@@ -87,9 +115,11 @@ def index(
 
     if shard_size is not None and shard_size < 1:
         raise UsageError("--shard-size must be at least 1")
+    check_at_most("--shard-size", shard_size)
     budget = parse_size(memory_budget) if memory_budget is not None else None
     if budget is not None and budget < 1:
         raise UsageError(f"--memory-budget must be more than 0 bytes, not {memory_budget!r}")
+    check_at_most("--memory-budget", budget)
     asked = check_conditions(condition or [])
     spec = requested_part(part, parts)
     settings = IndexSettings(
@@ -98,12 +128,15 @@ def index(
         index_type=canonical_spec(index_type) if index_type is not None else None,
         memory_budget=budget,
         part=spec,
+        keep_missing=keep_missing,
     )
-    collection = open_collection(dataset, images, datasets_dir)
+    collection = open_collection(dataset, images, datasets_dir, image_column)
     conditions = asked or list(collection.conditions)
     if not conditions:
         raise UsageError("--images needs at least one --condition (any free text)")
-    embedder = load_embedder(replace(options, device=process_device(options.device)).dior())
+    chosen = choose_model(options, [collection.name])
+    with default_model_hint(options):
+        embedder = load_embedder(replace(chosen, device=process_device(options.device)).dior())
     running = spec or launched_part()
     label = f"indexing {collection.name}" + (f" ({running.name})" if running else "")
     # Under accelerate launch, one bar (the first process's) rather than one per process.
@@ -116,24 +149,9 @@ def index(
             settings,
             on_start=None if quiet else bar.start,
             on_progress=None if quiet else bar.advance,
+            confirm_removal=removal_confirmation(yes),
         )
-    title = f"{collection.name}: {len(collection.items)} images"
-    if report.part is not None:
-        title += f", {report.part.name}"
-    table = Table(title=escape(title))
-    for column in ("condition", "added", "index"):
-        table.add_column(column)
-    for name, directory in report.directories.items():
-        table.add_row(escape(shown(name)), str(report.added[name]), escape(shown(str(directory))))
-    console.print(table)
-    listing = report.skipped_listing
-    console.print(
-        f"{report.already_indexed} already indexed, {len(report.skipped)} skipped"
-        + (f" (listed in {shown(str(listing))})" if listing else ""),
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
-    )
+    print_summary(collection.name, len(collection.items), report)
     for path, reason in report.skipped:
         err_console.print(
             f"[yellow]skipped[/yellow] {escape(shown(path))}: {escape(shown(reason))}",
@@ -151,3 +169,60 @@ def index(
     ]
     for line in lines:
         console.print(shown(line), markup=False, highlight=False, soft_wrap=True)
+
+
+def removal_confirmation(yes: bool) -> ConfirmRemoval | None:
+    """How a run that would remove most of an index is confirmed: --yes, a question on a
+    terminal, or not at all (refused)."""
+    if yes:
+        return lambda removals: True
+    if not sys.stdin.isatty():
+        return None
+
+    def ask(removals: Sequence[Removal]) -> bool:
+        for removal in removals:
+            err_console.print(
+                f"{shown(removal.condition)}: {removal.removed} of the {removal.indexed} "
+                "indexed images have no file any more",
+                markup=False,
+                highlight=False,
+            )
+        return typer.confirm("Remove them from the index?", default=False, err=True)
+
+    return ask
+
+
+def print_summary(collection: str, images: int, report: IndexReport) -> None:
+    """One line per condition: what the run did to its index, and where it is."""
+    title = f"{collection}: {images} images"
+    if report.part is not None:
+        title += f", {report.part.name}"
+    console.print(shown(title), markup=False, highlight=False, soft_wrap=True)
+    for name, directory in report.directories.items():
+        counts = report.counts.get(name)
+        if counts is None:
+            continue
+        done = ", ".join(f"{getattr(counts, key)} {key}" for key in SUMMARY)
+        console.print(
+            shown(f"{name}: {done} ({directory})"), markup=False, highlight=False, soft_wrap=True
+        )
+        compacted = report.compacted.get(name)
+        if compacted is not None and compacted.rows_dropped:
+            console.print(
+                shown(
+                    f"{name}: compacted, {compacted.rows_dropped} deleted rows dropped "
+                    f"({compacted.shards_rewritten} shards rewritten, "
+                    f"{compacted.shards_dropped} dropped, {compacted.seconds:.1f} s)"
+                ),
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+    listing = report.skipped_listing
+    console.print(
+        f"{len(report.skipped)} skipped"
+        + (f" (listed in {shown(str(listing))})" if listing else ""),
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )

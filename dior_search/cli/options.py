@@ -8,21 +8,39 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
 
-from dior_search.data import collections
-from dior_search.data.collections import DATASETS, Collection, folder_collection_name
-from dior_search.errors import UsageError
+from dior_search import defaults
+from dior_search.cli.app import err_console
+from dior_search.data import collections, sources
+from dior_search.data.collections import DATASETS, Collection
+from dior_search.errors import ModelError, UsageError
 from dior_search.models.prompts import PROMPT_TEMPLATES
 from dior_search.models.settings import EmbedderOptions
 
 DatasetOpt = Annotated[str | None, typer.Option(help=f"A named dataset: {', '.join(DATASETS)}.")]
-ImagesOpt = Annotated[Path | None, typer.Option(help="Any folder of images (unlabelled).")]
+ImagesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Unlabelled images: a folder of image files, a WebDataset .tar shard, a brace "
+        "pattern of shards (shards/{00000..00099}.tar), a folder of shards, or Parquet "
+        "file(s) of image bytes (img2dataset's layout)."
+    ),
+]
+ImageColumnOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Parquet column holding the image bytes (default: jpg, png, webp, jpeg, image or "
+        "img, whichever is there, or the only binary column)."
+    ),
+]
 DatasetsDirOpt = Annotated[
     Path, typer.Option(help="Where named datasets live: DIR/NAME/ holds NAME's images.")
 ]
@@ -34,9 +52,11 @@ DtypeOverrideOpt = Annotated[str | None, typer.Option(help="Override the indexes
 # The embedding options, as typer parameters; their names are EmbedderOptions' fields.
 EMBEDDER_PARAMETERS: dict[str, Any] = {
     "model": Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Hugging Face id, local model folder, or 'tiny' (the bundled demo model)."
+            help="Hugging Face id, local model folder, or 'tiny' (the bundled demo model). "
+            f"Default: {defaults.DEMO_MODEL} for the {defaults.DEMO_COLLECTION} dataset, "
+            f"{defaults.DEFAULT_MODEL} for any other collection.",
         ),
     ],
     "revision": Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit).")],
@@ -72,12 +92,16 @@ EMBEDDER_PARAMETERS: dict[str, Any] = {
 Command = TypeVar("Command", bound=Callable[..., Any])
 
 
-def with_embedder_options(**overrides: Any) -> Callable[[Command], Command]:
+def with_embedder_options(
+    *, exclude: tuple[str, ...] = (), **overrides: Any
+) -> Callable[[Command], Command]:
     """Add the embedding options to a command, which receives them as `options`.
 
-    `overrides` change an option's default for this command (the demo's batch size, say).
+    `overrides` change an option's default for this command (the demo's batch size, say);
+    `exclude` leaves options out (their defaults apply), for a command declaring its own.
     """
     option_defaults = {f.name: f.default for f in fields(EmbedderOptions)} | overrides
+    embedding = {k: v for k, v in EMBEDDER_PARAMETERS.items() if k not in exclude}
 
     def decorate(command: Command) -> Command:
         hints = get_type_hints(command, include_extras=True)
@@ -93,12 +117,12 @@ def with_embedder_options(**overrides: Any) -> Callable[[Command], Command]:
                 default=option_defaults[name],
                 annotation=annotation,
             )
-            for name, annotation in EMBEDDER_PARAMETERS.items()
+            for name, annotation in embedding.items()
         ]
 
         @functools.wraps(command)
         def wrapper(**kwargs: Any) -> Any:
-            chosen = {name: kwargs.pop(name) for name in EMBEDDER_PARAMETERS}
+            chosen = {name: kwargs.pop(name) for name in embedding}
             return command(options=EmbedderOptions(**chosen), **kwargs)
 
         parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + added
@@ -109,11 +133,22 @@ def with_embedder_options(**overrides: Any) -> Callable[[Command], Command]:
     return decorate
 
 
-def open_collection(dataset: str | None, images: Path | None, datasets_dir: Path) -> Collection:
+def positive_number(value: float, option: str) -> float:
+    """`value` if it is a finite positive number; UsageError naming `option` otherwise."""
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{option} must be a positive number, got {value}")
+    return value
+
+
+def open_collection(
+    dataset: str | None, images: Path | None, datasets_dir: Path, image_column: str | None = None
+) -> Collection:
     if dataset is not None and images is None:
+        if image_column is not None:
+            raise UsageError("--image-column applies only to --images (Parquet files)")
         return collections.open_dataset(dataset, datasets_dir)
     if images is not None and dataset is None:
-        return collections.open_folder(images)
+        return sources.open_images(images, image_column)
     raise UsageError("give exactly one of --dataset NAME or --images DIR")
 
 
@@ -121,4 +156,35 @@ def collection_name(dataset: str | None, images: Path | None) -> str | None:
     """The collection a --dataset or --images option names (None: neither was given)."""
     if dataset is not None and images is not None:
         raise UsageError("give at most one of --dataset NAME or --images DIR")
-    return dataset if images is None else folder_collection_name(images)
+    return dataset if images is None else sources.source_name(images)
+
+
+def choose_model(options: EmbedderOptions, collections: Sequence[str]) -> EmbedderOptions:
+    """The options with the model filled in for these collections (see defaults.default_model);
+    a warning, once, when the demo model is to embed anything but the collection it knows."""
+    chosen = options.for_collections(collections)
+    others = [name for name in collections if name != defaults.DEMO_COLLECTION]
+    if chosen.model == defaults.DEMO_MODEL and others:
+        err_console.print(
+            f"warning: the {defaults.DEMO_MODEL} model knows only the generated "
+            f"{defaults.DEMO_COLLECTION} images; its vectors of {', '.join(others)} mean little "
+            f"(name a real model with --model, e.g. {defaults.DEFAULT_MODEL})",
+            markup=False,
+            highlight=False,
+        )
+    return chosen
+
+
+@contextmanager
+def default_model_hint(options: EmbedderOptions) -> Iterator[None]:
+    """Make a failure to load the default model (no --model given) say what to do instead."""
+    try:
+        yield
+    except ModelError as exc:
+        if options.model is not None:
+            raise
+        raise ModelError(
+            f"{exc}; it is the default model: name another with --model, e.g. --model "
+            f"{defaults.CPU_MODEL} (smaller, for a CPU) or --model {defaults.DEMO_MODEL} "
+            "(the demo model)"
+        ) from None

@@ -96,13 +96,13 @@ def query(
     similarities under each condition.
     """
     from dior_search.data.images import load_image
-    from dior_search.search.searcher import SearchOptions, SearchRequest
+    from dior_search.data.reading import load_item_image
+    from dior_search.search.searcher import SearchOptions, SearchRequest, check_k
     from dior_search.store.index_types import parse_search_params, search_params_of
 
     if (image is None) == (row_id is None):
         raise UsageError("give a query IMAGE or --id ID (one of them)")
-    if k < 1:
-        raise UsageError(f"-k must be at least 1, not {k}")
+    check_k(k)  # before anything is loaded
     for name in condition or ():
         check_condition(name)
     params = search_params_of(search_params, nprobe, ef_search)
@@ -135,7 +135,7 @@ def query(
         from dior_search.cli.contact_sheet import write_contact_sheet
 
         if query_image is None:
-            query_image = load_image(result.root / str(result.query.path))
+            query_image = load_item_image(result.root, str(result.query.path))
         caption = image.name if image is not None else f"id {row_id}"
         write_contact_sheet(sheet, result.title, query_image, caption, result.hits, result.root)
     if result.unlisted:

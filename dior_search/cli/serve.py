@@ -17,6 +17,7 @@ from dior_search.cli.options import (
     IndexesOpt,
     TrustOpt,
     collection_name,
+    positive_number,
 )
 from dior_search.errors import UsageError
 
@@ -55,6 +56,13 @@ def serve(
     max_k: Annotated[int, typer.Option(help="Most results one query may ask for.")] = (
         defaults.MAX_K
     ),
+    max_decode_mb: Annotated[
+        float | None,
+        typer.Option(
+            help="Memory in MiB that images being decoded may hold together (default: sized "
+            "for this machine: an eighth of its memory, 1 GiB per core, at least 1 GiB)."
+        ),
+    ] = None,
 ) -> None:
     """Serve a web page and a JSON API for (multi-)conditional search over built indexes."""
     from dior_search.serve.app import make_server
@@ -76,10 +84,15 @@ def serve(
         device=device,
         dtype=dtype,
         trust_remote_code=trust_remote_code,
-        max_upload_bytes=int(max_upload_mb * MIB),
-        max_pixels=int(max_megapixels * 1_000_000),
-        timeout_s=timeout,
+        max_upload_bytes=int(positive_number(max_upload_mb, "--max-upload-mb") * MIB),
+        max_pixels=int(positive_number(max_megapixels, "--max-megapixels") * 1_000_000),
+        timeout_s=positive_number(timeout, "--timeout"),
         max_k=max_k,
+        max_decode_bytes=(
+            None
+            if max_decode_mb is None
+            else int(positive_number(max_decode_mb, "--max-decode-mb") * MIB)
+        ),
     )
     service = SearchService.open(settings)
     verbose = logging.getLogger().isEnabledFor(logging.INFO)

@@ -22,7 +22,8 @@ from dior_search.data.synthetic import CONDITIONS as SYNTHETIC_CONDITIONS
 from dior_search.data.synthetic import LABELS_FILE, write_dataset
 from dior_search.errors import InputError, UsageError
 
-METADATA_DIR = Path(__file__).resolve().parents[2] / "metadata"
+# The label tables ship inside the package (the repository's top-level metadata/ links here).
+METADATA_DIR = Path(__file__).resolve().parent / "metadata"
 UNCONDITIONAL = "unconditional"
 # A condition is a short phrase put into the prompt ("object color"); a longer text only
 # costs time and memory per image (a 3,000-word one took 7 GB for 50 images).

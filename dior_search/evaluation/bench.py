@@ -7,6 +7,14 @@ labelled image queries all the others by exact search over the stored vectors.
 - `dior-unconditional`: the prompt without a condition, one index scored against every label.
 - `clip`: a CLIP model's image embedding, one index (CLIP takes no condition).
 - `generative`: the VLM's one-word answer to the prompt, embedded by a sentence encoder.
+- `indirect`: InDiReCT, CLIP's image embedding projected onto the subspace in which CLIP's
+  embeddings of texts about the condition vary.
+
+With several layers, each DIOR method is scored once per layer (`dior layer -8`, ...), every
+layer read from the same forward passes. Scores use cosine similarity (as search does) or
+Euclidean distance on the raw vectors (as the paper's numbers did). Where a collection has
+several labels, `leakage` says how much the other labels still drive each condition's
+neighbours (see metrics.leakage).
 """
 
 from __future__ import annotations
@@ -24,11 +32,13 @@ from dior_search.data.collections import (
     LabelTableError,
     open_dataset,
 )
-from dior_search.errors import DiorError, InputError, UsageError
-from dior_search.evaluation.metrics import retrieval_metrics
+from dior_search.errors import DiorError, InputError, ModelError, UsageError
+from dior_search.evaluation.metrics import Distance, leakage, retrieval_metrics
 from dior_search.indexing.job import IndexSettings
+from dior_search.indexing.layers import index_layers
 from dior_search.indexing.run import index_collection
 from dior_search.models import load_embedder
+from dior_search.models.dior import DiorEmbedder
 from dior_search.models.embedder import Embedder
 from dior_search.models.settings import EmbedderOptions
 from dior_search.search.joined import JoinedIndexes
@@ -43,6 +53,7 @@ METHODS = {
     "dior-unconditional": "dior",
     "clip": "clip",
     "generative": "generative",
+    "indirect": "indirect",
 }
 # Methods whose one index serves every condition.
 CONDITION_BLIND = frozenset({"dior-unconditional", "clip"})
@@ -57,8 +68,11 @@ Progress = Callable[[int], None]
 class MethodModels:
     """Each method's embedder, loaded on first use and shared across datasets."""
 
-    def __init__(self, options: EmbedderOptions) -> None:
+    def __init__(self, options: EmbedderOptions, layers: Sequence[int] = ()) -> None:
+        """`layers`: the DIOR methods' hidden layers, several read from one forward pass
+        (default: the options' one layer)."""
         self.options = options
+        self.layers = list(dict.fromkeys(layers)) or [options.layer]
         self.loaded: dict[str, Embedder] = {}
 
     def get(self, method: str) -> Embedder:
@@ -68,8 +82,21 @@ class MethodModels:
             raise UsageError(f"unknown method {method!r}; valid: {', '.join(METHODS)}") from None
         # Both DIOR methods use one model; only the prompt differs.
         if kind not in self.loaded:
-            self.loaded[kind] = load_embedder(self.options.for_method(kind))
+            if kind == "dior" and self.several_layers:
+                self.loaded[kind] = DiorEmbedder(self.options.dior(), self.layers)
+            else:
+                self.loaded[kind] = load_embedder(self.options.for_method(kind))
         return self.loaded[kind]
+
+    @property
+    def several_layers(self) -> bool:
+        return len(self.layers) > 1
+
+    def scored_as(self, method: str) -> list[str]:
+        """The result rows of a method: itself, or one per layer for a DIOR method."""
+        if METHODS.get(method) == "dior" and self.several_layers:
+            return [layer_method(method, layer) for layer in self.layers]
+        return [method]
 
     def loadable(self, methods: Sequence[str]) -> tuple[list[str], list[str]]:
         """(methods whose models load, one message per method that does not)."""
@@ -82,7 +109,7 @@ class MethodModels:
                 continue
             usable.append(method)
         if not usable:
-            raise UsageError("no method could be loaded")
+            raise ModelError(f"no method could be loaded: {'; '.join(problems)}")
         return usable, problems
 
 
@@ -90,8 +117,15 @@ def indexed_conditions(method: str, conditions: Sequence[str]) -> list[str]:
     return [UNCONDITIONAL] if method in CONDITION_BLIND else list(conditions)
 
 
-def evaluate_index(reader: IndexReader, collection: Collection, condition: str) -> Metrics:
-    """Metrics of one index by one condition's labels, exact search over its vectors.
+def layer_method(method: str, layer: int) -> str:
+    return f"{method} layer {layer}"
+
+
+def evaluate_index(
+    reader: IndexReader, collection: Collection, condition: str, distance: Distance = "cosine"
+) -> Metrics:
+    """Metrics of one index by one condition's labels, exact search over its vectors (unit
+    vectors for cosine, raw ones for Euclidean); `leakage` where there are other labels.
 
     Labels are the collection's as its label table says now, not as they were stored when
     the index was built; indexed images the table no longer lists are left out.
@@ -102,7 +136,7 @@ def evaluate_index(reader: IndexReader, collection: Collection, condition: str) 
             reader.directory,
             reader.manifest.index_type,
         )
-    _, vectors = reader.all_vectors()
+    _, vectors = reader.all_vectors(raw=distance == "euclidean")
     current = {item.path: item.labels for item in collection.items}
     paths = reader.paths()
     unlisted = sum(path not in current for path in paths)
@@ -115,9 +149,18 @@ def evaluate_index(reader: IndexReader, collection: Collection, condition: str) 
             reader.directory,
             collection.name,
         )
-    labels = [current.get(path, {}).get(condition) for path in paths]
+    rows = [current.get(path, {}) for path in paths]
+    labels = [row.get(condition) for row in rows]
     keep = np.array([label is not None for label in labels], dtype=bool)
-    return retrieval_metrics(vectors[keep], [label for label in labels if label is not None])
+    kept = [label for label in labels if label is not None]
+    metrics = retrieval_metrics(vectors[keep], kept, distance=distance)
+    names = sorted({name for row in rows for name in row})
+    if condition in names and len(names) > 1:
+        by_name = {
+            name: np.asarray([row.get(name) for row in rows], dtype=object)[keep] for name in names
+        }
+        metrics["leakage"] = leakage(vectors[keep], by_name, condition, distance=distance)
+    return metrics
 
 
 def run_bench(
@@ -128,6 +171,7 @@ def run_bench(
     index_settings: IndexSettings,
     on_stage: Stage | None = None,
     on_progress: Progress | None = None,
+    distance: Distance = "cosine",
 ) -> dict[str, dict[str, Metrics]]:
     """condition -> method -> metrics for one collection; indexes built where missing."""
     unknown = [c for c in conditions if c not in collection.conditions]
@@ -142,15 +186,24 @@ def run_bench(
             if on_stage is not None:
                 on_stage(f"{collection.name}: {method}", total)
 
-        report = index_collection(
-            collection, targets, models.get(method), index_settings, start, on_progress
-        )
-        searcher = Searcher.of_directories(list(report.directories.values()))
-        indexes = searcher.collection(collection.name)
-        for condition in conditions:
-            indexed = UNCONDITIONAL if method in CONDITION_BLIND else condition
-            reader = searcher.reader(searcher.condition(indexes, indexed))
-            results[condition][method] = evaluate_index(reader, collection, condition)
+        embedder = models.get(method)
+        if isinstance(embedder, DiorEmbedder) and models.several_layers:
+            by_layer = index_layers(
+                collection, targets, embedder, index_settings, start, on_progress
+            )
+            directories = {layer_method(method, layer): found for layer, found in by_layer.items()}
+        else:
+            report = index_collection(
+                collection, targets, embedder, index_settings, start, on_progress
+            )
+            directories = {method: report.directories}
+        for row, found in directories.items():
+            searcher = Searcher.of_directories(list(found.values()))
+            indexes = searcher.collection(collection.name)
+            for condition in conditions:
+                indexed = UNCONDITIONAL if method in CONDITION_BLIND else condition
+                reader = searcher.reader(searcher.condition(indexes, indexed))
+                results[condition][row] = evaluate_index(reader, collection, condition, distance)
     return results
 
 
@@ -182,6 +235,7 @@ def run_benches(
     index_settings: IndexSettings,
     on_stage: Stage | None = None,
     on_progress: Progress | None = None,
+    distance: Distance = "cosine",
 ) -> BenchResult:
     """`run_bench` for each collection, under `conditions` (default: all its labelled ones)."""
     return {
@@ -193,6 +247,7 @@ def run_benches(
             index_settings,
             on_stage,
             on_progress,
+            distance,
         )
         for collection in collections
     }

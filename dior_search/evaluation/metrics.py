@@ -17,7 +17,7 @@ label (duplicate images do) and the metrics do not depend on the order.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -27,6 +27,8 @@ from dior_search.errors import InputError, UsageError
 Distance = Literal["cosine", "euclidean"]
 DISTANCES: tuple[Distance, ...] = ("cosine", "euclidean")
 DEFAULT_KS = (1, 5, 10)
+# Neighbours per image that leakage looks at.
+LEAKAGE_K = 10
 # Scores held at once per block of queries (float64): 128 MiB, whatever the collection size.
 BLOCK_SCORES = 1 << 24
 
@@ -75,15 +77,53 @@ def retrieval_metrics(
     }
 
 
-def neighbours(vectors: np.ndarray, k: int) -> np.ndarray:
-    """Indices of each row's k nearest other rows by cosine, itself excluded; ties by index."""
-    scorer = Scorer(vectors, "cosine")
+def neighbours(vectors: np.ndarray, k: int, distance: Distance = "cosine") -> np.ndarray:
+    """Indices of each row's k nearest other rows, itself excluded; ties by index."""
+    scorer = Scorer(vectors, distance)
     n = len(vectors)
     rows = np.arange(n)
     out = np.empty((n, min(k, n - 1)), dtype=np.int64)
     for block in blocks(rows, n):
         out[block] = top_ranked(scorer.scores(block), out.shape[1])
     return out
+
+
+def leakage(
+    vectors: np.ndarray,
+    labels: Mapping[str, Sequence[str | None]],
+    condition: str,
+    k: int = LEAKAGE_K,
+    *,
+    distance: Distance = "cosine",
+) -> float:
+    """How much the other labels still drive the neighbours under `condition`'s vectors.
+
+    For each other label b: the mean over images of the share of the image's k nearest
+    others that have its label b, minus that label's base rate (the share of all other
+    images that have it); then the mean over b. 0: b does not drive the neighbours at all.
+    Images without a label b, and neighbours without one, count for b as not sharing it.
+    """
+    others = [name for name in labels if name != condition]
+    if not others:
+        raise UsageError(f"leakage needs labels other than {condition!r}")
+    if len(vectors) < 2:
+        raise InputError("leakage needs at least two images")
+    nearest = neighbours(vectors, k, distance)
+    rates = []
+    for name in others:
+        values = np.asarray([v if v is not None else "" for v in labels[name]], dtype=object)
+        present = np.asarray([v is not None for v in labels[name]], dtype=bool)
+        if present.sum() < 2:
+            continue
+        codes = np.unique(values.astype(str), return_inverse=True)[1]
+        codes[~present] = -1
+        counts = np.bincount(codes[present])
+        base = (counts[codes[present]] - 1) / (present.sum() - 1)
+        shared = (codes[nearest] == codes[:, None]) & (codes[:, None] >= 0)
+        rates.append(float((shared[present].mean(axis=1) - base).mean()))
+    if not rates:
+        raise InputError(f"no label other than {condition!r} is given for two images")
+    return float(np.mean(rates))
 
 
 class Scorer:

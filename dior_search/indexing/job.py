@@ -1,20 +1,24 @@
-"""One indexing run's plan and its writer loop: load images, embed them, add the vectors."""
+"""One indexing run's plan and its writer loop: load images, embed them (or copy the vector a
+condition's index already stores for their content), add the rows."""
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from dior_search import defaults
 from dior_search.data.collections import Collection, Item
 from dior_search.data.reading import LoadedImage, load_ahead
 from dior_search.errors import UsageError, first_line
-from dior_search.models.embedder import Embedder, EmbedderDescription
+from dior_search.models.embedder import Embedder, EmbedderDescription, ImageRefused
 from dior_search.models.prompts import build_prompt
+from dior_search.store.compaction import Compaction
 from dior_search.store.index_types import (
     AUTO,
     FLAT,
@@ -73,12 +77,26 @@ class IndexSettings:
     loader_threads: int = 4
     # This process's slice of a distributed run (None: from RANK / WORLD_SIZE, if launched).
     part: PartSpec | None = None
+    # Keep the rows of files that are gone (an unmounted drive must not empty an index).
+    keep_missing: bool = False
+    # Rewrite shards whose deleted rows pass this share at the end of the run.
+    compact_threshold: float = defaults.COMPACT_THRESHOLD
+
+
+@dataclass
+class SyncCounts:
+    """What a run did to one condition's index, file by file."""
+
+    added: int = 0
+    changed: int = 0
+    moved: int = 0
+    removed: int = 0
+    unchanged: int = 0
 
 
 @dataclass
 class IndexReport:
-    added: dict[str, int] = field(default_factory=dict)
-    already_indexed: int = 0
+    counts: dict[str, SyncCounts] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     directories: dict[str, Path] = field(default_factory=dict)
     # What the run changed or left alone that was asked for (a repack, a shard size kept).
@@ -89,6 +107,57 @@ class IndexReport:
     # Conditions whose parts this process merged, and those still waiting for parts.
     merged: list[str] = field(default_factory=list)
     waiting: dict[str, list[int]] = field(default_factory=dict)
+    # What compaction did at the end of the run, per condition.
+    compacted: dict[str, Compaction] = field(default_factory=dict)
+
+
+class ConditionRun:
+    """One condition's index during a run: its writer, and what the run did to it.
+
+    `skip`: content hashes this writer leaves alone (a part of a distributed run leaves the
+    images the index already holds to the process that merges the parts).
+    """
+
+    def __init__(self, condition: str, writer: IndexWriter, skip: frozenset[str] = frozenset()):
+        self.condition = condition
+        self.writer = writer
+        self.skip = skip
+        self.counts = SyncCounts()
+        self.paths_before = {path for path, _ in writer.live_rows().values()}
+        # Content of rows deleted because their file is gone: a new file with it moved there.
+        self.vanished: Counter[str] = Counter()
+
+    def needs(self, path: str, content_hash: str) -> bool:
+        """Whether the index lacks a row of this file as it is now."""
+        return content_hash not in self.skip and not self.writer.holds(path, content_hash)
+
+    def delete(self, ids: list[int], vanished: bool) -> None:
+        """Delete rows; `vanished`: their files are gone (their content may turn up moved)."""
+        live = self.writer.live_rows()
+        if vanished:
+            self.vanished.update(live[i][1] for i in ids)
+        self.writer.delete(ids)
+
+    def add(self, row: Row, vector: np.ndarray | None, row_id: int | None = None) -> None:
+        """Add a row for a file, with its vector or (None) a copy of the stored one."""
+        if vector is None:
+            self.writer.add_copy(row, row_id)
+        else:
+            self.writer.add(vector, row, row_id)
+        if row.path in self.paths_before:
+            self.counts.changed += 1
+        elif self.vanished[row.content_hash] > 0:
+            self.vanished[row.content_hash] -= 1
+            self.counts.moved += 1
+        else:
+            self.counts.added += 1
+
+    def finish(self) -> SyncCounts:
+        """The counts, with `removed`: paths that had a row and have none, less moves."""
+        paths_after = {path for path, _ in self.writer.live_rows().values()}
+        gone = len(self.paths_before - paths_after)
+        self.counts.removed = max(0, gone - self.counts.moved)
+        return self.counts
 
 
 @dataclass(frozen=True)
@@ -163,53 +232,100 @@ def plan_job(
     return IndexJob(collection, embedder, description, settings, targets)
 
 
+@dataclass
+class Pending:
+    """A loaded file waiting for the next batch: which conditions copy a stored vector for it
+    and which need it embedded."""
+
+    loaded: LoadedImage
+    copies: list[int]
+    embeds: list[int]
+
+
 def embed_items(
     job: IndexJob,
-    writers: Sequence[IndexWriter],
+    runs: Sequence[ConditionRun],
     items: Sequence[Item],
     report: IndexReport,
     on_progress: Progress | None,
     row_ids: Sequence[dict[str, int]] | None = None,
+    counted: frozenset[str] = frozenset(),
 ) -> None:
-    """Load, embed and add `items` in order; `row_ids`: each writer's id per item path."""
-    batch: list[LoadedImage] = []
+    """Load `items` in order and give each condition's index a row of every file it lacks:
+    a copy of a vector it stores for that content, or a new embedding.
+
+    `row_ids`: each condition's id per item path (else the writers number rows). `counted`:
+    paths already counted as unchanged.
+    """
+    batch: list[Pending] = []
     step = job.settings.images_per_step
-    for loaded in load_ahead(job.collection.root, items, job.settings.loader_threads, 2 * step):
-        if loaded.error is not None:
-            report.skipped.append((loaded.item.path, loaded.error))
-            log.info("skipping %s: %s", loaded.item.path, loaded.error)
-        elif all(loaded.content_hash in w.known_hashes for w in writers):
-            report.already_indexed += 1
+    # Decoded images are shrunk to what the model sees at once: the read-ahead window holds
+    # images of that size, never full-size ones.
+    max_side = job.description.settings.max_side
+    loader = load_ahead(job.collection.root, items, job.settings.loader_threads, 2 * step, max_side)
+    for loaded in loader:
+        error = loaded.error if loaded.image is None else refusal(job.embedder, loaded.image)
+        if error is not None:
+            report.skipped.append((loaded.item.path, error))
+            log.info("skipping %s: %s", loaded.item.path, error)
         else:
-            batch.append(loaded)
-        if len(batch) == step:
-            embed_batch(job, writers, batch, report, row_ids)
+            pending = Pending(loaded, [], [])
+            for column, run in enumerate(runs):
+                if run.needs(loaded.item.path, loaded.content_hash):
+                    can_copy = run.writer.can_copy(loaded.content_hash)
+                    (pending.copies if can_copy else pending.embeds).append(column)
+                elif loaded.item.path not in counted:
+                    run.counts.unchanged += 1
+            if pending.copies or pending.embeds:
+                if not pending.embeds:  # the pixels are not needed
+                    pending = replace(pending, loaded=replace(loaded, image=None))
+                batch.append(pending)
+        if sum(1 for p in batch if p.embeds) == step or len(batch) >= 4 * step:
+            embed_batch(job, runs, batch, report, row_ids)
             batch = []
         if on_progress is not None:
             on_progress(1)
-    embed_batch(job, writers, batch, report, row_ids)
+    embed_batch(job, runs, batch, report, row_ids)
+
+
+def refusal(embedder: Embedder, image: Image.Image) -> str | None:
+    """Why the model would refuse `image` (an aspect ratio it cannot take), or None."""
+    try:
+        embedder.check_size(*image.size)
+    except ImageRefused as exc:
+        return str(exc)
+    return None
 
 
 def embed_batch(
     job: IndexJob,
-    writers: Sequence[IndexWriter],
-    batch: list[LoadedImage],
+    runs: Sequence[ConditionRun],
+    batch: list[Pending],
     report: IndexReport,
     row_ids: Sequence[dict[str, int]] | None = None,
 ) -> None:
+    """Embed the batch's files that need it, then add every row in file order (ids rise)."""
     if not batch:
         return
-    embedded, vectors = embed_or_isolate(batch, job.texts, job.embedder, report)
-    for column, (condition, writer) in enumerate(zip(job.conditions, writers, strict=True)):
-        for row, loaded in enumerate(embedded):
-            if loaded.content_hash in writer.known_hashes:
+    to_embed = [p.loaded for p in batch if p.embeds]
+    embedded, vectors = (
+        embed_or_isolate(to_embed, job.texts, job.embedder, report) if to_embed else ([], None)
+    )
+    rows_of = {id(loaded): row for row, loaded in enumerate(embedded)}
+    for pending in batch:
+        loaded = pending.loaded
+        if pending.embeds and id(loaded) not in rows_of:
+            continue  # the model refused it: skipped
+        row = Row(loaded.item.path, loaded.content_hash, loaded.item.labels)
+        for column in sorted(pending.copies + pending.embeds):
+            run = runs[column]
+            if not run.needs(row.path, row.content_hash):
                 continue
-            writer.add(
-                np.asarray(vectors[row, column]),
-                Row(loaded.item.path, loaded.content_hash, loaded.item.labels),
-                None if row_ids is None else row_ids[column][loaded.item.path],
-            )
-            report.added[condition] += 1
+            vector = None
+            if column in pending.embeds and vectors is not None:
+                vector = np.asarray(vectors[rows_of[id(loaded)], column])
+            row_id = None if row_ids is None else row_ids[column][row.path]
+            run.add(row, vector, row_id)
 
 
 def embed_or_isolate(

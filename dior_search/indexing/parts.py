@@ -48,13 +48,17 @@ from dior_search.data.collections import Item
 from dior_search.data.paths import name_bytes
 from dior_search.errors import IndexStoreError, UsageError
 from dior_search.indexing.job import (
+    ConditionRun,
     IndexJob,
     IndexReport,
+    IndexTarget,
     PartSpec,
     Progress,
+    SyncCounts,
     embed_items,
 )
-from dior_search.store.files import atomic_file, fsync_dir, sha256_file, verify_file
+from dior_search.indexing.sync import ConfirmRemoval, sync_targets
+from dior_search.store.files import atomic_file, fsync_dir, sha256_file
 from dior_search.store.index_types import FLAT
 from dior_search.store.manifest import (
     MANIFEST,
@@ -67,7 +71,7 @@ from dior_search.store.manifest import (
 from dior_search.store.shards import (
     faiss_path,
     parquet_path,
-    read_paths,
+    read_keys,
     read_table,
     staged_vectors,
     write_faiss,
@@ -124,21 +128,23 @@ class IndexState:
 
 
 def read_state(directory: Path) -> IndexState:
+    """The paths and contents of an index's live rows, and its next id."""
     if not (directory / MANIFEST).is_file():
         return IndexState(frozenset(), frozenset(), 0)
     manifest = Manifest.read(directory)
     paths: set[str] = set()
     hashes: set[str] = set()
     for shard in manifest.shards:
-        path = parquet_path(directory, shard)
-        verify_file(path, shard.parquet_sha256)
-        paths.update(read_paths(path))
-        hashes.update(read_table(path, ["content_hash"]).column("content_hash").to_pylist())
+        found = read_keys(directory, shard)
+        live = found.live.tolist()
+        paths.update(p for p, keep in zip(found.paths, live, strict=True) if keep)
+        hashes.update(h for h, keep in zip(found.hashes, live, strict=True) if keep)
     return IndexState(frozenset(paths), frozenset(hashes), manifest.next_id)
 
 
 def work_list(items: Sequence[Item], states: Sequence[IndexState]) -> list[Item]:
-    """Items, in collection order, that some condition's index does not hold yet."""
+    """Items, in collection order, whose path some condition's index does not hold yet (the
+    merge's sync handles changed files, moves and removals)."""
     return [item for item in items if any(item.path not in s.paths for s in states)]
 
 
@@ -224,8 +230,9 @@ def merge_parts(
     template: Manifest,
     index_type: str | None = None,
     memory_budget: int | None = None,
-) -> bool:
-    """Merge completed parts into the index and pack it; False if another run merged them."""
+) -> int | None:
+    """Merge completed parts into the index and pack it: the rows merged (None if another
+    run merged them)."""
     # Two parts that complete at once both get here: the second waits, then finds no parts.
     writer = IndexWriter(directory, copy.deepcopy(template), wait_for_lock=True)
     try:
@@ -235,7 +242,7 @@ def merge_parts(
             shutil.rmtree(retired)
         root = parts_dir(directory)
         if not root.is_dir():
-            return False
+            return None
         entries = merge_plan(directory, writer.manifest)
         listed = {s.name for s in writer.manifest.shards}
         if not all(e["shard"]["name"] in listed for e in entries):
@@ -247,7 +254,7 @@ def merge_parts(
         log.info("merged %d part shards into %s", len(entries), directory)
         writer.next_id = writer.manifest.next_id
         writer.close()
-        return True
+        return sum(int(e["shard"]["rows"]) for e in entries)
     finally:
         writer.abort()
 
@@ -360,59 +367,77 @@ def index_part(
     part: PartSpec,
     on_start: Progress | None = None,
     on_progress: Progress | None = None,
+    confirm: ConfirmRemoval | None = None,
 ) -> IndexReport:
-    """Embed this process's slice of the work into its part; merge if it completes the run."""
+    """Embed this process's slice of the new images into its part; if it completes the run,
+    merge the parts and sync the index with the collection (changed files, moves, removals)."""
     settings = job.settings
     report = IndexReport(part=part)
+    # Conditions whose parts this process merged, with the rows merged.
+    merged: dict[str, tuple[IndexTarget, int]] = {}
     for target in job.targets:
         if (parts_dir(target.directory) / MERGE_PLAN).is_file():  # a merge was interrupted
-            merge_parts(
+            rows = merge_parts(
                 target.directory, target.manifest, settings.index_type, settings.memory_budget
             )
-            report.merged.append(target.condition)
+            merged[target.condition] = (target, rows or 0)
     report.directories = {t.condition: t.directory for t in job.targets}
-    report.added = dict.fromkeys(job.conditions, 0)
     # The plan comes from the indexes as they are before any part writes: every process
     # computes the same work list.
     states = [read_state(t.directory) for t in job.targets]
     items = job.collection.items
     work = work_list(items, states)
-    if not work:
-        report.already_indexed = len(items)
+    if not work and not merged:
+        # No new path to embed, so no merge: the first process alone syncs (changed files,
+        # moves, removals); the others have nothing to do.
+        if part.part == 0:
+            sync_targets(job, job.targets, report, on_start, on_progress, confirm)
+        else:
+            report.counts = {c: SyncCounts(unchanged=len(items)) for c in job.conditions}
         return report
     job.check_index_types(len(work))
     start, stop = part.bounds(len(work))
-    report.already_indexed = len(items) - len(work)
-    writers: list[IndexWriter] = []
+    runs: list[ConditionRun] = []
     try:
         folders = []
         for target, state in zip(job.targets, states, strict=True):
+            if not work:
+                break
             folder = prepare_part(target.directory, part, work, state.next_id)
             folders.append(folder)
             writer = IndexWriter(folder, copy.deepcopy(target.manifest), packs=False)
-            writer.known_hashes |= state.hashes
-            writers.append(writer)
+            runs.append(ConditionRun(target.condition, writer, skip=state.hashes))
         if on_start is not None:
             on_start(stop - start)
-        if not all(is_done(folder) for folder in folders):
+        if runs and not all(is_done(folder) for folder in folders):
             positions = {item.path: start + offset for offset, item in enumerate(work[start:stop])}
             row_ids = [
                 {path: state.next_id + position for path, position in positions.items()}
                 for state in states
             ]
-            embed_items(job, writers, work[start:stop], report, on_progress, row_ids)
-            for writer, folder in zip(writers, folders, strict=True):
-                writer.write_shard()
-                mark_done(folder, writer.manifest.rows)
+            embed_items(job, runs, work[start:stop], report, on_progress, row_ids)
+            for run, folder in zip(runs, folders, strict=True):
+                run.writer.write_shard()
+                mark_done(folder, run.writer.manifest.rows)
     finally:
-        for writer in writers:
-            writer.abort()
+        for run in runs:
+            run.writer.abort()
+    report.counts = {run.condition: run.counts for run in runs}
     for target in job.targets:
-        missing = missing_parts(target.directory, part.parts)
+        missing = missing_parts(target.directory, part.parts) if work else []
         if missing:
             report.waiting[target.condition] = missing
-        elif merge_parts(
-            target.directory, target.manifest, settings.index_type, settings.memory_budget
-        ):
-            report.merged.append(target.condition)
+        elif work:
+            rows = merge_parts(
+                target.directory, target.manifest, settings.index_type, settings.memory_budget
+            )
+            if rows is not None:
+                merged[target.condition] = (target, rows)
+    if merged:
+        # The parts added the new files; the sync then finds them unchanged.
+        sync_targets(job, [target for target, _ in merged.values()], report, confirm=confirm)
+        for condition, (_, rows) in merged.items():
+            report.counts[condition].added += rows
+            report.counts[condition].unchanged -= rows
+        report.merged = list(merged)
     return report

@@ -1,4 +1,4 @@
-"""`index_collection`: embed every image of a collection not indexed yet, under each condition."""
+"""`index_collection`: make each condition's index hold exactly a collection's current images."""
 
 from __future__ import annotations
 
@@ -8,18 +8,12 @@ from pathlib import Path
 from dior_search.data.collections import Collection
 from dior_search.data.paths import shown
 from dior_search.errors import IndexStoreError
-from dior_search.indexing.job import (
-    IndexReport,
-    IndexSettings,
-    Progress,
-    embed_items,
-    plan_job,
-)
+from dior_search.indexing.job import IndexJob, IndexReport, IndexSettings, Progress, plan_job
 from dior_search.indexing.parts import index_part, launched_part, parts_dir
+from dior_search.indexing.sync import ConfirmRemoval, sync_targets
 from dior_search.models.embedder import Embedder
 from dior_search.store.files import atomic_file, io_errors
 from dior_search.store.layout import skipped_listing
-from dior_search.store.writer import IndexWriter
 
 
 def index_collection(
@@ -29,17 +23,24 @@ def index_collection(
     settings: IndexSettings,
     on_start: Progress | None = None,
     on_progress: Progress | None = None,
+    job: IndexJob | None = None,
+    confirm_removal: ConfirmRemoval | None = None,
 ) -> IndexReport:
-    """Embed every not-yet-indexed image under each condition; resumable and incremental.
+    """Sync every condition's index with the collection; resumable and incremental.
 
-    Images that cannot be read or embedded are skipped and listed in the report and in
-    `skipped.tsv` beside the indexes. Under `accelerate launch` (or with `settings.part`)
-    this process embeds only its part of the work; see indexing.parts.
+    New and changed images are embedded, moved and copied ones keep their stored vector,
+    rows of vanished files are removed (not with `settings.keep_missing`; removing more than
+    half of an index needs `confirm_removal` to say yes, else RemovalRefused), and shards
+    with many deleted rows are compacted (see indexing.sync). Images that cannot be read or
+    embedded are skipped and listed in the report and in `skipped.tsv` beside the indexes.
+    Under `accelerate launch` (or with `settings.part`) this process embeds only its part of
+    the new images; see indexing.parts. `job`: one planned
+    beforehand (several layers of one forward pass, see indexing.layers).
     """
-    job = plan_job(collection, conditions, embedder, settings)
+    job = job or plan_job(collection, conditions, embedder, settings)
     part = settings.part or launched_part()
     if part is not None and part.parts > 1:
-        report = index_part(job, part, on_start, on_progress)
+        report = index_part(job, part, on_start, on_progress, confirm_removal)
         report.skipped[:0] = collection.unreadable
     else:
         report = IndexReport(skipped=list(collection.unreadable))
@@ -51,29 +52,7 @@ def index_collection(
                     "missing part), or delete that folder"
                 )
         job.check_index_types(len(collection.items))
-        writers: list[IndexWriter] = []
-        try:
-            for target in job.targets:
-                writer = IndexWriter(target.directory, target.manifest)
-                writers.append(writer)
-                writer.set_index_type(settings.index_type, settings.memory_budget)
-                report.directories[target.condition] = target.directory
-                report.added[target.condition] = 0
-                kept = writer.manifest.shard_size
-                if settings.shard_size not in (None, kept):
-                    report.notes.append(
-                        f"{target.condition}: the index keeps its shard size of {kept} "
-                        f"vectors (--shard-size {settings.shard_size} applies to new indexes)"
-                    )
-            if on_start is not None:
-                on_start(len(collection.items))
-            embed_items(job, writers, collection.items, report, on_progress)
-            for target, writer in zip(job.targets, writers, strict=True):
-                writer.close()
-                report.notes += [f"{target.condition}: {note}" for note in writer.notes]
-        finally:
-            for writer in writers:
-                writer.abort()
+        sync_targets(job, job.targets, report, on_start, on_progress, confirm_removal)
     report.skipped_listing = write_skipped(
         skipped_listing(settings.indexes_dir, collection.name, job.description), report
     )

@@ -75,6 +75,9 @@ class ClipEmbedder:
             image_size_policy=policy,
         )
 
+    def check_size(self, width: int, height: int) -> None:
+        """CLIP's processor resizes and crops any image to its square input: none is refused."""
+
     def embed(
         self,
         images: Sequence[Image.Image],

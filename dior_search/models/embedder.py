@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from dior_search.errors import UsageError
+from dior_search.errors import InputError, UsageError
 from dior_search.models.settings import SETTINGS_BY_METHOD, Method, ModelSettings
 
 ProgressCallback = Callable[[int], None]
@@ -28,6 +28,7 @@ IDENTITY_SETTINGS = (
     "max_pixels",
     "max_side",
     "text_encoder",
+    "components",
 )
 
 
@@ -114,11 +115,20 @@ class EmbedderDescription:
         ]
 
 
+class ImageRefused(InputError):
+    """An image the model's input processing would refuse (an extreme aspect ratio, say)."""
+
+
 class Embedder(Protocol):
     """Anything that embeds images under text conditions."""
 
     @property
     def dim(self) -> int: ...
+
+    def check_size(self, width: int, height: int) -> None:
+        """Raise ImageRefused, saying why, if `embed` would refuse an image of this size (as
+        given, before any shrinking); it needs no model call, nor the pixels."""
+        ...
 
     def describe(self) -> EmbedderDescription:
         """What makes these embeddings, for the index manifest."""

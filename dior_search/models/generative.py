@@ -23,7 +23,7 @@ from PIL import Image
 from dior_search.data.images import fit_within
 from dior_search.errors import ModelError, first_line
 from dior_search.models.embedder import EmbedderDescription, ProgressCallback
-from dior_search.models.families import InputBuilder, load_input_builder
+from dior_search.models.families import InputBuilder, check_image_size, load_input_builder
 from dior_search.models.loading import (
     describe_loaded,
     load_model_config,
@@ -109,6 +109,10 @@ class GenerativeEmbedder:
             text_encoder_commit=encoder_commit,
             text_encoder_fingerprint=encoder_fingerprint,
         )
+
+    def check_size(self, width: int, height: int) -> None:
+        """ImageRefused if the input builder would refuse such an image shrunk to max_side."""
+        check_image_size(self.inputs, width, height, self.settings.max_side)
 
     def embed(
         self,

@@ -6,8 +6,9 @@ from it, so a query embeds exactly as the index did. Defaults come from `dior_se
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Literal
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any, ClassVar, Literal, TypeVar
 
 from dior_search import defaults
 from dior_search.errors import UsageError
@@ -16,7 +17,7 @@ from dior_search.models.prompts import build_prompt
 PositionScheme = Literal["reference", "native"]
 POSITION_SCHEMES: tuple[PositionScheme, ...] = ("reference", "native")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
-Method = Literal["dior", "clip", "generative"]
+Method = Literal["dior", "clip", "generative", "indirect"]
 
 
 def check_dtype(dtype: str) -> None:
@@ -27,11 +28,22 @@ def check_dtype(dtype: str) -> None:
 def check_max_side(max_side: int | None) -> None:
     if max_side is not None and max_side < 1:
         raise UsageError("the image side cap must be at least 1 pixel")
+    check_at_most("the image side cap", max_side)
+
+
+def check_at_most(what: str, value: int | None) -> None:
+    """Refuse a count or size larger than an index's manifest can record (an int64)."""
+    if value is not None and value > defaults.MAX_STORED_INT:
+        raise UsageError(f"{what} is at most {defaults.MAX_STORED_INT}, not {value}")
+
+
+Settings = TypeVar("Settings", bound="ModelSettings")
 
 
 def check_max_pixels(max_pixels: int | None) -> None:
     if max_pixels is not None and max_pixels < 1:
         raise UsageError(f"--max-pixels must be at least 1 pixel, not {max_pixels}")
+    check_at_most("--max-pixels", max_pixels)
 
 
 @dataclass(frozen=True)
@@ -52,11 +64,12 @@ class ModelSettings:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise UsageError("batch size must be at least 1")
+        check_at_most("the batch size", self.batch_size)
         check_max_side(self.max_side)
         check_dtype(self.dtype)
 
     @classmethod
-    def from_fields(cls, stored: dict[str, Any]) -> ModelSettings:
+    def from_fields(cls: type[Settings], stored: dict[str, Any]) -> Settings:
         """Settings from a manifest's flat embedder fields (unknown keys ignored)."""
         names = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in stored.items() if key in names})
@@ -116,8 +129,28 @@ class GenerativeSettings(ModelSettings):
         check_max_pixels(self.max_pixels)
 
 
+@dataclass(frozen=True)
+class IndirectSettings(ModelSettings):
+    """InDiReCT (Kobs et al., WACV 2023): CLIP image embeddings projected, per condition, onto
+    the subspace in which CLIP's embeddings of texts about that condition vary."""
+
+    method: ClassVar[Method] = "indirect"
+
+    model: str = defaults.DEFAULT_CLIP_MODEL
+    batch_size: int = defaults.DEFAULT_CLIP_BATCH_SIZE
+    components: int = defaults.INDIRECT_COMPONENTS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.components < 1:
+            raise UsageError("InDiReCT needs at least 1 component")
+        check_at_most("the number of components", self.components)
+
+
+DualEncoder = TypeVar("DualEncoder", ClipSettings, IndirectSettings)
+
 SETTINGS_BY_METHOD: dict[str, type[ModelSettings]] = {
-    cls.method: cls for cls in (DiorSettings, ClipSettings, GenerativeSettings)
+    cls.method: cls for cls in (DiorSettings, ClipSettings, GenerativeSettings, IndirectSettings)
 }
 
 
@@ -125,7 +158,8 @@ SETTINGS_BY_METHOD: dict[str, type[ModelSettings]] = {
 class EmbedderOptions:
     """What a user chose on the command line, for whichever methods a verb runs."""
 
-    model: str = defaults.DEFAULT_MODEL
+    # None: the default for the collection (defaults.default_model), chosen by `for_collections`.
+    model: str | None = None
     revision: str | None = None
     template: str = defaults.DEFAULT_TEMPLATE
     layer: int = defaults.DEFAULT_LAYER
@@ -140,12 +174,21 @@ class EmbedderOptions:
     clip_model: str = defaults.DEFAULT_CLIP_MODEL
     text_encoder: str = defaults.DEFAULT_TEXT_ENCODER
 
+    def for_collections(self, collections: Sequence[str]) -> EmbedderOptions:
+        """These options with the model filled in: as chosen, or the collections' default."""
+        return replace(self, model=self.model or defaults.default_model(collections))
+
+    @property
+    def vlm(self) -> str:
+        """The vision-language model (the paper's model when none was chosen)."""
+        return self.model or defaults.DEFAULT_MODEL
+
     def dior(self) -> DiorSettings:
         if self.position_scheme not in POSITION_SCHEMES:
             valid = ", ".join(POSITION_SCHEMES)
             raise UsageError(f"unknown position scheme {self.position_scheme!r}; valid: {valid}")
         return DiorSettings(
-            model=self.model,
+            model=self.vlm,
             revision=self.revision,
             template=self.template,
             layer=self.layer,
@@ -159,16 +202,11 @@ class EmbedderOptions:
         )
 
     def clip(self) -> ClipSettings:
-        return ClipSettings(
-            model=self.clip_model,
-            dtype=self.dtype,
-            device=self.device,
-            max_side=self.max_side or None,
-        )
+        return self.dual_encoder(ClipSettings)
 
     def generative(self) -> GenerativeSettings:
         return GenerativeSettings(
-            model=self.model,
+            model=self.vlm,
             revision=self.revision,
             text_encoder=self.text_encoder,
             template=self.template,
@@ -180,9 +218,26 @@ class EmbedderOptions:
             trust_remote_code=self.trust_remote_code,
         )
 
+    def indirect(self) -> IndirectSettings:
+        return self.dual_encoder(IndirectSettings)
+
+    def dual_encoder(self, kind: type[DualEncoder]) -> DualEncoder:
+        """Settings of a method built on the CLIP model (`clip_model`)."""
+        return kind(
+            model=self.clip_model,
+            dtype=self.dtype,
+            device=self.device,
+            max_side=self.max_side or None,
+        )
+
     def for_method(self, method: str) -> ModelSettings:
-        """The settings of `method` (dior, clip or generative) under these options."""
-        makers = {"dior": self.dior, "clip": self.clip, "generative": self.generative}
+        """The settings of `method` (dior, clip, generative or indirect) under these options."""
+        makers = {
+            "dior": self.dior,
+            "clip": self.clip,
+            "generative": self.generative,
+            "indirect": self.indirect,
+        }
         try:
             return makers[method]()
         except KeyError:

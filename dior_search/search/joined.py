@@ -11,7 +11,10 @@ the result is exactly the brute-force top k; with approximate ones it is as good
 per-condition top-m lists.
 
 Rows are addressed by their position in the first condition's index (its ids in order); ids
-of the other indexes are only looked up, never assumed equal to positions.
+of the other indexes are only looked up, never assumed equal to positions. Each condition's
+index is joined as of the generation its reader holds: an image counts where every one of
+them holds its content, whatever path each has it under, so conditions synced at different
+times never mix two contents of one path.
 """
 
 from __future__ import annotations
@@ -36,6 +39,32 @@ SCORE_SLACK = 1e-5
 
 
 @dataclass(frozen=True)
+class Fanout:
+    """A map from positions to lists of positions, packed: `targets[starts[p]:starts[p + 1]]`."""
+
+    starts: np.ndarray
+    targets: np.ndarray
+
+    @classmethod
+    def identity(cls, n: int) -> Fanout:
+        return cls(np.arange(n + 1, dtype=np.int64), np.arange(n, dtype=np.int64))
+
+    @classmethod
+    def of(cls, lists: Sequence[Sequence[int]]) -> Fanout:
+        starts = np.zeros(len(lists) + 1, dtype=np.int64)
+        starts[1:] = np.cumsum([len(t) for t in lists])
+        targets = [p for t in lists for p in t]
+        return cls(starts, np.asarray(targets, dtype=np.int64))
+
+    def map(self, positions: np.ndarray) -> np.ndarray:
+        """Every target of `positions`, concatenated."""
+        lows, highs = self.starts[positions], self.starts[positions + 1]
+        if len(positions) == 0 or not (highs > lows).any():
+            return np.empty(0, dtype=np.int64)
+        return np.concatenate([self.targets[a:b] for a, b in zip(lows, highs, strict=True)])
+
+
+@dataclass(frozen=True)
 class Ranked:
     """One ranked image: its id in the first condition's index, combined and per-condition."""
 
@@ -54,8 +83,13 @@ def normalize_weights(weights: Sequence[float] | None, n_conditions: int) -> tup
             "condition, in the same order, or none"
         )
     if not all(math.isfinite(w) and w > 0 for w in weights):
-        raise UsageError(f"weights must be positive numbers, got {list(weights)}")
+        raise UsageError(f"weights must be positive finite numbers, got {list(weights)}")
     total = sum(weights)
+    if not math.isfinite(total):
+        # Weights near the float maximum overflow their sum: scale them by the largest first.
+        largest = max(weights)
+        weights = [w / largest for w in weights]
+        total = sum(weights)
     return tuple(w / total for w in weights)
 
 
@@ -76,10 +110,11 @@ class JoinedIndexes:
             check_same_embedder(reader.directory, reader.manifest.embedder, first.manifest.embedder)
         self.readers = list(readers)
         self._first_ids_by_hash: dict[str, int] | None = None
-        # Per condition: its id of each first-condition position (-1: missing), and each of
-        # its positions' first-condition position (-1: missing).
+        # Per condition: its id of each first-condition position (-1: missing), and the
+        # first-condition positions of each of its positions (several where the first
+        # condition has one content at several paths).
         self.from_first: list[np.ndarray] = [first.ids]
-        self.to_first: list[np.ndarray] = [np.arange(len(first), dtype=np.int64)]
+        self.to_first: list[Fanout] = [Fanout.identity(len(first))]
         for reader in readers[1:]:
             forward, backward = self.align(reader)
             self.from_first.append(forward)
@@ -87,19 +122,23 @@ class JoinedIndexes:
         # First-condition positions present under every condition.
         self.complete = np.logical_and.reduce([f >= 0 for f in self.from_first])
 
-    def align(self, reader: IndexReader) -> tuple[np.ndarray, np.ndarray]:
+    def align(self, reader: IndexReader) -> tuple[np.ndarray, Fanout]:
+        """Join `reader`'s rows to the first condition's on content hash (conditions synced
+        at different times hold different rows; a content may be at several paths)."""
         first = self.readers[0]
         if reader.content_hashes() == first.content_hashes():
-            return reader.ids, np.arange(len(reader), dtype=np.int64)
-        positions = {h: p for p, h in enumerate(reader.content_hashes())}
-        forward_positions = np.array(
-            [positions.get(h, -1) for h in first.content_hashes()], dtype=np.int64
-        )
-        present = forward_positions >= 0
+            return reader.ids, Fanout.identity(len(reader))
+        positions: dict[str, int] = {}
+        for position, content_hash in enumerate(reader.content_hashes()):
+            positions.setdefault(content_hash, position)
+        firsts_of: dict[str, list[int]] = {}
+        for position, content_hash in enumerate(first.content_hashes()):
+            firsts_of.setdefault(content_hash, []).append(position)
         forward = np.full(len(first), -1, dtype=np.int64)
-        forward[present] = reader.ids[forward_positions[present]]
-        backward = np.full(len(reader), -1, dtype=np.int64)
-        backward[forward_positions[present]] = np.flatnonzero(present)
+        for content_hash, firsts in firsts_of.items():
+            if content_hash in positions:
+                forward[firsts] = reader.ids[positions[content_hash]]
+        backward = Fanout.of([firsts_of.get(h, []) for h in reader.content_hashes()])
         return forward, backward
 
     def first_id_of_hash(self, content_hash: str) -> int | None:
@@ -190,8 +229,7 @@ class JoinedIndexes:
             top = min(m, len(reader))
             scores, ids = reader.search(query[None, :], top)
             valid = ids[0] >= 0
-            mapped = to_first[reader.positions(ids[0][valid])]
-            found.append(mapped[mapped >= 0])
+            found.append(to_first.map(reader.positions(ids[0][valid])))
             # Every image not found here scores at most this one's m-th score.
             bound += float(weight) * float(scores[0][valid][-1]) if valid.any() else 0.0
             seen_all = seen_all or top >= len(reader)

@@ -25,10 +25,10 @@ from PIL import Image
 
 from dior_search import defaults
 from dior_search.data.collections import current_labels
-from dior_search.errors import IndexStoreError, UsageError
+from dior_search.errors import IndexStoreError, InputError, UsageError, first_line
 from dior_search.models.embedder import Embedder, EmbedderDescription
 from dior_search.search.joined import JoinedIndexes, normalize_weights
-from dior_search.store.layout import IndexEntry, find_indexes
+from dior_search.store.layout import IndexEntry, find_indexes, is_index_of
 from dior_search.store.manifest import Manifest, check_same_embedder
 from dior_search.store.reader import IndexReader
 from dior_search.store.shards import Row
@@ -36,6 +36,9 @@ from dior_search.store.shards import Row
 log = logging.getLogger(__name__)
 
 JOINED_CACHE_ENTRIES = 64
+# Bounds on numbers a request gives: ids are int64, and k beyond a million is no search.
+MAX_ID = (1 << 63) - 1
+MAX_K = 1_000_000
 
 
 class NotIndexed(IndexStoreError):
@@ -44,6 +47,12 @@ class NotIndexed(IndexStoreError):
 
 class DeadlineExceeded(UsageError):
     """A request ran out of time before its work started."""
+
+
+def check_k(k: int, max_k: int = MAX_K) -> None:
+    """UsageError unless 1 <= k <= max_k."""
+    if not 1 <= k <= max_k:
+        raise UsageError(f"k must be between 1 and {max_k}")
 
 
 @dataclass(frozen=True)
@@ -175,9 +184,13 @@ class Searcher:
         entries: Sequence[IndexEntry],
         options: SearchOptions | None = None,
         embedder: Embedder | None = None,
+        damaged: dict[Path, IndexStoreError] | None = None,
     ) -> None:
+        # Index directories whose manifests are damaged: left out, their error raised when a
+        # request names their condition.
+        self.damaged = dict(damaged or {})
         if not entries:
-            raise IndexStoreError("no indexes to search")
+            raise next(iter(self.damaged.values()), IndexStoreError("no indexes to search"))
         folders = sorted({e.embedder_folder for e in entries})
         if len(folders) > 1:
             raise IndexStoreError(
@@ -193,7 +206,7 @@ class Searcher:
         self._readers: dict[Path, IndexReader] = {}
         self._reader_locks: dict[Path, threading.Lock] = {}
         self._readers_lock = threading.Lock()
-        self._joined: OrderedDict[tuple[Path, ...], JoinedIndexes] = OrderedDict()
+        self._joined: OrderedDict[tuple[tuple[Path, int, int], ...], JoinedIndexes] = OrderedDict()
         self._joined_lock = threading.Lock()
 
     @classmethod
@@ -210,11 +223,16 @@ class Searcher:
         """The indexes under `indexes_dir` (of one collection, method and model if given).
 
         `load_model` loads the model at once and leaves out, with a warning, the indexes
-        built with other settings; otherwise it is loaded on the first image query.
+        built with other settings; otherwise it is loaded on the first image query. Damaged
+        indexes are left out (listed in `damaged`); a request under one of their conditions
+        gets their error.
         """
         if not indexes_dir.is_dir():
             raise IndexStoreError(f"no indexes folder {indexes_dir}: run `dior-search index` first")
-        entries = find_indexes(indexes_dir, collection, method, model)
+        damaged: dict[Path, IndexStoreError] = {}
+        entries = find_indexes(indexes_dir, collection, method, model, damaged=damaged)
+        if not entries and damaged:
+            raise next(iter(damaged.values()))
         if not entries:
             what = f" of collection {collection!r}" if collection else ""
             kind = {None: "", "dior": " DIOR"}.get(method, f" {method}")
@@ -222,7 +240,7 @@ class Searcher:
             raise NotIndexed(
                 f"no{kind} indexes{what}{by} in {indexes_dir}: run `dior-search index` first"
             )
-        searcher = cls(entries, options)
+        searcher = cls(entries, options, damaged=damaged)
         if load_model:
             searcher.load_embedder()
         return searcher
@@ -294,15 +312,24 @@ class Searcher:
             )
         return kept
 
+    def check_size(self, width: int, height: int) -> None:
+        """InputError (ImageRefused) saying why, if the model would refuse an image this size."""
+        self.load_embedder().check_size(width, height)
+
     def embed(
         self, image: Image.Image, texts: Sequence[str | None], deadline: float | None = None
     ) -> list[np.ndarray]:
         """An image's embedding under each condition text, in one call to the model."""
         embedder = self.load_embedder()
+        embedder.check_size(*image.size)
         with self._embed_lock:
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded("the request timed out waiting for the model")
-            vectors = embedder.embed([image], list(texts))
+            try:
+                vectors = embedder.embed([image], list(texts))
+            except ValueError as exc:
+                # A processor's refusal of this image that check_size does not know of.
+                raise InputError(f"the model cannot embed this image: {first_line(exc)}") from None
         return [np.asarray(vectors[0, column]) for column in range(len(texts))]
 
     # -- look-ups -------------------------------------------------------------------------
@@ -323,6 +350,9 @@ class Searcher:
         try:
             return collection.conditions[name]
         except KeyError:
+            for directory, problem in self.damaged.items():
+                if is_index_of(directory, collection.name, name):
+                    raise NotIndexed(str(problem)) from None
             valid = ", ".join(collection.conditions)
             raise NotIndexed(
                 f"no index for condition {name!r} of {collection.name}; conditions with an "
@@ -330,13 +360,15 @@ class Searcher:
             ) from None
 
     def reader(self, condition: ConditionIndex) -> IndexReader:
-        """The condition's index, opened (and checksummed) on first use, once."""
+        """The condition's index as of its latest generation: opened (and checksummed) on
+        first use, reopened when a newer generation was committed (a stat of its manifest
+        per call). A reader already handed out stays valid: it keeps its files open."""
         directory = condition.directory
         with self._readers_lock:
             reader = self._readers.get(directory)
-            if reader is not None:
-                return reader
             lock = self._reader_locks.setdefault(directory, threading.Lock())
+        if reader is not None and reader.is_current():
+            return reader
         with lock:
             with self._readers_lock:
                 reader = self._readers.get(directory)
@@ -344,18 +376,43 @@ class Searcher:
                 reader = IndexReader(
                     directory, mmap=self.options.mmap, search_params=self.options.search_params
                 )
-                with self._readers_lock:
-                    self._readers[directory] = reader
+            elif not reader.is_current():
+                log.info("%s: switching to generation %s", directory, reader.manifest.generation)
+                reader = reader.reopen()
+            else:
+                return reader
+            with self._readers_lock:
+                self._readers[directory] = reader
+                self._update_catalog(IndexEntry(directory, reader.manifest))
+            self._forget_joined(directory, reader)
             return reader
 
+    def _forget_joined(self, directory: Path, current: IndexReader) -> None:
+        """Drop the cached joins of an older generation of `directory`: once the requests
+        using them end, its old files are closed (and their disk space freed)."""
+        with self._joined_lock:
+            for key in list(self._joined):
+                if any(d == directory and r != id(current) for d, _, r in key):
+                    del self._joined[key]
+
+    def _update_catalog(self, entry: IndexEntry) -> None:
+        """Row counts (and the rest of the catalog) as of a newly opened generation."""
+        self.entries = [entry if e.directory == entry.directory else e for e in self.entries]
+        self.collections = self._catalog(self.entries)
+
     def joined(self, conditions: Sequence[ConditionIndex]) -> JoinedIndexes:
-        key = tuple(c.directory for c in conditions)
+        """The conditions' indexes joined, each as of its latest generation: one request
+        searches through one JoinedIndexes, so it never sees half of a change."""
+        readers = [self.reader(c) for c in conditions]
+        key = tuple(
+            (c.directory, r.generation, id(r)) for c, r in zip(conditions, readers, strict=True)
+        )
         with self._joined_lock:
             joined = self._joined.get(key)
             if joined is not None:
                 self._joined.move_to_end(key)
                 return joined
-        joined = JoinedIndexes([self.reader(c) for c in conditions])
+        joined = JoinedIndexes(readers)
         with self._joined_lock:
             self._joined[key] = joined
             while len(self._joined) > JOINED_CACHE_ENTRIES:
@@ -365,13 +422,7 @@ class Searcher:
     def reader_with_id(self, condition: ConditionIndex, row_id: int) -> IndexReader:
         """The condition's index, checked to hold `row_id`."""
         reader = self.reader(condition)
-        if len(reader) == 0:
-            raise NotIndexed(f"no id {row_id}: the index of {condition.name!r} is empty")
-        if not reader.contains(row_id):
-            raise NotIndexed(
-                f"no id {row_id} under condition {condition.name!r} "
-                f"(ids {reader.ids[0]}..{reader.ids[-1]})"
-            )
+        check_id(reader, condition, row_id)
         return reader
 
     def labels(
@@ -399,11 +450,9 @@ class Searcher:
             raise UsageError("give at least one condition")
         if len(set(request.conditions)) != len(request.conditions):
             raise UsageError(f"a condition is repeated in {list(request.conditions)}")
-        max_k = self.options.max_k
-        if request.k < 1 or (max_k is not None and request.k > max_k):
-            raise UsageError(
-                "k must be at least 1" if max_k is None else f"k must be between 1 and {max_k}"
-            )
+        check_k(request.k, self.options.max_k or MAX_K)
+        if request.id is not None and not 0 <= request.id <= MAX_ID:
+            raise UsageError(f"an id must be between 0 and {MAX_ID}")
         given = [request.image is not None, request.vectors is not None, request.id is not None]
         if sum(given) != 1:
             raise UsageError("give a query image or an id (one of them)")
@@ -457,7 +506,10 @@ class Searcher:
         """The first condition's id of the image `request.id` names under `id_condition`."""
         row_id = int(request.id or 0)
         named_in = self.condition(collection, request.id_condition or conditions[0].name)
-        reader = self.reader_with_id(named_in, row_id)
+        # The request's own generation of that index when it is one of the searched ones.
+        searched = {c.directory: r for c, r in zip(conditions, joined.readers, strict=True)}
+        reader = searched.get(named_in.directory) or self.reader(named_in)
+        check_id(reader, named_in, row_id)
         if named_in.directory == conditions[0].directory:
             first_id: int | None = row_id
         else:
@@ -466,3 +518,15 @@ class Searcher:
             asked = ", ".join(c.name for c in conditions)
             raise NotIndexed(f"image {row_id} of {named_in.name!r} is not indexed under {asked}")
         return first_id
+
+
+def check_id(reader: IndexReader, condition: ConditionIndex, row_id: int) -> None:
+    """NotIndexed unless the reader holds a live row `row_id`."""
+    if len(reader) == 0:
+        raise NotIndexed(f"no id {row_id}: the index of {condition.name!r} is empty")
+    if not reader.contains(row_id):
+        raise NotIndexed(
+            f"no id {row_id} under condition {condition.name!r} "
+            f"(ids {reader.ids[0]}..{reader.ids[-1]}; an image's id changes when it is "
+            "re-indexed)"
+        )

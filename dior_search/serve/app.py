@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import cache, partial
@@ -30,20 +31,30 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dior_search.data.decode_budget import DecodeQueueTimeout
+from dior_search.data.images import ImageTooLarge
 from dior_search.errors import DiorError, InputError, UsageError
 from dior_search.search.searcher import DeadlineExceeded, NotIndexed, SearchRequest, SearchResult
-from dior_search.serve.service import NotFound, SearchService, TooLarge
+from dior_search.serve.protocol import KEEP_ALIVE_S, MAX_HEADER_BYTES, TimedH11Protocol
+from dior_search.serve.service import NotFound, SearchService, TooLarge, Upload
 
 log = logging.getLogger(__name__)
 
 # Room in a request body for the multipart framing and the form's small fields.
 FORM_OVERHEAD = 64 * 1024
+# A JSON query is a few hundred bytes: a bigger body is refused unparsed (413), and one nested
+# deeper than the parser's recursion limit is a 400.
+MAX_JSON_BYTES = 1024 * 1024
+# Error messages quote what was asked (names, values): never more than this of it.
+MAX_ERROR_CHARS = 300
 MAX_PAGE = 200
 STATUS: tuple[tuple[type[DiorError], int], ...] = (
     (NotFound, 404),
     (NotIndexed, 404),
     (TooLarge, 413),
+    (ImageTooLarge, 413),
     (DeadlineExceeded, 504),
+    (DecodeQueueTimeout, 504),
     (UsageError, 400),
     (InputError, 400),
 )
@@ -78,7 +89,11 @@ class JSONResponse(responses.JSONResponse):
 
 
 def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    """A one-line JSON error; a message quoting a long input is cut to MAX_ERROR_CHARS."""
+    line = " ".join(message.split())
+    if len(line) > MAX_ERROR_CHARS:
+        line = line[: MAX_ERROR_CHARS - 3] + "..."
+    return JSONResponse({"error": line}, status_code=status)
 
 
 class Guard:
@@ -176,6 +191,7 @@ async def collections(request: Request) -> Response:
             "limits": {
                 "max_upload_bytes": settings.max_upload_bytes,
                 "max_pixels": settings.max_pixels,
+                "max_decode_bytes": service.budget.capacity,
                 "timeout_s": settings.timeout_s,
                 "max_k": settings.max_k,
             },
@@ -248,13 +264,33 @@ async def image_bytes(request: Request) -> bytes:
     return await request.body()
 
 
+def deadline_of(request: Request) -> float:
+    return time.monotonic() + service_of(request).settings.timeout_s
+
+
 @api
 async def upload(request: Request) -> Response:
+    deadline = deadline_of(request)
     data = await image_bytes(request)
-    info = await in_thread(service_of(request).add_upload, data)
+    info = (await in_thread(service_of(request).add_upload, data, deadline)).info
     return JSONResponse(
         {"upload": info.upload, "width": info.width, "height": info.height, "bytes": info.bytes}
     )
+
+
+async def json_body(request: Request) -> Any:
+    """The request's JSON body, at most MAX_JSON_BYTES; UsageError if it is not JSON."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BYTES:
+            raise TooLarge(f"a JSON body must be at most {MAX_JSON_BYTES} bytes")
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise UsageError("the JSON body nests too deep") from None
+    except ValueError:
+        raise UsageError("the body must be JSON (or a multipart form with an image)") from None
 
 
 def is_int(value: Any) -> bool:
@@ -283,6 +319,9 @@ def parse_query(fields: Mapping[str, Any]) -> tuple[SearchRequest, str | None]:
         and all(isinstance(w, int | float) and not isinstance(w, bool) for w in weights)
     ):
         raise UsageError("weights must be a list of numbers, one per condition")
+    if weights is not None and not all(abs(w) <= sys.float_info.max for w in weights):
+        # An integer too large for a float (JSON allows any); checked before any float().
+        raise UsageError("weights must be positive finite numbers")
     k = fields.get("k", 10)
     if not is_int(k):
         raise UsageError("k must be an integer")
@@ -344,23 +383,23 @@ async def form_query(request: Request) -> tuple[dict[str, Any], bytes | None]:
 async def query(request: Request) -> Response:
     started = time.perf_counter()
     service = service_of(request)
-    deadline = time.monotonic() + service.settings.timeout_s
+    deadline = deadline_of(request)
     content_type = request.headers.get("content-type", "")
+    # The image of a one-shot query: held by this request, whatever the cache evicts.
+    held: Upload | None = None
     if content_type.startswith("multipart/form-data"):
         fields, data = await form_query(request)
         if data is not None:
             if "upload" in fields or "id" in fields:
                 raise UsageError("send an image, an upload id or an id: one of them")
-            fields["upload"] = (await in_thread(service.add_upload, data)).upload
+            held = await in_thread(service.add_upload, data, deadline)
+            fields["upload"] = held.digest
     else:
-        try:
-            fields = json.loads(await request.body())
-        except ValueError:
-            raise UsageError("the body must be JSON (or a multipart form with an image)") from None
+        fields = await json_body(request)
         if not isinstance(fields, dict):
             raise UsageError("the body must be a JSON object")
     asked, upload_id = parse_query(fields)
-    outcome = await in_thread(service.query, asked, deadline, upload_id)
+    outcome = await in_thread(service.query, asked, deadline, held or upload_id)
     return JSONResponse(outcome_json(outcome, upload_id, time.perf_counter() - started))
 
 
@@ -400,7 +439,11 @@ def outcome_json(outcome: SearchResult, upload: str | None, seconds: float) -> d
 async def thumbnail(request: Request) -> Response:
     params = request.path_params
     data = await in_thread(
-        service_of(request).thumbnail, params["collection"], params["condition"], params["id"]
+        service_of(request).thumbnail,
+        params["collection"],
+        params["condition"],
+        params["id"],
+        deadline_of(request),
     )
     return Response(data, media_type="image/jpeg", headers={"cache-control": "max-age=3600"})
 
@@ -445,7 +488,11 @@ def make_server(
         port=port,
         log_level=log_level,
         lifespan="off",
-        timeout_keep_alive=5,
+        # Connections that send no complete request line and headers in time are closed
+        # (serve/protocol.py); idle keep-alive ones after KEEP_ALIVE_S.
+        http=TimedH11Protocol,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         server_header=False,
     )
     return uvicorn.Server(config)

@@ -1,10 +1,12 @@
 """What `dior-search serve` serves, without the HTTP: a `Searcher`, uploads and thumbnails.
 
 Searching (indexes, the one shared model, validation) is the `Searcher`'s, exactly as for
-`dior-search query`. This module adds what only a server needs: an uploaded image is kept,
-decoded, in a bounded cache under its content hash together with its embedding under each
+`dior-search query`. This module adds what only a server needs: an uploaded image is decoded
+within the process's decode budget, shrunk to what the model sees (the index's `max_side`) and
+kept in a bounded cache under its content hash together with its embedding under each
 condition asked so far, so re-ranking it under another condition needs no new upload and no
-repeated forward pass; and thumbnails of indexed images, found through their index rows.
+repeated forward pass; and thumbnails of indexed images, found through their index rows and
+re-checked against the file on disk before a cached one is served.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -20,10 +23,13 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from dior_search import defaults
-from dior_search.data.images import decode_image
+from dior_search.data.decode_budget import DecodeBudget, process_budget
+from dior_search.data.images import decode_image, read_header
+from dior_search.data.reading import item_file, read_item
+from dior_search.data.sources import ItemReadError
 from dior_search.errors import DiorError, InputError, UsageError
 from dior_search.search.searcher import (
     ConditionIndex,
@@ -60,6 +66,9 @@ class ServeSettings:
     max_pixels: int = defaults.MAX_PIXELS
     timeout_s: float = defaults.REQUEST_TIMEOUT_S
     max_k: int = defaults.MAX_K
+    # Bytes that the server's decodes in flight (uploads, thumbnails) may hold together
+    # (None: the process's default budget, sized for the machine).
+    max_decode_bytes: int | None = None
     upload_cache_entries: int = 64
     upload_cache_bytes: int = 512 * MIB
     thumbnail_size: int = 256
@@ -69,6 +78,8 @@ class ServeSettings:
         for name in ("max_upload_bytes", "max_pixels", "max_k", "thumbnail_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name.replace('_', ' ')} must be at least 1")
+        if self.max_decode_bytes is not None and self.max_decode_bytes < MIB:
+            raise UsageError("the decode budget must be at least 1 MiB")
         if not self.timeout_s > 0:
             raise UsageError("the request timeout must be positive")
 
@@ -91,10 +102,37 @@ class UploadInfo:
 
 @dataclass
 class Upload:
+    """An uploaded image as the model sees it (shrunk to max_side), and its embeddings."""
+
+    digest: str
     image: Image.Image
+    # The uploaded file: its size in bytes and its pixels as sent.
     size: int
+    width: int
+    height: int
     # Condition text -> embedding; written only under the embedding lock.
     vectors: dict[str | None, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def info(self) -> UploadInfo:
+        return UploadInfo(self.digest, self.width, self.height, self.size)
+
+    @property
+    def cost(self) -> int:
+        """Bytes it holds: Pillow keeps RGB as 4 bytes a pixel."""
+        return 4 * self.image.width * self.image.height
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """A thumbnail and what its file looked like when it was checked against its hash."""
+
+    jpeg: bytes
+    size: int
+    mtime_ns: int
+
+    def matches(self, stat: os.stat_result) -> bool:
+        return (self.size, self.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
 
 
 K = TypeVar("K")
@@ -134,41 +172,43 @@ class BoundedCache(Generic[K, V]):
                 _, (_, evicted) = self.items.popitem(last=False)
                 self.cost -= evicted
 
+    def discard(self, key: K) -> None:
+        with self.lock:
+            old = self.items.pop(key, None)
+            if old is not None:
+                self.cost -= old[1]
+
     def __len__(self) -> int:
         return len(self.items)
 
 
-def image_size(data: bytes) -> tuple[int, int]:
-    """Width and height from an image's header, without decoding its pixels."""
-    try:
-        with Image.open(io.BytesIO(data)) as opened:
-            width, height = opened.size
-    except Image.DecompressionBombError as exc:
-        raise TooLarge(f"image too large: {exc}") from None
-    except (OSError, UnidentifiedImageError, ValueError):
-        raise InputError(
-            "the upload is not an image this server can read (JPEG, PNG, WebP, GIF, BMP, TIFF)"
-        ) from None
-    return width, height
-
-
 class SearchService:
-    """A `Searcher` with its model loaded, the upload cache and the thumbnail cache."""
+    """A `Searcher` with its model loaded, the decode budget, the upload and thumbnail caches."""
 
     def __init__(self, searcher: Searcher, settings: ServeSettings) -> None:
         self.searcher = searcher
         self.settings = settings
+        self.budget: DecodeBudget = (
+            process_budget()
+            if settings.max_decode_bytes is None
+            else DecodeBudget(settings.max_decode_bytes)
+        )
+        # Uploads are kept as the model sees them: shrunk to the indexes' max_side.
+        self.max_side = searcher.description.settings.max_side
         self.uploads: BoundedCache[str, Upload] = BoundedCache(
             settings.upload_cache_entries, settings.upload_cache_bytes
         )
-        self.thumbnails: BoundedCache[tuple[Path, int], bytes] = BoundedCache(
+        self.thumbnails: BoundedCache[tuple[Path, int], Thumbnail] = BoundedCache(
             settings.thumbnail_cache_entries
         )
         self.upload_lock = threading.Lock()
 
     @classmethod
     def open(cls, settings: ServeSettings) -> SearchService:
-        """Find the DIOR indexes, load their model once, keep those built with its settings."""
+        """Find the DIOR indexes, load their model once, keep those built with its settings.
+
+        Damaged indexes are left out with a warning; the others are served.
+        """
         searcher = Searcher.open(
             settings.indexes_dir,
             collection=settings.collection,
@@ -176,12 +216,15 @@ class SearchService:
             options=settings.search_options(),
             load_model=True,
         )
+        for directory, problem in searcher.damaged.items():
+            log.warning("not serving %s: %s", directory, problem)
         return cls(searcher, settings)
 
     # -- uploads and embedding -----------------------------------------------------------
 
-    def add_upload(self, data: bytes) -> UploadInfo:
-        """Keep an uploaded image (checked against the limits) under its content hash."""
+    def add_upload(self, data: bytes, deadline: float | None = None) -> Upload:
+        """Decode an upload (within the limits and the decode budget), check that the model
+        takes it, and keep it under its content hash; the caller holds what it returns."""
         limit = self.settings.max_upload_bytes
         if len(data) > limit:
             raise TooLarge(f"upload of {len(data)} bytes is over the limit of {limit} bytes")
@@ -190,24 +233,26 @@ class SearchService:
         digest = hashlib.sha256(data).hexdigest()
         cached = self.uploads.get(digest)
         if cached is not None:
-            return UploadInfo(digest, cached.image.width, cached.image.height, cached.size)
-        width, height = image_size(data)
-        if width * height > self.settings.max_pixels:
-            raise TooLarge(
-                f"image of {width}x{height} = {width * height} pixels is over the limit of "
-                f"{self.settings.max_pixels} pixels"
-            )
-        image = decode_image(io.BytesIO(data), "the upload")
-        self.uploads.put(digest, Upload(image, len(data)), cost=3 * image.width * image.height)
-        return UploadInfo(digest, image.width, image.height, len(data))
+            return cached
+        header = read_header(data, "the upload")
+        width, height = header.upright_size
+        self.searcher.check_size(width, height)  # before decoding: a refused image never is
+        image = decode_image(
+            data,
+            "the upload",
+            max_side=self.max_side,
+            max_pixels=self.settings.max_pixels,
+            budget=self.budget,
+            deadline=deadline,
+        )
+        upload = Upload(digest, image, len(data), width, height)
+        self.uploads.put(digest, upload, cost=upload.cost)
+        return upload
 
     def upload_vectors(
-        self, digest: str, texts: Sequence[str | None], deadline: float
+        self, upload: Upload, texts: Sequence[str | None], deadline: float
     ) -> tuple[np.ndarray, ...]:
         """An upload's embedding under each condition text; each is computed once."""
-        upload = self.uploads.get(digest)
-        if upload is None:
-            raise NotFound(f"no upload {digest}: it expired or was never made; upload it again")
         with self.upload_lock:
             missing = list(dict.fromkeys(t for t in texts if t not in upload.vectors))
         if missing:
@@ -216,18 +261,27 @@ class SearchService:
                 upload.vectors.update(zip(missing, vectors, strict=True))
         return tuple(upload.vectors[t] for t in texts)
 
+    def held_upload(self, digest: str) -> Upload:
+        """A cached upload by its content hash; NotFound if it expired."""
+        upload = self.uploads.get(digest)
+        if upload is None:
+            raise NotFound(f"no upload {digest}: it expired or was never made; upload it again")
+        return upload
+
     # -- queries -------------------------------------------------------------------------
 
     def query(
-        self, request: SearchRequest, deadline: float, upload: str | None = None
+        self, request: SearchRequest, deadline: float, upload: Upload | str | None = None
     ) -> SearchResult:
-        """Search as `dior-search query` does; `upload` names a cached upload to query with."""
+        """Search as `dior-search query` does with an upload: one this request holds, or one
+        named by its content hash in the cache."""
         if upload is not None:
             if request.id is not None:
                 raise UsageError("give one of upload or id, not both")
+            held = self.held_upload(upload) if isinstance(upload, str) else upload
             collection = self.searcher.collection(request.collection)
             texts = [self.searcher.condition(collection, c).text for c in request.conditions]
-            request = replace(request, vectors=self.upload_vectors(upload, texts, deadline))
+            request = replace(request, vectors=self.upload_vectors(held, texts, deadline))
         return self.searcher.search(request, deadline)
 
     def images(
@@ -247,27 +301,56 @@ class SearchService:
         ]
         return condition, len(reader), page
 
-    def thumbnail(self, collection_name: str, condition_name: str, row_id: int) -> bytes:
-        """A JPEG thumbnail of an indexed image, read through its index row, never a path."""
+    def thumbnail(
+        self, collection_name: str, condition_name: str, row_id: int, deadline: float | None = None
+    ) -> bytes:
+        """A JPEG thumbnail of an indexed image, read through its index row, never a path.
+
+        The file is found and checked on every request: a path outside the collection's root
+        or a file whose content is no longer the indexed one is NotFound. A cached thumbnail is
+        served while the file's size and modification time are those seen when its content
+        was last checked; otherwise the file is hashed again.
+        """
         collection = self.searcher.collection(collection_name)
         condition = self.searcher.condition(collection, condition_name)
-        key = (condition.directory, row_id)
-        cached = self.thumbnails.get(key)
-        if cached is not None:
-            return cached
+        # Checked first: an id deleted since its thumbnail was cached is not served (ids are
+        # never given to another image, so a cached thumbnail is never another image's).
         row = self.searcher.reader_with_id(condition, row_id).row(row_id)
         root = condition.root.resolve()
-        path = (root / row.path).resolve()
-        if not path.is_relative_to(root) or not path.is_file():
+        # The file holding the image: itself, or its shard or Parquet file.
+        path = item_file(root, row.path).resolve()
+        key = (condition.directory, row_id)
+        try:
+            stat = os.stat(path) if path.is_relative_to(root) else None
+        except OSError:
+            stat = None
+        if stat is None or not path.is_file():
+            self.thumbnails.discard(key)
             raise NotFound(f"image {row_id} of {condition.name!r} is not on disk")
-        data = path.read_bytes()
+        cached = self.thumbnails.get(key)
+        if cached is not None and (cached.size, cached.mtime_ns) == (
+            stat.st_size,
+            stat.st_mtime_ns,
+        ):
+            return cached.jpeg
+        try:
+            data = read_item(root, row.path)
+        except ItemReadError:
+            self.thumbnails.discard(key)
+            raise NotFound(f"image {row_id} of {condition.name!r} is not readable") from None
         if hashlib.sha256(data).hexdigest() != row.content_hash:
+            self.thumbnails.discard(key)
             raise NotFound(f"image {row_id} of {condition.name!r} changed since it was indexed")
-        image = decode_image(io.BytesIO(data), row.path)
-        size = self.settings.thumbnail_size
-        image.thumbnail((size, size))  # shrinks only: small images keep their pixels
+        # Shrunk as it is decoded (small images keep their pixels), within the decode budget.
+        image = decode_image(
+            data,
+            row.path,
+            max_side=self.settings.thumbnail_size,
+            budget=self.budget,
+            deadline=deadline,
+        )
         out = io.BytesIO()
         image.save(out, format="JPEG", quality=88)
-        thumb = out.getvalue()
+        thumb = Thumbnail(out.getvalue(), stat.st_size, stat.st_mtime_ns)
         self.thumbnails.put(key, thumb)
-        return thumb
+        return thumb.jpeg

@@ -19,6 +19,7 @@ from pathlib import Path
 from dior_search import defaults
 from dior_search.data.collections import hashed_slug, slug
 from dior_search.data.paths import name_bytes
+from dior_search.errors import IndexStoreError
 from dior_search.models.embedder import EmbedderDescription
 from dior_search.models.settings import GenerativeSettings
 from dior_search.store.manifest import MANIFEST, Manifest
@@ -33,6 +34,7 @@ FOLDER_SETTINGS = {
     "template": defaults.DEFAULT_TEMPLATE,
     "layer": defaults.DEFAULT_LAYER,
     "position_scheme": defaults.DEFAULT_POSITION_SCHEME,
+    "components": defaults.INDIRECT_COMPONENTS,
 }
 
 
@@ -118,17 +120,33 @@ def find_indexes(
     collection: str | None = None,
     method: str | None = None,
     model: str | None = None,
+    damaged: dict[Path, IndexStoreError] | None = None,
 ) -> list[IndexEntry]:
     """Every index under `indexes_dir`, optionally only of one collection, method or model.
 
-    `model` matches the model as given when indexing or the embedder's folder name.
+    `model` matches the model as given when indexing or the embedder's folder name. A damaged
+    manifest raises IndexStoreError, unless `damaged` is given: then its directory and error
+    are recorded there and the other indexes are returned.
     """
     pattern = f"{slug(collection) if collection else '*'}/*/*/{MANIFEST}"
-    found = sorted(indexes_dir.glob(pattern))
-    entries = [IndexEntry(p.parent, Manifest.read(p.parent)) for p in found]
+    entries = []
+    for path in sorted(indexes_dir.glob(pattern)):
+        try:
+            entries.append(IndexEntry(path.parent, Manifest.read(path.parent)))
+        except IndexStoreError as exc:
+            if damaged is None:
+                raise
+            damaged[path.parent] = exc
     return [
         e
         for e in entries
         if (method is None or e.manifest.embedder.method == method)
         and (model is None or model in (e.manifest.embedder.model, e.embedder_folder))
     ]
+
+
+def is_index_of(directory: Path, collection: str, condition: str) -> bool:
+    """Whether `directory` is where an index of (collection, condition) lives, by its folder
+    names alone (all that is known of an index whose manifest cannot be read)."""
+    names = (directory.parent.parent.name, directory.name)
+    return names == (slug(collection), condition_folder(condition))

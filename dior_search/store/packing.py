@@ -11,7 +11,8 @@ is another, packing
    shards share one PCA, one set of centroids and one code book, and their scores compare;
 3. packs each run of consecutive staged shards into shards of up to `packed_shard_size`
    vectors (about 2 GiB): every shard searched costs a PCA projection and a coarse search,
-   so fewer, larger shards answer faster.
+   so fewer, larger shards answer faster. Deleted rows of staged shards are left out (the
+   sample, too, is drawn from live rows only).
 
 A later run may ask for another type or memory budget: `change_index_type` then unpacks a
 packed index (its shards become staged Flat shards of the vectors their codes reconstruct,
@@ -66,6 +67,7 @@ from dior_search.store.shards import (
     read_index_file,
     read_shard_index,
     read_table,
+    read_tombstones,
     reconstruct_ids,
     staged_vectors,
     write_faiss,
@@ -85,7 +87,7 @@ def pack_staged_shards(directory: Path, manifest: Manifest) -> None:
     before = (manifest.index_type, manifest.search_params)
     target = decide_index_type(manifest)
     staged = [s for s in manifest.shards if s.index_type == FLAT]
-    if target == FLAT or not staged:
+    if target == FLAT or not any(s.live for s in staged):
         if (manifest.index_type, manifest.search_params) != before and manifest.shards:
             write_manifest(directory, manifest)
         return
@@ -122,7 +124,7 @@ def train(directory: Path, manifest: Manifest, staged: list[Shard], target: str)
     """Train `target` on a sample of the staged vectors and record it; None if too few."""
 
     empty = make_index(target, manifest.dim)
-    rows = sum(s.rows for s in staged)
+    rows = sum(s.live for s in staged)
     if rows < training_minimum(empty):
         log.warning(
             "%s: index type %s needs at least %d vectors to train, the index has %d; its "
@@ -168,20 +170,22 @@ def load_trained(directory: Path, manifest: Manifest) -> Any:
 def sample_vectors(
     directory: Path, shards: Sequence[Shard], size: int, seed: int, dim: int
 ) -> np.ndarray:
-    """`size` stored vectors drawn uniformly without replacement from staged shards."""
+    """`size` live vectors drawn uniformly without replacement from staged shards."""
     import faiss
 
-    total = sum(s.rows for s in shards)
+    total = sum(s.live for s in shards)
     picks = np.sort(np.random.default_rng(seed).choice(total, size=size, replace=False))
     sample = np.empty((size, dim), dtype=np.float32)
     start = 0
     for shard in shards:
-        low, high = np.searchsorted(picks, [start, start + shard.rows])
+        low, high = np.searchsorted(picks, [start, start + shard.live])
         if high > low:
             index = read_shard_index(faiss_path(directory, shard), mmap=True)
             flat = faiss.downcast_index(index.index)
-            sample[low:high] = flat.reconstruct_batch(picks[low:high] - start)
-        start += shard.rows
+            stored_ids = faiss.vector_to_array(index.id_map)
+            live = np.flatnonzero(~np.isin(stored_ids, read_tombstones(directory, shard)))
+            sample[low:high] = flat.reconstruct_batch(live[picks[low:high] - start])
+        start += shard.live
     return sample
 
 
@@ -189,7 +193,7 @@ def bytes_per_vector(trained: Any, sample: np.ndarray) -> int:
     """Bytes a vector adds to a shard file of this type, measured on a clone."""
     import faiss
 
-    probe = faiss.deserialize_index(faiss.serialize_index(trained))
+    probe = clone_index(trained)
     empty = len(faiss.serialize_index(probe))
     probe.add_with_ids(sample, np.arange(len(sample), dtype=np.int64))
     return max(1, math.ceil((len(faiss.serialize_index(probe)) - empty) / len(sample)))
@@ -200,7 +204,7 @@ def staged_groups(shards: Sequence[Shard], packed_shard_size: int) -> list[list[
     groups: list[list[Shard]] = []
     current: list[Shard] = []
     for shard in [*shards, None]:
-        full = current and sum(s.rows for s in current) + (shard.rows if shard else 0) > max(
+        full = current and sum(s.live for s in current) + (shard.live if shard else 0) > max(
             packed_shard_size, 1
         )
         if shard is None or shard.index_type != FLAT or full:
@@ -212,44 +216,60 @@ def staged_groups(shards: Sequence[Shard], packed_shard_size: int) -> list[list[
     return groups
 
 
-def pack_group(directory: Path, manifest: Manifest, trained: Any, group: list[Shard]) -> None:
-    """Replace consecutive staged shards by one packed shard, crash-safely."""
+def clone_index(trained: Any) -> Any:
+    """A copy of an (empty, trained) index to fill."""
     import faiss
+
+    return faiss.deserialize_index(faiss.serialize_index(trained))
+
+
+def pack_group(directory: Path, manifest: Manifest, trained: Any, group: list[Shard]) -> None:
+    """Replace consecutive staged shards by one packed shard of their live rows, crash-safely
+    (a group without live rows is dropped)."""
     import pyarrow as pa
 
     started = time.perf_counter()
-    index = faiss.deserialize_index(faiss.serialize_index(trained))
-    tables = []
+    index = clone_index(trained)
+    tables, kept = [], []
     for shard in group:
         verify_file(faiss_path(directory, shard), shard.faiss_sha256)
         verify_file(parquet_path(directory, shard), shard.parquet_sha256)
         ids, vectors = staged_vectors(faiss_path(directory, shard))
+        live = ~np.isin(ids, read_tombstones(directory, shard))
+        ids, vectors = ids[live], np.ascontiguousarray(vectors[live])
         for low in range(0, len(ids), ADD_CHUNK):
             index.add_with_ids(vectors[low : low + ADD_CHUNK], ids[low : low + ADD_CHUNK])
-        tables.append(read_table(parquet_path(directory, shard)))
-    rows = sum(s.rows for s in group)
+        tables.append(read_table(parquet_path(directory, shard)).filter(pa.array(live)))
+        kept.append(ids)
+    rows = sum(s.live for s in group)
     if index.ntotal != rows:
         raise IndexStoreError(f"packing {directory}: read {index.ntotal} vectors, expected {rows}")
-    name = shard_name(next_shard_number(manifest))
-    with atomic_file(faiss_path(directory, name)) as tmp:
-        write_index_file(index, tmp)
-    with atomic_file(parquet_path(directory, name)) as tmp:
-        write_table(pa.concat_tables(tables, promote_options="default"), tmp)
-    packed = Shard(
-        name,
-        rows,
-        group[0].first_id,
-        sha256_file(faiss_path(directory, name)),
-        sha256_file(parquet_path(directory, name)),
-        last_id=group[-1].last,
-        index_type=manifest.index_type,
-    )
     position = manifest.shards.index(group[0])
-    manifest.shards[position : position + len(group)] = [packed]
+    name = shard_name(next_shard_number(manifest))
+    if rows:
+        with atomic_file(faiss_path(directory, name)) as tmp:
+            write_index_file(index, tmp)
+        with atomic_file(parquet_path(directory, name)) as tmp:
+            write_table(pa.concat_tables(tables, promote_options="default"), tmp)
+        live_ids = np.concatenate(kept)
+        packed = [
+            Shard(
+                name,
+                rows,
+                int(live_ids[0]),
+                sha256_file(faiss_path(directory, name)),
+                sha256_file(parquet_path(directory, name)),
+                last_id=int(live_ids[-1]),
+                index_type=manifest.index_type,
+            )
+        ]
+    else:
+        packed = []
+    manifest.shards[position : position + len(group)] = packed
     write_manifest(directory, manifest)
     for shard in group:
-        faiss_path(directory, shard).unlink(missing_ok=True)
-        parquet_path(directory, shard).unlink(missing_ok=True)
+        for file_name in shard.files():
+            (directory / file_name).unlink(missing_ok=True)
     log.info(
         "packed %d staged shards (%d vectors) into %s in %.1f s",
         len(group),
@@ -302,12 +322,14 @@ def must_repack(manifest: Manifest, spec: str, memory_budget: int) -> bool:
 
 def unpack(directory: Path, manifest: Manifest) -> int:
     """Turn the packed shards back into staged Flat shards (of the vectors their codes
-    reconstruct, at most `shard_size` each) and drop the trained index; vectors unpacked.
+    reconstruct, at most `shard_size` each; deleted rows are left out) and drop the trained
+    index; vectors unpacked.
 
     The staged files are written before the manifest lists them in place of the packed ones,
     which are deleted afterwards: after a crash the manifest lists one set or the other.
     """
     import faiss
+    import pyarrow as pa
 
     number = next_shard_number(manifest)
     shards: list[Shard] = []
@@ -323,6 +345,8 @@ def unpack(directory: Path, manifest: Manifest) -> int:
         table = read_table(parquet_path(directory, shard))
         if table.column("id").to_pylist() != ids.tolist():
             raise IndexStoreError(f"{parquet_path(directory, shard)} does not match its index")
+        live = ~np.isin(ids, read_tombstones(directory, shard))
+        ids, table = ids[live], table.filter(pa.array(live))
         for low in range(0, len(ids), manifest.shard_size):
             chunk = ids[low : low + manifest.shard_size]
             name = shard_name(number)
@@ -350,8 +374,8 @@ def unpack(directory: Path, manifest: Manifest) -> int:
     manifest.search_params = ""
     write_manifest(directory, manifest)
     for shard in retired:
-        faiss_path(directory, shard).unlink(missing_ok=True)
-        parquet_path(directory, shard).unlink(missing_ok=True)
+        for file_name in shard.files():
+            (directory / file_name).unlink(missing_ok=True)
     if trained is not None:
         (directory / trained.name).unlink(missing_ok=True)
     return unpacked

@@ -2,10 +2,24 @@
 
 The reader is the only way into an index's files for the layers above: they ask for rows,
 vectors, columns and searches by id, never for shards or tables.
+
+A reader is one generation of the index: the manifest it read when it was opened and the
+files that manifest lists. It opens all of them at once (FAISS shards read or mapped, Parquet
+tables held open, tombstones read), so a writer that commits a newer generation and deletes
+files this one uses does not disturb it: an open or mapped file lives on until its last
+holder closes it. `is_current()` says, from a stat of the manifest, whether a newer generation
+was committed; `reopen()` opens it, sharing the shards that did not change.
+
+Deleted rows (tombstones) are never answered: `ids`, `len`, rows, columns and vectors cover
+live rows only, and `search` leaves deleted ids out with exactly k results whenever the index
+holds k live vectors.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,32 +34,122 @@ from dior_search.store.index_types import (
     merge_search_params,
     parse_search_params,
 )
-from dior_search.store.manifest import Manifest
+from dior_search.store.manifest import Manifest, Shard, Stamp, manifest_stamp
 from dior_search.store.shards import (
     PATH_BYTES,
     Row,
-    column_names,
     faiss_path,
     normalize,
+    open_table,
     parquet_path,
     read_shard_index,
-    read_table,
+    read_tombstones,
     reconstruct_ids,
     reconstruct_rows,
-    row_count,
     stored_paths,
 )
 
+log = logging.getLogger(__name__)
+
 LABEL_PREFIX = "label_"
+# A reader that finds a file gone while it opens retries on the newer manifest this often.
+OPEN_ATTEMPTS = 5
+# Rows reconstructed at once by an exhaustive search of a shard.
+SCAN_CHUNK = 16_384
+# Over-fetching asks for this many times the live hits expected among the nearest rows.
+OVER_FETCH_MARGIN = 1.2
+
+
+class OpenShard:
+    """One shard's index and table as readers hold them open. Its files never change (a
+    shard's name always means the same content; only its tombstones do, which each reader
+    reads itself), so the readers of several generations share it."""
+
+    def __init__(
+        self, directory: Path, entry: Shard, dim: int, mmap: bool | None, verify: bool
+    ) -> None:
+        import pyarrow.parquet as pq
+
+        self.key = shard_key(entry)
+        self.index_type = entry.index_type
+        table_path = parquet_path(directory, entry)
+        index_path = faiss_path(directory, entry)
+        try:
+            # The table is opened first and checksummed through the open handle, so the
+            # bytes checked are the bytes read.
+            self.table = open_table(table_path)
+            if verify:
+                check_handle(self.table, table_path, entry.parquet_sha256)
+                verify_file(index_path, entry.faiss_sha256)
+            self.index = read_shard_index(index_path, mmap)
+        except FileNotFoundError:
+            raise IndexStoreError(f"index file missing: {table_path}") from None
+        except RuntimeError as exc:  # FAISS reports a missing or unreadable file this way
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+            raise IndexStoreError(f"cannot read {index_path}: {reason}") from None
+        self.lock = threading.Lock()
+        self.parquet = pq.ParquetFile(self.table)
+        ids = self.parquet.read(columns=["id"]).column("id").to_numpy()
+        self.ids = np.asarray(ids, dtype=np.int64)
+        check_shard(directory, entry, dim, self.index, self.ids)
+
+    def column(self, name: str) -> list[Any]:
+        """A column of every stored row (None where the table lacks it), read once per call."""
+        with self.lock:
+            if name not in self.parquet.schema_arrow.names:
+                return [None] * len(self.ids)
+            values: list[Any] = self.parquet.read(columns=[name]).column(name).to_pylist()
+            return values
+
+    def column_names(self) -> list[str]:
+        return list(self.parquet.schema_arrow.names)
+
+
+def search_with_params(index: Any, queries: np.ndarray, k: int, params: Any) -> Any:
+    """`index.search(queries, k, params=params)`, also where faiss.contrib.torch_utils (which
+    pytorch-metric-learning imports) has replaced `search` by a wrapper without `params`: the
+    original method is then kept as `search_numpy`."""
+    search = getattr(index, "search_numpy", index.search)
+    return search(queries, k, params=params)
+
+
+def check_shard(directory: Path, shard: Shard, dim: int, index: Any, ids: np.ndarray) -> None:
+    """The shard's files hold what its manifest entry says: rows, dimension, ids."""
+    if index.ntotal != shard.rows or index.d != dim or len(ids) != shard.rows:
+        raise IndexStoreError(
+            f"index {directory} is damaged: {shard.name} holds {index.ntotal} vectors "
+            f"of dimension {index.d} and {len(ids)} rows; its manifest says {shard.rows} of "
+            f"dimension {dim}"
+        )
+    if len(ids) and (
+        ids[0] != shard.first_id or ids[-1] != shard.last or (np.diff(ids) <= 0).any()
+    ):
+        raise IndexStoreError(
+            f"index {directory} is damaged: the ids of {shard.name} are not its "
+            f"manifest's {shard.first_id}..{shard.last} in increasing order"
+        )
+
+
+def check_handle(handle: Any, path: Path, expected_sha256: str) -> None:
+    """The open file has the checksum the manifest recorded (read from the handle)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
+    handle.seek(0)
+    if digest.hexdigest() != expected_sha256:
+        raise IndexStoreError(f"index file damaged (checksum mismatch): {path}; rebuild the index")
 
 
 class IndexReader:
-    """A loaded index directory.
+    """A loaded index directory, as of one generation.
 
     `mmap`: map shard files instead of reading them (None: shards of 16 MiB or more).
     `search_params`: `name=value,...` over the manifest's defaults (`nprobe`, `efSearch`,
     `k_factor_rf`, ...), applied to every shard of a non-Flat type. `verify`: check every
     file's sha256 first (streamed: it fills the page cache, not the process's memory).
+    `previous`: an older reader of the same directory whose unchanged shards are reused.
     """
 
     def __init__(
@@ -54,31 +158,91 @@ class IndexReader:
         mmap: bool | None = None,
         search_params: str = "",
         verify: bool = True,
+        previous: IndexReader | None = None,
     ) -> None:
         self.directory = directory
-        self.manifest = Manifest.read(directory)
-        self._indexes: list[Any] = []
-        self._tables: list[Path] = []
-        shard_ids = []
+        self.mmap, self.verify, self.asked_params = mmap, verify, search_params
+        reusable = {} if previous is None else {s.key: s for s in previous.open_shards}
         with io_errors(f"cannot read index {directory}"):
-            for shard in self.manifest.shards:
-                if verify:
-                    verify_file(faiss_path(directory, shard), shard.faiss_sha256)
-                    verify_file(parquet_path(directory, shard), shard.parquet_sha256)
-                self._indexes.append(read_shard_index(faiss_path(directory, shard), mmap))
-                self._tables.append(parquet_path(directory, shard))
-                ids = read_table(parquet_path(directory, shard), ["id"]).column("id")
-                shard_ids.append(np.asarray(ids.to_numpy(), dtype=np.int64))
-        # Ids of each shard's rows, ascending: any increasing ids, not only contiguous ones.
-        self._shard_ids = shard_ids
-        self._first_ids = np.array([s.first_id for s in self.manifest.shards], dtype=np.int64)
-        self.ids: np.ndarray = (
-            np.concatenate(shard_ids) if shard_ids else np.empty(0, dtype=np.int64)
-        )
+            for attempt in range(OPEN_ATTEMPTS):
+                stamp = manifest_stamp(directory)
+                manifest = Manifest.read(directory)
+                try:
+                    opened = self._open(manifest, reusable)
+                    break
+                except (IndexStoreError, OSError):
+                    # Files gone or changed while opening: a newer generation was committed
+                    # and the old files deleted. Open that one; if the manifest did not
+                    # change, the index is damaged.
+                    if attempt + 1 == OPEN_ATTEMPTS or manifest_stamp(directory) == stamp:
+                        raise
+                    log.info(
+                        "%s changed while it was opened; opening its newer generation", directory
+                    )
+        self.manifest = manifest
+        self._stamp: Stamp | None = stamp
+        self._shards, self._dead, new = opened
+        self.open_shards: list[OpenShard] = self._shards
+        self._live_masks = [
+            None if len(dead) == 0 else ~np.isin(shard.ids, dead)
+            for shard, dead in zip(self._shards, self._dead, strict=True)
+        ]
+        self._selectors = [
+            deletion_filter(dead) if len(dead) and entry.index_type == FLAT else None
+            for entry, dead in zip(manifest.shards, self._dead, strict=True)
+        ]
+        # For over-fetched shards: deleted or not, by id - first_id (a lookup, not a search).
+        self._is_dead = [
+            dead_lookup(entry, dead) if len(dead) and entry.index_type != FLAT else None
+            for entry, dead in zip(manifest.shards, self._dead, strict=True)
+        ]
+        self._first_ids = np.array([s.first_id for s in manifest.shards], dtype=np.int64)
+        live_ids = [
+            shard.ids if mask is None else shard.ids[mask]
+            for shard, mask in zip(self._shards, self._live_masks, strict=True)
+        ]
+        self.ids: np.ndarray = np.concatenate(live_ids) if live_ids else np.empty(0, dtype=np.int64)
         self._columns: dict[str, list[Any]] = {}
-        self._column_names: list[str] | None = None
-        self.search_params = merge_search_params(self.manifest.search_params, search_params)
-        self.set_search_params(self.search_params, strict=bool(search_params))
+        self._columns_lock = threading.Lock()
+        self.search_params = merge_search_params(manifest.search_params, search_params)
+        self._apply_search_params(new, self.search_params, strict=bool(search_params))
+
+    def _open(
+        self, manifest: Manifest, reusable: dict[tuple[str, str, str], OpenShard]
+    ) -> tuple[list[OpenShard], list[np.ndarray], list[OpenShard]]:
+        """Every shard of `manifest` opened (or reused) and its deleted ids; and the new ones."""
+        shards, dead, new = [], [], []
+        for entry in manifest.shards:
+            shard = reusable.get(shard_key(entry))
+            if shard is None:
+                shard = OpenShard(self.directory, entry, manifest.dim, self.mmap, self.verify)
+                new.append(shard)
+            shards.append(shard)
+            dead.append(read_tombstones(self.directory, entry, self.verify))
+        return shards, dead, new
+
+    # -- generations ----------------------------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        """The manifest generation this reader holds (0: a version-1 index never rewritten)."""
+        return self.manifest.generation
+
+    @property
+    def deleted(self) -> int:
+        """Deleted rows still in the shard files (compaction drops them)."""
+        return self.manifest.deleted
+
+    def is_current(self) -> bool:
+        """Whether no newer generation has been committed since this reader opened (a stat)."""
+        stamp = manifest_stamp(self.directory)
+        return stamp is None or stamp == self._stamp
+
+    def reopen(self) -> IndexReader:
+        """The index as it is now, with the same settings; unchanged shards are shared."""
+        return IndexReader(self.directory, self.mmap, self.asked_params, self.verify, previous=self)
+
+    # -- search parameters ----------------------------------------------------------------
 
     def set_search_params(self, text: str, strict: bool = True) -> None:
         """Apply `name=value,...` search parameters to every non-Flat shard.
@@ -86,46 +250,120 @@ class IndexReader:
         Flat shards (exact search) take none: `strict` makes asking for one on an index of
         Flat shards only an error rather than a no-op.
         """
-        searched = [
-            (index, shard.index_type)
-            for index, shard in zip(self._indexes, self.manifest.shards, strict=True)
-            if shard.index_type != FLAT
-        ]
-        if not searched and strict and parse_search_params(text):
+        self._apply_search_params(self._shards, text, strict)
+
+    def _apply_search_params(self, shards: Sequence[OpenShard], text: str, strict: bool) -> None:
+        if strict and parse_search_params(text) and self.exact:
             names = ", ".join(parse_search_params(text))
             raise UsageError(
                 f"index {self.directory} is exact (Flat): search parameters ({names}) do not "
                 "apply to it"
             )
-        for index, index_type in searched:
-            apply_search_params(index, text, index_type)
+        for shard in shards:
+            if shard.index_type != FLAT:
+                apply_search_params(shard.index, text, shard.index_type)
 
     @property
     def exact(self) -> bool:
         """Whether every shard stores its vectors exactly (Flat), so vectors are exact."""
         return all(s.index_type == FLAT for s in self.manifest.shards)
 
+    # -- search ---------------------------------------------------------------------------
+
     def __len__(self) -> int:
         return len(self.ids)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, ids) per query over all shards; ids are -1 where fewer exist."""
+        """Top-k (scores, ids) of live rows per query over all shards; ids are -1 where fewer
+        than k live rows exist.
+
+        A shard without deleted rows is searched as it is. In a Flat shard, a FAISS ID
+        selector leaves its deleted ids out of the exact search. Other types (IVF, HNSW,
+        PCA, Refine) take no selector through their IDMap2 wrapper, so they are over-fetched
+        (1.2 k x rows / live rows, + 2), filtered, and re-searched with 4 times more while
+        too few live hits came back; where the approximate search runs out of candidates
+        (every probed list read), the shard's live vectors are scanned exactly.
+        """
         queries = normalize(np.atleast_2d(queries))
         k = max(1, min(k, len(self)))
         scores = [np.full((len(queries), k), -np.inf, dtype=np.float32)]
         ids = [np.full((len(queries), k), -1, dtype=np.int64)]
-        for index in self._indexes:
-            shard_scores, shard_ids = index.search(queries, min(k, index.ntotal))
+        for number, entry in enumerate(self.manifest.shards):
+            live = entry.live
+            if live == 0:
+                continue
+            shard_scores, shard_ids = self._search_shard(number, queries, min(k, live))
             scores.append(shard_scores)
             ids.append(shard_ids)
         return merge_top_k(np.hstack(scores), np.hstack(ids), k)
+
+    def _search_shard(
+        self, number: int, queries: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        index = self._shards[number].index
+        selector = self._selectors[number]
+        if len(self._dead[number]) == 0:
+            found: tuple[np.ndarray, np.ndarray] = index.search(queries, k)
+        elif selector is not None:
+            found = search_with_params(index, queries, k, selector[0])
+        else:
+            found = self._search_over_fetched(number, queries, k)
+        return found
+
+    def _search_over_fetched(
+        self, number: int, queries: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        shard, entry = self._shards[number], self.manifest.shards[number]
+        is_dead = self._is_dead[number]
+        assert is_dead is not None  # a shard with deleted rows and no selector
+        total = shard.index.ntotal
+        # Deleted rows are as likely as any among the nearest: fetch enough for k live ones,
+        # with a margin; a shortfall (deletions near the query) is fetched again, larger.
+        fetch = min(total, math.ceil(OVER_FETCH_MARGIN * k * entry.rows / entry.live) + 2)
+        out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        out_ids = np.full((len(queries), k), -1, dtype=np.int64)
+        pending = np.arange(len(queries))
+        short: list[int] = []
+        while len(pending):
+            found_scores, found_ids = shard.index.search(queries[pending], fetch)
+            keep = found_ids >= 0
+            keep[keep] = ~is_dead[found_ids[keep] - entry.first_id]
+            enough = keep.sum(axis=1) >= k
+            exhausted = (found_ids < 0).any(axis=1) | (fetch >= total)
+            for row in np.flatnonzero(enough | exhausted).tolist():
+                if not enough[row]:
+                    short.append(int(pending[row]))
+                    continue
+                taken = np.flatnonzero(keep[row])[:k]
+                out_scores[pending[row]] = found_scores[row, taken]
+                out_ids[pending[row]] = found_ids[row, taken]
+            pending = pending[~(enough | exhausted)]
+            fetch = min(total, fetch * 4)
+        for row in short:
+            out_scores[row], out_ids[row] = self._scan(number, queries[row], k)
+        return out_scores, out_ids
+
+    def _scan(self, number: int, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The exact top k of a shard's live rows, from their stored vectors (the fallback
+        where an approximate search cannot give k live hits)."""
+        shard, mask = self._shards[number], self._live_masks[number]
+        live = shard.ids if mask is None else shard.ids[mask]
+        scores = np.empty(len(live), dtype=np.float32)
+        for low in range(0, len(live), SCAN_CHUNK):
+            chunk = live[low : low + SCAN_CHUNK]
+            scores[low : low + len(chunk)] = reconstruct_ids(shard.index, chunk) @ query
+        top = np.lexsort((live, -scores))[:k]
+        return scores[top], live[top]
+
+    # -- look-ups by id -------------------------------------------------------------------
 
     def contains(self, row_id: int) -> bool:
         position = int(np.searchsorted(self.ids, row_id))
         return position < len(self.ids) and int(self.ids[position]) == row_id
 
     def positions(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Each id's position in `ids` order (0 .. len - 1); IndexStoreError on an unknown id."""
+        """Each id's position in `ids` order (0 .. len - 1); IndexStoreError on an unknown or
+        deleted id."""
         wanted = np.asarray(ids, dtype=np.int64)
         positions = np.searchsorted(self.ids, wanted)
         found = positions < len(self.ids)
@@ -143,41 +381,43 @@ class IndexReader:
         """The stored (normalised) vectors of `ids`: (len(ids), dim); reconstructed from codes
         unless the shards are Flat."""
         wanted = np.asarray(ids, dtype=np.int64)
-        self.positions(wanted)  # raises on an unknown id
+        self.positions(wanted)  # raises on an unknown or deleted id
         out = np.empty((len(wanted), self.manifest.dim), dtype=np.float32)
         shards = np.searchsorted(self._first_ids, wanted, side="right") - 1
         for shard in np.unique(shards).tolist():
             rows = np.flatnonzero(shards == shard)
-            out[rows] = self._reconstruct(shard, np.ascontiguousarray(wanted[rows]))
+            out[rows] = reconstruct_ids(self._shards[shard].index, wanted[rows])
         return out
 
     def vector(self, row_id: int) -> np.ndarray:
         found: np.ndarray = self.vectors([row_id])[0]
         return found
 
-    def _reconstruct(self, shard: int, ids: np.ndarray) -> np.ndarray:
-        return reconstruct_ids(self._indexes[shard], ids)
-
     def column(self, name: str) -> list[Any]:
-        """A Parquet column of every row, in id order (None in shards without it); read once."""
-        if name not in self._columns:
-            values: list[Any] = []
-            for path in self._tables:
-                if name in column_names(path):
-                    values += read_table(path, [name]).column(name).to_pylist()
-                else:
-                    values += [None] * row_count(path)
-            self._columns[name] = values
-        return self._columns[name]
+        """A Parquet column of every live row, in id order (None in shards without it); read
+        once."""
+        with self._columns_lock:
+            if name not in self._columns:
+                values: list[Any] = []
+                for shard, mask in zip(self._shards, self._live_masks, strict=True):
+                    stored = shard.column(name)
+                    if mask is not None:
+                        stored = [v for v, keep in zip(stored, mask.tolist(), strict=True) if keep]
+                    values += stored
+                self._columns[name] = values
+            return self._columns[name]
 
     def column_names(self) -> list[str]:
         """Every column any shard's table has."""
-        if self._column_names is None:
-            names: dict[str, None] = {}
-            for path in self._tables:
-                names.update(dict.fromkeys(column_names(path)))
-            self._column_names = list(names)
-        return self._column_names
+        return list(self.column_types())
+
+    def column_types(self) -> dict[str, Any]:
+        """Every column any shard's table has, with its Arrow type (the first shard's)."""
+        types: dict[str, Any] = {}
+        for shard in self._shards:
+            for column in shard.parquet.schema_arrow:
+                types.setdefault(column.name, column.type)
+        return types
 
     def label_names(self) -> list[str]:
         """The labels stored beside the vectors (the collection's label columns)."""
@@ -218,21 +458,45 @@ class IndexReader:
         return self.rows([row_id])[0]
 
     def all_vectors(self, raw: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, vectors) of every row in id order: unit vectors, or raw embeddings if `raw`.
+        """(ids, vectors) of every live row in id order: unit vectors, or raw embeddings if
+        `raw`.
 
         Exact for Flat shards; for other types, what the codes reconstruct (see `exact`).
         """
         import faiss
 
         # The wrapped index holds the vectors in insertion order, which is id order here.
-        parts = [
-            reconstruct_rows(faiss.downcast_index(index.index), 0, index.ntotal)
-            for index in self._indexes
-        ]
+        parts = []
+        for shard, mask in zip(self._shards, self._live_masks, strict=True):
+            stored = reconstruct_rows(faiss.downcast_index(shard.index.index), 0, len(shard.ids))
+            parts.append(stored if mask is None else stored[mask])
         vectors = np.vstack(parts) if parts else np.empty((0, self.manifest.dim), np.float32)
         if raw:
             vectors *= np.asarray(self.column("norm"), dtype=np.float32)[:, None]
         return self.ids.copy(), vectors
+
+
+def shard_key(entry: Shard) -> tuple[str, str, str]:
+    return entry.name, entry.faiss_sha256, entry.parquet_sha256
+
+
+def dead_lookup(entry: Shard, dead: np.ndarray) -> np.ndarray:
+    """Whether each id of a shard's range (from first_id) is deleted."""
+    lookup = np.zeros(entry.last - entry.first_id + 1, dtype=bool)
+    lookup[dead - entry.first_id] = True
+    return lookup
+
+
+def deletion_filter(dead: np.ndarray) -> tuple[Any, ...]:
+    """FAISS search parameters that skip `dead` ids, with the selectors they point to (kept
+    referenced for as long as the parameters are used)."""
+    import faiss
+
+    batch = faiss.IDSelectorBatch(dead)
+    skip = faiss.IDSelectorNot(batch)
+    params = faiss.SearchParameters()
+    params.sel = skip
+    return params, skip, batch
 
 
 def merge_top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,9 @@
-"""One shard's two files: a FAISS index of unit vectors with their ids, and a Parquet table.
+"""One shard's files: a FAISS index of unit vectors with their ids, a Parquet table, and the
+ids of its deleted rows.
 
-    shard-00000.faiss        FAISS index of L2-normalised vectors, ids stored with them
-    shard-00000.parquet      one row per vector: id, path, content_hash, norm, label_<name> ...
+    shard-00000.faiss                  FAISS index of L2-normalised vectors, ids stored with them
+    shard-00000.parquet                one row per vector: id, path, content_hash, norm, label_*
+    shard-00000.deleted-7.parquet      ids of the rows deleted since (written at generation 7)
 
 Image paths are data (see data.paths): a name that is valid UTF-8 is stored as it is in the
 `path` column; a name that is not is stored in `path` with U+FFFD for each byte that is not
@@ -21,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from dior_search.data.paths import from_bytes, fs_path, is_text, name_bytes, readable
+from dior_search.errors import IndexStoreError
+from dior_search.store.files import verify_file
 from dior_search.store.manifest import Shard
 
 PATH_BYTES = "path_bytes"
@@ -46,6 +50,68 @@ def faiss_path(directory: Path, shard: Shard | str) -> Path:
 def parquet_path(directory: Path, shard: Shard | str) -> Path:
     name = shard if isinstance(shard, str) else shard.name
     return directory / f"{name}.parquet"
+
+
+def tombstones_path(directory: Path, shard: Shard) -> Path:
+    return directory / shard.tombstones
+
+
+def write_tombstones(path: Path, ids: np.ndarray) -> None:
+    """A Parquet table of one int64 column `id`: the shard's deleted rows, ascending."""
+    import pyarrow as pa
+
+    write_table(pa.table({"id": pa.array(np.sort(ids), type=pa.int64())}), path)
+
+
+def read_tombstones(directory: Path, shard: Shard, verify: bool = True) -> np.ndarray:
+    """The ids of a shard's deleted rows, ascending (empty if none); checked if `verify`."""
+    if not shard.tombstones:
+        return np.empty(0, dtype=np.int64)
+    path = tombstones_path(directory, shard)
+    if verify:
+        verify_file(path, shard.tombstones_sha256)
+    ids = read_table(path, ["id"]).column("id").to_numpy()
+    dead = np.sort(np.asarray(ids, dtype=np.int64))
+    if len(dead) != shard.deleted:
+        raise IndexStoreError(
+            f"{path} lists {len(dead)} deleted rows, the manifest {shard.deleted}: "
+            "rebuild the index"
+        )
+    return dead
+
+
+def read_ids(directory: Path, shard: Shard, verify: bool = True) -> np.ndarray:
+    """Every stored row's id in a shard, in its storage order (ascending)."""
+    path = parquet_path(directory, shard)
+    if verify:
+        verify_file(path, shard.parquet_sha256)
+    ids = read_table(path, ["id"]).column("id").to_numpy()
+    return np.asarray(ids, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class ShardKeys:
+    """Every stored row of a shard: id, path and content hash, and whether it is live."""
+
+    ids: np.ndarray
+    paths: list[str]
+    hashes: list[str]
+    live: np.ndarray
+
+
+def read_keys(directory: Path, shard: Shard, verify: bool = True) -> ShardKeys:
+    """A shard's rows as (id, path, content hash, live), from its table and tombstones."""
+    path = parquet_path(directory, shard)
+    if verify:
+        verify_file(path, shard.parquet_sha256)
+    table = read_table(path, ["id", "path", "content_hash"], optional=[PATH_BYTES])
+    ids = np.asarray(table.column("id").to_numpy(), dtype=np.int64)
+    return ShardKeys(
+        ids,
+        table_paths(table),
+        table.column("content_hash").to_pylist(),
+        ~np.isin(ids, read_tombstones(directory, shard, verify)),
+    )
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
@@ -123,12 +189,16 @@ def stored_paths(paths: Sequence[str | None], exact: Sequence[bytes | None] | No
     return [str(p) if raw is None else from_bytes(raw) for p, raw in zip(paths, exact, strict=True)]
 
 
-def read_paths(path: Path) -> list[str]:
-    """The image paths of one shard's table, in row order."""
-    names = ["path", PATH_BYTES] if PATH_BYTES in column_names(path) else ["path"]
-    table = read_table(path, names)
+def table_paths(table: Any) -> list[str]:
+    """The image paths of a table read with its `path` (and `path_bytes`, if any) columns."""
+    names = table.column_names
     exact = table.column(PATH_BYTES).to_pylist() if PATH_BYTES in names else None
     return stored_paths(table.column("path").to_pylist(), exact)
+
+
+def read_paths(path: Path) -> list[str]:
+    """The image paths of one shard's table, in row order."""
+    return table_paths(read_table(path, ["path"], optional=[PATH_BYTES]))
 
 
 def write_table(table: Any, path: Path) -> None:
@@ -139,12 +209,29 @@ def write_table(table: Any, path: Path) -> None:
         pq.write_table(table, handle)
 
 
-def read_table(path: Path, columns: Sequence[str] | None = None) -> Any:
-    """A Parquet table (or some of its columns) from `path`."""
+def read_table(
+    path: Path, columns: Sequence[str] | None = None, optional: Sequence[str] = ()
+) -> Any:
+    """A Parquet table from `path`: every column, or `columns` and those of `optional` that
+    the table has."""
     import pyarrow.parquet as pq
 
     with path.open("rb") as handle:
-        return pq.read_table(handle, columns=None if columns is None else list(columns))
+        if columns is None:
+            return pq.read_table(handle)
+        parquet = pq.ParquetFile(handle)
+        present = set(parquet.schema_arrow.names)
+        return parquet.read(columns=[*columns, *(c for c in optional if c in present)])
+
+
+def open_table(path: Path) -> Any:
+    """`path` as an open Arrow file for reading (a native one where its name allows)."""
+    import pyarrow as pa
+
+    name = fs_path(path)
+    if name is not None:
+        return pa.OSFile(name, "r")
+    return pa.PythonFile(path.open("rb"), mode="r")
 
 
 def column_names(path: Path) -> list[str]:
@@ -185,19 +272,19 @@ def reconstruct_rows(index: Any, start: int, count: int) -> np.ndarray:
 
 
 def reconstruct_ids(index: Any, ids: np.ndarray) -> np.ndarray:
-    """The stored vectors of `ids` in an `IDMap2` index, as float32 (from codes if compressed)."""
+    """The stored vectors of `ids` (each in the index) from an IDMap2 shard index."""
     import faiss
 
-    wanted = np.ascontiguousarray(ids, dtype=np.int64)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
     try:
-        vectors = index.reconstruct_batch(wanted)
+        vectors = index.reconstruct_batch(ids)
     except RuntimeError:
         # An IVF without a re-ranking copy finds a vector through its direct map.
         ivf = faiss.try_extract_index_ivf(index)
         if ivf is None:
             raise
         ivf.make_direct_map()
-        vectors = index.reconstruct_batch(wanted)
+        vectors = index.reconstruct_batch(ids)
     out: np.ndarray = np.asarray(vectors, dtype=np.float32)
     return out
 

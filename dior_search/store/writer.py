@@ -1,4 +1,4 @@
-"""Writing one index directory: vectors appended a shard at a time, resumable, crash-safe.
+"""Writing one index directory: rows added and deleted a commit at a time, resumable, crash-safe.
 
 Every file is written to a temporary name, fsynced and renamed into place, and the manifest
 is replaced after each shard, so an interrupted run loses at most the shard in progress.
@@ -9,25 +9,28 @@ Vectors are staged as exact `Flat` shards while they arrive; when the index type
 staged shards into shards of that type (see packing). A type or memory budget asked for with
 `set_index_type` takes effect there too (repacking a packed index) and is recorded only once
 it is packed.
+
+Deleting a row writes its shard's tombstones (a new file of the shard's deleted ids) and
+lists them in the manifest with the next shard, in the same commit: a change that deletes
+some rows and adds others is published at once. Deleted rows stay in the shard files, and
+their vectors can still be copied (a renamed image keeps its vector), until compaction
+rewrites the shard (see compaction).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 
+from dior_search import defaults
 from dior_search.errors import IndexStoreError
-from dior_search.store.files import (
-    atomic_file,
-    error_reason,
-    io_errors,
-    sha256_file,
-    take_lock,
-    verify_file,
-)
+from dior_search.store.compaction import Compaction, compact_shards
+from dior_search.store.files import atomic_file, error_reason, io_errors, sha256_file, take_lock
 from dior_search.store.index_types import FLAT, canonical_spec
 from dior_search.store.manifest import (
     MANIFEST,
@@ -36,9 +39,11 @@ from dior_search.store.manifest import (
     Manifest,
     Shard,
     check_same_embedder,
+    listed_files,
     next_shard_number,
     now,
     shard_name,
+    tombstones_name,
     write_manifest,
 )
 from dior_search.store.packing import change_index_type, pack_staged_shards
@@ -47,21 +52,31 @@ from dior_search.store.shards import (
     faiss_path,
     normalize,
     parquet_path,
+    read_keys,
+    read_shard_index,
     read_table,
+    reconstruct_ids,
     write_faiss,
     write_parquet,
+    write_tombstones,
 )
 
 log = logging.getLogger(__name__)
 
+Key = tuple[str, str]
+
 
 class IndexWriter:
-    """Appends vectors to one index directory, a shard at a time; resumes where it stopped.
+    """Adds and deletes rows of one index directory, a commit at a time; resumes where it
+    stopped.
 
-    Holds the directory's lock from construction to `close()`, which writes what is queued
-    and packs, or `abort()`, which drops it; a `with` block closes on success and aborts on
-    an exception. `packs=False` (a part of a distributed run) keeps the shards Flat: the run
-    that merges the parts trains and packs them.
+    Holds the directory's lock from construction to `close()`, which writes what is queued,
+    packs and compacts, or `abort()`, which drops it; a `with` block closes on success and
+    aborts on an exception. `packs=False` (a part of a distributed run) keeps the shards
+    Flat: the run that merges the parts trains and packs them.
+
+    What the index holds is kept as (path, content hash) per live id; `holds`, `can_copy`,
+    `live_rows` answer from it.
     """
 
     def __init__(
@@ -80,7 +95,7 @@ class IndexWriter:
             with io_errors(f"cannot open index {directory} for writing"):
                 self.manifest = self.open_manifest(new_manifest)
                 self.remove_leftovers()
-                self.known_hashes = self.read_hashes()
+                self.read_rows()
         except BaseException:
             self.lock.close()
             raise
@@ -88,10 +103,20 @@ class IndexWriter:
         self.vectors: list[np.ndarray] = []
         self.rows: list[Row] = []
         self.ids: list[int] = []
+        # Content hash -> position in the queue, for copies of a vector not written yet.
+        self.queued: dict[str, int] = {}
+        # Ids deleted since the last commit, to be published with the next one.
+        self.deleting: set[int] = set()
+        self._open_shards: dict[str, tuple[Any, dict[int, float]]] = {}
         # The index type and memory budget asked for (None: the index's own), and what
         # packing changed, for the run's report.
         self.asked: tuple[str | None, int | None] = (None, None)
         self.notes: list[str] = []
+
+    @classmethod
+    def existing(cls, directory: Path, wait_for_lock: bool = False) -> IndexWriter:
+        """A writer of an index that exists, as it is (to delete rows or compact it)."""
+        return cls(directory, Manifest.read(directory), wait_for_lock=wait_for_lock)
 
     def open_manifest(self, new_manifest: Manifest) -> Manifest:
         """The index's manifest, or `new_manifest` published at once for a new index."""
@@ -125,25 +150,52 @@ class IndexWriter:
             self.abort()
 
     def remove_leftovers(self) -> None:
-        listed = {s.name for s in self.manifest.shards}
-        if self.manifest.trained is not None:
-            listed.add(self.manifest.trained.name)
+        """Delete index files the manifest does not list (and temporaries): what a crash or a
+        commit that replaced them left behind."""
+        listed = listed_files(self.manifest)
         for path in self.directory.iterdir():
-            stem = path.name.split(".")[0]
-            is_shard_file = stem.startswith(SHARD_PREFIX) and stem not in listed
-            is_trained_file = path.name == TRAINED and TRAINED not in listed
-            if is_shard_file or is_trained_file or path.name.endswith(".tmp"):
+            name = path.name
+            unlisted = (name.startswith(SHARD_PREFIX) or name == TRAINED) and name not in listed
+            if path.is_file() and (unlisted or name.endswith(".tmp")):
                 log.info("removing %s, left by an interrupted run", path)
                 path.unlink()
 
-    def read_hashes(self) -> set[str]:
-        hashes: set[str] = set()
+    # -- what the index holds -------------------------------------------------------------
+
+    def read_rows(self) -> None:
+        """Every stored row's (path, content hash): the live ones by id and key, and a source
+        id for each content hash whose vector is still stored (deleted rows included)."""
+        self.live: dict[int, Key] = {}
+        self.keys: dict[Key, int] = {}
+        self.sources: dict[str, int] = {}
+        self.dead: dict[str, np.ndarray] = {}
         for shard in self.manifest.shards:
-            path = parquet_path(self.directory, shard)
-            verify_file(path, shard.parquet_sha256)
-            column = read_table(path, ["content_hash"]).column("content_hash")
-            hashes.update(column.to_pylist())
-        return hashes
+            found = read_keys(self.directory, shard)
+            self.dead[shard.name] = found.ids[~found.live]
+            live = found.live.tolist()
+            rows = zip(found.ids.tolist(), found.paths, found.hashes, live, strict=True)
+            for row_id, path, content_hash, is_live in rows:
+                if is_live:
+                    self.live[row_id] = (path, content_hash)
+                    # A repeated (path, content) keeps its first id; sync deletes the others.
+                    self.keys.setdefault((path, content_hash), row_id)
+                    self.sources[content_hash] = row_id
+                else:
+                    self.sources.setdefault(content_hash, row_id)
+
+    def live_rows(self) -> dict[int, Key]:
+        """Live id -> (path, content hash), as of the last change (do not modify)."""
+        return self.live
+
+    def holds(self, path: str, content_hash: str) -> bool:
+        """Whether a live row has this path and content."""
+        return (path, content_hash) in self.keys
+
+    def can_copy(self, content_hash: str) -> bool:
+        """Whether a vector of this content is stored or queued (a row may copy it)."""
+        return content_hash in self.queued or content_hash in self.sources
+
+    # -- changes --------------------------------------------------------------------------
 
     def set_index_type(self, spec: str | None, memory_budget: int | None) -> None:
         """Ask for another index type or memory budget (None: keep the index's own).
@@ -154,57 +206,151 @@ class IndexWriter:
         self.asked = (None if spec is None else canonical_spec(spec), memory_budget)
 
     def add(self, vector: np.ndarray, row: Row, row_id: int | None = None) -> None:
-        """Queue one vector (with the next id, or `row_id`); a full shard is written at once."""
+        """Queue one raw vector (with the next id, or `row_id`); a full shard is written at
+        once, with the deletions made so far."""
         floor = self.ids[-1] + 1 if self.ids else self.next_id
         if row_id is None:
             row_id = floor
         elif row_id < floor:
             raise IndexStoreError(f"id {row_id} is not above the ids already in {self.directory}")
-        self.known_hashes.add(row.content_hash)
+        self.queued.setdefault(row.content_hash, len(self.rows))
+        self.live[row_id] = (row.path, row.content_hash)
+        self.keys.setdefault((row.path, row.content_hash), row_id)
         self.vectors.append(vector)
         self.rows.append(row)
         self.ids.append(row_id)
         if len(self.rows) >= self.manifest.shard_size:
             self.write_shard()
 
-    def write_shard(self) -> None:
-        """Write the queued vectors as a new shard and publish it in the manifest."""
-        if not self.rows:
-            return
-        name = shard_name(next_shard_number(self.manifest))
-        ids = np.array(self.ids, dtype=np.int64)
-        raw = np.stack(self.vectors).astype(np.float32)
-        norms = np.linalg.norm(raw, axis=1)
-        vectors = normalize(raw)
-        published = list(self.manifest.shards)
-        try:
-            # Staged as exact vectors: pack() turns them into the index type.
-            with atomic_file(faiss_path(self.directory, name)) as tmp:
-                write_faiss(tmp, vectors, ids, FLAT)
-            with atomic_file(parquet_path(self.directory, name)) as tmp:
-                write_parquet(tmp, ids, norms, self.rows)
-            self.manifest.shards.append(
-                Shard(
-                    name,
-                    len(self.rows),
-                    int(ids[0]),
-                    sha256_file(faiss_path(self.directory, name)),
-                    sha256_file(parquet_path(self.directory, name)),
-                    last_id=int(ids[-1]),
-                )
+    def add_copy(self, row: Row, row_id: int | None = None) -> None:
+        """Queue a row whose vector is the one already stored (or queued) for its content:
+        a renamed or copied image is not embedded again."""
+        queued = self.queued.get(row.content_hash)
+        if queued is not None:
+            vector = self.vectors[queued]
+        elif row.content_hash in self.sources:
+            vector = self.stored_vector(self.sources[row.content_hash])
+        else:
+            raise IndexStoreError(f"no vector of {row.path}'s content in {self.directory}")
+        self.add(vector, row, row_id)
+
+    def delete(self, ids: list[int]) -> None:
+        """Delete live rows; published with the next commit (`write_shard`)."""
+        gone = set(ids)
+        for row_id in gone:
+            key = self.live.pop(row_id, None)
+            if key is None:
+                raise IndexStoreError(f"no live row {row_id} in {self.directory} to delete")
+            if self.keys.get(key) == row_id:
+                del self.keys[key]
+        queued = gone.intersection(self.ids)
+        if queued:  # never written: leave them out of the queue
+            kept = [p for p, row_id in enumerate(self.ids) if row_id not in queued]
+            self.vectors = [self.vectors[p] for p in kept]
+            self.rows = [self.rows[p] for p in kept]
+            self.ids = [self.ids[p] for p in kept]
+            self.queued = {}
+            for position, row in enumerate(self.rows):
+                self.queued.setdefault(row.content_hash, position)
+        self.deleting |= gone - queued
+
+    def stored_vector(self, row_id: int) -> np.ndarray:
+        """The raw vector (unit vector x stored norm) of a row in a written shard, deleted
+        or not: what its shard's codes give back."""
+        shard = self.shard_of(row_id)
+        if shard.name not in self._open_shards:
+            index = read_shard_index(faiss_path(self.directory, shard), mmap=True)
+            table = read_table(parquet_path(self.directory, shard), ["id", "norm"])
+            norms = dict(
+                zip(table.column("id").to_pylist(), table.column("norm").to_pylist(), strict=True)
             )
+            self._open_shards[shard.name] = (index, norms)
+        index, norms = self._open_shards[shard.name]
+        unit = reconstruct_ids(index, np.array([row_id], dtype=np.int64))[0]
+        raw: np.ndarray = unit * np.float32(norms[row_id])
+        return raw
+
+    def shard_of(self, row_id: int) -> Shard:
+        for shard in self.manifest.shards:
+            if shard.first_id <= row_id <= shard.last:
+                return shard
+        raise IndexStoreError(f"no stored row {row_id} in {self.directory}")
+
+    def write_shard(self) -> None:
+        """Commit: write the queued vectors as a new shard and the tombstones of the rows
+        deleted since the last commit, and publish both in one manifest replace."""
+        if not self.rows and not self.deleting:
+            return
+        published = list(self.manifest.shards)
+        generation = self.manifest.generation + 1
+        replaced: list[Shard] = []
+        dead: dict[str, np.ndarray] = {}
+        name = shard_name(next_shard_number(self.manifest))
+        try:
+            shards = [self.with_tombstones(s, generation, replaced, dead) for s in published]
+            if self.rows:
+                shards.append(self.write_rows(name))
+            self.manifest.shards = shards
             write_manifest(self.directory, self.manifest)
         except (OSError, RuntimeError) as exc:  # FAISS reports write failures as RuntimeError
-            # The manifest on disk still lists only the earlier shards; files of this one are
-            # leftovers that the next run removes.
+            # The manifest on disk still lists only the earlier shards; files of this commit
+            # are leftovers that the next run removes.
             self.manifest.shards = published
             reason = error_reason(exc)
             raise IndexStoreError(
                 f"cannot write {name} in {self.directory}: {reason}; the index keeps its "
                 f"{self.manifest.rows} rows written before"
             ) from None
-        self.next_id = int(ids[-1]) + 1
-        self.vectors, self.rows, self.ids = [], [], []
+        for shard in replaced:
+            (self.directory / shard.tombstones).unlink(missing_ok=True)
+        if self.ids:
+            self.next_id = self.ids[-1] + 1
+            for row_id, row in zip(self.ids, self.rows, strict=True):
+                self.sources.setdefault(row.content_hash, row_id)
+        self.dead.update(dead)
+        self.vectors, self.rows, self.ids, self.queued = [], [], [], {}
+        self.deleting = set()
+
+    def with_tombstones(
+        self, shard: Shard, generation: int, replaced: list[Shard], dead: dict[str, np.ndarray]
+    ) -> Shard:
+        """`shard` with the rows deleted since the last commit added to its tombstones (a new
+        file, written now); `replaced` collects the entries whose old file goes, `dead` the
+        new deleted ids."""
+        own = [i for i in self.deleting if shard.first_id <= i <= shard.last]
+        if not own:
+            return shard
+        ids = np.union1d(self.dead.get(shard.name, np.empty(0, np.int64)), own)
+        name = tombstones_name(shard.name, generation)
+        with atomic_file(self.directory / name) as tmp:
+            write_tombstones(tmp, ids)
+        if shard.tombstones:
+            replaced.append(shard)
+        dead[shard.name] = ids
+        return replace(
+            shard,
+            deleted=len(ids),
+            tombstones=name,
+            tombstones_sha256=sha256_file(self.directory / name),
+        )
+
+    def write_rows(self, name: str) -> Shard:
+        """The queued rows as the files of shard `name` (staged: exact vectors)."""
+        ids = np.array(self.ids, dtype=np.int64)
+        raw = np.stack(self.vectors).astype(np.float32)
+        norms = np.linalg.norm(raw, axis=1)
+        with atomic_file(faiss_path(self.directory, name)) as tmp:
+            write_faiss(tmp, normalize(raw), ids, FLAT)
+        with atomic_file(parquet_path(self.directory, name)) as tmp:
+            write_parquet(tmp, ids, norms, self.rows)
+        return Shard(
+            name,
+            len(self.rows),
+            int(ids[0]),
+            sha256_file(faiss_path(self.directory, name)),
+            sha256_file(parquet_path(self.directory, name)),
+            last_id=int(ids[-1]),
+        )
 
     def pack(self) -> None:
         """Train the index type if needed and pack the staged Flat shards into it."""
@@ -219,14 +365,36 @@ class IndexWriter:
         if changed is not None:
             self.notes.append(f"{changed}; the index is now {manifest.index_type}")
 
-    def close(self) -> None:
-        """Write what is queued (a last, partial shard), pack, and release the lock."""
+    def compact(self, threshold: float = defaults.COMPACT_THRESHOLD) -> Compaction:
+        """Commit, then rewrite the shards whose deleted rows pass `threshold` (see
+        compaction); vectors of deleted rows cannot be copied after it."""
+        self.write_shard()
+        done = compact_shards(self.directory, self.manifest, threshold)
+        if done.shards_rewritten or done.shards_dropped:
+            self._open_shards = {}
+            self.read_rows()
+        return done
+
+    def close(self, threshold: float = defaults.COMPACT_THRESHOLD) -> Compaction:
+        """Write what is queued (a last, partial shard), pack, compact, release the lock."""
         try:
             self.write_shard()
             self.pack()
+            return self.compact(threshold) if self.packs else Compaction()
         finally:
             self.abort()
 
     def abort(self) -> None:
         """Release the lock; anything still queued is dropped, the index stays as published."""
         self.lock.close()
+
+
+def compact_index(
+    directory: Path, threshold: float = defaults.COMPACT_THRESHOLD, wait_for_lock: bool = False
+) -> Compaction:
+    """Compact an existing index on its own (`dior-search compact`), holding its lock."""
+    writer = IndexWriter.existing(directory, wait_for_lock)
+    try:
+        return writer.compact(threshold)
+    finally:
+        writer.abort()

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_runs import DOCUMENTED_EXIT_CODES, Run, error_line, image_folder, odd, run_cli
+from cli_runs import (
+    DOCUMENTED_EXIT_CODES,
+    TINY,
+    Run,
+    error_line,
+    image_folder,
+    odd,
+    run_cli,
+)
 
 from dior_search.data.synthetic import write_dataset
 from dior_search.store.reader import IndexReader
@@ -67,7 +75,7 @@ def world(tmp_path_factory):
 
     for name, extra in (("flat", []), ("ivf", ["--index-type", "IVF2,Flat"])):
         args = ["index", "--images", str(photos), "-c", "color", "--indexes", str(root / name)]
-        assert main([*args, "--device", "cpu", *extra]) == 0
+        assert main([*args, *TINY, *extra]) == 0
     return root
 
 
@@ -109,7 +117,7 @@ def assert_right_answer(run: Run, asked_id: int, k: int) -> None:
 
 @pytest.mark.parametrize("spec", FACTORY_STRINGS)
 def test_fuzz_index_types(world, tmp_path, capsys, spec):
-    args = ["index", "--images", world / "photos", "-c", "color", "--indexes", tmp_path]
+    args = ["index", "--images", world / "photos", "-c", "color", "--indexes", tmp_path, *TINY]
     run = checked(run_cli(capsys, *args, "--index-type", spec))
     if run.code == 0:
         assert_right_index(directory(tmp_path))
@@ -147,7 +155,7 @@ def test_fuzz_conditions(world, tmp_path, capsys):
     its own name (never another condition's index)."""
     indexed = []
     for condition in CONDITIONS:
-        args = ["index", "--images", world / "photos", "--indexes", tmp_path, "--device", "cpu"]
+        args = ["index", "--images", world / "photos", "--indexes", tmp_path, *TINY]
         run = checked(run_cli(capsys, *args, "-c", condition))
         if run.code != 0:
             continue
@@ -179,7 +187,7 @@ INDEX_OPTIONS = ["--shard-size", "--batch-size", "--layer", "--max-pixels", "--m
 )
 def test_fuzz_index_numbers(world, tmp_path, capsys, extra):
     args = ["index", "--images", world / "photos", "-c", "color", "--indexes", tmp_path]
-    run = checked(run_cli(capsys, *args, "--device", "cpu", *extra))
+    run = checked(run_cli(capsys, *args, "--model", "tiny", "--device", "cpu", *extra))
     if run.code == 0 and "--part" not in extra:
         assert_right_index(directory(tmp_path))
 

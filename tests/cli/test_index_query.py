@@ -110,7 +110,7 @@ def test_rerun_adds_nothing(synthetic_index, capsys):
         "cpu",
     ]
     assert main(args) == 0
-    assert "400 already indexed" in capsys.readouterr().out
+    assert "0 added, 0 changed, 0 moved, 0 removed, 400 unchanged" in capsys.readouterr().out
     assert Manifest.read(synthetic_index / "indexes" / "synthetic" / "tiny" / "color").rows == 400
 
 

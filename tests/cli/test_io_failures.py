@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
-from cli_runs import error_line, image_folder, run_cli
+from cli_runs import TINY, error_line, image_folder, run_cli
 
 from dior_search.store import files as store_files
 from dior_search.store import packing as store_packing
@@ -30,7 +30,7 @@ def folder(tmp_path_factory):
 
 
 def index(capsys, folder, indexes, *extra):
-    args = ["index", "--images", folder, "-c", "color", "--indexes", indexes, "--device", "cpu"]
+    args = ["index", "--images", folder, "-c", "color", "--indexes", indexes, *TINY]
     return run_cli(capsys, *args, *extra)
 
 
@@ -132,7 +132,8 @@ def small_index(folder, tmp_path_factory):
     from dior_search.cli import main
 
     indexes = tmp_path_factory.mktemp("small")
-    assert main(["index", "--images", str(folder), "-c", "color", "--indexes", str(indexes)]) == 0
+    args = ["index", "--images", str(folder), "-c", "color", "--indexes", str(indexes), *TINY]
+    assert main(args) == 0
     (directory,) = indexes.glob("*/tiny/color")
     return directory
 

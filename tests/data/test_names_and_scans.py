@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from cli_runs import image_folder, odd
-from descriptions import described
+from descriptions import made_up_manifest
 
 from dior_search.data import images as data_images
 from dior_search.data import paths as data_paths
@@ -27,7 +27,6 @@ from dior_search.data.reading import load_item
 from dior_search.errors import InputError, UsageError
 from dior_search.store import layout
 from dior_search.store.layout import condition_folder
-from dior_search.store.manifest import Manifest
 from dior_search.store.reader import IndexReader
 from dior_search.store.shards import Row
 from dior_search.store.writer import IndexWriter
@@ -70,23 +69,12 @@ def test_names_round_trip_through_bytes():
     assert not is_text(odd(b"bad\xff.png")) and is_text("tab\tname.png")
 
 
-def new_manifest(root: str) -> Manifest:
-    return Manifest(
-        collection={"name": "c", "root": root},
-        condition={"name": "color", "text": "color"},
-        prompt="p",
-        embedder=described("m"),
-        dim=8,
-        shard_size=3,
-    )
-
-
 def test_odd_names_round_trip_through_parquet_and_the_manifest(tmp_path):
     # The index folder's own path and the collection root are not UTF-8 either.
     directory = tmp_path / odd(b"ind\xe9xes") / "ix"
     root = odd(b"/data/ph\xf6tos")
     vectors = np.random.default_rng(0).normal(size=(len(ODD_NAMES), 8)).astype(np.float32)
-    writer = IndexWriter(directory, new_manifest(root))
+    writer = IndexWriter(directory, made_up_manifest(dim=8, shard_size=3, root=root))
     for number, (name, vector) in enumerate(zip(ODD_NAMES, vectors, strict=True)):
         writer.add(vector, Row(name, f"hash{number}"))
     writer.close()

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from cli_runs import error_line, run_cli
 
+from dior_search.data.collections import open_dataset
 from dior_search.data.synthetic import write_dataset
+from dior_search.evaluation.bench import evaluate_index
 from dior_search.evaluation.metrics import retrieval_metrics
 from dior_search.store.reader import IndexReader
 
@@ -75,22 +77,17 @@ def test_query_results_and_bench_use_the_labels_as_they_are_now(workspace, capsy
     assert metrics["recall@1"] == metrics["precision@1"] == metrics["map@r"] == 1.0
 
 
-def test_bench_leaves_out_images_the_table_no_longer_lists(workspace, capsys, caplog, tmp_path):
+def test_images_the_table_no_longer_lists(workspace, capsys, caplog, tmp_path):
     rows = table_rows(workspace)
     kept = rows[: N_IMAGES // 2]
     write_rows(workspace, kept)
-    run = bench(capsys, workspace, "--json", tmp_path / "out.json")
-    assert run.code == 0, run.err
-    assert "12 of the 24 images indexed in" in caplog.text  # logged as a warning
-    got = json.loads((tmp_path / "out.json").read_text())["synthetic"]["color"]["dior"]
-    reader = color_index(workspace)
     labels = {row["file_name"]: row["color"] for row in kept}
+    reader = color_index(workspace)
     _, vectors = reader.all_vectors()
     keep = [path in labels for path in reader.paths()]
     expected = retrieval_metrics(
         vectors[np.array(keep)], [labels[p] for p in reader.paths() if p in labels]
     )
-    assert got == pytest.approx(expected)
     # A query shows such an image without labels, and says so in one line.
     run = query(capsys, workspace, "--id", "20", "-k", "1")
     assert json.loads(run.out)[0]["labels"] == {}
@@ -98,6 +95,22 @@ def test_bench_leaves_out_images_the_table_no_longer_lists(workspace, capsys, ca
         "warning: 1 of the results are no longer in the label table of synthetic (shown "
         "without labels; `dior-search index` drops them)"
     ]
+    # Metrics of the index as it is leave them out, with a warning.
+    collection = open_dataset("synthetic", workspace / "datasets")
+    metrics = evaluate_index(reader, collection, "color")
+    assert {name: metrics[name] for name in expected} == pytest.approx(expected)
+    assert "12 of the 24 images indexed in" in caplog.text
+    # bench first syncs the index, which drops them: the same metrics.
+    run = bench(capsys, workspace, "--json", tmp_path / "out.json")
+    assert run.code == 0, run.err
+    got = json.loads((tmp_path / "out.json").read_text())["synthetic"]["color"]["dior"]
+    assert got == pytest.approx(metrics)
+    assert sorted(color_index(workspace).paths()) == sorted(labels)
+    # The next tests find all images indexed again.
+    write_rows(workspace, rows)
+    args = ["--datasets-dir", workspace / "datasets", "--indexes", workspace / "indexes"]
+    assert run_cli(capsys, "index", "--dataset", "synthetic", "-c", "color", *args).code == 0
+    assert len(color_index(workspace)) == N_IMAGES
 
 
 @pytest.mark.parametrize(

@@ -62,10 +62,10 @@ def test_demo_works_in_its_own_folder(tmp_path, capsys, monkeypatch):
 def test_demo_rewrites_an_image_that_is_not_the_generated_one(tmp_path):
     from dior_search.data.synthetic import make_item
 
-    first = run_demo(DiorSettings(device="cpu", batch_size=16), tmp_path, n_images=8)
+    first = run_demo(DiorSettings(model="tiny", device="cpu", batch_size=16), tmp_path, n_images=8)
     test = tmp_path / "test"
     (test / "00000.png").write_bytes((test / "00001.png").read_bytes())  # a copy over it
-    second = run_demo(DiorSettings(device="cpu", batch_size=16), tmp_path, n_images=8)
+    second = run_demo(DiorSettings(model="tiny", device="cpu", batch_size=16), tmp_path, n_images=8)
     _, image = make_item(0, "test", 0)
     with Image.open(test / "00000.png") as stored:
         assert np.array_equal(np.asarray(stored), np.asarray(image))

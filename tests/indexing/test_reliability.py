@@ -15,7 +15,7 @@ import kill_runs
 import numpy as np
 import pytest
 from bad_images import EXPECTED_KEPT, write_bad_images
-from descriptions import described
+from descriptions import described, prompt_of
 from kill_runs import assert_same_index
 from PIL import Image
 
@@ -38,8 +38,8 @@ def new_manifest(dim: int = 16, shard_size: int = 10) -> Manifest:
     return Manifest(
         collection={"name": "c", "root": "/data"},
         condition={"name": "color", "text": "color"},
-        prompt="p",
-        embedder=described("m"),
+        prompt=prompt_of("color"),
+        embedder=described("m", dim=dim),
         dim=dim,
         shard_size=shard_size,
     )
@@ -82,6 +82,8 @@ def test_indexing_a_folder_of_bad_images(tmp_path, capsys):
         "color",
         "--indexes",
         str(tmp_path / "indexes"),
+        "--model",
+        "tiny",
         "--device",
         "cpu",
         "--shard-size",
@@ -143,7 +145,7 @@ def test_other_format_version(tmp_path):
     manifest["format_version"] = 99
     (tmp_path / "ix" / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(
-        IndexStoreError, match="has format version 99; this dior-search reads version 1"
+        IndexStoreError, match="has format version 99; this dior-search reads versions 1 to 2"
     ):
         IndexReader(tmp_path / "ix")
     with pytest.raises(IndexStoreError, match="format version 99"):
@@ -190,6 +192,8 @@ def test_second_index_run_is_refused(tmp_path, capsys):
         "color",
         "--indexes",
         str(tmp_path / "indexes"),
+        "--model",
+        "tiny",
         "--device",
         "cpu",
     ]

@@ -186,3 +186,60 @@ def test_images_are_shrunk_as_the_paper_does(tiny_model_dirs):
     assert not np.allclose(uncapped.embed([big], ["color"]), capped, atol=1e-4)
     with pytest.raises(UsageError, match="at least 1 pixel"):
         DiorSettings(max_side=0)
+
+
+def test_refused_images_are_those_smart_resize_refuses(tiny_model_dirs):
+    """check_size refuses exactly the sizes transformers' smart_resize refuses, before any
+    model call, and embedding agrees on both sides of the limit."""
+    from PIL import Image
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    from dior_search.models.embedder import ImageRefused
+
+    model = embedder(tiny_model_dirs["qwen2_5_vl"], max_side=None)
+    processor = model.inputs.image_processor
+    limits = {
+        "factor": processor.patch_size * processor.merge_size,
+        "min_pixels": processor.size.shortest_edge,
+        "max_pixels": processor.size.longest_edge,
+    }
+    sides = (1, 2, 3, 13, 14, 15, 27, 199, 200, 201, 399, 400, 401, 603, 2000)
+    for width in sides:
+        for height in sides:
+            try:
+                smart_resize(height, width, **limits)
+                refused = False
+            except ValueError:
+                refused = True
+            if refused:
+                with pytest.raises(ImageRefused, match=f"{width}x{height} image: its aspect"):
+                    model.check_size(width, height)
+            else:
+                model.check_size(width, height)
+    for width, height, accepted in [
+        (200, 1, True),
+        (201, 1, False),
+        (2, 401, False),
+        (2, 400, True),
+    ]:
+        image = Image.new("RGB", (width, height), "red")
+        if accepted:
+            assert model.embed([image], ["color"]).shape == (1, 1, model.dim)
+        else:
+            with pytest.raises(ValueError, match="aspect ratio"):
+                model.embed([image], ["color"])
+
+
+def test_refusal_looks_at_the_image_the_model_gets(tiny_model_dirs):
+    """10000 x 50 is a ratio of 200, but shrunk to 700 x 3 it is 233: refused, and said so."""
+
+    from dior_search.models.embedder import ImageRefused
+
+    model = embedder(tiny_model_dirs["qwen2_5_vl"], max_side=700)
+    with pytest.raises(ImageRefused) as refused:
+        model.check_size(10000, 50)
+    assert str(refused.value) == (
+        "the model cannot take this 10000x50 image (shrunk to 700x3): its aspect ratio 233.333 "
+        "is over 200, Qwen-VL's limit"
+    )
+    model.check_size(10000, 60)  # 700 x 4: 175

@@ -140,7 +140,7 @@ def test_unsupported_family_falls_back_once(tiny_model_dirs, mixed_images, caplo
     model = embedder(tiny_model_dirs["llava"], batch_size=4)
     full = embedder(tiny_model_dirs["llava"], prefix_reuse=False)
 
-    def cannot(*_args: object) -> None:
+    def cannot(*_args: object, **_kwargs: object) -> None:
         raise PrefixReuseUnsupported("not this one")
 
     monkeypatch.setattr(model.inputs, "split", cannot)

@@ -6,7 +6,7 @@ from io import StringIO
 
 import numpy as np
 import pytest
-from descriptions import described
+from descriptions import described, prompt_of
 
 from dior_search.cli import main
 from dior_search.errors import UsageError
@@ -26,8 +26,8 @@ def manifest(condition: str, shard_size: int) -> Manifest:
     return Manifest(
         collection={"name": "c", "root": "/data"},
         condition={"name": condition, "text": condition},
-        prompt="p",
-        embedder=described("m"),
+        prompt=prompt_of(condition),
+        embedder=described("m", dim=DIM),
         dim=DIM,
         shard_size=shard_size,
     )

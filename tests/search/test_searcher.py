@@ -6,6 +6,7 @@ from io import StringIO
 
 import numpy as np
 import pytest
+from descriptions import made_up_manifest
 
 from dior_search.cli import main
 from dior_search.data.collections import open_folder
@@ -14,6 +15,9 @@ from dior_search.indexing.job import IndexSettings
 from dior_search.indexing.run import index_collection
 from dior_search.models.generative import GenerativeEmbedder
 from dior_search.models.settings import GenerativeSettings
+from dior_search.search.searcher import Searcher, SearchRequest
+from dior_search.store.shards import Row
+from dior_search.store.writer import IndexWriter, compact_index
 
 
 def cli_json(args: list[str]) -> list[dict]:
@@ -34,7 +38,7 @@ def test_query_finds_the_dior_index_beside_a_generative_one(tmp_path, baseline_m
         make_item(0, "test", index)[1].save(folder / f"{index:02d}.png")
     indexes = tmp_path / "indexes"
     base = ["--images", str(folder), "-c", "object color", "--indexes", str(indexes)]
-    assert main(["index", *base, "--device", "cpu"]) == 0
+    assert main(["index", *base, "--model", "tiny", "--device", "cpu"]) == 0
     generative = GenerativeEmbedder(
         GenerativeSettings(model="tiny", text_encoder=str(baseline_model_dirs["bert"]))
     )
@@ -48,9 +52,7 @@ def test_query_finds_the_dior_index_beside_a_generative_one(tmp_path, baseline_m
     ]
     by_collection = cli_json(["query", str(folder / "03.png"), *base, "--json"])
     (dior_dir,) = [p for p in (collection_dir / "tiny").iterdir() if p.is_dir()]
-    by_directory = cli_json(
-        ["query", str(folder / "03.png"), "--index", str(dior_dir), "--json"]
-    )
+    by_directory = cli_json(["query", str(folder / "03.png"), "--index", str(dior_dir), "--json"])
     assert by_collection == by_directory
     assert by_collection[0]["path"] == "03.png"
     assert by_collection[0]["score"] == pytest.approx(1.0, abs=1e-5)
@@ -90,3 +92,29 @@ def check_same_hits(served, client):
                 "score": cli_hit["score"],
                 "scores": cli_hit["scores"],
             }
+
+
+def test_a_searcher_follows_new_generations_of_its_indexes(tmp_path):
+    vectors = np.random.default_rng(2).normal(size=(30, 16)).astype(np.float32)
+    with IndexWriter(tmp_path / "ix", made_up_manifest(root=str(tmp_path))) as writer:
+        for number, vector in enumerate(vectors):
+            writer.add(vector, Row(f"{number}.png", f"h{number}"))
+    searcher = Searcher.of_directories([tmp_path / "ix"])
+    request = SearchRequest(conditions=("color",), k=50, vectors=(vectors[3],))
+    assert len(searcher.search(request).hits) == 30
+    condition = searcher.condition(searcher.collection("c"), "color")
+    old = searcher.reader(condition)
+
+    writer = IndexWriter.existing(tmp_path / "ix")
+    writer.delete(list(range(10)))
+    writer.write_shard()
+    writer.abort()
+    compact_index(tmp_path / "ix")
+    hits = searcher.search(request).hits
+    assert sorted(hit.path for hit in hits) == [f"{n}.png" for n in range(10, 30)]
+    assert searcher.collection("c").conditions["color"].rows == 20
+    # A reader handed out before keeps its generation; the searcher keeps only the new one.
+    assert len(old) == 30 and old.row(3).path == "3.png"
+    new = searcher.reader(condition)
+    assert new.generation > old.generation
+    assert [j.readers[0] for j in searcher._joined.values()] == [new]

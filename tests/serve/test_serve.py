@@ -14,25 +14,28 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-from descriptions import described
 from PIL import Image
-from serving import post_json, post_multipart, running, with_settings
+from serving import (
+    CountingEmbedder,
+    assert_one_line_error,
+    fresh_image,
+    png_bytes,
+    post_json,
+    post_multipart,
+    running,
+    service_of_files,
+    with_settings,
+)
 from starlette.testclient import TestClient
 
 from dior_search.cli import main
+from dior_search.data.decode_budget import default_budget_bytes
 from dior_search.data.images import decode_image
-from dior_search.data.synthetic import make_item
 from dior_search.search.joined import JoinedIndexes, normalize_weights
-from dior_search.search.searcher import Searcher
 from dior_search.serve.app import create_app
 from dior_search.serve.service import (
     NotFound,
-    SearchService,
-    ServeSettings,
 )
-from dior_search.store.manifest import Manifest
-from dior_search.store.shards import Row
-from dior_search.store.writer import IndexWriter
 
 MIB = 1024 * 1024
 
@@ -41,18 +44,6 @@ MIB = 1024 * 1024
 def client(served):
     with TestClient(create_app(served.service)) as test_client:
         yield test_client
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
-
-
-def fresh_image(index: int) -> tuple[dict[str, str], bytes]:
-    """A synthetic image that is not in the index, with its labels."""
-    item, image = make_item(0, "extra", index)
-    return {"color": item.color, "background": item.background}, png_bytes(image)
 
 
 def upload(client, data: bytes) -> str:
@@ -66,21 +57,13 @@ def query(client, **body):
     return client.post("/api/query", json=body)
 
 
-def assert_one_line_error(response, status, fragment=""):
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    assert "\n" not in response.text
-    body = response.json()
-    assert list(body) == ["error"]
-    assert fragment in body["error"]
-
-
 def test_collections_and_their_conditions(client):
     body = client.get("/api/collections").json()
     assert body["model"]["model"] == "tiny"
     assert body["limits"] == {
         "max_upload_bytes": 20 * MIB,
         "max_pixels": 50_000_000,
+        "max_decode_bytes": default_budget_bytes(),
         "timeout_s": 30.0,
         "max_k": 100,
     }
@@ -111,7 +94,9 @@ def test_page_and_image_listing(client):
         == Image.open(
             io.BytesIO(
                 (
-                    client.app.state.service.searcher.collections["synthetic"].conditions["color"].root
+                    client.app.state.service.searcher.collections["synthetic"]
+                    .conditions["color"]
+                    .root
                     / "test/00118.png"
                 ).read_bytes()
             )
@@ -154,27 +139,6 @@ def test_upload_query_finds_the_label_and_reranks_without_new_upload(client):
         hits = query(client, conditions=[condition], upload=digest).json()["hits"]
         same = sum(h["labels"][condition] == labels[condition] for h in hits)
         assert same >= 8, (condition, [h["labels"] for h in hits])
-
-
-class CountingEmbedder:
-    """The real embedder, counting which condition texts each call embeds."""
-
-    def __init__(self, inner, delay: float = 0.0) -> None:
-        self.inner = inner
-        self.calls: list[list[str | None]] = []
-        self.delay = delay
-
-    @property
-    def dim(self) -> int:
-        return int(self.inner.dim)
-
-    def describe(self):
-        return self.inner.describe()
-
-    def embed(self, images, conditions, on_progress=None):
-        self.calls.append(list(conditions))
-        time.sleep(self.delay)
-        return self.inner.embed(images, conditions, on_progress)
 
 
 def test_an_upload_is_embedded_once_per_condition(served):
@@ -319,31 +283,13 @@ def test_thumbnails_come_only_from_index_rows_inside_the_root(tmp_path, served):
     Image.new("RGB", (8, 8), "red").save(secret)
     (root / "link.png").symlink_to(secret)
     Image.new("RGB", (8, 8), "blue").save(root / "ok.png")
-    directory = tmp_path / "index"
-    writer = IndexWriter(
-        directory,
-        Manifest(
-            collection={"name": "c", "root": str(root)},
-            condition={"name": "color", "text": "color"},
-            prompt="p",
-            embedder=described("m"),
-            dim=4,
-        ),
-    )
     rows = [("../secret.png", secret), ("link.png", secret), ("ok.png", root / "ok.png")]
-    for number, (path, real) in enumerate(rows):
-        import hashlib
-
-        digest = hashlib.sha256(real.read_bytes()).hexdigest()
-        writer.add(np.eye(4, dtype=np.float32)[number], Row(path, digest))
-    writer.close()
-    service = SearchService(Searcher.of_directories([directory]), ServeSettings())
+    service = service_of_files(tmp_path / "index", root, rows)
     for row_id in (0, 1):
         with pytest.raises(NotFound, match="not on disk"):
             service.thumbnail("c", "color", row_id)
     assert Image.open(io.BytesIO(service.thumbnail("c", "color", 2))).size == (8, 8)
-    Image.new("RGB", (8, 8), "green").save(root / "ok.png")
-    service.thumbnails.items.clear()
+    Image.new("RGB", (8, 8), "green").save(root / "ok.png")  # the cached one is not served
     with pytest.raises(NotFound, match="changed since it was indexed"):
         service.thumbnail("c", "color", 2)
 
@@ -393,7 +339,7 @@ def expected_hits(served, request):
     conditions = [searcher.condition(collection, c) for c in request["conditions"]]
     joined = JoinedIndexes([searcher.reader(c) for c in conditions])
     if "image" in request:
-        image = decode_image(io.BytesIO(request["image"]), "q")
+        image = decode_image(request["image"], "q")
         vectors = searcher.embed(image, [c.text for c in conditions])
     else:
         vectors = joined.stored_query(request["id"])

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from descriptions import described
+from descriptions import described, prompt_of
 
 from dior_search.errors import IndexStoreError, UsageError
 from dior_search.store import index_types
@@ -44,8 +44,8 @@ def manifest_for(spec, shard_size, packed_shard_size=0, dim=DIM):
     return Manifest(
         collection={"name": "c", "root": "/data"},
         condition={"name": "color", "text": "object color"},
-        prompt="p",
-        embedder=described("m"),
+        prompt=prompt_of("object color"),
+        embedder=described("m", dim=dim),
         dim=dim,
         shard_size=shard_size,
         index_spec=spec,
@@ -189,7 +189,7 @@ def test_manifest_records_the_type_and_the_trained_index(tmp_path, monkeypatch):
     monkeypatch.setattr(index_types, "FLAT_MAX_BYTES", 100_000)
     build(tmp_path / "ix", clustered(3000), "auto", shard_size=1000)
     data = json.loads((tmp_path / "ix" / MANIFEST).read_text())
-    assert data["format_version"] == 1
+    assert data["format_version"] == 2
     assert data["index_spec"] == "auto"
     assert data["index_type"] == "IVF128,SQ8,Refine(SQfp16)"
     assert data["search_params"] == "nprobe=16,k_factor_rf=16"
@@ -210,7 +210,15 @@ def test_manifest_without_the_new_fields_is_read(tmp_path, vectors=None):
     build(tmp_path / "ix", clustered(50), "Flat", shard_size=20)
     path = tmp_path / "ix" / MANIFEST
     data = json.loads(path.read_text())
-    for key in ("index_spec", "memory_budget", "search_params", "packed_shard_size", "trained"):
+    # As written before these fields (and the checksum) were added.
+    for key in (
+        "index_spec",
+        "memory_budget",
+        "search_params",
+        "packed_shard_size",
+        "trained",
+        "checksum",
+    ):
         del data[key]
     for shard in data["shards"]:
         del shard["last_id"], shard["index_type"]
@@ -351,7 +359,7 @@ def run_cli(folder, indexes, *extra):
     from dior_search.cli import main
 
     args = ["index", "--images", str(folder), "-c", "object color", "--indexes", str(indexes)]
-    return main([*args, "--device", "cpu", *extra])
+    return main([*args, "--model", "tiny", "--device", "cpu", *extra])
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from descriptions import described
+from descriptions import described, prompt_of
 
 from dior_search.errors import IndexStoreError
 from dior_search.store.manifest import MANIFEST, Manifest
@@ -18,8 +18,8 @@ def new_manifest(dim: int, shard_size: int, model: str = "m") -> Manifest:
     return Manifest(
         collection={"name": "c", "root": "/data"},
         condition={"name": "color", "text": "object color"},
-        prompt="p",
-        embedder=described(model),
+        prompt=prompt_of("object color"),
+        embedder=described(model, dim=dim),
         dim=dim,
         shard_size=shard_size,
     )
@@ -86,14 +86,14 @@ def test_parquet_reads_with_pyarrow_alone(tmp_path, vectors):
     assert table.column("id").to_pylist() == [4, 5, 6, 7]
     assert table.column("path").to_pylist()[0] == "img/0004.png"
     manifest = json.loads((tmp_path / "ix" / MANIFEST).read_text())
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == 2
     assert [s["rows"] for s in manifest["shards"]] == [4, 4, 2]
 
 
 def test_resume_appends_after_the_last_shard(tmp_path, vectors):
     build(tmp_path / "ix", vectors[:100], shard_size=30)
     writer = IndexWriter(tmp_path / "ix", new_manifest(24, 30))
-    assert writer.known_hashes == {f"hash{n}" for n in range(100)}
+    assert {h for _, h in writer.live_rows().values()} == {f"hash{n}" for n in range(100)}
     assert writer.next_id == 100
     writer.close()
     resumed = build(tmp_path / "ix", vectors, shard_size=30, start=100)

@@ -9,21 +9,42 @@ through its own `AutoProcessor`.
 """
 
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from PIL import Image
 
+from dior_search.data.images import fit_size
+from dior_search.models.embedder import ImageRefused
 from dior_search.models.settings import PositionScheme
 
 
 def move(
-    inputs: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype
+    inputs: dict[str, torch.Tensor],
+    device: torch.device,
+    dtype: torch.dtype,
+    non_blocking: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """`inputs` on `device`, floating-point tensors (pixels) cast to `dtype`."""
+    """`inputs` on `device`, floating-point tensors (pixels) cast to `dtype`.
+
+    `non_blocking` copies from page-locked memory without waiting (see `pinned`).
+    """
     return {
-        name: t.to(device, dtype) if t.is_floating_point() else t.to(device)
+        name: t.to(device, dtype if t.is_floating_point() else t.dtype, non_blocking=non_blocking)
+        for name, t in inputs.items()
+    }
+
+
+def pinned(inputs: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """`inputs` in page-locked host memory, floating-point tensors cast to `dtype` first.
+
+    Cast here, a copy to the GPU is a plain copy that can run while the host goes on (a cast
+    on the way would go through unpinned memory); bf16 pixels are also half the bytes.
+    """
+    return {
+        name: (t.to(dtype) if t.is_floating_point() else t).pin_memory()
         for name, t in inputs.items()
     }
 
@@ -57,13 +78,23 @@ class SplitBatch:
     def prompts_per_image(self) -> int:
         return self.suffix_ids.shape[0] // self.next_position.shape[0]
 
-    def to(self, device: torch.device, dtype: torch.dtype) -> "SplitBatch":
-        return SplitBatch(
-            move(self.prefix_inputs, device, dtype),
-            self.next_position.to(device),
-            self.suffix_ids.to(device),
-            self.suffix_mask.to(device),
-        )
+    def to(
+        self, device: torch.device, dtype: torch.dtype, non_blocking: bool = False
+    ) -> "SplitBatch":
+        tokens = move(self._tokens(), device, dtype, non_blocking)
+        return SplitBatch(move(self.prefix_inputs, device, dtype, non_blocking), **tokens)
+
+    def pinned(self, dtype: torch.dtype) -> "SplitBatch":
+        """This batch in page-locked host memory, ready for `to(..., non_blocking=True)`."""
+        return SplitBatch(pinned(self.prefix_inputs, dtype), **pinned(self._tokens(), dtype))
+
+    def _tokens(self) -> dict[str, torch.Tensor]:
+        """The tensors besides `prefix_inputs`, by field name."""
+        return {
+            "next_position": self.next_position,
+            "suffix_ids": self.suffix_ids,
+            "suffix_mask": self.suffix_mask,
+        }
 
 
 class PrefixReuseUnsupported(Exception):
@@ -73,6 +104,10 @@ class PrefixReuseUnsupported(Exception):
 class InputBuilder(Protocol):
     """Builds model inputs for rows of (image, prompt)."""
 
+    def check_size(self, width: int, height: int) -> None:
+        """Raise ImageRefused if an image of this size (as the model gets it) cannot be built."""
+        ...
+
     def build(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> ModelBatch: ...
 
     def size_policy(self) -> dict[str, Any]:
@@ -80,13 +115,31 @@ class InputBuilder(Protocol):
         ...
 
     def split(
-        self, images: Sequence[Image.Image], prompts: Sequence[str], model: Any
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        model: Any,
+        workers: Executor | None = None,
     ) -> SplitBatch:
         """Every image under every prompt, split for prefix reuse; `model` gives positions.
 
+        `workers`, where given, may process the images in parallel (a family may ignore it).
         Raises PrefixReuseUnsupported where the family cannot split these inputs.
         """
         ...
+
+
+def check_image_size(inputs: InputBuilder, width: int, height: int, max_side: int | None) -> None:
+    """ImageRefused, saying why, if `inputs` cannot build a `width` x `height` image once it
+    is shrunk to `max_side`."""
+    fitted = fit_size(width, height, max_side)
+    try:
+        inputs.check_size(*fitted)
+    except ImageRefused as exc:
+        shrunk = "" if fitted == (width, height) else f" (shrunk to {fitted[0]}x{fitted[1]})"
+        raise ImageRefused(
+            f"the model cannot take this {width}x{height} image{shrunk}: {exc}"
+        ) from None
 
 
 def processor_size_policy(image_processor: Any) -> dict[str, Any]:

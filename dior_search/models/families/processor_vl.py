@@ -1,6 +1,7 @@
 """Any other vision-language model (LLaVA, Idefics3, SmolVLM, ...) through its own processor."""
 
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from typing import Any
 
 import torch
@@ -57,6 +58,9 @@ class ProcessorInputs:
     def size_policy(self) -> dict[str, Any]:
         return processor_size_policy(self.processor.image_processor)
 
+    def check_size(self, width: int, height: int) -> None:
+        """Nothing known: these processors resize any image to their fixed input size."""
+
     def chat_text(self, prompt: str) -> str:
         """The chat-template text for one row, the image placeholder not yet expanded."""
         text: str = self.processor.apply_chat_template(
@@ -76,8 +80,13 @@ class ProcessorInputs:
         return ModelBatch(inputs, last_token_index(mask))
 
     def split(
-        self, images: Sequence[Image.Image], prompts: Sequence[str], model: Any
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        model: Any,
+        workers: Executor | None = None,
     ) -> SplitBatch:
+        # `workers` is left unused: the processor expands text and images in one call.
         if self.position_scheme == "native" and hasattr(model, "get_rope_index"):
             raise PrefixReuseUnsupported(
                 f"{type(model).__name__} places tokens with its own multimodal rotary index"

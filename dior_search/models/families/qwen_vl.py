@@ -6,6 +6,7 @@ many tokens as the image has merged patches, and tokenize.
 """
 
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer
 
 from dior_search.errors import ModelError
+from dior_search.models.embedder import ImageRefused
 from dior_search.models.families import (
     ModelBatch,
     PrefixReuseUnsupported,
@@ -26,6 +28,9 @@ from dior_search.models.families import (
 from dior_search.models.settings import PositionScheme
 
 IMAGE_PLACEHOLDER = "<|image_pad|>"
+# transformers' `smart_resize` (Qwen2-VL's image processor) refuses images whose longer side is
+# more than this many times the shorter one; smaller images it scales up to `min_pixels`.
+MAX_ASPECT_RATIO = 200
 
 
 class QwenVLInputs:
@@ -44,6 +49,8 @@ class QwenVLInputs:
         self.image_token_id = image_token_id
         self.position_scheme = position_scheme
         self.merge_size: int = image_processor.merge_size
+        # Token rows of the last prompt sets: every batch of an `embed` call has the same prompts.
+        self._prompt_rows: dict[tuple[str, ...], list[list[int]]] = {}
 
     @classmethod
     def load(
@@ -85,18 +92,59 @@ class QwenVLInputs:
             "unit_pixels": self.image_processor.patch_size * self.merge_size,
         }
 
+    def check_size(self, width: int, height: int) -> None:
+        """The rules of transformers' `smart_resize`, which the image processor applies: an
+        aspect ratio over 200 is refused, and the resized image must keep at least one unit
+        (patch_size x merge_size pixels) a side."""
+        ratio = max(width, height) / max(1, min(width, height))
+        if ratio > MAX_ASPECT_RATIO:
+            raise ImageRefused(
+                f"its aspect ratio {ratio:g} is over {MAX_ASPECT_RATIO}, Qwen-VL's limit"
+            )
+        # Each side is rounded to whole units; a side that rounds to none is scaled up only
+        # while the processor has a pixel minimum (it has one unless configured away).
+        unit = self.image_processor.patch_size * self.merge_size
+        rounds_to_nothing = round(height / unit) == 0 or round(width / unit) == 0
+        if rounds_to_nothing and not self.image_processor.size.shortest_edge:
+            raise ImageRefused(
+                f"a side is under half a {unit}-pixel unit and the processor has no pixel "
+                "minimum to scale it up"
+            )
+
     def prompt_text(self, prompt: str, n_image_tokens: int) -> str:
         """The chat-template text for one row, the image placeholder expanded."""
         return self.chat_text(prompt).replace(IMAGE_PLACEHOLDER, IMAGE_PLACEHOLDER * n_image_tokens)
 
     def image_inputs(
-        self, images: Sequence[Image.Image]
+        self, images: Sequence[Image.Image], workers: Executor | None = None
     ) -> tuple[dict[str, torch.Tensor], list[int]]:
-        """Pixel inputs for `images`, and how many placeholder tokens each image takes."""
-        pixels = self.image_processor(images=list(images), return_tensors="pt")
-        grid: torch.Tensor = pixels["image_grid_thw"]
+        """Pixel inputs for `images`, and how many placeholder tokens each image takes.
+
+        With `workers`, each image is processed on its own (resizing and patching are numpy and
+        PIL work that runs outside the GIL) and the results joined: the same tensors.
+        """
+        if workers is None or len(images) < 2:
+            pixels = self.image_processor(images=list(images), return_tensors="pt")
+            values, grid = pixels["pixel_values"], pixels["image_grid_thw"]
+        else:
+            each = list(workers.map(self.one_image, images))
+            values = torch.cat([p["pixel_values"] for p in each])
+            grid = torch.cat([p["image_grid_thw"] for p in each])
         n_tokens: list[int] = (grid.prod(dim=-1) // self.merge_size**2).tolist()
-        return {"pixel_values": pixels["pixel_values"], "image_grid_thw": grid}, n_tokens
+        return {"pixel_values": values, "image_grid_thw": grid}, n_tokens
+
+    def one_image(self, image: Image.Image) -> Any:
+        return self.image_processor(images=[image], return_tensors="pt")
+
+    def prompt_rows(self, prompts: Sequence[str]) -> list[list[int]]:
+        """The token rows of `prompts` in the chat template, the image placeholder unexpanded."""
+        key = tuple(prompts)
+        if key not in self._prompt_rows:
+            if len(self._prompt_rows) >= 8:
+                self._prompt_rows.pop(next(iter(self._prompt_rows)))
+            texts = [self.chat_text(p) for p in prompts]
+            self._prompt_rows[key] = self.tokenizer(texts)["input_ids"]
+        return self._prompt_rows[key]
 
     def build(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> ModelBatch:
         pixels, n_tokens = self.image_inputs(images)
@@ -114,12 +162,16 @@ class QwenVLInputs:
         return ModelBatch(inputs, last_token_index(mask))
 
     def split(
-        self, images: Sequence[Image.Image], prompts: Sequence[str], model: Any
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        model: Any,
+        workers: Executor | None = None,
     ) -> SplitBatch:
-        pixels, n_tokens = self.image_inputs(images)
+        pixels, n_tokens = self.image_inputs(images, workers)
         # The placeholder is one special token, so the text around it tokenizes alike whether
         # it is expanded or not: split the short unexpanded rows, then expand the prefix.
-        rows: list[list[int]] = self.tokenizer([self.chat_text(p) for p in prompts])["input_ids"]
+        rows = self.prompt_rows(prompts)
         n_shared = shared_prefix_length(rows)
         shared = rows[0][:n_shared]
         if self.image_token_id not in shared:

@@ -1,0 +1,65 @@
+"""`dior-search compact`: rewrite shards without their deleted rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dior_search import defaults
+from dior_search.cli.app import app, console
+from dior_search.cli.options import DatasetOpt, ImagesOpt, IndexesOpt, collection_name
+from dior_search.errors import UsageError
+
+
+@app.command()
+def compact(
+    dataset: DatasetOpt = None,
+    images: ImagesOpt = None,
+    condition: Annotated[
+        list[str] | None,
+        typer.Option("--condition", "-c", help="Only this condition's index (repeatable)."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Only the indexes built with this model.")
+    ] = None,
+    index_path: Annotated[
+        Path | None, typer.Option("--index", help="One index directory (instead of a search).")
+    ] = None,
+    indexes: IndexesOpt = defaults.DEFAULT_INDEXES_DIR,
+    threshold: Annotated[
+        float,
+        typer.Option(
+            help="Rewrite a shard once its deleted rows are more than this share of it "
+            "(0: any deleted row)."
+        ),
+    ] = defaults.COMPACT_THRESHOLD,
+) -> None:
+    """Rewrite the shards whose deleted rows pass --threshold (an `index` run does this at
+    its end): searches get faster and the files smaller; nothing searchable changes."""
+    from dior_search.store.layout import find_indexes
+    from dior_search.store.writer import compact_index
+
+    if not 0 <= threshold < 1:
+        raise UsageError(f"--threshold must be at least 0 and below 1, got {threshold}")
+    if index_path is not None:
+        if dataset is not None or images is not None or condition:
+            raise UsageError("give --index alone, or a collection (and conditions) to search")
+        directories = [index_path]
+    else:
+        entries = find_indexes(indexes, collection_name(dataset, images), model=model)
+        directories = [e.directory for e in entries if not condition or e.condition in condition]
+        if not directories:
+            raise UsageError(f"no index to compact in {indexes} with these options")
+    for directory in directories:
+        done = compact_index(directory, threshold)
+        if done.rows_dropped:
+            message = (
+                f"{directory}: {done.rows_dropped} deleted rows dropped "
+                f"({done.shards_rewritten} shards rewritten, {done.shards_dropped} dropped) "
+                f"in {done.seconds:.1f} s"
+            )
+        else:
+            message = f"{directory}: nothing to compact"
+        console.print(message, markup=False, highlight=False, soft_wrap=True)

@@ -1,0 +1,76 @@
+"""`dior-search export`: a collection's vectors and rows as Parquet (or .npy) for other tools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from dior_search import defaults
+from dior_search.cli.app import app, console
+from dior_search.cli.options import DatasetOpt, ImagesOpt, IndexesOpt, collection_name
+from dior_search.errors import UsageError
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Argument(help="Folder to write the files into.")],
+    condition: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--condition", "-c", help="Condition to export (repeatable). Default: all indexed."
+        ),
+    ] = None,
+    dataset: DatasetOpt = None,
+    images: ImagesOpt = None,
+    index_path: Annotated[
+        Path | None, typer.Option("--index", help="One index directory (instead of a collection).")
+    ] = None,
+    export_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="parquet: one Parquet file per condition, the vector a fixed-size list of "
+            "float32; npy: a float32 matrix per condition and a Parquet table of its rows.",
+        ),
+    ] = "parquet",
+    model: Annotated[
+        str | None,
+        typer.Option(help="Pick the indexes built with this model (default: the only one)."),
+    ] = None,
+    indexes: IndexesOpt = defaults.DEFAULT_INDEXES_DIR,
+) -> None:
+    """Write indexed vectors with their ids, paths, content hashes and labels to files that
+    pyarrow, pandas, DuckDB or a vector database read directly."""
+    from dior_search.store.export import EXPORT_FORMATS, export_collection, export_index
+    from dior_search.store.reader import IndexReader
+
+    if export_format not in EXPORT_FORMATS:
+        valid = ", ".join(EXPORT_FORMATS)
+        raise UsageError(f"unknown format {export_format!r}; valid: {valid}")
+    if index_path is not None:
+        if dataset is not None or images is not None or condition:
+            raise UsageError("--index names one index: give no --dataset, --images or -c")
+        exported = [export_index(IndexReader(index_path), out, export_format)]
+    else:
+        name = collection_name(dataset, images)
+        if name is None:
+            raise UsageError("give one of --dataset NAME, --images DIR or --index DIR")
+        exported = export_collection(
+            indexes,
+            name,
+            out,
+            export_format,
+            condition,
+            model,
+        )
+    table = Table(title=escape(f"exported to {out}"))
+    for column in ("condition", "rows", "dim", "files"):
+        table.add_column(column)
+    for done in exported:
+        files = ", ".join(path.name for path in done.files)
+        table.add_row(escape(done.condition), str(done.rows), str(done.dim), escape(files))
+    console.print(table)

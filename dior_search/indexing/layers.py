@@ -1,0 +1,39 @@
+"""Indexing several hidden layers of one DIOR model from one forward pass per batch.
+
+Each layer gets its own indexes (its description names its layer, so they sit in their own
+embedder folder, as a run with `--layer L` alone would write them); one job holds every
+layer's targets and runs the model once per batch for all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from dior_search.data.collections import Collection
+from dior_search.indexing.job import IndexJob, IndexSettings, Progress, plan_job
+from dior_search.indexing.run import index_collection
+from dior_search.models.dior import DiorEmbedder
+from dior_search.models.layers import LayerStack
+
+
+def index_layers(
+    collection: Collection,
+    conditions: Sequence[str],
+    embedder: DiorEmbedder,
+    settings: IndexSettings,
+    on_start: Progress | None = None,
+    on_progress: Progress | None = None,
+) -> dict[int, dict[str, Path]]:
+    """Index the collection under each condition at each of the embedder's layers:
+    layer -> condition -> index directory."""
+    stack = LayerStack(embedder)
+    jobs = [plan_job(collection, conditions, view, settings) for view in stack.views]
+    merged = IndexJob(
+        collection, stack, jobs[0].description, settings, [t for j in jobs for t in j.targets]
+    )
+    index_collection(collection, conditions, stack, settings, on_start, on_progress, merged)
+    return {
+        view.layer: {t.condition: t.directory for t in job.targets}
+        for view, job in zip(stack.views, jobs, strict=True)
+    }

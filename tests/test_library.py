@@ -1,0 +1,57 @@
+"""The public Python API: README's example runs as written, and importing stays light."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import dior_search
+from dior_search.data.synthetic import write_dataset
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_code(heading: str) -> str:
+    """The first Python block of a README section."""
+    section = README.read_text(encoding="utf-8").split(f"\n## {heading}\n", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    found = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert found is not None, f"no Python example under {heading}"
+    return found[1]
+
+
+@pytest.mark.slow
+def test_the_readme_example_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    # A small split written first: the example's collection is what labels.csv lists.
+    write_dataset(tmp_path / "datasets" / "synthetic", {"test": 24})
+    namespace: dict[str, object] = {}
+    exec(compile(readme_code("Library use"), str(README), "exec"), namespace)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "(1, 2, 128)"
+    collection = namespace["collection"]
+    by_image, by_id, both = namespace["by_image"], namespace["by_id"], namespace["both"]
+    # The query image is indexed: it is its own nearest neighbour, as the id query's is.
+    assert by_image.hits[0].path == collection.items[0].path
+    assert by_id.hits[0].id == 7 and by_id.query.id == 7
+    assert [hit.rank for hit in both.hits] == [1, 2, 3, 4, 5]
+    assert set(both.hits[0].scores) == {"color", "background"}
+    assert len(printed) == 1 + len(both.hits)
+
+
+def test_every_public_name_resolves():
+    for name in dior_search.__all__:
+        assert getattr(dior_search, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        dior_search.nope  # noqa: B018
+
+
+def test_importing_the_package_and_its_cli_loads_no_model_library():
+    code = (
+        "import sys, dior_search, dior_search.cli; "
+        "print(sorted({'torch', 'transformers', 'faiss', 'pyarrow'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
