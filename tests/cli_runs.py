@@ -1,5 +1,6 @@
 """Running the CLI in-process as a user would, and what every run must show on stderr."""
 
+import errno
 import os
 import shutil
 from dataclasses import dataclass
@@ -58,3 +59,16 @@ def image_folder(root: Path, names: list[str], source_count: int = 0) -> Path:
 def odd(raw: bytes) -> str:
     """A file name from its bytes, held as the package holds names (see data.paths)."""
     return os.fsdecode(raw)
+
+
+def deny_listing(monkeypatch, name: str) -> None:
+    """Make every folder whose path ends in `name` unreadable (os.scandir refuses it with
+    EACCES, as for a folder without read permission; chmod does not stop root)."""
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if os.fspath(path).endswith(name):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)

@@ -9,7 +9,7 @@ import tracemalloc
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from cli_runs import image_folder, odd
+from cli_runs import deny_listing, image_folder, odd
 from descriptions import made_up_manifest
 
 from dior_search.data import images as data_images
@@ -135,14 +135,7 @@ def test_condition_folders_never_collide():
 
 def test_unreadable_sub_folders_and_files_are_reported(tmp_path, monkeypatch):
     folder = image_folder(tmp_path / "images", ["a.png", "locked/b.png", "locked/c.png"])
-    real_scandir = os.scandir
-
-    def scandir(path):
-        if os.fspath(path).endswith("locked"):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    deny_listing(monkeypatch, "locked")
     collection = open_folder(folder)
     assert [i.path for i in collection.items] == ["a.png"]
     assert collection.unreadable == [("locked", "cannot read folder: Permission denied")]

@@ -8,6 +8,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
+from cli_runs import deny_listing
 from kill_runs import PixelEmbedder, index_command
 from PIL import Image
 from sync_helpers import folder_state, index_rows
@@ -103,6 +104,27 @@ def test_the_issue_scenario(nine, tmp_path, capsys):
     # Rows that did not change kept their ids; new rows got new ones.
     ids = dict(zip(reader.paths(), reader.ids.tolist(), strict=True))
     assert ids["00004.png"] == 4 and ids["renamed.png"] >= 9 and ids["00002.png"] >= 9
+
+
+def test_images_under_a_folder_that_cannot_be_read_keep_their_rows(tmp_path, monkeypatch):
+    write_dataset(tmp_path / "data", {"test": 6})
+    folder = tmp_path / "data" / "test"
+    (folder / "locked").mkdir()
+    for name in ("00000.png", "00001.png"):
+        (folder / name).rename(folder / "locked" / name)
+    indexes = tmp_path / "indexes"
+    assert pixel_sync(folder, indexes)["counts"].added == 6
+    (directory,) = indexes.glob("*/*/color")
+    before = sorted(index_rows(IndexReader(directory)))
+    deny_listing(monkeypatch, "locked")
+    # The files may well be there: their rows stay, and the folder is listed as skipped.
+    counts = pixel_sync(folder, indexes)["counts"]
+    assert (counts.removed, counts.unchanged) == (0, 4)
+    assert sorted(index_rows(IndexReader(directory))) == before
+    monkeypatch.undo()
+    (folder / "locked" / "00000.png").unlink()
+    counts = pixel_sync(folder, indexes)["counts"]  # readable again: a file gone is removed
+    assert (counts.removed, counts.unchanged) == (1, 5)
 
 
 def test_keep_missing_and_the_removal_check(tmp_path, capsys):
