@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from dior_search.store.files import atomic_file, sha256_file, verify_file
+from dior_search.store.files import atomic_file, verify_file
 from dior_search.store.index_types import FLAT
 from dior_search.store.manifest import (
     Manifest,
@@ -49,6 +49,7 @@ from dior_search.store.shards import (
     write_faiss,
     write_index_file,
     write_table,
+    written_shard,
 )
 
 log = logging.getLogger(__name__)
@@ -117,15 +118,7 @@ def rewrite_shard(
         table = read_table(parquet_path(directory, shard)).filter(pa.array(keep))
         with atomic_file(parquet_path(directory, name)) as tmp:
             write_table(table, tmp)
-        manifest.shards[position] = Shard(
-            name,
-            len(live),
-            int(live[0]),
-            sha256_file(faiss_path(directory, name)),
-            sha256_file(parquet_path(directory, name)),
-            last_id=int(live[-1]),
-            index_type=shard.index_type,
-        )
+        manifest.shards[position] = written_shard(directory, name, live, shard.index_type)
         done.shards_rewritten += 1
     write_manifest(directory, manifest)
     done.rows_dropped += len(dead)

@@ -73,6 +73,7 @@ from dior_search.store.shards import (
     write_faiss,
     write_index_file,
     write_table,
+    written_shard,
 )
 
 log = logging.getLogger(__name__)
@@ -251,18 +252,7 @@ def pack_group(directory: Path, manifest: Manifest, trained: Any, group: list[Sh
             write_index_file(index, tmp)
         with atomic_file(parquet_path(directory, name)) as tmp:
             write_table(pa.concat_tables(tables, promote_options="default"), tmp)
-        live_ids = np.concatenate(kept)
-        packed = [
-            Shard(
-                name,
-                rows,
-                int(live_ids[0]),
-                sha256_file(faiss_path(directory, name)),
-                sha256_file(parquet_path(directory, name)),
-                last_id=int(live_ids[-1]),
-                index_type=manifest.index_type,
-            )
-        ]
+        packed = [written_shard(directory, name, np.concatenate(kept), manifest.index_type)]
     else:
         packed = []
     manifest.shards[position : position + len(group)] = packed
@@ -355,16 +345,7 @@ def unpack(directory: Path, manifest: Manifest) -> int:
                 write_faiss(tmp, normalize(reconstruct_ids(index, chunk)), chunk, FLAT)
             with atomic_file(parquet_path(directory, name)) as tmp:
                 write_table(table.slice(low, len(chunk)), tmp)
-            shards.append(
-                Shard(
-                    name,
-                    len(chunk),
-                    int(chunk[0]),
-                    sha256_file(faiss_path(directory, name)),
-                    sha256_file(parquet_path(directory, name)),
-                    last_id=int(chunk[-1]),
-                )
-            )
+            shards.append(written_shard(directory, name, chunk, FLAT))
         unpacked += len(ids)
     retired = [s for s in manifest.shards if s.index_type != FLAT]
     trained = manifest.trained

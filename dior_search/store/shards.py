@@ -24,7 +24,7 @@ import numpy as np
 
 from dior_search.data.paths import from_bytes, fs_path, is_text, name_bytes, readable
 from dior_search.errors import IndexStoreError
-from dior_search.store.files import verify_file
+from dior_search.store.files import sha256_file, verify_file
 from dior_search.store.manifest import Shard
 
 PATH_BYTES = "path_bytes"
@@ -50,6 +50,20 @@ def faiss_path(directory: Path, shard: Shard | str) -> Path:
 def parquet_path(directory: Path, shard: Shard | str) -> Path:
     name = shard if isinstance(shard, str) else shard.name
     return directory / f"{name}.parquet"
+
+
+def written_shard(directory: Path, name: str, ids: np.ndarray, index_type: str) -> Shard:
+    """The manifest entry of shard `name`, whose two files are written: its rows' ids
+    (ascending), its index type and the files' checksums."""
+    return Shard(
+        name,
+        len(ids),
+        int(ids[0]),
+        sha256_file(faiss_path(directory, name)),
+        sha256_file(parquet_path(directory, name)),
+        last_id=int(ids[-1]),
+        index_type=index_type,
+    )
 
 
 def tombstones_path(directory: Path, shard: Shard) -> Path:

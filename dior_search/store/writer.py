@@ -59,6 +59,7 @@ from dior_search.store.shards import (
     write_faiss,
     write_parquet,
     write_tombstones,
+    written_shard,
 )
 
 log = logging.getLogger(__name__)
@@ -343,14 +344,7 @@ class IndexWriter:
             write_faiss(tmp, normalize(raw), ids, FLAT)
         with atomic_file(parquet_path(self.directory, name)) as tmp:
             write_parquet(tmp, ids, norms, self.rows)
-        return Shard(
-            name,
-            len(self.rows),
-            int(ids[0]),
-            sha256_file(faiss_path(self.directory, name)),
-            sha256_file(parquet_path(self.directory, name)),
-            last_id=int(ids[-1]),
-        )
+        return written_shard(self.directory, name, ids, FLAT)
 
     def pack(self) -> None:
         """Train the index type if needed and pack the staged Flat shards into it."""
