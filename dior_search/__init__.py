@@ -25,8 +25,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from dior_search.version import __version__
-
 if TYPE_CHECKING:
     from dior_search.data.collections import Collection, Item, open_dataset
     from dior_search.data.images import load_image
@@ -51,8 +49,10 @@ if TYPE_CHECKING:
     )
     from dior_search.store.export import export_collection, export_index
     from dior_search.store.reader import IndexReader
+    from dior_search.version import __version__
 
-# Public name -> the module that defines it.
+# Public name -> the module that defines it. `__version__` too: looked up on first use, not on
+# import, so that `dior-search` handles Ctrl+C from its first milliseconds.
 API = {
     "Collection": "dior_search.data.collections",
     "Item": "dior_search.data.collections",
@@ -81,6 +81,7 @@ API = {
     "IndexReader": "dior_search.store.reader",
     "export_collection": "dior_search.store.export",
     "export_index": "dior_search.store.export",
+    "__version__": "dior_search.version",
 }
 
 __all__ = [

@@ -20,7 +20,10 @@ from dior_search.cli.options import (
     default_model_hint,
     with_embedder_options,
 )
+from dior_search.cli.outputs import check_output, write_output
 from dior_search.cli.progress import progress_bar
+from dior_search.data.collections import check_conditions
+from dior_search.data.paths import shown
 from dior_search.errors import UsageError
 from dior_search.models.settings import EmbedderOptions
 
@@ -129,9 +132,15 @@ def bench(
     unknown = [m for m in chosen if m not in METHODS]
     if unknown:
         raise UsageError(f"unknown method {unknown[0]!r}; valid: {', '.join(METHODS)}")
+    conditions = check_conditions(condition) if condition else None
+    # Output files are checked before the run, not after it.
+    if json_path is not None:
+        check_output(json_path, "--json")
+    if plot is not None:
+        check_output(plot, "--plot")
     collections, problems = open_bench_datasets(dataset, datasets_dir)
     for problem in problems:
-        err_console.print(f"[yellow]{escape(problem)}[/yellow]", highlight=False)
+        err_console.print(f"[yellow]{escape(shown(problem))}[/yellow]", highlight=False)
     resolved = choose_model(options, [c.name for c in collections])
     models = MethodModels(
         replace(resolved, clip_model=clip_model, text_encoder=text_encoder),
@@ -142,14 +151,14 @@ def bench(
         if method is None:
             chosen, problems = models.loadable(chosen)
             for problem in problems:
-                err_console.print(f"[yellow]{escape(problem)}[/yellow]", highlight=False)
+                err_console.print(f"[yellow]{escape(shown(problem))}[/yellow]", highlight=False)
         else:
             for name in chosen:
                 models.get(name)
     with progress_bar("bench", "img", err_console) as bar:
         result = run_benches(
             collections,
-            condition,
+            conditions,
             chosen,
             models,
             IndexSettings(indexes_dir=indexes),
@@ -162,8 +171,8 @@ def bench(
         # Print whole, never cropped, where a long condition name outgrows the terminal.
         console.print(table, width=max(console.width, console.measure(table).maximum))
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2))
+        text = json.dumps(result, indent=2)
+        write_output(json_path, "--json", lambda tmp: write_text(tmp, text))
     if plot is not None:
         from dior_search.cli.recall_chart import write_recall_chart
 
@@ -183,19 +192,19 @@ def bench_tables(result: BenchResult, methods: list[str]) -> list[Table]:
             ),
         }
         for title, columns in titles.items():
-            shown = {
+            columns = {
                 metric: short
                 for metric, short in columns.items()
                 if any(metric in scores for per in conditions.values() for scores in per.values())
             }
-            if not shown:
+            if not columns:
                 continue
             rows = [
                 m
                 for m in methods
-                if any(m in per and set(shown) & set(per[m]) for per in conditions.values())
+                if any(m in per and set(columns) & set(per[m]) for per in conditions.values())
             ]
-            tables.append(metric_table(f"{dataset_name}: {title}", conditions, rows, shown))
+            tables.append(metric_table(f"{dataset_name}: {title}", conditions, rows, columns))
     return tables
 
 
@@ -203,18 +212,19 @@ def metric_table(
     title: str,
     conditions: dict[str, dict[str, dict[str, float]]],
     methods: list[str],
-    shown: dict[str, str],
+    columns: dict[str, str],
 ) -> Table:
-    table = Table(title=escape(title), padding=(0, 1))
+    """A row per (condition, method), a column per metric of `columns`."""
+    table = Table(title=escape(shown(title)), padding=(0, 1))
     table.add_column("condition")
     table.add_column("method", no_wrap=True)
-    for short in shown.values():
+    for short in columns.values():
         table.add_column(short, justify="right", no_wrap=True)
     for condition_name, per_method in conditions.items():
         for m in methods:
             scores = per_method.get(m, {})
-            cells = [cell(scores, metric) for metric in shown]
-            table.add_row(escape(condition_name), m, *cells, end_section=m == methods[-1])
+            cells = [cell(scores, metric) for metric in columns]
+            table.add_row(escape(shown(condition_name)), m, *cells, end_section=m == methods[-1])
     return table
 
 
@@ -223,3 +233,7 @@ def cell(scores: dict[str, float], metric: str) -> str:
     if metric not in scores:
         return "-"
     return f"{scores[metric]:+.3f}" if metric == "leakage" else f"{scores[metric]:.3f}"
+
+
+def write_text(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")

@@ -22,6 +22,9 @@ from dior_search.cli.options import (
     TrustOpt,
     collection_name,
 )
+from dior_search.cli.outputs import check_output
+from dior_search.data.collections import check_condition
+from dior_search.data.paths import shown
 from dior_search.errors import UsageError
 
 if TYPE_CHECKING:
@@ -119,8 +122,8 @@ def query(
     """
     from dior_search.data.images import load_image
     from dior_search.data.reading import load_item_image
-    from dior_search.search.searcher import SearchOptions, SearchRequest
-    from dior_search.store.index_types import search_params_of
+    from dior_search.search.searcher import SearchOptions, SearchRequest, check_k
+    from dior_search.store.index_types import parse_search_params, search_params_of
 
     conditions = tuple(condition or ())
     if index_path is not None and not conditions and text:
@@ -137,13 +140,20 @@ def query(
             "every --condition has a --text word: give no IMAGE or --id (or a condition "
             "without a word, searched by the image)"
         )
+    check_k(k)  # before anything is loaded
+    for name in condition or ():
+        check_condition(name)
+    params = search_params_of(search_params, nprobe, ef_search)
+    parse_search_params(params)  # values in range, before anything is loaded
+    if sheet is not None:
+        check_output(sheet, "--sheet")
     # The cheapest check first: a missing image is an input error whatever the index.
     query_image = load_image(image) if image is not None else None
     options = SearchOptions(
         device=device,
         dtype=dtype,
         trust_remote_code=trust_remote_code,
-        search_params=search_params_of(search_params, nprobe, ef_search),
+        search_params=params,
         mmap=mmap,
     )
     searcher, conditions = open_searcher(
@@ -168,12 +178,20 @@ def query(
             query_image = load_item_image(result.root, str(result.query.path))
         caption = image.name if image is not None else f"id {row_id}"
         write_contact_sheet(sheet, result.title, query_image, caption, result.hits, result.root)
+    if result.unlisted:
+        err_console.print(
+            f"warning: {len(result.unlisted)} of the results are no longer in the label table "
+            f"of {shown(result.collection.name)} (shown without labels; `dior-search index` "
+            "drops them)",
+            markup=False,
+            highlight=False,
+        )
     if as_json:
         print(json.dumps([hit.to_json() for hit in result.hits], indent=2))
         return
     if not result.hits:
         why = "no image passes the filters" if result.filters else "it holds no images"
-        err_console.print(f"no results: {result.title}: {why}", markup=False)
+        err_console.print(f"no results: {shown(result.title)}: {why}", markup=False)
         return
     console.print(result_table(result))
 
@@ -257,10 +275,10 @@ def result_table(result: SearchResult) -> Table:
     several = len(result.conditions) > 1 or bool(result.words)
     names = [c.name for c in result.conditions]
     answered = any(hit.answers for hit in result.hits)
-    table = Table(title=escape(result.title))
+    table = Table(title=escape(shown(result.title)))
     columns = ("rank", "score", *(names if several else ()), "path")
     for column in (*columns, *(("answers",) if answered else ()), "labels"):
-        table.add_column(escape(column))
+        table.add_column(escape(shown(column)))
     for hit in result.hits:
         labels = ", ".join(f"{key}={value}" for key, value in sorted(hit.labels.items()))
         answers = [", ".join(f"{key}={value}" for key, value in hit.answers.items())]
@@ -269,9 +287,9 @@ def result_table(result: SearchResult) -> Table:
             str(hit.rank),
             f"{hit.score:.4f}",
             *scores,
-            escape(hit.path),
-            *(map(escape, answers) if answered else ()),
-            escape(labels),
+            escape(shown(hit.path)),
+            *(escape(shown(text)) for text in (answers if answered else [])),
+            escape(shown(labels)),
         )
     return table
 

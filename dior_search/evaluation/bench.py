@@ -30,7 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dior_search.data.collections import DATASETS, UNCONDITIONAL, Collection, open_dataset
+from dior_search.data.collections import (
+    DATASETS,
+    UNCONDITIONAL,
+    Collection,
+    LabelTableError,
+    open_dataset,
+)
 from dior_search.errors import DiorError, IndexStoreError, InputError, ModelError, UsageError
 from dior_search.evaluation.metrics import Distance, leakage, retrieval_metrics
 from dior_search.indexing.job import IndexSettings
@@ -141,9 +147,15 @@ def layer_method(method: str, layer: int) -> str:
     return f"{method} layer {layer}"
 
 
-def evaluate_index(reader: IndexReader, condition: str, distance: Distance = "cosine") -> Metrics:
+def evaluate_index(
+    reader: IndexReader, collection: Collection, condition: str, distance: Distance = "cosine"
+) -> Metrics:
     """Metrics of one index by one condition's labels, exact search over its vectors (unit
-    vectors for cosine, raw ones for Euclidean); `leakage` where there are other labels."""
+    vectors for cosine, raw ones for Euclidean); `leakage` where there are other labels.
+
+    Labels are the collection's as its label table says now, not as they were stored when
+    the index was built; indexed images the table no longer lists are left out.
+    """
     if not reader.exact:
         log.warning(
             "%s stores compressed vectors (%s): metrics use their reconstructions",
@@ -151,45 +163,66 @@ def evaluate_index(reader: IndexReader, condition: str, distance: Distance = "co
             reader.manifest.index_type,
         )
     _, vectors = reader.all_vectors(raw=distance == "euclidean")
-    return evaluate_vectors(vectors, reader, condition, distance)
+    return evaluate_vectors(vectors, current_rows(reader, collection), condition, distance)
+
+
+def current_rows(reader: IndexReader, collection: Collection) -> list[dict[str, str]]:
+    """Each indexed image's labels as the collection's label table says now (none for the
+    images it no longer lists, said in a warning), in the reader's id order."""
+    current = {item.path: item.labels for item in collection.items}
+    paths = reader.paths()
+    unlisted = sum(path not in current for path in paths)
+    if unlisted:
+        log.warning(
+            "%d of the %d images indexed in %s are no longer in the label table of %s: left "
+            "out of the metrics",
+            unlisted,
+            len(paths),
+            reader.directory,
+            collection.name,
+        )
+    return [current.get(path, {}) for path in paths]
 
 
 def evaluate_vectors(
-    vectors: np.ndarray, reader: IndexReader, condition: str, distance: Distance
+    vectors: np.ndarray, rows: Sequence[dict[str, str]], condition: str, distance: Distance
 ) -> Metrics:
-    """Metrics of vectors of `reader`'s rows (in its id order) by its labels."""
-    labels = reader.labels(condition)
+    """Metrics of the vectors of an index's rows (in its id order) by their labels `rows`."""
+    labels = [row.get(condition) for row in rows]
     keep = np.array([label is not None for label in labels], dtype=bool)
     kept = [label for label in labels if label is not None]
     metrics = retrieval_metrics(vectors[keep], kept, distance=distance)
-    names = reader.label_names()
+    names = sorted({name for row in rows for name in row})
     if condition in names and len(names) > 1:
-        by_name = {name: np.asarray(reader.labels(name), dtype=object)[keep] for name in names}
+        by_name = {
+            name: np.asarray([row.get(name) for row in rows], dtype=object)[keep] for name in names
+        }
         metrics["leakage"] = leakage(vectors[keep], by_name, condition, distance=distance)
     return metrics
 
 
-def answer_metrics(searcher: Searcher, reader: IndexReader, condition: str) -> Metrics:
+def answer_metrics(
+    searcher: Searcher, reader: IndexReader, collection: Collection, condition: str
+) -> Metrics:
     """The model as a tagger and a text search engine under `condition` (none where its index
     stores no answers): `answer_accuracy`, and `text_precision@10` of each one-word label value
     asked as a word (mean, and `text_precision@10_min`)."""
     if reader.manifest.answers != "stored":
         return {}
-    labels = reader.labels(condition)
+    labels = [row.get(condition) for row in current_rows(reader, collection)]
     answers = reader.column(ANSWER)
     pairs = [(a, normalize_word(label)) for a, label in zip(answers, labels, strict=True) if label]
     if not pairs:
         return {}
     metrics = {"answer_accuracy": float(np.mean([a == label for a, label in pairs]))}
     precisions = []
-    collection = reader.manifest.collection["name"]
     for value in sorted({label for label in labels if label is not None}):
         try:
             query_word(value)
         except UsageError:
             continue  # a phrase: no one-word answer can be it
         found = searcher.search(
-            SearchRequest(conditions=(condition,), collection=collection, words=(value,), k=10)
+            SearchRequest(conditions=(condition,), collection=collection.name, words=(value,), k=10)
         )
         precisions.append(np.mean([hit.labels.get(condition) == value for hit in found.hits]))
     if precisions:
@@ -199,7 +232,11 @@ def answer_metrics(searcher: Searcher, reader: IndexReader, condition: str) -> M
 
 
 def generative_from_answers(
-    encoder: AnswerTextEncoder, reader: IndexReader, condition: str, distance: Distance
+    encoder: AnswerTextEncoder,
+    reader: IndexReader,
+    collection: Collection,
+    condition: str,
+    distance: Distance,
 ) -> Metrics:
     """The generative method's metrics from the answers a DIOR index stores: each row's
     answer embedded as the baseline embeds a generated one."""
@@ -211,7 +248,7 @@ def generative_from_answers(
     vectors = encoder.embed_answers(reader.manifest.condition["text"], reader.column(ANSWER))
     if distance == "cosine":
         vectors = normalize(vectors)
-    return evaluate_vectors(vectors, reader, condition, distance)
+    return evaluate_vectors(vectors, current_rows(reader, collection), condition, distance)
 
 
 def run_bench(
@@ -247,7 +284,7 @@ def run_bench(
             for condition in conditions:
                 reader = searcher.reader(searcher.condition(indexes, condition))
                 results[condition][method] = generative_from_answers(
-                    models.answer_encoder(), reader, condition, distance
+                    models.answer_encoder(), reader, collection, condition, distance
                 )
             continue
         if isinstance(embedder, DiorEmbedder) and models.several_layers:
@@ -266,9 +303,10 @@ def run_bench(
             for condition in conditions:
                 indexed = UNCONDITIONAL if method in CONDITION_BLIND else condition
                 reader = searcher.reader(searcher.condition(indexes, indexed))
-                results[condition][row] = evaluate_index(reader, condition, distance)
+                results[condition][row] = evaluate_index(reader, collection, condition, distance)
                 if METHODS[method] == "dior" and indexed == condition:
-                    results[condition][row].update(answer_metrics(searcher, reader, condition))
+                    answered = answer_metrics(searcher, reader, collection, condition)
+                    results[condition][row].update(answered)
     return results
 
 
@@ -281,10 +319,14 @@ def open_bench_datasets(
     for name in names or list(DATASETS):
         try:
             collections.append(open_dataset(name, datasets_dir))
+        except LabelTableError:
+            raise  # a dataset that is there but whose labels cannot be read
         except InputError as exc:
             if names:
                 raise
             problems.append(f"skipped {exc}")
+    if not collections:
+        raise InputError(f"no dataset to evaluate in {datasets_dir}: {'; '.join(problems)}")
     return collections, problems
 
 

@@ -20,7 +20,13 @@ from dior_search.models.answers import Answer
 from dior_search.models.embedder import Embedder, EmbedderDescription, ImageRefused
 from dior_search.models.prompts import build_prompt
 from dior_search.store.compaction import Compaction
-from dior_search.store.index_types import AUTO, FLAT, canonical_spec, check_index_spec
+from dior_search.store.index_types import (
+    AUTO,
+    FLAT,
+    canonical_spec,
+    check_index_spec,
+    choose_index_type,
+)
 from dior_search.store.layout import index_dir
 from dior_search.store.manifest import MANIFEST, Manifest
 from dior_search.store.shards import Row
@@ -31,6 +37,10 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
 
 
+# More processes than this share no index usefully (each part is a folder and a merge step).
+MAX_PARTS = 4096
+
+
 @dataclass(frozen=True)
 class PartSpec:
     """Part `part` (0-based) of `parts` of a distributed run."""
@@ -39,7 +49,9 @@ class PartSpec:
     parts: int
 
     def __post_init__(self) -> None:
-        if self.parts < 1 or not 0 <= self.part < self.parts:
+        if not 1 <= self.parts <= MAX_PARTS:
+            raise UsageError(f"--parts must be between 1 and {MAX_PARTS}, not {self.parts}")
+        if not 0 <= self.part < self.parts:
             raise UsageError(
                 f"part {self.part} of {self.parts} does not exist: parts are 0..{self.parts - 1}"
             )
@@ -56,7 +68,8 @@ class PartSpec:
 @dataclass(frozen=True)
 class IndexSettings:
     indexes_dir: Path = defaults.DEFAULT_INDEXES_DIR
-    shard_size: int = defaults.DEFAULT_SHARD_SIZE
+    # Vectors per shard of a new index (None: the default); an index keeps its own.
+    shard_size: int | None = None
     # auto, Flat or a FAISS factory string; None: the index's own type (auto for a new one).
     index_type: str | None = None
     # Bytes `auto` may use (None: the index's own budget, 8 GiB for a new one).
@@ -91,6 +104,8 @@ class IndexReport:
     counts: dict[str, SyncCounts] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     directories: dict[str, Path] = field(default_factory=dict)
+    # What the run changed or left alone that was asked for (a repack, a shard size kept).
+    notes: list[str] = field(default_factory=list)
     # Where the skipped images are listed (None: none skipped).
     skipped_listing: Path | None = None
     part: PartSpec | None = None
@@ -186,18 +201,21 @@ class IndexJob:
         return [t.text for t in self.targets]
 
     def check_index_types(self, n_items: int) -> None:
-        """Fail before any embedding on an index type FAISS cannot build or train."""
-        if self.settings.index_type is None:
-            return
+        """Fail before any embedding on an index type FAISS cannot build, train or search, or
+        a memory budget too small for `auto` to fit the index in."""
         for target in self.targets:
             existing = (
-                Manifest.read(target.directory).rows
+                Manifest.read(target.directory)
                 if (target.directory / MANIFEST).is_file()
-                else 0
+                else target.manifest
             )
-            check_index_spec(
-                canonical_spec(self.settings.index_type), self.embedder.dim, existing + n_items
-            )
+            spec = canonical_spec(self.settings.index_type or existing.index_spec)
+            budget = self.settings.memory_budget or existing.memory_budget
+            rows = existing.rows + n_items
+            if spec == AUTO:
+                choose_index_type(rows, self.embedder.dim, budget)  # raises if none fits
+            elif existing.trained is None or spec != existing.index_spec:
+                check_index_spec(spec, self.embedder.dim, rows)
 
 
 def plan_job(
@@ -206,7 +224,6 @@ def plan_job(
     """The index directory of each condition and the manifest it starts with if new."""
     description = embedder.describe()
     template = getattr(description.settings, "template", defaults.DEFAULT_TEMPLATE)
-    spec = canonical_spec(settings.index_type or AUTO)
     targets = []
     for condition in conditions:
         text = collection.condition_text(condition)
@@ -217,10 +234,11 @@ def plan_job(
             prompt=build_prompt(template, text),
             embedder=description,
             dim=embedder.dim,
-            index_type=FLAT if spec == AUTO else spec,
-            shard_size=settings.shard_size,
-            index_spec=spec,
-            memory_budget=settings.memory_budget or defaults.DEFAULT_MEMORY_BUDGET,
+            # A new index starts as auto: the type asked is recorded once it is packed.
+            index_type=FLAT,
+            shard_size=settings.shard_size or defaults.DEFAULT_SHARD_SIZE,
+            index_spec=AUTO,
+            memory_budget=defaults.DEFAULT_MEMORY_BUDGET,
         )
         directory = index_dir(settings.indexes_dir, collection.name, description, condition)
         targets.append(IndexTarget(condition, text, directory, manifest))

@@ -6,11 +6,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dior_search.data.collections import Collection
+from dior_search.data.paths import shown
 from dior_search.errors import IndexStoreError
 from dior_search.indexing.job import IndexJob, IndexReport, IndexSettings, Progress, plan_job
 from dior_search.indexing.parts import index_part, launched_part, parts_dir
 from dior_search.indexing.sync import ConfirmRemoval, sync_targets
 from dior_search.models.embedder import Embedder
+from dior_search.store.files import atomic_file, io_errors
 from dior_search.store.layout import skipped_listing
 
 
@@ -39,8 +41,9 @@ def index_collection(
     part = settings.part or launched_part()
     if part is not None and part.parts > 1:
         report = index_part(job, part, on_start, on_progress, confirm_removal)
+        report.skipped[:0] = collection.unreadable
     else:
-        report = IndexReport()
+        report = IndexReport(skipped=list(collection.unreadable))
         for target in job.targets:
             if parts_dir(target.directory).is_dir():
                 raise IndexStoreError(
@@ -57,10 +60,18 @@ def index_collection(
 
 
 def write_skipped(listing: Path, report: IndexReport) -> Path | None:
-    """List the run's skipped images (path, reason) in `listing`; None if none was skipped."""
-    if not report.skipped:
-        return None
-    lines = [f"{path}\t{reason}\n" for path, reason in report.skipped]
-    listing.parent.mkdir(parents=True, exist_ok=True)
-    listing.write_text("path\treason\n" + "".join(lines), encoding="utf-8")
+    """List the run's skipped images (path, reason) in `listing`, or remove an old listing
+    when the run skipped none; None if none was skipped.
+
+    Tabs, newlines and other invisible characters in a name are backslash-escaped
+    (`data.paths.shown`), so each line is one image and its two fields.
+    """
+    with io_errors(f"cannot write {listing}"):
+        if not report.skipped:
+            listing.unlink(missing_ok=True)  # a fixed image must not stay listed
+            return None
+        lines = [f"{shown(path)}\t{shown(reason)}\n" for path, reason in report.skipped]
+        listing.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(listing) as tmp:
+            tmp.write_text("path\treason\n" + "".join(lines), encoding="utf-8")
     return listing

@@ -31,13 +31,18 @@ from dior_search.errors import IndexStoreError, InputError, UsageError, first_li
 from dior_search.models.answers import WordHead, query_word
 from dior_search.models.embedder import Embedder, EmbedderDescription
 from dior_search.search.facets import Facets, count_answers
-from dior_search.search.filters import Filter, parse_filters, passing_rows
+from dior_search.search.filters import (
+    Filter,
+    current_row_labels,
+    parse_filters,
+    passing_rows,
+)
 from dior_search.search.joined import JoinedIndexes, Ranked, normalize_weights
 from dior_search.search.words import WordCondition, WordRanking, WordScores
 from dior_search.store.layout import IndexEntry, find_indexes, is_index_of
 from dior_search.store.manifest import Manifest, check_same_embedder
 from dior_search.store.reader import IndexReader
-from dior_search.store.shards import ANSWER
+from dior_search.store.shards import ANSWER, Row
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +62,12 @@ class DeadlineExceeded(UsageError):
 
 class NoAnswers(NotIndexed):
     """A condition asked about in words (or filtered by answer) whose index stores none."""
+
+
+def check_k(k: int, max_k: int = MAX_K) -> None:
+    """UsageError unless 1 <= k <= max_k."""
+    if not 1 <= k <= max_k:
+        raise UsageError(f"k must be between 1 and {max_k}")
 
 
 @dataclass(frozen=True)
@@ -176,6 +187,8 @@ class SearchResult:
     # The word asked about under each condition that has one.
     words: dict[str, str] = field(default_factory=dict)
     filters: tuple[Filter, ...] = ()
+    # Paths of hits that the collection's label table no longer lists (their labels: none).
+    unlisted: tuple[str, ...] = ()
 
     @property
     def root(self) -> Path:
@@ -502,6 +515,14 @@ class Searcher:
             f"`dior-search index {source} -c {condition.name} --answers`"
         )
 
+    def labels(
+        self, collection: str, root: Path, rows: Sequence[Row]
+    ) -> tuple[list[dict[str, str]], list[str]]:
+        """Each row's labels as the collection's label table says now (not as stored when it
+        was indexed), and the paths the table no longer lists (their labels: none); see
+        search.filters.current_row_labels, which label filters read too."""
+        return current_row_labels(collection, root, rows)
+
     # -- queries --------------------------------------------------------------------------
 
     def resolve(
@@ -515,9 +536,7 @@ class Searcher:
             raise UsageError(f"a condition is repeated in {list(request.conditions)}")
         if request.words is not None and len(request.words) != len(request.conditions):
             raise UsageError("give one word (or none) per condition")
-        max_k = self.options.max_k or MAX_K
-        if not 1 <= request.k <= max_k:
-            raise UsageError(f"k must be between 1 and {max_k}")
+        check_k(request.k, self.options.max_k or MAX_K)
         if request.id is not None and not 0 <= request.id <= MAX_ID:
             raise UsageError(f"an id must be between 0 and {MAX_ID}")
         by_image = sum(request.word_of(i) is None for i in range(len(request.conditions)))
@@ -550,14 +569,19 @@ class Searcher:
         by_image = [i for i, c in enumerate(conditions) if c.name not in words]
         joined, answer_readers = self.joined_for(collection, conditions, filters)
         word_conditions = self.word_conditions(collection, conditions, words)
-        passing = passing_rows(joined, filters, answer_readers) if filters else None
+        passing = None
+        if filters:
+            root = conditions[0].root
+            passing = passing_rows(joined, filters, answer_readers, collection.name, root)
         query = QueryImage()
+        root = conditions[0].root
         vectors: list[np.ndarray] = []
         if by_image and request.id is not None:
             first_id = self.first_id(joined, collection, conditions, request)
             vectors = joined.stored_query(first_id, by_image)
             row = joined.readers[0].row(first_id)
-            query = QueryImage(first_id, conditions[0].name, row.path, row.labels)
+            (labels,), _ = self.labels(collection.name, root, [row])
+            query = QueryImage(first_id, conditions[0].name, row.path, labels)
         elif by_image and request.vectors is not None:
             vectors = list(request.vectors)
         elif by_image:
@@ -567,8 +591,12 @@ class Searcher:
         ranked, scored = self.rank(
             joined, vectors, weights, by_image, word_conditions, passing, request.k
         )
-        hits = self.hits(joined, conditions, by_image, word_conditions, ranked, scored)
-        return SearchResult(collection, conditions, weights, query, hits, words, filters)
+        hits, unlisted = self.hits(
+            collection, joined, conditions, by_image, word_conditions, ranked, scored
+        )
+        return SearchResult(
+            collection, conditions, weights, query, hits, words, filters, tuple(unlisted)
+        )
 
     def joined_for(
         self,
@@ -642,17 +670,20 @@ class Searcher:
 
     def hits(
         self,
+        collection: CollectionIndexes,
         joined: JoinedIndexes,
         conditions: Sequence[ConditionIndex],
         by_image: Sequence[int],
         words: Sequence[WordCondition],
         ranked: Sequence[Ranked],
         scored: Sequence[WordScores],
-    ) -> list[Hit]:
+    ) -> tuple[list[Hit], list[str]]:
         """The ranked images as hits: rows from the first condition's index, each condition's
-        score (cosine, or log-probability of the word) and stored answer."""
+        score (cosine, or log-probability of the word) and stored answer, the labels the label
+        table gives now; and the paths it no longer lists."""
         first = joined.readers[0]
         rows = first.rows([r.id for r in ranked])
+        labels, unlisted = self.labels(collection.name, conditions[0].root, rows)
         positions = first.positions([r.id for r in ranked])
         answers = {
             c.name: joined.column(j, ANSWER)[positions]
@@ -660,7 +691,7 @@ class Searcher:
             if ANSWER in joined.readers[j].column_names()
         }
         hits = []
-        for rank, (r, row) in enumerate(zip(ranked, rows, strict=True), start=1):
+        for rank, (r, row, row_labels) in enumerate(zip(ranked, rows, labels, strict=True), 1):
             scores = {conditions[j].name: s for j, s in zip(by_image, r.scores, strict=True)}
             scored_by = {}
             if scored:
@@ -677,7 +708,7 @@ class Searcher:
                     score=r.score,
                     scores={c.name: scores[c.name] for c in conditions},
                     path=row.path,
-                    labels=row.labels,
+                    labels=row_labels,
                     answers={
                         name: str(values[rank - 1])
                         for name, values in answers.items()
@@ -686,7 +717,7 @@ class Searcher:
                     scored_by=scored_by,
                 )
             )
-        return hits
+        return hits, unlisted
 
     def facets(
         self,
@@ -702,7 +733,7 @@ class Searcher:
         self.check_answers(collection, condition)
         filters = parse_filters(where)
         joined, answer_readers = self.joined_for(collection, [condition], filters)
-        passing = passing_rows(joined, filters, answer_readers)
+        passing = passing_rows(joined, filters, answer_readers, collection.name, condition.root)
         images, unanswered, counts, distinct = count_answers(joined, 0, passing, top)
         return Facets(collection.name, condition.name, images, unanswered, counts, distinct)
 

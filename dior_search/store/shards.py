@@ -5,6 +5,13 @@ ids of its deleted rows.
     shard-00000.parquet                one row per vector: id, path, content_hash, norm, label_*,
                                        and the model's answer where the index stores answers
     shard-00000.deleted-7.parquet      ids of the rows deleted since (written at generation 7)
+
+Image paths are data (see data.paths): a name that is valid UTF-8 is stored as it is in the
+`path` column; a name that is not is stored in `path` with U+FFFD for each byte that is not
+UTF-8 (readable, lossy) and exactly, as bytes, in a `path_bytes` column (null elsewhere;
+absent from a shard none of whose names needs it). Every file is opened through the helpers
+below, which give FAISS and Arrow an open file where the index folder's own path is not
+UTF-8 (neither library can take such a name).
 """
 
 from __future__ import annotations
@@ -16,10 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from dior_search.data.paths import from_bytes, fs_path, is_text, name_bytes, readable
 from dior_search.errors import IndexStoreError
 from dior_search.models.answers import Answer
-from dior_search.store.files import verify_file
+from dior_search.store.files import sha256_file, verify_file
 from dior_search.store.manifest import Shard
+
+PATH_BYTES = "path_bytes"
 
 # Shards at least this large are memory-mapped by default rather than read into RAM.
 MMAP_MIN_BYTES = 16 << 20
@@ -50,6 +60,20 @@ def parquet_path(directory: Path, shard: Shard | str) -> Path:
     return directory / f"{name}.parquet"
 
 
+def written_shard(directory: Path, name: str, ids: np.ndarray, index_type: str) -> Shard:
+    """The manifest entry of shard `name`, whose two files are written: its rows' ids
+    (ascending), its index type and the files' checksums."""
+    return Shard(
+        name,
+        len(ids),
+        int(ids[0]),
+        sha256_file(faiss_path(directory, name)),
+        sha256_file(parquet_path(directory, name)),
+        last_id=int(ids[-1]),
+        index_type=index_type,
+    )
+
+
 def tombstones_path(directory: Path, shard: Shard) -> Path:
     return directory / shard.tombstones
 
@@ -57,21 +81,18 @@ def tombstones_path(directory: Path, shard: Shard) -> Path:
 def write_tombstones(path: Path, ids: np.ndarray) -> None:
     """A Parquet table of one int64 column `id`: the shard's deleted rows, ascending."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"id": pa.array(np.sort(ids), type=pa.int64())}), path)
+    write_table(pa.table({"id": pa.array(np.sort(ids), type=pa.int64())}), path)
 
 
 def read_tombstones(directory: Path, shard: Shard, verify: bool = True) -> np.ndarray:
     """The ids of a shard's deleted rows, ascending (empty if none); checked if `verify`."""
-    import pyarrow.parquet as pq
-
     if not shard.tombstones:
         return np.empty(0, dtype=np.int64)
     path = tombstones_path(directory, shard)
     if verify:
         verify_file(path, shard.tombstones_sha256)
-    ids = pq.read_table(path, columns=["id"]).column("id").to_numpy()
+    ids = read_table(path, ["id"]).column("id").to_numpy()
     dead = np.sort(np.asarray(ids, dtype=np.int64))
     if len(dead) != shard.deleted:
         raise IndexStoreError(
@@ -83,12 +104,10 @@ def read_tombstones(directory: Path, shard: Shard, verify: bool = True) -> np.nd
 
 def read_ids(directory: Path, shard: Shard, verify: bool = True) -> np.ndarray:
     """Every stored row's id in a shard, in its storage order (ascending)."""
-    import pyarrow.parquet as pq
-
     path = parquet_path(directory, shard)
     if verify:
         verify_file(path, shard.parquet_sha256)
-    ids = pq.read_table(path, columns=["id"]).column("id").to_numpy()
+    ids = read_table(path, ["id"]).column("id").to_numpy()
     return np.asarray(ids, dtype=np.int64)
 
 
@@ -107,21 +126,18 @@ class ShardKeys:
 def read_keys(directory: Path, shard: Shard, verify: bool = True) -> ShardKeys:
     """A shard's rows as (id, path, content hash, live, answered), from its table and
     tombstones."""
-    import pyarrow.parquet as pq
-
     path = parquet_path(directory, shard)
     if verify:
         verify_file(path, shard.parquet_sha256)
-    has_answers = ANSWER in pq.read_schema(path).names
-    columns = ["id", "path", "content_hash", *([ANSWER] if has_answers else [])]
-    table = pq.read_table(path, columns=columns)
+    table = read_table(path, ["id", "path", "content_hash"], optional=[PATH_BYTES, ANSWER])
+    has_answers = ANSWER in table.column_names
     ids = np.asarray(table.column("id").to_numpy(), dtype=np.int64)
     answered = np.zeros(len(ids), dtype=bool)
     if has_answers:
         answered = ~np.asarray(table.column(ANSWER).is_null().to_numpy(zero_copy_only=False))
     return ShardKeys(
         ids,
-        table.column("path").to_pylist(),
+        table_paths(table),
         table.column("content_hash").to_pylist(),
         ~np.isin(ids, read_tombstones(directory, shard, verify)),
         answered,
@@ -130,11 +146,9 @@ def read_keys(directory: Path, shard: Shard, verify: bool = True) -> ShardKeys:
 
 def read_answers(path: Path) -> dict[int, Answer]:
     """The stored answers of a shard table's rows, by id (none if it has no answers)."""
-    import pyarrow.parquet as pq
-
-    if ANSWER not in pq.read_schema(path).names:
+    if ANSWER not in column_names(path):
         return {}
-    table = pq.read_table(path, columns=["id", *ANSWER_COLUMNS])
+    table = read_table(path, ["id", *ANSWER_COLUMNS])
     columns = [table.column(name).to_pylist() for name in ("id", *ANSWER_COLUMNS)]
     return {
         row_id: Answer(word, logprob, log_partition)
@@ -158,7 +172,31 @@ def write_faiss(path: Path, vectors: np.ndarray, ids: np.ndarray, index_type: st
         vectors.shape[1], f"IDMap2,{index_type}", faiss.METRIC_INNER_PRODUCT
     )
     index.add_with_ids(vectors, ids)
-    faiss.write_index(index, str(path))
+    write_index_file(index, path)
+
+
+def write_index_file(index: Any, path: Path) -> None:
+    """Write a FAISS index to `path`, whatever bytes its folder's name holds."""
+    import faiss
+
+    name = fs_path(path)
+    if name is not None:
+        faiss.write_index(index, name)
+        return
+    with path.open("wb") as handle:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))  # type: ignore[attr-defined]
+
+
+def read_index_file(path: Path, mmap: bool = False) -> Any:
+    """Read a FAISS index from `path`; memory-mapped if asked and its name allows."""
+    import faiss
+
+    name = fs_path(path)
+    if name is not None:
+        flags = getattr(faiss, "IO_FLAG_MMAP_IFC", 0) if mmap else 0
+        return faiss.read_index(name, flags)
+    with path.open("rb") as handle:  # FAISS can map only a file it opens by name
+        return faiss.read_index(faiss.PyCallbackIOReader(handle.read))  # type: ignore[attr-defined]
 
 
 def write_parquet(
@@ -170,11 +208,10 @@ def write_parquet(
 ) -> None:
     """A shard's table: a row per vector; the answer columns where `answers` are given."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     columns: dict[str, Any] = {
         "id": pa.array(ids, type=pa.int64()),
-        "path": pa.array([r.path for r in rows], type=pa.string()),
+        **path_columns([r.path for r in rows]),
         "content_hash": pa.array([r.content_hash for r in rows], type=pa.string()),
         # The vector's length before normalisation: unit vector * norm is the raw embedding.
         "norm": pa.array(norms, type=pa.float32()),
@@ -185,7 +222,85 @@ def write_parquet(
         columns[ANSWER] = pa.array([a.word for a in answers], type=pa.string())
         columns[ANSWER_LOGPROB] = pa.array([a.logprob for a in answers], type=pa.float32())
         columns[LOG_PARTITION] = pa.array([a.log_partition for a in answers], type=pa.float32())
-    pq.write_table(pa.table(columns), path)
+    write_table(pa.table(columns), path)
+
+
+def path_columns(paths: Sequence[str]) -> dict[str, Any]:
+    """The `path` column (and `path_bytes`, if a name is not UTF-8) of `paths`."""
+    import pyarrow as pa
+
+    exact = [None if is_text(p) else name_bytes(p) for p in paths]
+    columns = {"path": pa.array([readable(p) for p in paths], type=pa.string())}
+    if any(raw is not None for raw in exact):
+        columns[PATH_BYTES] = pa.array(exact, type=pa.binary())
+    return columns
+
+
+def stored_paths(paths: Sequence[str | None], exact: Sequence[bytes | None] | None) -> list[str]:
+    """Image paths from a `path` column and its `path_bytes` column (None: absent)."""
+    if exact is None:
+        return [str(p) for p in paths]
+    return [str(p) if raw is None else from_bytes(raw) for p, raw in zip(paths, exact, strict=True)]
+
+
+def table_paths(table: Any) -> list[str]:
+    """The image paths of a table read with its `path` (and `path_bytes`, if any) columns."""
+    names = table.column_names
+    exact = table.column(PATH_BYTES).to_pylist() if PATH_BYTES in names else None
+    return stored_paths(table.column("path").to_pylist(), exact)
+
+
+def read_paths(path: Path) -> list[str]:
+    """The image paths of one shard's table, in row order."""
+    return table_paths(read_table(path, ["path"], optional=[PATH_BYTES]))
+
+
+def write_table(table: Any, path: Path) -> None:
+    """Write a Parquet table to `path`, whatever bytes its folder's name holds."""
+    import pyarrow.parquet as pq
+
+    with path.open("wb") as handle:
+        pq.write_table(table, handle)
+
+
+def read_table(
+    path: Path, columns: Sequence[str] | None = None, optional: Sequence[str] = ()
+) -> Any:
+    """A Parquet table from `path`: every column, or `columns` and those of `optional` that
+    the table has."""
+    import pyarrow.parquet as pq
+
+    with path.open("rb") as handle:
+        if columns is None:
+            return pq.read_table(handle)
+        parquet = pq.ParquetFile(handle)
+        present = set(parquet.schema_arrow.names)
+        return parquet.read(columns=[*columns, *(c for c in optional if c in present)])
+
+
+def open_table(path: Path) -> Any:
+    """`path` as an open Arrow file for reading (a native one where its name allows)."""
+    import pyarrow as pa
+
+    name = fs_path(path)
+    if name is not None:
+        return pa.OSFile(name, "r")
+    return pa.PythonFile(path.open("rb"), mode="r")
+
+
+def column_names(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    with path.open("rb") as handle:
+        return list(pq.read_schema(handle).names)
+
+
+def row_count(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    with path.open("rb") as handle:
+        rows: int = pq.read_metadata(handle).num_rows
+        return rows
 
 
 def read_shard_index(path: Path, mmap: bool | None = None) -> Any:
@@ -194,12 +309,9 @@ def read_shard_index(path: Path, mmap: bool | None = None) -> Any:
     FAISS 1.10+ maps the file's contents in place (IO_FLAG_MMAP_IFC) for flat codes, IVF
     lists and HNSW storage, so only the pages a search touches are read.
     """
-    import faiss
-
     if mmap is None:
         mmap = path.stat().st_size >= MMAP_MIN_BYTES
-    flags = getattr(faiss, "IO_FLAG_MMAP_IFC", 0) if mmap else 0
-    return faiss.read_index(str(path), flags)
+    return read_index_file(path, mmap)
 
 
 def reconstruct_rows(index: Any, start: int, count: int) -> np.ndarray:
