@@ -48,7 +48,6 @@ from flops import Work, batch_work, peak_tflops, tflops
 from PIL import Image
 from vision_attention import use_grouped_vision_attention, use_loop_vision_attention
 
-from dior_search.models import dior
 from dior_search.models.answers import AnswerText
 from dior_search.models.dior import DiorEmbedder, Throughput
 from dior_search.models.loading import resolve_device, resolve_dtype
@@ -359,11 +358,11 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[str, int], float]:
     )
     args = parse(parser, argv)
     paths = [path for path in ALL_PATHS if path in args.paths]
-    dior.AnswerText = answers_of_length(args.answer_tokens)  # type: ignore[misc]
 
     images = random_images(args.images, args.image_size)
     with tempfile.TemporaryDirectory() as scratch:
         embedder = load_embedder(args, args.model_dir or Path(scratch))
+        embedder.answer_text = answers_of_length(args.answer_tokens)
         n_params = sum(p.numel() for p in embedder.model.parameters())
         split = embedder.inputs.split(images[:1], ["x"], embedder.model)
         n_visual = int(split.prefix_inputs["image_grid_thw"].prod()) // 2**2  # merge size 2

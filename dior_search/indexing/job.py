@@ -224,11 +224,14 @@ def plan_job(
     """The index directory of each condition and the manifest it starts with if new."""
     description = embedder.describe()
     template = getattr(description.settings, "template", defaults.DEFAULT_TEMPLATE)
+    # New indexes store the model's answers where asked and the embedder reads them.
+    answering = settings.answers and hasattr(embedder, "embed_with_answers")
+    answers = description.answers if answering else "off"
     targets = []
     for condition in conditions:
         text = collection.condition_text(condition)
         manifest = Manifest(
-            answers=description.answers if settings.answers else "off",
+            answers=answers,
             collection={"name": collection.name, "root": str(collection.root)},
             condition={"name": condition, "text": text},
             prompt=build_prompt(template, text),

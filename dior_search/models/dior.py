@@ -94,6 +94,9 @@ class Throughput:
 class DiorEmbedder:
     """DIOR embeddings from a Hugging Face vision-language model (Hub id or local path)."""
 
+    # How an answer is cut from its tokens (a benchmark may make every answer one length).
+    answer_text: type[AnswerText] = AnswerText
+
     def __init__(
         self,
         settings: DiorSettings,
@@ -573,7 +576,7 @@ class DiorEmbedder:
         logits = (states @ head.T).float()
         log_partition = torch.logsumexp(logits, dim=-1)
         logprobs = logits - log_partition[:, None]
-        texts = [AnswerText() for _ in range(states.shape[0])]
+        texts = [self.answer_text() for _ in range(states.shape[0])]
         active = torch.ones(states.shape[0], dtype=torch.bool)
         for _ in range(defaults.MAX_ANSWER_TOKENS):
             best, tokens = logprobs.max(dim=-1)

@@ -60,8 +60,8 @@ OPEN_ATTEMPTS = 5
 SCAN_CHUNK = 16_384
 # Over-fetching asks for this many times the live hits expected among the nearest rows.
 OVER_FETCH_MARGIN = 1.2
-# A filtered search of a shard that few rows pass scores them exactly (from their stored
-# vectors) rather than searching the shard: where at most this many pass, or this share.
+# A search of a shard that few rows pass (a filter; deletions) scores them exactly (from their
+# stored vectors) rather than searching the shard: where at most this many pass, or this share.
 EXACT_FILTER_ROWS = 2048
 EXACT_FILTER_SHARE = 0.02
 
@@ -323,7 +323,10 @@ class IndexReader:
             entry = self.manifest.shards[number]
             is_dead = self._is_dead[number]
             assert is_dead is not None  # a shard with deleted rows and no selector
-            found = self._search_over_fetched(number, queries, k, is_dead, entry.live, None)
+            if few_pass(entry.live, entry.rows):
+                found = self._scan_ids(number, queries, None, k)
+            else:
+                found = self._search_over_fetched(number, queries, k, is_dead, entry.live, None)
         return found
 
     def _search_allowed(
@@ -345,7 +348,7 @@ class IndexReader:
             if len(mine) == 0:
                 continue
             shard_k = min(k, len(mine))
-            if len(mine) <= max(EXACT_FILTER_ROWS, EXACT_FILTER_SHARE * entry.rows):
+            if few_pass(len(mine), entry.rows):
                 found = self._scan_ids(number, queries, mine, shard_k)
             elif entry.index_type == FLAT:
                 params = id_filter(mine)
@@ -548,6 +551,12 @@ class IndexReader:
         if raw:
             vectors *= np.asarray(self.column("norm"), dtype=np.float32)[:, None]
         return self.ids.copy(), vectors
+
+
+def few_pass(passing: int, rows: int) -> bool:
+    """Whether so few of a shard's rows pass (a filter, or deletions) that scoring them exactly
+    from their stored vectors beats searching the shard."""
+    return passing <= max(EXACT_FILTER_ROWS, EXACT_FILTER_SHARE * rows)
 
 
 def shard_key(entry: Shard) -> tuple[str, str, str]:
