@@ -16,18 +16,14 @@ do not pass removed, the recall that a filter applied inside the probed lists lo
 
 import argparse
 import json
-import logging
-import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from deletions import build, exact_top_k
-from search_scale import Vectors
+from deletions import add_index_arguments, built_index, exact_top_k
 
-from dior_search.store.index_types import canonical_spec
 from dior_search.store.reader import IndexReader
 
 K = 10
@@ -66,29 +62,16 @@ def measure(
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=100_000)
-    parser.add_argument("--dim", type=int, default=3584)
-    parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--index-type", default="auto")
-    parser.add_argument("--shard-size", type=int, default=50_000)
+    add_index_arguments(parser)
     parser.add_argument("--shares", type=float, nargs="+", default=list(SHARES))
     parser.add_argument("--seed", type=int, default=0, help="which rows pass")
-    parser.add_argument("--workdir", type=Path, help="where the index goes (default: temporary)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="filtered-"))
-    directory = workdir / "index"
-    shutil.rmtree(directory, ignore_errors=True)
-    threads = os.environ.get("OMP_NUM_THREADS", "all")
-    print(f"n={args.size}, d={args.dim}, {args.queries} queries, k={K}, threads={threads}")
     rows = []
     try:
-        vectors = Vectors(dim=args.dim)
-        queries = vectors.chunk(2, 0, args.queries)
-        spec = canonical_spec(args.index_type)
-        built = build(directory, vectors, args.size, spec, args.shard_size)
+        directory, vectors, queries = built_index(args, workdir)
         reader = IndexReader(directory, mmap=True)
-        print(f"built {reader.manifest.index_type} in {built:.0f} s", flush=True)
+        print(f"index type {reader.manifest.index_type}", flush=True)
         rng = np.random.default_rng(args.seed)
         for share in args.shares:
             allowed = np.sort(rng.choice(args.size, int(share * args.size), replace=False))

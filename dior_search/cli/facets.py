@@ -11,8 +11,14 @@ from rich.table import Table
 
 from dior_search import defaults
 from dior_search.cli.app import app, console
-from dior_search.cli.options import DatasetOpt, ImagesOpt, IndexesOpt, collection_name
-from dior_search.cli.query import WhereOpt
+from dior_search.cli.options import (
+    DatasetOpt,
+    ImagesOpt,
+    IndexesOpt,
+    PickModelOpt,
+    WhereOpt,
+    collection_name,
+)
 from dior_search.errors import UsageError
 
 
@@ -27,10 +33,7 @@ def facets(
     where: WhereOpt = None,
     top: Annotated[int, typer.Option(help="Show this many answers, most frequent first.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print the counts as JSON.")] = False,
-    model: Annotated[
-        str | None,
-        typer.Option(help="Pick the indexes built with this model (default: the only one)."),
-    ] = None,
+    model: PickModelOpt = None,
     indexes: IndexesOpt = defaults.DEFAULT_INDEXES_DIR,
 ) -> None:
     """List the model's answers under each condition with their counts: the collection's

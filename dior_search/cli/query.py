@@ -20,6 +20,7 @@ from dior_search.cli.options import (
     ImagesOpt,
     IndexesOpt,
     TrustOpt,
+    WhereOpt,
     collection_name,
 )
 from dior_search.cli.outputs import check_output
@@ -33,14 +34,6 @@ if TYPE_CHECKING:
 
 TEXT_OPTIONS = ("--text",)
 CONDITION_OPTIONS = ("--condition", "-c")
-WhereOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--where",
-        help="Only images whose answer under a condition is a word (CONDITION=WORD) or whose "
-        "label is a value (label:NAME=VALUE); repeatable, all must hold.",
-    ),
-]
 
 
 @app.command()
