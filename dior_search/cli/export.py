@@ -11,7 +11,13 @@ from rich.table import Table
 
 from dior_search import defaults
 from dior_search.cli.app import app, console
-from dior_search.cli.options import DatasetOpt, ImagesOpt, IndexesOpt, collection_name
+from dior_search.cli.options import (
+    DatasetOpt,
+    ImagesOpt,
+    IndexesOpt,
+    PickModelOpt,
+    collection_name,
+)
 from dior_search.errors import UsageError
 
 
@@ -37,10 +43,7 @@ def export(
             "float32; npy: a float32 matrix per condition and a Parquet table of its rows.",
         ),
     ] = "parquet",
-    model: Annotated[
-        str | None,
-        typer.Option(help="Pick the indexes built with this model (default: the only one)."),
-    ] = None,
+    model: PickModelOpt = None,
     indexes: IndexesOpt = defaults.DEFAULT_INDEXES_DIR,
 ) -> None:
     """Write indexed vectors with their ids, paths, content hashes and labels to files that

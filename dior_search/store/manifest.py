@@ -16,7 +16,7 @@ from typing import Any
 
 from dior_search import defaults
 from dior_search.errors import IndexStoreError, UsageError
-from dior_search.models.embedder import EmbedderDescription
+from dior_search.models.embedder import AnswerState, EmbedderDescription
 from dior_search.models.prompts import build_prompt
 from dior_search.store.files import atomic_file
 from dior_search.store.index_types import FLAT
@@ -111,6 +111,9 @@ class Manifest:
     # One past the highest row id ever given: ids of deleted rows are never given again, so
     # an id always means the same image (0: from the shards listed).
     next_row_id: int = 0
+    # Whether every row carries the model's own answer (`stored`), or why not: `off` (not
+    # asked for, or written before answers existed) or `not-last-layer`.
+    answers: AnswerState = "off"
 
     def __post_init__(self) -> None:
         self.index_spec = self.index_spec or self.index_type

@@ -29,6 +29,7 @@ import numpy as np
 
 from dior_search import defaults
 from dior_search.errors import IndexStoreError
+from dior_search.models.answers import Answer
 from dior_search.store.compaction import Compaction, compact_shards
 from dior_search.store.files import atomic_file, error_reason, io_errors, sha256_file, take_lock
 from dior_search.store.index_types import FLAT, canonical_spec
@@ -52,6 +53,7 @@ from dior_search.store.shards import (
     faiss_path,
     normalize,
     parquet_path,
+    read_answers,
     read_keys,
     read_shard_index,
     read_table,
@@ -77,7 +79,8 @@ class IndexWriter:
     Flat: the run that merges the parts trains and packs them.
 
     What the index holds is kept as (path, content hash) per live id; `holds`, `can_copy`,
-    `live_rows` answer from it.
+    `live_rows` answer from it. Where the manifest says the index stores answers, every row
+    added carries one (a copied row copies its source's).
     """
 
     def __init__(
@@ -104,11 +107,12 @@ class IndexWriter:
         self.vectors: list[np.ndarray] = []
         self.rows: list[Row] = []
         self.ids: list[int] = []
+        self.answers: list[Answer | None] = []
         # Content hash -> position in the queue, for copies of a vector not written yet.
         self.queued: dict[str, int] = {}
         # Ids deleted since the last commit, to be published with the next one.
         self.deleting: set[int] = set()
-        self._open_shards: dict[str, tuple[Any, dict[int, float]]] = {}
+        self._open_shards: dict[str, tuple[Any, dict[int, float], dict[int, Answer]]] = {}
         # The index type and memory budget asked for (None: the index's own), and what
         # packing changed, for the run's report.
         self.asked: tuple[str | None, int | None] = (None, None)
@@ -169,13 +173,15 @@ class IndexWriter:
         self.live: dict[int, Key] = {}
         self.keys: dict[Key, int] = {}
         self.sources: dict[str, int] = {}
+        # Content hashes whose stored vector has an answer beside it (a source with one).
+        self.answered: dict[str, int] = {}
         self.dead: dict[str, np.ndarray] = {}
         for shard in self.manifest.shards:
             found = read_keys(self.directory, shard)
             self.dead[shard.name] = found.ids[~found.live]
-            live = found.live.tolist()
-            rows = zip(found.ids.tolist(), found.paths, found.hashes, live, strict=True)
-            for row_id, path, content_hash, is_live in rows:
+            live, answered = found.live.tolist(), found.answered.tolist()
+            rows = zip(found.ids.tolist(), found.paths, found.hashes, live, answered, strict=True)
+            for row_id, path, content_hash, is_live, has_answer in rows:
                 if is_live:
                     self.live[row_id] = (path, content_hash)
                     # A repeated (path, content) keeps its first id; sync deletes the others.
@@ -183,6 +189,8 @@ class IndexWriter:
                     self.sources[content_hash] = row_id
                 else:
                     self.sources.setdefault(content_hash, row_id)
+                if has_answer:
+                    self.answered.setdefault(content_hash, row_id)
 
     def live_rows(self) -> dict[int, Key]:
         """Live id -> (path, content hash), as of the last change (do not modify)."""
@@ -192,9 +200,25 @@ class IndexWriter:
         """Whether a live row has this path and content."""
         return (path, content_hash) in self.keys
 
+    @property
+    def stores_answers(self) -> bool:
+        """Whether every row of this index carries the model's answer."""
+        return self.manifest.answers == "stored"
+
     def can_copy(self, content_hash: str) -> bool:
-        """Whether a vector of this content is stored or queued (a row may copy it)."""
+        """Whether a vector of this content is stored or queued (a row may copy it), with its
+        answer where the index stores answers."""
+        if self.stores_answers:
+            queued = self.queued.get(content_hash)
+            return content_hash in self.answered or (
+                queued is not None and self.answers[queued] is not None
+            )
         return content_hash in self.queued or content_hash in self.sources
+
+    def store_answers(self) -> None:
+        """From now on every row carries the model's answer (`index --answers`): rows without
+        one must be embedded again, and are not copied."""
+        self.manifest.answers = "stored"
 
     # -- changes --------------------------------------------------------------------------
 
@@ -206,20 +230,32 @@ class IndexWriter:
         """
         self.asked = (None if spec is None else canonical_spec(spec), memory_budget)
 
-    def add(self, vector: np.ndarray, row: Row, row_id: int | None = None) -> None:
-        """Queue one raw vector (with the next id, or `row_id`); a full shard is written at
-        once, with the deletions made so far."""
+    def add(
+        self,
+        vector: np.ndarray,
+        row: Row,
+        row_id: int | None = None,
+        answer: Answer | None = None,
+    ) -> None:
+        """Queue one raw vector (with the next id, or `row_id`) and its answer (needed where
+        the index stores answers, else dropped); a full shard is written at once, with the
+        deletions made so far."""
         floor = self.ids[-1] + 1 if self.ids else self.next_id
         if row_id is None:
             row_id = floor
         elif row_id < floor:
             raise IndexStoreError(f"id {row_id} is not above the ids already in {self.directory}")
+        if self.stores_answers and answer is None:
+            raise IndexStoreError(
+                f"index {self.directory} stores the model's answers, and {row.path} has none"
+            )
         self.queued.setdefault(row.content_hash, len(self.rows))
         self.live[row_id] = (row.path, row.content_hash)
         self.keys.setdefault((row.path, row.content_hash), row_id)
         self.vectors.append(vector)
         self.rows.append(row)
         self.ids.append(row_id)
+        self.answers.append(answer if self.stores_answers else None)
         if len(self.rows) >= self.manifest.shard_size:
             self.write_shard()
 
@@ -227,13 +263,14 @@ class IndexWriter:
         """Queue a row whose vector is the one already stored (or queued) for its content:
         a renamed or copied image is not embedded again."""
         queued = self.queued.get(row.content_hash)
+        source = self.answered.get(row.content_hash, self.sources.get(row.content_hash))
         if queued is not None:
-            vector = self.vectors[queued]
-        elif row.content_hash in self.sources:
-            vector = self.stored_vector(self.sources[row.content_hash])
+            vector, answer = self.vectors[queued], self.answers[queued]
+        elif source is not None:
+            vector, answer = self.stored(source)
         else:
             raise IndexStoreError(f"no vector of {row.path}'s content in {self.directory}")
-        self.add(vector, row, row_id)
+        self.add(vector, row, row_id, answer)
 
     def delete(self, ids: list[int]) -> None:
         """Delete live rows; published with the next commit (`write_shard`)."""
@@ -250,6 +287,7 @@ class IndexWriter:
             self.vectors = [self.vectors[p] for p in kept]
             self.rows = [self.rows[p] for p in kept]
             self.ids = [self.ids[p] for p in kept]
+            self.answers = [self.answers[p] for p in kept]
             self.queued = {}
             for position, row in enumerate(self.rows):
                 self.queued.setdefault(row.content_hash, position)
@@ -258,18 +296,23 @@ class IndexWriter:
     def stored_vector(self, row_id: int) -> np.ndarray:
         """The raw vector (unit vector x stored norm) of a row in a written shard, deleted
         or not: what its shard's codes give back."""
+        return self.stored(row_id)[0]
+
+    def stored(self, row_id: int) -> tuple[np.ndarray, Answer | None]:
+        """`stored_vector`, and the row's stored answer (None if it has none)."""
         shard = self.shard_of(row_id)
         if shard.name not in self._open_shards:
             index = read_shard_index(faiss_path(self.directory, shard), mmap=True)
-            table = read_table(parquet_path(self.directory, shard), ["id", "norm"])
+            path = parquet_path(self.directory, shard)
+            table = read_table(path, ["id", "norm"])
             norms = dict(
                 zip(table.column("id").to_pylist(), table.column("norm").to_pylist(), strict=True)
             )
-            self._open_shards[shard.name] = (index, norms)
-        index, norms = self._open_shards[shard.name]
+            self._open_shards[shard.name] = (index, norms, read_answers(path))
+        index, norms, answers = self._open_shards[shard.name]
         unit = reconstruct_ids(index, np.array([row_id], dtype=np.int64))[0]
         raw: np.ndarray = unit * np.float32(norms[row_id])
-        return raw
+        return raw, answers.get(row_id)
 
     def shard_of(self, row_id: int) -> Shard:
         for shard in self.manifest.shards:
@@ -306,10 +349,13 @@ class IndexWriter:
             (self.directory / shard.tombstones).unlink(missing_ok=True)
         if self.ids:
             self.next_id = self.ids[-1] + 1
-            for row_id, row in zip(self.ids, self.rows, strict=True):
+            for row_id, row, answer in zip(self.ids, self.rows, self.answers, strict=True):
                 self.sources.setdefault(row.content_hash, row_id)
+                if answer is not None:
+                    self.answered.setdefault(row.content_hash, row_id)
         self.dead.update(dead)
         self.vectors, self.rows, self.ids, self.queued = [], [], [], {}
+        self.answers = []
         self.deleting = set()
 
     def with_tombstones(
@@ -342,8 +388,9 @@ class IndexWriter:
         norms = np.linalg.norm(raw, axis=1)
         with atomic_file(faiss_path(self.directory, name)) as tmp:
             write_faiss(tmp, normalize(raw), ids, FLAT)
+        answers = [a for a in self.answers if a is not None] if self.stores_answers else None
         with atomic_file(parquet_path(self.directory, name)) as tmp:
-            write_parquet(tmp, ids, norms, self.rows)
+            write_parquet(tmp, ids, norms, self.rows, answers)
         return written_shard(self.directory, name, ids, FLAT)
 
     def pack(self) -> None:
