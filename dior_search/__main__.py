@@ -14,10 +14,16 @@ def run() -> None:
     try:
         from dior_search.cli import run as run_cli
     except KeyboardInterrupt:
-        interrupts.ignore()
-        sys.stderr.write(f"error: {interrupts.message()}\n")
-        sys.exit(interrupts.exit_code())
+        stop()
+    if interrupts.received():  # a library's bare `except:` swallowed it while importing
+        stop()
     run_cli()
+
+
+def stop() -> None:
+    interrupts.ignore()
+    sys.stderr.write(f"error: {interrupts.message()}\n")
+    sys.exit(interrupts.exit_code())
 
 
 if __name__ == "__main__":

@@ -16,17 +16,31 @@ from types import FrameType
 INTERRUPTED_EXIT = 130
 TERMINATED_EXIT = 143
 _terminated = threading.Event()
+# Set by either signal. A library's bare `except:` can swallow the KeyboardInterrupt (seen
+# while the CLI's modules import); the entry point checks this so the run still ends.
+_received = threading.Event()
+
+
+def on_sigint(signum: int, frame: FrameType | None) -> None:
+    _received.set()
+    raise KeyboardInterrupt
 
 
 def on_sigterm(signum: int, frame: FrameType | None) -> None:
     _terminated.set()
-    raise KeyboardInterrupt
+    on_sigint(signum, frame)
 
 
 def install() -> None:
     """Handle SIGTERM like Ctrl+C (in the main thread; elsewhere signals cannot be set)."""
     if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, on_sigint)
         signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def received() -> bool:
+    """Whether Ctrl+C or SIGTERM arrived, even if its KeyboardInterrupt was swallowed."""
+    return _received.is_set()
 
 
 def ignore() -> None:

@@ -75,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: still one line; --verbose logs the traceback
         logging.getLogger(__name__).info("unexpected error", exc_info=True)
         return error_line(f"unexpected {type(exc).__name__}: {exc}", 1)
-    # Without standalone mode typer returns 130 for an interrupted command rather than raising.
-    if code == interrupts.INTERRUPTED_EXIT:
+    # Without standalone mode typer returns 130 for an interrupted command rather than raising;
+    # an interrupt that a library swallowed still ends the run as one.
+    if code == interrupts.INTERRUPTED_EXIT or interrupts.received():
         return error_line(interrupts.message(), interrupts.exit_code())
     return 0
 

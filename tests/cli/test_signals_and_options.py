@@ -87,6 +87,34 @@ def test_interrupted_in_process_exits_130_in_one_line(folder, tmp_path, capsys, 
     assert error_line(run, 130) == "error: interrupted"
 
 
+SWALLOWED = """
+import os, signal, sys
+import dior_search.cli
+from dior_search import __main__ as entry, interrupts
+interrupts.install()
+try:
+    os.kill(os.getpid(), signal.{name})
+    for _ in range(10**7):
+        pass
+except BaseException:  # a library's bare `except:`
+    pass
+sys.argv = ["dior-search", "--help"]
+entry.run()
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "code", "message"),
+    [("SIGINT", 130, "error: interrupted"), ("SIGTERM", 143, "error: terminated")],
+)
+def test_an_interrupt_a_library_swallowed_still_ends_the_run(name, code, message):
+    done = subprocess.run(
+        [sys.executable, "-c", SWALLOWED.format(name=name)], capture_output=True, timeout=60
+    )
+    assert (done.returncode, done.stderr.decode().strip()) == (code, message)
+    assert done.stdout == b""  # the command (--help) did not run
+
+
 @pytest.mark.parametrize("value", ["0", "-1"])
 def test_max_pixels_below_one_is_refused(folder, tmp_path, capsys, value):
     args = ["index", "--images", folder, "-c", "color", "--indexes", tmp_path, *TINY]
