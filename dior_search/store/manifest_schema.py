@@ -142,6 +142,11 @@ TRAINED_FIELDS: dict[str, Field] = {
     "bytes_per_vector": integer(0),
 }
 
+DATABASE_FIELDS: dict[str, Field] = {
+    "kind": one_of("milvus"),
+    "rows": integer(0),
+}
+
 MANIFEST_FIELDS: dict[str, Field] = {
     "format_version": integer(1, 2),
     "tool_version": text(),
@@ -166,6 +171,8 @@ MANIFEST_FIELDS: dict[str, Field] = {
     "generation": integer(0, optional=True),
     "next_shard": integer(0, optional=True),
     "next_row_id": integer(0, optional=True),
+    # An index kept in a database (store.milvus): its kind and live rows as of the last commit.
+    "database": obj(DATABASE_FIELDS, optional=True),
     # sha256 of the other fields (see manifest.content_checksum); absent before it was added.
     "checksum": sha256(optional=True),
 }

@@ -19,6 +19,7 @@ from dior_search.errors import IndexStoreError
 from dior_search.store.files import verify_file
 from dior_search.store.manifest import Shard
 
+LABEL_PREFIX = "label_"
 # Shards at least this large are memory-mapped by default rather than read into RAM.
 MMAP_MIN_BYTES = 16 << 20
 
@@ -30,6 +31,14 @@ class Row:
     path: str
     content_hash: str
     labels: dict[str, str] = field(default_factory=dict)
+
+    def scalar_columns(self) -> dict[str, Any]:
+        """The row's columns beside its id, vector and norm, as every store writes them:
+        `path`, `content_hash` and `label_<name>` (only the labels it has)."""
+        columns: dict[str, Any] = {"path": self.path, "content_hash": self.content_hash}
+        for name, value in sorted(self.labels.items()):
+            columns[f"{LABEL_PREFIX}{name}"] = value
+        return columns
 
 
 def faiss_path(directory: Path, shard: Shard | str) -> Path:
@@ -133,6 +142,7 @@ def write_parquet(path: Path, ids: np.ndarray, norms: np.ndarray, rows: Sequence
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    scalars = [r.scalar_columns() for r in rows]
     columns: dict[str, Any] = {
         "id": pa.array(ids, type=pa.int64()),
         "path": pa.array([r.path for r in rows], type=pa.string()),
@@ -140,8 +150,8 @@ def write_parquet(path: Path, ids: np.ndarray, norms: np.ndarray, rows: Sequence
         # The vector's length before normalisation: unit vector * norm is the raw embedding.
         "norm": pa.array(norms, type=pa.float32()),
     }
-    for name in sorted({name for r in rows for name in r.labels}):
-        columns[f"label_{name}"] = pa.array([r.labels.get(name) for r in rows], type=pa.string())
+    for name in sorted({name for r in scalars for name in r} - set(columns)):
+        columns[name] = pa.array([r.get(name) for r in scalars], type=pa.string())
     pq.write_table(pa.table(columns), path)
 
 
