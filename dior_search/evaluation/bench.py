@@ -37,7 +37,7 @@ from dior_search.models.embedder import Embedder
 from dior_search.models.settings import EmbedderOptions
 from dior_search.search.joined import JoinedIndexes
 from dior_search.search.searcher import Searcher
-from dior_search.store.reader import IndexReader
+from dior_search.store.backend import Reader
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +115,13 @@ def layer_method(method: str, layer: int) -> str:
     return f"{method} layer {layer}"
 
 
-def evaluate_index(reader: IndexReader, condition: str, distance: Distance = "cosine") -> Metrics:
+def evaluate_index(reader: Reader, condition: str, distance: Distance = "cosine") -> Metrics:
     """Metrics of one index by one condition's labels, exact search over its vectors (unit
     vectors for cosine, raw ones for Euclidean); `leakage` where there are other labels."""
     if not reader.exact:
         log.warning(
             "%s stores compressed vectors (%s): metrics use their reconstructions",
-            reader.directory,
+            reader.location,
             reader.manifest.index_type,
         )
     _, vectors = reader.all_vectors(raw=distance == "euclidean")

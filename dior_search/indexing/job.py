@@ -18,12 +18,12 @@ from dior_search.data.reading import LoadedImage, load_ahead
 from dior_search.errors import UsageError, first_line
 from dior_search.models.embedder import Embedder, EmbedderDescription, ImageRefused
 from dior_search.models.prompts import build_prompt
+from dior_search.store.backend import IndexLocation, IndexStore, Writer
 from dior_search.store.compaction import Compaction
-from dior_search.store.index_types import AUTO, FLAT, canonical_spec, check_index_spec
-from dior_search.store.layout import index_dir
-from dior_search.store.manifest import MANIFEST, Manifest
+from dior_search.store.folder import FolderStore
+from dior_search.store.index_types import AUTO, FLAT, canonical_spec
+from dior_search.store.manifest import Manifest
 from dior_search.store.shards import Row
-from dior_search.store.writer import IndexWriter
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,12 @@ class IndexSettings:
     keep_missing: bool = False
     # Rewrite shards whose deleted rows pass this share at the end of the run.
     compact_threshold: float = defaults.COMPACT_THRESHOLD
+    # Where the indexes are written (None: the folder store under indexes_dir).
+    store: IndexStore | None = None
+
+    def index_store(self) -> IndexStore:
+        """The store the run writes to."""
+        return self.store if self.store is not None else FolderStore(self.indexes_dir)
 
 
 @dataclass
@@ -85,7 +91,8 @@ class SyncCounts:
 class IndexReport:
     counts: dict[str, SyncCounts] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    directories: dict[str, Path] = field(default_factory=dict)
+    # Where each condition's index is: its directory, or its database collection.
+    directories: dict[str, IndexLocation] = field(default_factory=dict)
     # Where the skipped images are listed (None: none skipped).
     skipped_listing: Path | None = None
     part: PartSpec | None = None
@@ -103,7 +110,7 @@ class ConditionRun:
     images the index already holds to the process that merges the parts).
     """
 
-    def __init__(self, condition: str, writer: IndexWriter, skip: frozenset[str] = frozenset()):
+    def __init__(self, condition: str, writer: Writer, skip: frozenset[str] = frozenset()):
         self.condition = condition
         self.writer = writer
         self.skip = skip
@@ -151,7 +158,7 @@ class IndexTarget:
 
     condition: str
     text: str | None
-    directory: Path
+    location: IndexLocation
     manifest: Manifest
 
 
@@ -174,18 +181,14 @@ class IndexJob:
         return [t.text for t in self.targets]
 
     def check_index_types(self, n_items: int) -> None:
-        """Fail before any embedding on an index type FAISS cannot build or train."""
+        """Fail before any embedding on an index type the store cannot build or train."""
         if self.settings.index_type is None:
             return
+        store = self.settings.index_store()
         for target in self.targets:
-            existing = (
-                Manifest.read(target.directory).rows
-                if (target.directory / MANIFEST).is_file()
-                else 0
-            )
-            check_index_spec(
-                canonical_spec(self.settings.index_type), self.embedder.dim, existing + n_items
-            )
+            existing = store.manifest_at(target.location)
+            rows = 0 if existing is None else existing.rows
+            store.check_index_spec(self.settings.index_type, self.embedder.dim, rows + n_items)
 
 
 def plan_job(
@@ -195,6 +198,7 @@ def plan_job(
     description = embedder.describe()
     template = getattr(description.settings, "template", defaults.DEFAULT_TEMPLATE)
     spec = canonical_spec(settings.index_type or AUTO)
+    store = settings.index_store()
     targets = []
     for condition in conditions:
         text = collection.condition_text(condition)
@@ -209,8 +213,8 @@ def plan_job(
             index_spec=spec,
             memory_budget=settings.memory_budget or defaults.DEFAULT_MEMORY_BUDGET,
         )
-        directory = index_dir(settings.indexes_dir, collection.name, description, condition)
-        targets.append(IndexTarget(condition, text, directory, manifest))
+        location = store.location(collection.name, description, condition)
+        targets.append(IndexTarget(condition, text, location, manifest))
     return IndexJob(collection, embedder, description, settings, targets)
 
 

@@ -58,6 +58,7 @@ from dior_search.indexing.job import (
 )
 from dior_search.indexing.sync import ConfirmRemoval, sync_targets
 from dior_search.store.files import atomic_file, fsync_dir, sha256_file
+from dior_search.store.folder import directory_of
 from dior_search.store.index_types import FLAT
 from dior_search.store.manifest import (
     MANIFEST,
@@ -373,16 +374,17 @@ def index_part(
     report = IndexReport(part=part)
     # Conditions whose parts this process merged, with the rows merged.
     merged: dict[str, tuple[IndexTarget, int]] = {}
-    for target in job.targets:
-        if (parts_dir(target.directory) / MERGE_PLAN).is_file():  # a merge was interrupted
+    directories = [directory_of(t.location) for t in job.targets]
+    for target, directory in zip(job.targets, directories, strict=True):
+        if (parts_dir(directory) / MERGE_PLAN).is_file():  # a merge was interrupted
             rows = merge_parts(
-                target.directory, target.manifest, settings.index_type, settings.memory_budget
+                directory, target.manifest, settings.index_type, settings.memory_budget
             )
             merged[target.condition] = (target, rows or 0)
-    report.directories = {t.condition: t.directory for t in job.targets}
+    report.directories = {t.condition: t.location for t in job.targets}
     # The plan comes from the indexes as they are before any part writes: every process
     # computes the same work list.
-    states = [read_state(t.directory) for t in job.targets]
+    states = [read_state(directory) for directory in directories]
     items = job.collection.items
     work = work_list(items, states)
     if not work and not merged:
@@ -398,10 +400,10 @@ def index_part(
     runs: list[ConditionRun] = []
     try:
         folders = []
-        for target, state in zip(job.targets, states, strict=True):
+        for target, state, directory in zip(job.targets, states, directories, strict=True):
             if not work:
                 break
-            folder = prepare_part(target.directory, part, work, state.next_id)
+            folder = prepare_part(directory, part, work, state.next_id)
             folders.append(folder)
             writer = IndexWriter(folder, copy.deepcopy(target.manifest), packs=False)
             runs.append(ConditionRun(target.condition, writer, skip=state.hashes))
@@ -421,13 +423,13 @@ def index_part(
         for run in runs:
             run.writer.abort()
     report.counts = {run.condition: run.counts for run in runs}
-    for target in job.targets:
-        missing = missing_parts(target.directory, part.parts) if work else []
+    for target, directory in zip(job.targets, directories, strict=True):
+        missing = missing_parts(directory, part.parts) if work else []
         if missing:
             report.waiting[target.condition] = missing
         elif work:
             rows = merge_parts(
-                target.directory, target.manifest, settings.index_type, settings.memory_budget
+                directory, target.manifest, settings.index_type, settings.memory_budget
             )
             if rows is not None:
                 merged[target.condition] = (target, rows)

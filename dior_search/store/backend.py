@@ -215,14 +215,21 @@ class SharedParts(Protocol):
     index itself (staged: invisible until published), marks its part done, and the process
     that finds every part done publishes them all in one commit."""
 
+    @property
+    def single_process(self) -> bool:
+        """Whether the database opens in one process only (Milvus Lite): parts then run one
+        after another, never launched together."""
+        ...
+
     def staged_writer(self, location: IndexLocation, manifest: Manifest) -> Writer: ...
 
     def mark_done(self, location: IndexLocation, part: str, plan: str, rows: int) -> None: ...
 
     def missing(self, location: IndexLocation, parts: Sequence[str], plan: str) -> list[str]: ...
 
-    def publish(self, location: IndexLocation, plan: str, next_id: int) -> bool:
-        """Publish the staged rows below `next_id`; False if another process does it."""
+    def publish(self, location: IndexLocation, plan: str, next_id: int) -> int | None:
+        """Publish the staged rows below `next_id`: the rows published (None: another process
+        publishes them)."""
         ...
 
 
@@ -265,10 +272,6 @@ class IndexStore(Protocol):
     ) -> list[IndexEntry]:
         """Every index (of one collection, method or model if given); a damaged one raises
         IndexStoreError, or is recorded in `damaged` when given."""
-        ...
-
-    def is_index_of(self, location: IndexLocation, collection: str, condition: str) -> bool:
-        """Whether `location` is where the index of (collection, condition) is."""
         ...
 
     def compact(

@@ -58,9 +58,6 @@ class FolderStore:
     ) -> list[IndexEntry]:
         return layout.find_indexes(self.root, collection, method, model, damaged)
 
-    def is_index_of(self, location: IndexLocation, collection: str, condition: str) -> bool:
-        return isinstance(location, Path) and layout.is_index_of(location, collection, condition)
-
     def compact(
         self, location: IndexLocation, threshold: float, wait_for_lock: bool = False
     ) -> Compaction:
