@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
 import uuid
@@ -193,9 +194,9 @@ def collection_name(collection: str, embedder: str, condition: str) -> str:
     name = PREFIX + SEPARATOR.join(escape(part) for part in (collection, embedder, condition))
     if len(name) <= MAX_NAME:
         return name
-    # `h` is no hex digit: a hashed name never equals a readable one.
+    # `_h` is no escape (h is no hex digit): a hashed name never equals a readable one.
     digest = hashlib.sha256(name.encode()).hexdigest()
-    return f"{name[: MAX_NAME - 67]}_h{digest}"
+    return f"{PREFIX}_h{digest}_{name.removeprefix(PREFIX)}"[:MAX_NAME]
 
 
 def name_parts(name: str) -> tuple[str, str, str] | None:
@@ -227,9 +228,10 @@ def name_parts(name: str) -> tuple[str, str, str] | None:
 
 
 def quiet_client_logs() -> None:
-    """pymilvus and Milvus Lite log every failure with a traceback before raising it; the
-    store turns each into one line (IndexStoreError), so their logs are kept to criticals."""
-    for name in ("pymilvus", "milvus_lite"):
+    """pymilvus and Milvus Lite (and the gRPC server it runs in this process) log every
+    failure with a traceback, also those they recover from; the store turns each failure into
+    one line (IndexStoreError), so their logs are kept to criticals."""
+    for name in ("pymilvus", "milvus_lite", "grpc._server"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
@@ -850,6 +852,8 @@ class MilvusWriter(PendingRows):
         staged: bool = False,
     ) -> None:
         self.store, self._location, self.staged = store, location, staged
+        # Vectors of rows this writer deleted that a new row may still copy (a rename).
+        self.retired = Spill()
         self.manifest = self.open_manifest(new_manifest)
         self.next_id = self.manifest.next_id
         self.changed_type = False
@@ -916,15 +920,32 @@ class MilvusWriter(PendingRows):
             self.changed_type = True
 
     def stored_vector(self, row_id: int) -> np.ndarray:
-        """The raw vector (unit vector x norm) of a stored row."""
-        ids = np.array([row_id], dtype=np.int64)
-        found = self.store.fetch(self._location, ids, ["vector", "norm"]).get(row_id)
-        if found is None:
+        """The raw vector (unit vector x norm) of a stored row, or of one this writer
+        deleted."""
+        retired = self.retired.get(row_id)
+        if retired is not None:
+            return retired
+        raw = self.raw_vectors([row_id]).get(row_id)
+        if raw is None:
             raise IndexStoreError(f"no stored row {row_id} in {self._location}")
-        raw: np.ndarray = np.asarray(found["vector"], dtype=np.float32) * np.float32(
-            found["norm"]
-        )
         return raw
+
+    def raw_vectors(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """Raw vectors (unit vector x norm) of the stored rows among `ids`."""
+        found = self.store.fetch(self._location, np.asarray(ids, np.int64), ["vector", "norm"])
+        return {
+            row_id: np.asarray(row["vector"], dtype=np.float32) * np.float32(row["norm"])
+            for row_id, row in found.items()
+        }
+
+    def retire(self, ids: Sequence[int]) -> None:
+        """Keep, before they are deleted, the vectors of rows that are their content's source:
+        a file renamed in this run copies its vector after the old row is gone (a folder's
+        shards keep deleted rows until compaction; a database drops them at once)."""
+        sources = set(self.sources.values())
+        wanted = [i for i in ids if i in sources]
+        for low in range(0, len(wanted), ID_BATCH):
+            self.retired.put(self.raw_vectors(wanted[low : low + ID_BATCH]))
 
     def write_shard(self) -> None:
         """Commit: write the queued rows, delete the rows deleted since the last commit, and
@@ -935,6 +956,7 @@ class MilvusWriter(PendingRows):
         before = self.manifest.rows
         try:
             self.store.put(location, self.ids, self.vectors, self.rows, replace=self.staged)
+            self.retire(sorted(self.deleting))
             self.store.remove(location, sorted(self.deleting))
             if not self.staged:
                 if self.ids:
@@ -980,13 +1002,48 @@ class MilvusWriter(PendingRows):
 
     def close(self, threshold: float = 0.0) -> Compaction:
         """Commit what is queued, build the index type, compact."""
-        self.write_shard()
-        self.pack()
-        return self.compact(threshold)
+        try:
+            self.write_shard()
+            self.pack()
+            return self.compact(threshold)
+        finally:
+            self.retired.close()
 
     def abort(self) -> None:
         """Drop what is queued: the index stays as of its last commit (no lock to release)."""
         self.clear_queue()
+        self.retired.close()
+
+
+class Spill:
+    """Raw vectors by row id in a temporary file: any number of them, in bounded memory."""
+
+    def __init__(self) -> None:
+        self.file: Any = None
+        self.where: dict[int, tuple[int, int]] = {}
+
+    def put(self, vectors: dict[int, np.ndarray]) -> None:
+        if self.file is None:
+            # Open for the writer's life; closed (and gone) in close().
+            self.file = tempfile.TemporaryFile()  # noqa: SIM115
+        for row_id, vector in vectors.items():
+            data = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+            self.file.seek(0, os.SEEK_END)
+            self.where[row_id] = (self.file.tell(), len(data))
+            self.file.write(data)
+
+    def get(self, row_id: int) -> np.ndarray | None:
+        found = self.where.get(row_id)
+        if found is None or self.file is None:
+            return None
+        self.file.seek(found[0])
+        vector: np.ndarray = np.frombuffer(self.file.read(found[1]), dtype=np.float32).copy()
+        return vector
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        self.file, self.where = None, {}
 
 
 def as_database_manifest(manifest: Manifest, lite: bool) -> Manifest:
@@ -1031,7 +1088,10 @@ class MilvusParts:
         )
 
     def missing(self, location: IndexLocation, parts: Sequence[str], plan: str) -> list[str]:
-        found = self.store.properties(self.store.own(location).name)
+        where = self.store.own(location)
+        if not self.store.exists(where):
+            return list(parts)
+        found = self.store.properties(where.name)
         done = {
             key.removeprefix(PART_KEY)
             for key, value in found.items()
