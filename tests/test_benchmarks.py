@@ -221,3 +221,17 @@ def test_deletion_benchmark_runs_small(capsys):
     assert rows[2]["recall"] >= rows[3]["recall"] - 0.01
     assert all(r["recall"] >= 0.9 for r in rows)
     assert "R@10" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_store_comparison_runs_small(capsys):
+    pytest.importorskip("pymilvus")
+    module = benchmark_module("store_compare")
+    rows = module.main(["--quick"])
+    assert [(r["store"], r["index_type"]) for r in rows] == [
+        ("folder", "Flat"),
+        ("milvus-lite", "FLAT"),
+    ]
+    # Exact on both: every query finds its exact top 10.
+    assert all(r["recall@10"] == 1.0 and r["insert_per_s"] > 0 for r in rows)
+    assert "| milvus-lite | `FLAT` |" in capsys.readouterr().out
