@@ -8,7 +8,8 @@ database (pip install 'dior-search[milvus]').
 
 Layout: one collection per (collection, embedder, condition), `dior_<collection>__<embedder>
 __<condition>`, where every character but an ASCII letter or digit is `_` and its UTF-8 bytes
-in hex (so two indexes never share a name; a name longer than Milvus allows ends in a hash).
+in hex (so two indexes never share a name; a name longer than Milvus allows starts with a
+hash of it).
 Fields: `id` (INT64 primary key, the same ids as the folder store gives), `vector` (the unit
 vector; inner product, so scores are cosine similarities), `path`, `content_hash`, `norm`, and
 the row's other columns (`label_<name>`, ...) as dynamic fields, which filters can name.
