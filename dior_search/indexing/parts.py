@@ -388,13 +388,7 @@ def index_part(
     items = job.collection.items
     work = work_list(items, states)
     if not work and not merged:
-        # No new path to embed, so no merge: the first process alone syncs (changed files,
-        # moves, removals); the others have nothing to do.
-        if part.part == 0:
-            sync_targets(job, job.targets, report, on_start, on_progress, confirm)
-        else:
-            report.counts = {c: SyncCounts(unchanged=len(items)) for c in job.conditions}
-        return report
+        return sync_without_work(job, part, report, on_start, on_progress, confirm)
     job.check_index_types(len(work))
     start, stop = part.bounds(len(work))
     runs: list[ConditionRun] = []
@@ -410,12 +404,7 @@ def index_part(
         if on_start is not None:
             on_start(stop - start)
         if runs and not all(is_done(folder) for folder in folders):
-            positions = {item.path: start + offset for offset, item in enumerate(work[start:stop])}
-            row_ids = [
-                {path: state.next_id + position for path, position in positions.items()}
-                for state in states
-            ]
-            embed_items(job, runs, work[start:stop], report, on_progress, row_ids)
+            embed_slice(job, runs, work, (start, stop), states, report, on_progress)
             for run, folder in zip(runs, folders, strict=True):
                 run.writer.write_shard()
                 mark_done(folder, run.writer.manifest.rows)
@@ -433,11 +422,61 @@ def index_part(
             )
             if rows is not None:
                 merged[target.condition] = (target, rows)
-    if merged:
-        # The parts added the new files; the sync then finds them unchanged.
-        sync_targets(job, [target for target, _ in merged.values()], report, confirm=confirm)
-        for condition, (_, rows) in merged.items():
-            report.counts[condition].added += rows
-            report.counts[condition].unchanged -= rows
-        report.merged = list(merged)
+    sync_merged(job, list(merged.values()), report, confirm)
     return report
+
+
+def sync_without_work(
+    job: IndexJob,
+    part: PartSpec,
+    report: IndexReport,
+    on_start: Progress | None,
+    on_progress: Progress | None,
+    confirm: ConfirmRemoval | None,
+) -> IndexReport:
+    """No new path to embed, so nothing to merge: the first process alone syncs (changed
+    files, moves, removals); the others have nothing to do."""
+    if part.part == 0:
+        sync_targets(job, job.targets, report, on_start, on_progress, confirm)
+    else:
+        unchanged = len(job.collection.items)
+        report.counts = {c: SyncCounts(unchanged=unchanged) for c in job.conditions}
+    return report
+
+
+def embed_slice(
+    job: IndexJob,
+    runs: Sequence[ConditionRun],
+    work: Sequence[Item],
+    bounds: tuple[int, int],
+    states: Sequence[IndexState],
+    report: IndexReport,
+    on_progress: Progress | None,
+) -> None:
+    """Embed this part's slice of the work list, the item at position i with id
+    next_id + i of each condition's index (the ids a single run gives)."""
+    start, stop = bounds
+    positions = {item.path: start + offset for offset, item in enumerate(work[start:stop])}
+    row_ids = [
+        {path: state.next_id + position for path, position in positions.items()}
+        for state in states
+    ]
+    embed_items(job, runs, work[start:stop], report, on_progress, row_ids)
+
+
+def sync_merged(
+    job: IndexJob,
+    merged: Sequence[tuple[IndexTarget, int]],
+    report: IndexReport,
+    confirm: ConfirmRemoval | None,
+) -> None:
+    """After the parts of these indexes were merged (or published): sync them with the
+    collection, counting the rows the parts added as added, not unchanged."""
+    if not merged:
+        return
+    # The parts added the new files; the sync then finds them unchanged.
+    sync_targets(job, [target for target, _ in merged], report, confirm=confirm)
+    for target, rows in merged:
+        report.counts[target.condition].added += rows
+        report.counts[target.condition].unchanged -= rows
+    report.merged = [target.condition for target, _ in merged]

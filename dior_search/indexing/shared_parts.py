@@ -24,11 +24,16 @@ from dior_search.indexing.job import (
     IndexReport,
     PartSpec,
     Progress,
-    SyncCounts,
-    embed_items,
 )
-from dior_search.indexing.parts import IndexState, work_digest, work_list
-from dior_search.indexing.sync import ConfirmRemoval, sync_targets
+from dior_search.indexing.parts import (
+    IndexState,
+    embed_slice,
+    sync_merged,
+    sync_without_work,
+    work_digest,
+    work_list,
+)
+from dior_search.indexing.sync import ConfirmRemoval
 from dior_search.store.backend import IndexLocation, IndexStore, SharedParts
 
 
@@ -67,13 +72,7 @@ def index_shared(
     items = job.collection.items
     work = work_list(items, states)
     if not work:
-        # Nothing new to embed: the first process alone syncs (changed files, moves,
-        # removals); the others have nothing to do.
-        if part.part == 0:
-            sync_targets(job, job.targets, report, on_start, on_progress, confirm)
-        else:
-            report.counts = {c: SyncCounts(unchanged=len(items)) for c in job.conditions}
-        return report
+        return sync_without_work(job, part, report, on_start, on_progress, confirm)
     job.check_index_types(len(work))
     start, stop = part.bounds(len(work))
     plans = [work_digest(work, state.next_id) for state in states]
@@ -89,12 +88,7 @@ def index_shared(
         if on_start is not None:
             on_start(0 if done else stop - start)
         if not done:
-            positions = {item.path: start + offset for offset, item in enumerate(work[start:stop])}
-            row_ids = [
-                {path: state.next_id + position for path, position in positions.items()}
-                for state in states
-            ]
-            embed_items(job, runs, work[start:stop], report, on_progress, row_ids)
+            embed_slice(job, runs, work, (start, stop), states, report, on_progress)
             for target, state, plan, run in zip(job.targets, states, plans, runs, strict=True):
                 run.writer.write_shard()
                 low, high = state.next_id + start, state.next_id + stop
@@ -114,11 +108,5 @@ def index_shared(
         count = shared.publish(target.location, plan, state.next_id + len(work))
         if count is not None:
             published.append((target, count))
-    if published:
-        # The parts added the new files; the sync then finds them unchanged.
-        sync_targets(job, [target for target, _ in published], report, confirm=confirm)
-        for target, rows in published:
-            report.counts[target.condition].added += rows
-            report.counts[target.condition].unchanged -= rows
-        report.merged = [target.condition for target, _ in published]
+    sync_merged(job, published, report, confirm)
     return report

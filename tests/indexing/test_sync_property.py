@@ -216,15 +216,15 @@ class FolderFollowing(RuleBasedStateMachine):
             assert result.hits[0].score >= 0.9999
 
 
-@pytest.mark.slow
-def test_the_index_follows_the_folder(cached_tiny):
-    FolderFollowing.embedder = cached_tiny
-    FolderFollowing.store_kind = "folder"
+def follow(embedder, store_kind: str, examples: int) -> Counter[str]:
+    """Run the state machine on a store; what it did."""
+    FolderFollowing.embedder = embedder
+    FolderFollowing.store_kind = store_kind
     FolderFollowing.ran.clear()
     run_state_machine_as_test(
         FolderFollowing,
         settings=settings(
-            max_examples=40,
+            max_examples=examples,
             stateful_step_count=40,
             derandomize=True,
             deadline=None,
@@ -232,25 +232,16 @@ def test_the_index_follows_the_folder(cached_tiny):
             suppress_health_check=list(HealthCheck),
         ),
     )
-    ran = FolderFollowing.ran
+    return FolderFollowing.ran
+
+
+@pytest.mark.slow
+def test_the_index_follows_the_folder(cached_tiny):
+    ran = follow(cached_tiny, "folder", 40)
     assert ran["steps"] >= 200 and ran["index"] >= 40 and ran["query"] >= 20, ran
 
 
 @pytest.mark.slow
 def test_a_milvus_lite_index_follows_the_folder(cached_tiny):
-    FolderFollowing.embedder = cached_tiny
-    FolderFollowing.store_kind = "milvus-lite"
-    FolderFollowing.ran.clear()
-    run_state_machine_as_test(
-        FolderFollowing,
-        settings=settings(
-            max_examples=20,
-            stateful_step_count=40,
-            derandomize=True,
-            deadline=None,
-            database=None,
-            suppress_health_check=list(HealthCheck),
-        ),
-    )
-    ran = FolderFollowing.ran
+    ran = follow(cached_tiny, "milvus-lite", 20)
     assert ran["steps"] >= 400 and ran["index"] >= 20 and ran["query"] >= 5, ran
