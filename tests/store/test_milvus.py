@@ -248,3 +248,42 @@ def test_without_pymilvus_the_store_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "pymilvus", None)
     with pytest.raises(UsageError, match=r"pip install 'dior-search\[milvus\]'"):
         open_store("milvus-lite:/tmp/x.db", None)
+
+
+def test_export_and_compact_take_the_store(lite_index, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    store = ["--store", f"milvus-lite:{lite_index / 'ix.db'}"]
+    assert main(["export", str(tmp_path / "out"), "--dataset", "synthetic", *store]) == 0
+    table = pq.read_table(tmp_path / "out" / "color.parquet")
+    assert table.num_rows == 40 and table.column("id").to_pylist() == list(range(40))
+    assert {"path", "content_hash", "label_color", "label_background", "vector"} <= set(
+        table.column_names
+    )
+    reader = MilvusStore(f"milvus-lite:{lite_index / 'ix.db'}")
+    location = next(e.location for e in reader.find() if e.condition == "color")
+    opened_reader = reader.reader(location)
+    raw = np.asarray(table.column("vector").to_pylist(), dtype=np.float32)
+    np.testing.assert_allclose(
+        raw / np.linalg.norm(raw, axis=1, keepdims=True),
+        opened_reader.vectors(range(40)),
+        atol=1e-6,
+    )
+    reader.close()
+    capsys.readouterr()
+    assert main(["compact", "--dataset", "synthetic", *store]) == 0
+    assert capsys.readouterr().out.count("nothing to compact") == 2
+
+
+def test_bench_scores_alike_on_both_stores(lite_index, tmp_path):
+    scores = {}
+    for name, store in (
+        ("folder", ["--indexes", str(tmp_path / "indexes")]),
+        ("milvus-lite", ["--store", f"milvus-lite:{tmp_path / 'bench.db'}"]),
+    ):
+        args = ["bench", "--dataset", "synthetic", "--datasets-dir", str(lite_index / "datasets")]
+        args += ["--method", "dior", "-c", "color", "--device", "cpu", *store]
+        assert main([*args, "--json", str(tmp_path / f"{name}.json")]) == 0
+        scores[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    got, want = (scores[name]["synthetic"]["color"]["dior"] for name in ("milvus-lite", "folder"))
+    assert got == pytest.approx(want, abs=1e-6)
