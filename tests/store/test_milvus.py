@@ -287,3 +287,18 @@ def test_bench_scores_alike_on_both_stores(lite_index, tmp_path):
         scores[name] = json.loads((tmp_path / f"{name}.json").read_text())
     got, want = (scores[name]["synthetic"]["color"]["dior"] for name in ("milvus-lite", "folder"))
     assert got == pytest.approx(want, abs=1e-6)
+
+
+def test_an_unreachable_server_is_one_line_and_exit_5(capsys):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = ["query", "--id", "1", "-c", "color", "--dataset", "synthetic"]
+    one_line_error(
+        capsys,
+        5,
+        f"cannot open milvus://127.0.0.1:{port}",
+        [*args, "--store", f"milvus://127.0.0.1:{port}"],
+    )
