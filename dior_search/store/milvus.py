@@ -495,16 +495,15 @@ class MilvusStore:
             properties={MANIFEST_KEY: manifest.to_json()},
         )
 
-    def built_index(self, location: DatabaseIndex) -> str:
-        """The index type the collection's vectors have, as `TYPE:name=value,...`."""
+    def built_index(self, location: DatabaseIndex) -> tuple[str, dict[str, str]]:
+        """The index type the collection's vectors have, and its parameters as described."""
         found = self.conn.call(
             f"read the index of {location.name}", "describe_index", location.name, "vector"
         )
         params = found.get("params") or {}
         if isinstance(params, str):
             params = json.loads(params)
-        text = ",".join(f"{k}={v}" for k, v in params.items())
-        return str(found.get("index_type", FLAT)) + (f":{text}" if text else "")
+        return str(found.get("index_type", FLAT)), {str(k): str(v) for k, v in params.items()}
 
     def rebuild_index(self, location: DatabaseIndex, spec: str) -> None:
         """Replace the collection's vector index by one of type `spec`."""
@@ -613,6 +612,20 @@ class MilvusStore:
             ):
                 found[int(row["id"])] = row
         return found
+
+
+def same_index(built: tuple[str, dict[str, str]], wanted: str) -> bool:
+    """Whether the index built (as the database describes it, possibly with more parameters)
+    is of the type and build parameters `wanted` asks for.
+
+    >>> same_index(("HNSW", {"efConstruction": "100", "M": "16"}), "HNSW:M=16,efConstruction=100")
+    True
+    >>> same_index(("FLAT", {}), "HNSW:M=16")
+    False
+    """
+    kind = parse_spec(wanted, lite=False)
+    index_type, params = built
+    return index_type == kind.index_type and all(params.get(k) == v for k, v in kind.params)
 
 
 def index_params(spec: str) -> Any:
@@ -984,7 +997,7 @@ class MilvusWriter(PendingRows):
                 ).spec
         else:
             target = manifest.index_spec
-        if target != self.store.built_index(location):
+        if not same_index(self.store.built_index(location), target):
             log.info("%s: building a %s index", location, target)
             self.store.rebuild_index(location, target)
         if target != manifest.index_type or self.changed_type:

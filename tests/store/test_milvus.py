@@ -223,7 +223,7 @@ def test_auto_grows_out_of_flat_within_the_memory_budget(tmp_path):
         writer.set_index_type(None, 70 * 1024)
         for number, vector in enumerate(vectors):
             writer.add(vector, Row(f"{number}.png", f"{number:064x}"))
-    assert store.built_index(location) == "IVF_SQ8:nlist=64"
+    assert store.built_index(location) == ("IVF_SQ8", {"nlist": "64"})
     reader = store.reader(location, search_params="nprobe=64")
     assert (reader.manifest.index_type, reader.manifest.search_params) == (
         "IVF_SQ8:nlist=64",
@@ -302,3 +302,12 @@ def test_an_unreachable_server_is_one_line_and_exit_5(capsys):
         f"cannot open milvus://127.0.0.1:{port}",
         [*args, "--store", f"milvus://127.0.0.1:{port}"],
     )
+
+
+def test_doctests():
+    import doctest
+
+    from dior_search.store import milvus_types
+
+    assert doctest.testmod(milvus).failed == 0
+    assert doctest.testmod(milvus_types).failed == 0
