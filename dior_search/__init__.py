@@ -28,8 +28,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from dior_search.version import __version__
-
 if TYPE_CHECKING:
     from dior_search.data.collections import Collection, Item, open_dataset
     from dior_search.data.images import load_image
@@ -55,8 +53,10 @@ if TYPE_CHECKING:
     from dior_search.store.export import export_collection, export_index
     from dior_search.store.reader import IndexReader
     from dior_search.store.stores import open_store
+    from dior_search.version import __version__
 
-# Public name -> the module that defines it.
+# Public name -> the module that defines it. `__version__` too: looked up on first use, not on
+# import, so that `dior-search` handles Ctrl+C from its first milliseconds.
 API = {
     "Collection": "dior_search.data.collections",
     "Item": "dior_search.data.collections",
@@ -86,6 +86,7 @@ API = {
     "open_store": "dior_search.store.stores",
     "export_collection": "dior_search.store.export",
     "export_index": "dior_search.store.export",
+    "__version__": "dior_search.version",
 }
 
 __all__ = [

@@ -30,6 +30,8 @@ INDIRECT_MAX_STEPS = 20_000
 # Folders.
 DEFAULT_INDEXES_DIR = Path("indexes")
 DEFAULT_DATASETS_DIR = Path("datasets")
+# The demo's own images: never the synthetic dataset that `index --dataset synthetic` reads.
+DEFAULT_DEMO_DIR = Path("datasets/demo")
 
 # Indexes.
 DEFAULT_SHARD_SIZE = 10_000
@@ -39,6 +41,9 @@ DEFAULT_INDEX_SPEC = "auto"
 COMPACT_THRESHOLD = 0.2
 # An `index` run that would remove more than this share of an index asks first (--yes).
 CONFIRM_REMOVAL_SHARE = 0.5
+
+# The largest count or size an index's manifest records (an int64): a larger option is refused.
+MAX_STORED_INT = (1 << 63) - 1
 
 # Queries and serving.
 DEFAULT_K = 10

@@ -37,6 +37,12 @@ class RemovalRefused(DiorError):
     exit_code = 6
 
 
+class OutputError(DiorError):
+    """An output file (a contact sheet, JSON, a chart, the demo's images) cannot be written."""
+
+    exit_code = 7
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type's name if it has none)."""
     text = str(exc).strip()

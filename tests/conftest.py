@@ -11,6 +11,9 @@ from PIL import Image
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# As `dior-search` sets it before any model library is imported: no load progress on stderr,
+# where errors must be the only line.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from tiny_models import BASELINE_BUILDERS, BUILDERS
 

@@ -14,6 +14,8 @@ from rich.markup import escape
 # typer vendors click and exports no base class of its command-line errors.
 from typer._click.exceptions import ClickException
 
+from dior_search import interrupts
+from dior_search.data.paths import shown
 from dior_search.errors import DiorError
 
 app = typer.Typer(
@@ -53,23 +55,40 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = app(args=argv, prog_name="dior-search", standalone_mode=False)
     except DiorError as exc:
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
-        return exc.exit_code
+        return error_line(str(exc), exc.exit_code)
     except ClickException as exc:
-        err_console.print(
-            f"[red]error:[/red] {escape(exc.format_message())}", highlight=False, soft_wrap=True
-        )
-        return exc.exit_code
+        return error_line(exc.format_message(), exc.exit_code)
     except typer.Exit as exc:
         return exc.exit_code
     except (KeyboardInterrupt, typer.Abort):
-        code = 130
+        code = interrupts.INTERRUPTED_EXIT
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return error_line(f"{where}{exc.strerror or exc}", 1)
+    except MemoryError:
+        return error_line("out of memory", 1)
+    except Exception as exc:  # a bug: still one line; --verbose logs the traceback
+        logging.getLogger(__name__).info("unexpected error", exc_info=True)
+        return error_line(f"unexpected {type(exc).__name__}: {exc}", 1)
     # Without standalone mode typer returns 130 for an interrupted command rather than raising.
-    if code == 130:
-        err_console.print("[red]error:[/red] interrupted")
-        return 130
+    if code == interrupts.INTERRUPTED_EXIT:
+        return error_line(interrupts.message(), interrupts.exit_code())
     return 0
 
 
+def error_line(message: str, code: int) -> int:
+    """Print `message` as one `error:` line on stderr (escaped: never markup, never two
+    lines, never a character that cannot print) and return `code`."""
+    err_console.print(f"[red]error:[/red] {escape(shown(message.strip()))}", highlight=False)
+    return code
+
+
 def run() -> None:
-    sys.exit(main())
+    """The `dior-search` command (see `dior_search.__main__`)."""
+    interrupts.install()
+    try:
+        code = main()
+    except KeyboardInterrupt:  # in the instant after main's own handling
+        code = interrupts.exit_code()
+    interrupts.ignore()
+    sys.exit(code)

@@ -22,7 +22,10 @@ from dior_search.cli.options import (
     opened_store,
     with_embedder_options,
 )
+from dior_search.cli.outputs import check_output, write_output
 from dior_search.cli.progress import progress_bar
+from dior_search.data.collections import check_conditions
+from dior_search.data.paths import shown
 from dior_search.errors import UsageError
 from dior_search.models.settings import EmbedderOptions
 
@@ -114,9 +117,15 @@ def bench(
     unknown = [m for m in chosen if m not in METHODS]
     if unknown:
         raise UsageError(f"unknown method {unknown[0]!r}; valid: {', '.join(METHODS)}")
+    conditions = check_conditions(condition) if condition else None
+    # Output files are checked before the run, not after it.
+    if json_path is not None:
+        check_output(json_path, "--json")
+    if plot is not None:
+        check_output(plot, "--plot")
     collections, problems = open_bench_datasets(dataset, datasets_dir)
     for problem in problems:
-        err_console.print(f"[yellow]{escape(problem)}[/yellow]", highlight=False)
+        err_console.print(f"[yellow]{escape(shown(problem))}[/yellow]", highlight=False)
     resolved = choose_model(options, [c.name for c in collections])
     models = MethodModels(
         replace(resolved, clip_model=clip_model, text_encoder=text_encoder), layers
@@ -125,7 +134,7 @@ def bench(
         if method is None:
             chosen, problems = models.loadable(chosen)
             for problem in problems:
-                err_console.print(f"[yellow]{escape(problem)}[/yellow]", highlight=False)
+                err_console.print(f"[yellow]{escape(shown(problem))}[/yellow]", highlight=False)
         else:
             for name in chosen:
                 models.get(name)
@@ -135,7 +144,7 @@ def bench(
     ):
         result = run_benches(
             collections,
-            condition,
+            conditions,
             chosen,
             models,
             IndexSettings(indexes_dir=indexes, store=index_store),
@@ -148,8 +157,8 @@ def bench(
         # Print whole, never cropped, where a long condition name outgrows the terminal.
         console.print(table, width=max(console.width, console.measure(table).maximum))
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2))
+        text = json.dumps(result, indent=2)
+        write_output(json_path, "--json", lambda tmp: write_text(tmp, text))
     if plot is not None:
         from dior_search.cli.recall_chart import write_recall_chart
 
@@ -165,20 +174,22 @@ def bench_tables(result: BenchResult, methods: list[str]) -> list[Table]:
             title=escape(f"{dataset_name}: retrieval by condition (exact search, query excluded)"),
             padding=(0, 1),
         )
-        shown = {
+        columns = {
             metric: short
             for metric, short in METRIC_COLUMNS.items()
             if any(metric in scores for per in conditions.values() for scores in per.values())
         }
         table.add_column("condition")
         table.add_column("method", no_wrap=True)
-        for short in shown.values():
+        for short in columns.values():
             table.add_column(short, justify="right", no_wrap=True)
         for condition_name, per_method in conditions.items():
             for m in methods:
                 scores = per_method.get(m, {})
-                cells = [cell(scores, metric) for metric in shown]
-                table.add_row(escape(condition_name), m, *cells, end_section=m == methods[-1])
+                cells = [cell(scores, metric) for metric in columns]
+                table.add_row(
+                    escape(shown(condition_name)), m, *cells, end_section=m == methods[-1]
+                )
         tables.append(table)
     return tables
 
@@ -188,3 +199,7 @@ def cell(scores: dict[str, float], metric: str) -> str:
     if metric not in scores:
         return "-"
     return f"{scores[metric]:+.3f}" if metric == "leakage" else f"{scores[metric]:.3f}"
+
+
+def write_text(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")

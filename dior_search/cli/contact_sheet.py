@@ -9,6 +9,8 @@ from typing import Protocol
 
 from PIL import Image, ImageDraw, ImageOps
 
+from dior_search.cli.outputs import write_output
+from dior_search.data.paths import shown
 from dior_search.data.reading import load_item_image
 from dior_search.errors import InputError
 
@@ -61,21 +63,20 @@ def write_contact_sheet(
     root: Path,
 ) -> None:
     """Write a PNG with the query first, then the hits in rank order."""
-    tiles = [tile(query, ["query", query_caption], (40, 90, 200))]
+    tiles = [tile(query, ["query", shown(query_caption)], (40, 90, 200))]
     for rank, hit in enumerate(hits, start=1):
         try:
             image: Image.Image | None = load_item_image(root, hit.path)
         except InputError:
             image = None
         labels = ", ".join(f"{k}={v}" for k, v in sorted(hit.labels.items()))
-        caption = [f"#{rank}  {hit.score:.3f}  {Path(hit.path).name}"]
+        caption = [f"#{rank}  {hit.score:.3f}  {shown(Path(hit.path).name)}"]
         caption += textwrap.wrap(labels, width=27)[:3]
         tiles.append(tile(image, caption, (220, 220, 220)))
     rows = (len(tiles) + PER_ROW - 1) // PER_ROW
     width, height = tiles[0].size
     sheet = Image.new("RGB", (min(len(tiles), PER_ROW) * width, HEADER + rows * height), "white")
-    ImageDraw.Draw(sheet).text((6, 6), title, fill="black")
+    ImageDraw.Draw(sheet).text((6, 6), shown(title), fill="black")
     for number, cell in enumerate(tiles):
         sheet.paste(cell, ((number % PER_ROW) * width, HEADER + (number // PER_ROW) * height))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
+    write_output(out, "--sheet", lambda tmp: sheet.save(tmp, format="PNG"))

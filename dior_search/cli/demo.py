@@ -14,6 +14,7 @@ from dior_search import defaults
 from dior_search.cli.app import app, console, err_console
 from dior_search.cli.options import with_embedder_options
 from dior_search.cli.progress import progress_bar
+from dior_search.data.synthetic import MAX_SPLIT_IMAGES, MIN_EVALUABLE_IMAGES
 from dior_search.models.settings import EmbedderOptions
 
 
@@ -22,9 +23,18 @@ from dior_search.models.settings import EmbedderOptions
 def demo(
     options: EmbedderOptions,
     data_dir: Annotated[
-        Path, typer.Option(help="Where the synthetic test split is written.")
-    ] = Path("datasets/synthetic"),
-    n_images: Annotated[int, typer.Option(help="Images in the test split.")] = 400,
+        Path,
+        typer.Option(
+            help="The demo's own folder for its images (never the synthetic dataset's labels)."
+        ),
+    ] = defaults.DEFAULT_DEMO_DIR,
+    n_images: Annotated[
+        int,
+        typer.Option(
+            help=f"Images of the synthetic test split ({MIN_EVALUABLE_IMAGES} to "
+            f"{MAX_SPLIT_IMAGES})."
+        ),
+    ] = 400,
 ) -> None:
     """Offline demo: embed the synthetic test split under each condition and score retrieval."""
     from dior_search.evaluation.demo import run_demo

@@ -27,8 +27,10 @@ from dior_search.cli.options import (
     with_embedder_options,
 )
 from dior_search.cli.progress import progress_bar
+from dior_search.data.collections import check_conditions
+from dior_search.data.paths import shown
 from dior_search.errors import UsageError
-from dior_search.models.settings import EmbedderOptions
+from dior_search.models.settings import EmbedderOptions, check_at_most
 
 if TYPE_CHECKING:
     from dior_search.indexing.job import IndexReport
@@ -67,8 +69,12 @@ def index(
     indexes: IndexesOpt = defaults.DEFAULT_INDEXES_DIR,
     store: StoreOpt = None,
     shard_size: Annotated[
-        int, typer.Option(help="Vectors per shard.")
-    ] = defaults.DEFAULT_SHARD_SIZE,
+        int | None,
+        typer.Option(
+            help=f"Vectors per shard of a new index (default {defaults.DEFAULT_SHARD_SIZE}); "
+            "an existing index keeps its own."
+        ),
+    ] = None,
     index_type: IndexTypeOpt = None,
     memory_budget: Annotated[
         str | None,
@@ -111,19 +117,25 @@ def index(
     from dior_search.models import load_embedder
     from dior_search.store.index_types import canonical_spec, parse_size
 
-    if shard_size < 1:
+    if shard_size is not None and shard_size < 1:
         raise UsageError("--shard-size must be at least 1")
+    check_at_most("--shard-size", shard_size)
+    budget = parse_size(memory_budget) if memory_budget is not None else None
+    if budget is not None and budget < 1:
+        raise UsageError(f"--memory-budget must be more than 0 bytes, not {memory_budget!r}")
+    check_at_most("--memory-budget", budget)
+    asked = check_conditions(condition or [])
     spec = requested_part(part, parts)
     settings = IndexSettings(
         indexes_dir=indexes,
         shard_size=shard_size,
         index_type=canonical_spec(index_type) if index_type is not None else None,
-        memory_budget=parse_size(memory_budget) if memory_budget is not None else None,
+        memory_budget=budget,
         part=spec,
         keep_missing=keep_missing,
     )
     collection = open_collection(dataset, images, datasets_dir, image_column)
-    conditions = condition or list(collection.conditions)
+    conditions = asked or list(collection.conditions)
     if not conditions:
         raise UsageError("--images needs at least one --condition (any free text)")
     chosen = choose_model(options, [collection.name])
@@ -149,21 +161,21 @@ def index(
     print_summary(collection.name, len(collection.items), report)
     for path, reason in report.skipped:
         err_console.print(
-            f"[yellow]skipped[/yellow] {escape(path)}: {escape(reason)}", highlight=False
-        )
-    for name in report.merged:
-        console.print(
-            f"{name}: all parts complete, merged into {report.directories[name]}",
-            markup=False,
+            f"[yellow]skipped[/yellow] {escape(shown(path))}: {escape(shown(reason))}",
             highlight=False,
         )
-    for name, missing in report.waiting.items():
-        console.print(
-            f"{name}: waiting for parts {', '.join(map(str, missing))}; the last to finish "
-            "merges (re-run a failed one with the same command, or --part K --parts N)",
-            markup=False,
-            highlight=False,
-        )
+    lines = [*report.notes]
+    lines += [
+        f"{name}: all parts complete, merged into {report.directories[name]}"
+        for name in report.merged
+    ]
+    lines += [
+        f"{name}: waiting for parts {', '.join(map(str, missing))}; the last to finish "
+        "merges (re-run a failed one with the same command, or --part K --parts N)"
+        for name, missing in report.waiting.items()
+    ]
+    for line in lines:
+        console.print(shown(line), markup=False, highlight=False, soft_wrap=True)
 
 
 def removal_confirmation(yes: bool) -> ConfirmRemoval | None:
@@ -177,8 +189,8 @@ def removal_confirmation(yes: bool) -> ConfirmRemoval | None:
     def ask(removals: Sequence[Removal]) -> bool:
         for removal in removals:
             err_console.print(
-                f"{removal.condition}: {removal.removed} of the {removal.indexed} indexed "
-                "images have no file any more",
+                f"{shown(removal.condition)}: {removal.removed} of the {removal.indexed} "
+                "indexed images have no file any more",
                 markup=False,
                 highlight=False,
             )
@@ -192,27 +204,32 @@ def print_summary(collection: str, images: int, report: IndexReport) -> None:
     title = f"{collection}: {images} images"
     if report.part is not None:
         title += f", {report.part.name}"
-    console.print(title, markup=False, highlight=False)
+    console.print(shown(title), markup=False, highlight=False, soft_wrap=True)
     for name, directory in report.directories.items():
         counts = report.counts.get(name)
         if counts is None:
             continue
         done = ", ".join(f"{getattr(counts, key)} {key}" for key in SUMMARY)
         console.print(
-            f"{name}: {done} ({directory})", markup=False, highlight=False, soft_wrap=True
+            shown(f"{name}: {done} ({directory})"), markup=False, highlight=False, soft_wrap=True
         )
         compacted = report.compacted.get(name)
         if compacted is not None and compacted.rows_dropped:
             console.print(
-                f"{name}: compacted, {compacted.rows_dropped} deleted rows dropped "
-                f"({compacted.shards_rewritten} shards rewritten, {compacted.shards_dropped} "
-                f"dropped, {compacted.seconds:.1f} s)",
+                shown(
+                    f"{name}: compacted, {compacted.rows_dropped} deleted rows dropped "
+                    f"({compacted.shards_rewritten} shards rewritten, "
+                    f"{compacted.shards_dropped} dropped, {compacted.seconds:.1f} s)"
+                ),
                 markup=False,
                 highlight=False,
+                soft_wrap=True,
             )
     listing = report.skipped_listing
     console.print(
-        f"{len(report.skipped)} skipped" + (f" (listed in {listing})" if listing else ""),
+        f"{len(report.skipped)} skipped"
+        + (f" (listed in {shown(str(listing))})" if listing else ""),
         markup=False,
         highlight=False,
+        soft_wrap=True,
     )

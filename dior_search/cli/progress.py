@@ -67,5 +67,11 @@ def progress_bar(label: str, unit: str, console: Console) -> Iterator[ProgressBa
     bar = ProgressBar(label, unit, console)
     try:
         yield bar
-    finally:
+    except BaseException:
+        # The bar goes away (and off a terminal is never printed): the error that follows is
+        # the run's only line on stderr.
+        bar.progress.live.transient = True
+        bar.progress.live.stop()
+        raise
+    if bar.task is not None:
         bar.progress.stop()

@@ -23,6 +23,9 @@ from dior_search.cli.options import (
     collection_name,
     opened_store,
 )
+from dior_search.cli.outputs import check_output
+from dior_search.data.collections import check_condition
+from dior_search.data.paths import shown
 from dior_search.errors import UsageError
 
 if TYPE_CHECKING:
@@ -98,18 +101,25 @@ def query(
     """
     from dior_search.data.images import load_image
     from dior_search.data.reading import load_item_image
-    from dior_search.search.searcher import SearchOptions, SearchRequest
-    from dior_search.store.index_types import search_params_of
+    from dior_search.search.searcher import SearchOptions, SearchRequest, check_k
+    from dior_search.store.index_types import parse_search_params, search_params_of
 
     if (image is None) == (row_id is None):
         raise UsageError("give a query IMAGE or --id ID (one of them)")
+    check_k(k)  # before anything is loaded
+    for name in condition or ():
+        check_condition(name)
+    params = search_params_of(search_params, nprobe, ef_search)
+    parse_search_params(params)  # values in range, before anything is loaded
+    if sheet is not None:
+        check_output(sheet, "--sheet")
     # The cheapest check first: a missing image is an input error whatever the index.
     query_image = load_image(image) if image is not None else None
     options = SearchOptions(
         device=device,
         dtype=dtype,
         trust_remote_code=trust_remote_code,
-        search_params=search_params_of(search_params, nprobe, ef_search),
+        search_params=params,
         mmap=mmap,
     )
     if index_path is not None and store is not None:
@@ -135,11 +145,19 @@ def query(
             query_image = load_item_image(result.root, str(result.query.path))
         caption = image.name if image is not None else f"id {row_id}"
         write_contact_sheet(sheet, result.title, query_image, caption, result.hits, result.root)
+    if result.unlisted:
+        err_console.print(
+            f"warning: {len(result.unlisted)} of the results are no longer in the label table "
+            f"of {shown(result.collection.name)} (shown without labels; `dior-search index` "
+            "drops them)",
+            markup=False,
+            highlight=False,
+        )
     if as_json:
         print(json.dumps([hit.to_json() for hit in result.hits], indent=2))
         return
     if not result.hits:
-        err_console.print(f"no results: {result.title} holds no images", markup=False)
+        err_console.print(f"no results: {shown(result.title)} holds no images", markup=False)
         return
     console.print(result_table(result))
 
@@ -178,11 +196,17 @@ def result_table(result: SearchResult) -> Table:
     """The hits as a table: rank, score (and each condition's), path, labels."""
     several = len(result.conditions) > 1
     names = [c.name for c in result.conditions]
-    table = Table(title=escape(result.title))
+    table = Table(title=escape(shown(result.title)))
     for column in ("rank", "score", *(names if several else ()), "path", "labels"):
-        table.add_column(escape(column))
+        table.add_column(escape(shown(column)))
     for hit in result.hits:
         labels = ", ".join(f"{key}={value}" for key, value in sorted(hit.labels.items()))
         scores = [f"{hit.scores[n]:.4f}" for n in names] if several else []
-        table.add_row(str(hit.rank), f"{hit.score:.4f}", *scores, escape(hit.path), escape(labels))
+        table.add_row(
+            str(hit.rank),
+            f"{hit.score:.4f}",
+            *scores,
+            escape(shown(hit.path)),
+            escape(shown(labels)),
+        )
     return table

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from dior_search.cli.outputs import write_output
+from dior_search.data.paths import shown
 from dior_search.evaluation.bench import BenchResult
 
 KS = (1, 5, 10)
@@ -25,7 +27,7 @@ def write_recall_chart(result: BenchResult, out: Path) -> None:
     for number, (dataset, condition, per_method) in enumerate(panels):
         left = (number % columns) * PANEL_W
         top = (number // columns) * PANEL_H
-        draw.text((left + 8, top + 6), f"{dataset}: {condition}", fill="black")
+        draw.text((left + 8, top + 6), shown(f"{dataset}: {condition}"), fill="black")
         base = top + PANEL_H - 24
         height = PANEL_H - MARGIN - 30
         draw.line((left + MARGIN, base, left + PANEL_W - 10, base), fill="black")
@@ -49,5 +51,4 @@ def write_recall_chart(result: BenchResult, out: Path) -> None:
         y = legend_top + 18 * m
         draw.rectangle((10, y + 2, 22, y + 14), fill=PALETTE[m % 5])
         draw.text((30, y + 2), method, fill="black")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    image.save(out)
+    write_output(out, "--plot", lambda tmp: image.save(tmp, format="PNG"))

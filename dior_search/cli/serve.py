@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,7 @@ from dior_search.cli.options import (
     collection_name,
     positive_number,
 )
+from dior_search.errors import UsageError
 
 MIB = 1024 * 1024
 
@@ -68,6 +70,15 @@ def serve(
     from dior_search.serve.app import make_server
     from dior_search.serve.service import SearchService, ServeSettings
 
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be between 0 and 65535, not {port}")
+    for option, value in (
+        ("--max-upload-mb", max_upload_mb),
+        ("--max-megapixels", max_megapixels),
+        ("--timeout", timeout),
+    ):
+        if not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{option} must be a positive number, not {value:g}")
     settings = ServeSettings(
         indexes_dir=indexes,
         store=store,

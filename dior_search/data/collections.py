@@ -8,20 +8,26 @@ in the paper) and reads its items: image paths relative to the images folder, wi
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
+import io
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dior_search.data.images import list_images
+from dior_search.data.images import os_reason, scan_images
+from dior_search.data.paths import is_text, name_bytes
 from dior_search.data.synthetic import CONDITIONS as SYNTHETIC_CONDITIONS
-from dior_search.data.synthetic import LABELS_FILE, read_labels, write_dataset
+from dior_search.data.synthetic import LABELS_FILE, write_dataset
 from dior_search.errors import InputError, UsageError
 
 # The label tables ship inside the package (the repository's top-level metadata/ links here).
 METADATA_DIR = Path(__file__).resolve().parent / "metadata"
 UNCONDITIONAL = "unconditional"
+# A condition is a short phrase put into the prompt ("object color"); a longer text only
+# costs time and memory per image (a 3,000-word one took 7 GB for 50 images).
+MAX_CONDITION_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,8 @@ class Collection:
     root: Path
     items: list[Item]
     conditions: dict[str, str]
+    # Files and folders under the root that could not be read: (path relative to it, reason).
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
     def condition_text(self, condition: str) -> str | None:
         """The prompt phrase of a condition (a known short name, or free text as given)."""
@@ -46,7 +54,50 @@ class Collection:
         return self.conditions.get(condition, condition)
 
 
-ItemReader = Callable[[Path, Path], list[Item]]
+@dataclass(frozen=True)
+class Listing:
+    """A dataset's items, and what under its folder could not be read."""
+
+    items: list[Item]
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+
+ItemReader = Callable[[Path, Path], Listing]
+
+
+class LabelTableError(InputError):
+    """A label table that is missing, unreadable, empty or malformed."""
+
+
+def check_conditions(conditions: Sequence[str]) -> list[str]:
+    """The conditions, each checked (see `check_condition`), a repeated one given once."""
+    return list(dict.fromkeys(check_condition(c) for c in conditions))
+
+
+def check_condition(condition: str) -> str:
+    """A condition as given, if it is one line of text of 1 to MAX_CONDITION_CHARS
+    characters; UsageError saying what is wrong otherwise."""
+    if not condition.strip():
+        raise UsageError("a condition cannot be empty: give a phrase such as 'object color'")
+    if not is_text(condition):
+        raise UsageError(f"condition {condition!r} is not valid UTF-8 text")
+    if len(condition) > MAX_CONDITION_CHARS:
+        raise UsageError(
+            f"a condition is at most {MAX_CONDITION_CHARS} characters (a short phrase such as "
+            f"'object color'); got {len(condition)}"
+        )
+    if not condition.isprintable():
+        raise UsageError(
+            f"condition {condition!r} holds a control or invisible character: give one line "
+            "of plain text"
+        )
+    return condition
+
+
+# Image path -> labels, as a label table gives them.
+LabelRows = dict[str, dict[str, str]]
+LabelTableReader = Callable[[Path, Path], LabelRows]
+PathLabeller = Callable[[str], dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -55,56 +106,154 @@ class DatasetSpec:
     conditions: dict[str, str]
     read_items: ItemReader
     how_to_get: str
+    # Where labels come from now, read without the images: a label table (path -> labels)...
+    label_table: LabelTableReader | None = None
+    # ... or the image's path itself (its file or folder name).
+    path_labels: PathLabeller | None = None
 
 
-def read_table(path: Path, delimiter: str) -> list[dict[str, str]]:
-    if not path.is_file():
-        raise InputError(f"label table not found: {path}")
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle, delimiter=delimiter))
+def read_table(path: Path, delimiter: str, columns: Sequence[str]) -> list[dict[str, str]]:
+    """A label table's rows, checked: UTF-8 text, every column in `columns`, at least a row.
+
+    Read again only when the file changes (its size or modification time).
+    """
+    try:
+        info = path.stat()
+    except OSError as exc:
+        if not path.exists():
+            raise LabelTableError(f"label table not found: {path}") from None
+        raise LabelTableError(f"cannot read label table {path}: {os_reason(exc)}") from None
+    return read_table_version(path, delimiter, tuple(columns), info.st_mtime_ns, info.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def read_table_version(
+    path: Path, delimiter: str, columns: tuple[str, ...], _mtime_ns: int, _size: int
+) -> list[dict[str, str]]:
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise LabelTableError(f"cannot read label table {path}: {os_reason(exc)}") from None
+    except UnicodeDecodeError:
+        raise LabelTableError(f"label table {path} is not UTF-8 text (a binary file?)") from None
+    if "\x00" in text:
+        raise LabelTableError(f"label table {path} is not text: it holds NUL bytes")
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        rows = list(reader)
+    except csv.Error as exc:
+        raise LabelTableError(f"label table {path} is malformed: {exc}") from None
+    found = reader.fieldnames or []
+    missing = [c for c in columns if c not in found]
+    if missing:
+        have = ", ".join(repr(c) for c in found) or "none"
+        raise LabelTableError(
+            f"label table {path} has no column {missing[0]!r} (its columns: {have})"
+        )
+    if not rows:
+        raise LabelTableError(f"label table {path} has no rows: it lists no image")
+    for row in rows:
+        if any(row.get(c) is None for c in columns):
+            raise LabelTableError(f"label table {path}: a row has fewer fields than the header")
+    return rows
+
+
+def rows_by_path(path: Path, rows: Sequence[tuple[str, dict[str, str]]]) -> LabelRows:
+    """(image path, labels) rows as a mapping; an empty or repeated image path is refused."""
+    table: LabelRows = {}
+    for name, labels in rows:
+        if not name:
+            raise LabelTableError(f"label table {path} has a row without an image file name")
+        if name in table:
+            raise LabelTableError(f"label table {path} lists {name!r} twice")
+        table[name] = labels
+    return table
+
+
+def items_of(table: LabelRows) -> list[Item]:
+    return [Item(name, labels) for name, labels in table.items()]
 
 
 def require_images(root: Path, name: str) -> None:
-    if not root.is_dir() or not any(root.iterdir()):
+    try:
+        present = root.is_dir() and any(root.iterdir())
+    except OSError as exc:
+        raise InputError(f"cannot read {name} images in {root}: {os_reason(exc)}") from None
+    if not present:
         spec = DATASETS[name]
         raise InputError(f"no {name} images in {root}: {spec.how_to_get}")
 
 
-def read_synthetic(root: Path, _metadata: Path) -> list[Item]:
+def synthetic_labels(root: Path, _metadata: Path) -> LabelRows:
+    path = root / LABELS_FILE
+    columns = ("file_name", "split", *SYNTHETIC_CONDITIONS)
+    rows = read_table(path, ",", columns)
+    test = [
+        (row["file_name"], {c: row[c] for c in SYNTHETIC_CONDITIONS})
+        for row in rows
+        if row["split"] == "test"
+    ]
+    if not test:
+        raise LabelTableError(f"label table {path} lists no test image (split 'test')")
+    return rows_by_path(path, test)
+
+
+def read_synthetic(root: Path, metadata: Path) -> Listing:
     if not (root / LABELS_FILE).is_file():
-        write_dataset(root, {"test": 400})
-    return [
-        Item(item.file_name, {c: item.label(c) for c in SYNTHETIC_CONDITIONS})
-        for item in read_labels(root / LABELS_FILE)
-        if item.split == "test"
-    ]
+        try:
+            write_dataset(root, {"test": 400})
+        except OSError as exc:
+            where = exc.filename or root
+            raise InputError(
+                f"cannot write the synthetic set to {where}: {os_reason(exc)}"
+            ) from None
+    return Listing(items_of(synthetic_labels(root, metadata)))
 
 
-def read_deepfashion(root: Path, metadata: Path) -> list[Item]:
-    require_images(root, "deepfashion")
-    rows = read_table(metadata / "deepfashion.csv", ",")
+DEEPFASHION_COLUMNS = {
+    "category": "clothing_category",
+    "texture": "texture",
+    "fabric": "fabric",
+    "fit": "fit",
+}
+
+
+def deepfashion_labels(_root: Path, metadata: Path) -> LabelRows:
+    path = metadata / "deepfashion.csv"
+    rows = read_table(path, ",", ("file_names", *DEEPFASHION_COLUMNS.values()))
     # One-hot label strings are compared whole, as the paper does.
-    return [
-        Item(
-            row["file_names"],
-            {
-                "category": row["clothing_category"].strip(),
-                "texture": row["texture"].strip(),
-                "fabric": row["fabric"].strip(),
-                "fit": row["fit"].strip(),
-            },
-        )
-        for row in rows
-    ]
+    return rows_by_path(
+        path,
+        [
+            (
+                row["file_names"],
+                {c: row[column].strip() for c, column in DEEPFASHION_COLUMNS.items()},
+            )
+            for row in rows
+        ],
+    )
 
 
-def read_movie_posters(root: Path, metadata: Path) -> list[Item]:
+def read_deepfashion(root: Path, metadata: Path) -> Listing:
+    require_images(root, "deepfashion")
+    return Listing(items_of(deepfashion_labels(root, metadata)))
+
+
+def movie_poster_labels(_root: Path, metadata: Path) -> LabelRows:
+    path = metadata / "movie_posters.tsv"
+    rows = read_table(path, "\t", ("imdbID", "Genre", "Country"))
+    return rows_by_path(
+        path,
+        [
+            (f"{row['imdbID']}.jpg", {"genre": row["Genre"], "country": row["Country"]})
+            for row in rows
+        ],
+    )
+
+
+def read_movie_posters(root: Path, metadata: Path) -> Listing:
     require_images(root, "movie_posters")
-    rows = read_table(metadata / "movie_posters.tsv", "\t")
-    return [
-        Item(f"{row['imdbID']}.jpg", {"genre": row["Genre"], "country": row["Country"]})
-        for row in rows
-    ]
+    return Listing(items_of(movie_poster_labels(root, metadata)))
 
 
 def cub_species(file_name: str) -> str:
@@ -112,24 +261,38 @@ def cub_species(file_name: str) -> str:
     return " ".join(Path(file_name).stem.split("_")[:-2])
 
 
-def read_cub200(root: Path, _metadata: Path) -> list[Item]:
+def cub_labels(path: str) -> dict[str, str]:
+    return {"species": cub_species(Path(path).name)}
+
+
+def cars_labels(path: str) -> dict[str, str]:
+    return {"model": Path(path).parent.name}
+
+
+def scan_folder(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """The image paths under `root`, relative to it, and what could not be read there."""
+    scan = scan_images(root)
+    names = [p.relative_to(root).as_posix() for p in scan.images]
+    unreadable = [(p.relative_to(root).as_posix(), why) for p, why in scan.unreadable]
+    return names, unreadable
+
+
+def read_cub200(root: Path, _metadata: Path) -> Listing:
     require_images(root, "cub200")
-    return [
-        Item(p.relative_to(root).as_posix(), {"species": cub_species(p.name)})
-        for p in list_images(root)
-    ]
+    names, unreadable = scan_folder(root)
+    return Listing([Item(name, cub_labels(name)) for name in names], unreadable)
 
 
-def read_cars196(root: Path, _metadata: Path) -> list[Item]:
+def read_cars196(root: Path, _metadata: Path) -> Listing:
     require_images(root, "cars196")
-    images = list_images(root)
-    flat = [p for p in images if p.parent == root]
+    names, unreadable = scan_folder(root)
+    flat = [name for name in names if "/" not in name]
     if flat:
         raise InputError(
             f"cars196 labels come from class folders (<model name>/<image>), but {root} has "
             f"{len(flat)} images at its top level: keep the Kaggle folder layout"
         )
-    return [Item(p.relative_to(root).as_posix(), {"model": p.parent.name}) for p in images]
+    return Listing([Item(name, cars_labels(name)) for name in names], unreadable)
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -138,6 +301,7 @@ DATASETS: dict[str, DatasetSpec] = {
         SYNTHETIC_CONDITIONS,
         read_synthetic,
         "generated on first use",
+        label_table=synthetic_labels,
     ),
     "deepfashion": DatasetSpec(
         "deepfashion",
@@ -149,24 +313,28 @@ DATASETS: dict[str, DatasetSpec] = {
         },
         read_deepfashion,
         "download the In-Shop img.zip and flatten it to {Category}-img_{id}.jpg (see README)",
+        label_table=deepfashion_labels,
     ),
     "movie_posters": DatasetSpec(
         "movie_posters",
         {"genre": "movie genre", "country": "movie's production country"},
         read_movie_posters,
         "download Movie_Poster_Dataset.zip and flatten it to {imdbID}.jpg (see README)",
+        label_table=movie_poster_labels,
     ),
     "cub200": DatasetSpec(
         "cub200",
         {"species": "bird species"},
         read_cub200,
         "download CUB_200_2011.tgz and keep classes 101-200 (see README)",
+        path_labels=cub_labels,
     ),
     "cars196": DatasetSpec(
         "cars196",
         {"model": "car model"},
         read_cars196,
         "download Stanford Cars from Kaggle, keeping its test/<model name>/ folders (see README)",
+        path_labels=cars_labels,
     ),
 }
 
@@ -178,22 +346,51 @@ def open_dataset(name: str, datasets_dir: Path, metadata_dir: Path = METADATA_DI
     except KeyError:
         raise UsageError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}") from None
     root = datasets_dir / name
-    return Collection(name, root.resolve(), spec.read_items(root, metadata_dir), spec.conditions)
+    listing = spec.read_items(root, metadata_dir)
+    return Collection(name, root.resolve(), listing.items, spec.conditions, listing.unreadable)
 
 
 def open_folder(folder: Path) -> Collection:
     """Any folder of images, unlabelled, under any free-text condition."""
     root = folder.resolve()
-    items = [Item(p.relative_to(root).as_posix()) for p in list_images(root)]
-    if not items:
+    names, unreadable = scan_folder(root)
+    if not names and not unreadable:
         raise InputError(f"no images in {folder}")
-    return Collection(folder_collection_name(folder), root, items, {})
+    items = [Item(name) for name in names]
+    return Collection(folder_collection_name(folder), root, items, {}, unreadable)
+
+
+@dataclass(frozen=True)
+class LabelSource:
+    """A collection's labels as they are now: from its label table, or from its paths."""
+
+    table: Mapping[str, dict[str, str]] | None = None
+    from_path: PathLabeller | None = None
+
+    def labels(self, path: str) -> dict[str, str] | None:
+        """An image's labels; None when the label table no longer lists it."""
+        if self.from_path is not None:
+            return self.from_path(path)
+        return None if self.table is None else self.table.get(path)
+
+
+def current_labels(name: str, root: Path, metadata_dir: Path = METADATA_DIR) -> LabelSource | None:
+    """The labels of collection `name` (images under `root`) as its label table says now;
+    None for a collection without labels (an image folder). Read without the images."""
+    spec = DATASETS.get(name)
+    if spec is None:
+        return None
+    if spec.path_labels is not None:
+        return LabelSource(from_path=spec.path_labels)
+    if spec.label_table is None:
+        return None
+    return LabelSource(table=spec.label_table(root, metadata_dir))
 
 
 def folder_collection_name(folder: Path) -> str:
     """The folder's name and a hash of its absolute path: two folders never share indexes."""
     root = folder.resolve()
-    digest = hashlib.sha256(str(root).encode()).hexdigest()[:8]
+    digest = hashlib.sha256(name_bytes(str(root))).hexdigest()[:8]
     return f"{slug(root.name)}-{digest}"
 
 
@@ -203,5 +400,11 @@ def slug(text: str, max_length: int = 60) -> str:
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", wanted).strip("-.")
     if cleaned == wanted and len(cleaned) <= max_length:
         return cleaned
-    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return hashed_slug(text, max_length)
+
+
+def hashed_slug(text: str, max_length: int = 60) -> str:
+    """`text` made file-safe, then a hash of the whole text: `object-color-1a2b3c4d`."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text.replace("/", "--")).strip("-.")
+    digest = hashlib.sha256(name_bytes(text)).hexdigest()[:8]
     return f"{cleaned[:max_length]}-{digest}"

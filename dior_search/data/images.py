@@ -10,8 +10,10 @@ before the reservation is given back, so only the shrunk image outlives the deco
 from __future__ import annotations
 
 import io
+import os
+import stat
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +26,30 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".
 # The formats read (Pillow's names; its JPEG reader also reads MPO, the JPEG of many phone
 # cameras). Others are refused before any plugin of theirs parses the file.
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# Why a file is refused, from its first bytes (data.reading) or by the decoder.
+NOT_AN_IMAGE = f"not an image, or not one of {', '.join(FORMATS)}"
 # Files declaring more pixels are refused from their header, before decoding (decompression
 # bombs); 12000 x 8000 photos still decode. This check replaces PIL's own, which would warn
 # from 89 megapixels on and refuse only from 179.
 PIXEL_CAP = 150_000_000
 Image.MAX_IMAGE_PIXELS = None
+# No supported image file is larger (150 megapixels of uncompressed 16-bit RGB is 900 MB): a
+# larger file is refused from its size, never read into memory.
+MAX_FILE_BYTES = 1 << 30
+# The first bytes of each format the suffixes above name: a file is recognised by these,
+# whatever its name.
+MAGIC_PREFIXES = (
+    b"\xff\xd8\xff",  # JPEG
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",  # TIFF, little- and big-endian, and BigTIFF
+    b"MM\x00*",
+    b"II+\x00",
+    b"MM\x00+",
+)
+SNIFF_BYTES = 16
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 # Bytes per pixel of Pillow's storage by mode (RGB takes 4, as RGBX); modes not named take 4.
@@ -191,8 +212,7 @@ def read_header(source: bytes | Path, name: str) -> ImageHeader:
     except DiorError:
         raise
     except UnidentifiedImageError:
-        valid = ", ".join(FORMATS)
-        raise ImageReadError(name, f"not an image, or not one of {valid}") from None
+        raise ImageReadError(name, NOT_AN_IMAGE) from None
     except Exception as exc:  # a decoder's parser meets hostile bytes: any error is the file's
         raise ImageReadError(name, first_line(exc)) from None
 
@@ -278,10 +298,64 @@ def load_image(path: Path, max_side: int | None = None) -> Image.Image:
     return decode_image(path, str(path), max_side=max_side)
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files under `folder` (recursively), sorted, by suffix."""
+def looks_like_image(head: bytes) -> bool:
+    """Whether a file's first bytes are those of a JPEG, PNG, GIF, BMP, TIFF or WebP file."""
+    is_webp = head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+    return is_webp or any(head.startswith(prefix) for prefix in MAGIC_PREFIXES)
+
+
+def os_reason(exc: OSError) -> str:
+    """What an OSError says went wrong (the errno's meaning), without the file name."""
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    """A folder's image files, and every file or folder under it that could not be read."""
+
+    images: list[Path]
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def scan_images(folder: Path) -> FolderScan:
+    """Image files under `folder` (recursively, symbolic links to folders not followed),
+    sorted: files with an image suffix, and files of any other name whose first bytes are an
+    image's. Sub-folders and files that cannot be read are listed with the reason."""
     if not folder.is_dir():
         raise InputError(f"image folder not found: {folder}")
-    return sorted(
-        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-    )
+    images: list[Path] = []
+    unreadable: list[tuple[Path, str]] = []
+
+    def record(exc: OSError) -> None:
+        unreadable.append((Path(exc.filename or folder), f"cannot read folder: {os_reason(exc)}"))
+
+    for top, folders, names in os.walk(folder, onerror=record):
+        folders.sort()
+        for name in names:
+            path = Path(top) / name
+            problem = candidate_problem(path)
+            if problem is None:
+                images.append(path)
+            elif problem:
+                unreadable.append((path, problem))
+    if unreadable and unreadable[0][0] == folder:
+        raise InputError(f"cannot read image folder {folder}: {unreadable[0][1]}")
+    return FolderScan(sorted(images), sorted(unreadable))
+
+
+def candidate_problem(path: Path) -> str | None:
+    """None for a file to index; why it cannot be, for an image that cannot be read; "" for
+    a file that is not an image (left out without a word)."""
+    named_image = path.suffix.lower() in IMAGE_SUFFIXES
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            # FIFOs, sockets and devices are never opened: reading one could block forever.
+            return "not a regular file" if named_image else ""
+        if named_image:
+            return None  # read (and refused if it is no image) when the run reaches it
+        with path.open("rb") as handle:
+            head = handle.read(SNIFF_BYTES)
+    except OSError as exc:
+        return f"cannot read: {os_reason(exc)}"
+    return None if looks_like_image(head) else ""

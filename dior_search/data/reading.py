@@ -9,15 +9,26 @@ data.sources for how those are addressed and listed).
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from PIL import Image
 
 from dior_search.data.collections import Item
-from dior_search.data.images import ImageReadError, decode_image
+from dior_search.data.images import (
+    MAX_FILE_BYTES,
+    NOT_AN_IMAGE,
+    SNIFF_BYTES,
+    ImageReadError,
+    decode_image,
+    looks_like_image,
+    os_reason,
+)
 from dior_search.data.sources import (
     ItemReadError,
     is_container,
@@ -59,13 +70,15 @@ def hash_item(root: Path, path: str) -> FileHash:
             return FileHash(None, error=exc.reason)
     digest = hashlib.sha256()
     try:
-        with (root / path).open("rb") as handle:
+        with open_file(root / path) as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return FileHash(None, error="not a regular file")
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     except FileNotFoundError:
         return FileHash(None, missing=True)
     except OSError as exc:
-        return FileHash(None, error=f"cannot read: {exc.strerror or exc}")
+        return FileHash(None, error=f"cannot read: {os_reason(exc)}")
     return FileHash(digest.hexdigest())
 
 
@@ -86,7 +99,11 @@ def item_file(root: Path, path: str) -> Path:
 
 
 def read_item(root: Path, path: str) -> bytes:
-    """An item's bytes; ItemReadError with the reason if it cannot be read."""
+    """An item's bytes; ItemReadError with the reason if it cannot be read.
+
+    A file is sniffed before it is read whole: one that is not a regular file, is larger than
+    any image, or whose first bytes are no image format's is refused unread.
+    """
     file = root / path
     member = parse_member_path(path)
     if member is not None and not file.is_file():
@@ -95,9 +112,20 @@ def read_item(root: Path, path: str) -> bytes:
         # A shard or Parquet file listed whole: it could not be read when listed.
         raise ItemReadError(path, read_container(root, path))
     try:
-        return file.read_bytes()
+        with open_file(file) as handle:
+            problem = sniff(handle)
+            if problem is not None:
+                raise ItemReadError(path, problem)
+            handle.seek(0)
+            return handle.read()
     except OSError as exc:
-        raise ItemReadError(path, f"cannot read: {exc.strerror or exc}") from None
+        raise ItemReadError(path, f"cannot read: {os_reason(exc)}") from None
+
+
+def open_file(path: Path) -> IO[bytes]:
+    """`path` opened for reading without blocking: opening a FIFO named like an image must not
+    wait for a writer."""
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb")
 
 
 def load_item_image(root: Path, path: str, max_side: int | None = None) -> Image.Image:
@@ -118,6 +146,19 @@ def load_item(root: Path, item: Item, max_side: int | None = None) -> LoadedImag
     except ImageReadError as exc:
         return LoadedImage(item, content_hash, None, exc.reason)
     return LoadedImage(item, content_hash, image, None)
+
+
+def sniff(handle: IO[bytes]) -> str | None:
+    """Why an open file cannot be an image to decode, from its kind, size and first bytes."""
+    info = os.fstat(handle.fileno())
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if info.st_size > MAX_FILE_BYTES:
+        cap = MAX_FILE_BYTES >> 20
+        return f"{info.st_size} bytes is over the {cap} MiB cap for an image file"
+    if not looks_like_image(handle.read(SNIFF_BYTES)):
+        return NOT_AN_IMAGE
+    return None
 
 
 def load_ahead(

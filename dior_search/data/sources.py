@@ -40,6 +40,7 @@ from typing import Any
 from dior_search.data import collections
 from dior_search.data.collections import Collection, Item, folder_collection_name, slug
 from dior_search.data.images import IMAGE_SUFFIXES
+from dior_search.data.paths import name_bytes
 from dior_search.errors import DiorError, InputError, UsageError, first_line
 
 TAR = ".tar"
@@ -158,7 +159,7 @@ def source_name(spec: Path) -> str:
     base = brace_free_root(spec)
     root = base.resolve()
     absolute = root.joinpath(*spec.parts[len(base.parts) :])
-    digest = hashlib.sha256(str(absolute).encode()).hexdigest()[:8]
+    digest = hashlib.sha256(name_bytes(str(absolute))).hexdigest()[:8]
     return f"{slug(root.name)}-shards-{digest}"
 
 
@@ -293,22 +294,25 @@ def cached_parquet_listing(
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(path)
-        chosen = image_column(path, parquet.schema_arrow, column)
-        counts = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
-        positions = [(g, r) for g, count in enumerate(counts) for r in range(count)]
-        keys = [str(n) for n in range(len(positions))]
-        field_type = (
-            parquet.schema_arrow.field(KEY_COLUMN).type
-            if KEY_COLUMN in parquet.schema_arrow.names
-            else None
-        )
-        if field_type is not None and not pa.types.is_nested(field_type):
-            values = parquet.read(columns=[KEY_COLUMN]).column(KEY_COLUMN).to_pylist()
-            named = [str(v) for v in values]
-            # Keys name rows only where they are given and unique; row numbers otherwise.
-            if None not in values and len(set(named)) == len(named):
-                keys = named
+        # Arrow gets an open file: it cannot open a name that is not UTF-8 itself.
+        with path.open("rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            chosen = image_column(path, parquet.schema_arrow, column)
+            groups = range(parquet.num_row_groups)
+            counts = [parquet.metadata.row_group(g).num_rows for g in groups]
+            positions = [(g, r) for g, count in enumerate(counts) for r in range(count)]
+            keys = [str(n) for n in range(len(positions))]
+            field_type = (
+                parquet.schema_arrow.field(KEY_COLUMN).type
+                if KEY_COLUMN in parquet.schema_arrow.names
+                else None
+            )
+            if field_type is not None and not pa.types.is_nested(field_type):
+                values = parquet.read(columns=[KEY_COLUMN]).column(KEY_COLUMN).to_pylist()
+                named = [str(v) for v in values]
+                # Keys name rows only where they are given and unique; row numbers otherwise.
+                if None not in values and len(set(named)) == len(named):
+                    keys = named
     except (OSError, ValueError, pa.ArrowException) as exc:
         return ParquetListing(error=f"unreadable Parquet file: {exc}")
     return ParquetListing(chosen, dict(zip(keys, positions, strict=True)))
@@ -391,7 +395,9 @@ class RowGroups:
                 self.groups.move_to_end(key)
                 return self.groups[key]
             # Read under the lock: the threads wanting this group wait for one read of it.
-            values = pq.ParquetFile(path).read_row_group(group, columns=[column]).column(column)
+            with path.open("rb") as handle:
+                parquet = pq.ParquetFile(handle)
+                values = parquet.read_row_group(group, columns=[column]).column(column)
             self.groups[key] = values
             while len(self.groups) > self.kept:
                 self.groups.popitem(last=False)

@@ -9,6 +9,7 @@ subset can be regenerated.
 """
 
 import csv
+import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -53,6 +54,10 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "size": tuple(OBJECT_SIZES),
 }
 SPLIT_SIZES = {"train": 4000, "test": 400}
+# The fewest images in which every condition has two images that share a label (one more
+# than the most labels a condition has: six colours), and the most a split is made with.
+MIN_EVALUABLE_IMAGES = max(len(values) for values in LABEL_VALUES.values()) + 1
+MAX_SPLIT_IMAGES = 100_000
 LABELS_FILE = "labels.csv"
 
 
@@ -137,29 +142,44 @@ def iter_split(
 
 
 def write_dataset(
-    root: Path, splits: dict[str, int] | None = None, seed: int = 0
+    root: Path, splits: dict[str, int] | None = None, seed: int = 0, labels: bool = True
 ) -> list[SyntheticItem]:
-    """Write the images and `labels.csv` under `root`; existing identical files are kept."""
+    """Write the images (and `labels.csv`, if `labels`) under `root`.
+
+    An existing image file is kept only if it holds exactly the generated pixels: a file that
+    was replaced or damaged is written again, so the labels always describe the images.
+    """
     items: list[SyntheticItem] = []
     for split, count in (splits or SPLIT_SIZES).items():
         (root / split).mkdir(parents=True, exist_ok=True)
         for item, image in iter_split(split, count, seed):
             path = root / item.file_name
-            if not path.exists():
-                image.save(path)
+            if not holds_image(path, image):
+                tmp = path.with_name(f".{path.name}.tmp")
+                image.save(tmp, format="PNG")
+                os.replace(tmp, path)
             items.append(item)
-    write_labels(root / LABELS_FILE, items)
+    if labels:
+        write_labels(root / LABELS_FILE, items)
     return items
+
+
+def holds_image(path: Path, image: Image.Image) -> bool:
+    """Whether `path` is a PNG file of exactly `image`'s pixels."""
+    try:
+        with Image.open(path) as stored:
+            if stored.format != "PNG" or stored.size != image.size or stored.mode != image.mode:
+                return False
+            return bool(np.array_equal(np.asarray(stored), np.asarray(image)))
+    except (OSError, ValueError):
+        return False
 
 
 def write_labels(path: Path, items: list[SyntheticItem]) -> None:
     fields = list(asdict(items[0]))
-    with path.open("w", newline="") as handle:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(asdict(item) for item in items)
-
-
-def read_labels(path: Path) -> list[SyntheticItem]:
-    with path.open(newline="") as handle:
-        return [SyntheticItem(**row) for row in csv.DictReader(handle)]
+    os.replace(tmp, path)

@@ -25,7 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dior_search.data.collections import DATASETS, UNCONDITIONAL, Collection, open_dataset
+from dior_search.data.collections import (
+    DATASETS,
+    UNCONDITIONAL,
+    Collection,
+    LabelTableError,
+    open_dataset,
+)
 from dior_search.errors import DiorError, InputError, ModelError, UsageError
 from dior_search.evaluation.metrics import Distance, leakage, retrieval_metrics
 from dior_search.indexing.job import IndexSettings
@@ -115,9 +121,15 @@ def layer_method(method: str, layer: int) -> str:
     return f"{method} layer {layer}"
 
 
-def evaluate_index(reader: Reader, condition: str, distance: Distance = "cosine") -> Metrics:
+def evaluate_index(
+    reader: Reader, collection: Collection, condition: str, distance: Distance = "cosine"
+) -> Metrics:
     """Metrics of one index by one condition's labels, exact search over its vectors (unit
-    vectors for cosine, raw ones for Euclidean); `leakage` where there are other labels."""
+    vectors for cosine, raw ones for Euclidean); `leakage` where there are other labels.
+
+    Labels are the collection's as its label table says now, not as they were stored when
+    the index was built; indexed images the table no longer lists are left out.
+    """
     if not reader.exact:
         log.warning(
             "%s stores compressed vectors (%s): metrics use their reconstructions",
@@ -125,13 +137,28 @@ def evaluate_index(reader: Reader, condition: str, distance: Distance = "cosine"
             reader.manifest.index_type,
         )
     _, vectors = reader.all_vectors(raw=distance == "euclidean")
-    labels = reader.labels(condition)
+    current = {item.path: item.labels for item in collection.items}
+    paths = reader.paths()
+    unlisted = sum(path not in current for path in paths)
+    if unlisted:
+        log.warning(
+            "%d of the %d images indexed in %s are no longer in the label table of %s: left "
+            "out of the metrics",
+            unlisted,
+            len(paths),
+            reader.location,
+            collection.name,
+        )
+    rows = [current.get(path, {}) for path in paths]
+    labels = [row.get(condition) for row in rows]
     keep = np.array([label is not None for label in labels], dtype=bool)
     kept = [label for label in labels if label is not None]
     metrics = retrieval_metrics(vectors[keep], kept, distance=distance)
-    names = reader.label_names()
+    names = sorted({name for row in rows for name in row})
     if condition in names and len(names) > 1:
-        by_name = {name: np.asarray(reader.labels(name), dtype=object)[keep] for name in names}
+        by_name = {
+            name: np.asarray([row.get(name) for row in rows], dtype=object)[keep] for name in names
+        }
         metrics["leakage"] = leakage(vectors[keep], by_name, condition, distance=distance)
     return metrics
 
@@ -176,7 +203,7 @@ def run_bench(
             for condition in conditions:
                 indexed = UNCONDITIONAL if method in CONDITION_BLIND else condition
                 reader = searcher.reader(searcher.condition(indexes, indexed))
-                results[condition][row] = evaluate_index(reader, condition, distance)
+                results[condition][row] = evaluate_index(reader, collection, condition, distance)
     return results
 
 
@@ -189,10 +216,14 @@ def open_bench_datasets(
     for name in names or list(DATASETS):
         try:
             collections.append(open_dataset(name, datasets_dir))
+        except LabelTableError:
+            raise  # a dataset that is there but whose labels cannot be read
         except InputError as exc:
             if names:
                 raise
             problems.append(f"skipped {exc}")
+    if not collections:
+        raise InputError(f"no dataset to evaluate in {datasets_dir}: {'; '.join(problems)}")
     return collections, problems
 
 

@@ -8,8 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
-from dior_search.data.images import load_image
-from dior_search.data.synthetic import CONDITIONS, SyntheticItem, write_dataset
+from dior_search.data.images import load_image, os_reason
+from dior_search.data.synthetic import (
+    CONDITIONS,
+    MAX_SPLIT_IMAGES,
+    MIN_EVALUABLE_IMAGES,
+    SyntheticItem,
+    write_dataset,
+)
+from dior_search.errors import OutputError, UsageError
 from dior_search.evaluation.metrics import neighbours, retrieval_metrics
 from dior_search.models.dior import DiorEmbedder
 from dior_search.models.settings import DiorSettings
@@ -47,8 +54,18 @@ def run_demo(
     on_start: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> DemoResult:
-    """Embed the synthetic test split under every condition and score retrieval by label."""
-    items = write_dataset(data_dir, {"test": n_images})
+    """Embed the synthetic test split under every condition and score retrieval by label.
+
+    The images are written to `data_dir` (the demo's own folder; no label table is written
+    there, the labels are the generator's), and any file there that does not hold the
+    generated pixels is written again.
+    """
+    if not MIN_EVALUABLE_IMAGES <= n_images <= MAX_SPLIT_IMAGES:
+        raise UsageError(
+            f"the demo takes {MIN_EVALUABLE_IMAGES} to {MAX_SPLIT_IMAGES} images "
+            f"(--n-images), got {n_images}"
+        )
+    items = write_demo_images(data_dir, n_images)
     images = [load_image(data_dir / item.file_name) for item in items]
     embedder = DiorEmbedder(settings)
     names = list(CONDITIONS)
@@ -78,3 +95,13 @@ def run_demo(
         hits = [(items[j], float(unit[0] @ unit[j])) for j in found]
         examples.append(ExampleQuery(items[0], name, hits))
     return DemoResult(len(items), scores, examples)
+
+
+def write_demo_images(data_dir: Path, n_images: int) -> list[SyntheticItem]:
+    """The synthetic test split's first `n_images` images in `data_dir`; OutputError if the
+    folder cannot be written."""
+    try:
+        return write_dataset(data_dir, {"test": n_images}, labels=False)
+    except OSError as exc:
+        where = exc.filename or data_dir
+        raise OutputError(f"cannot write the demo images to {where}: {os_reason(exc)}") from None

@@ -21,13 +21,17 @@ from dior_search.models.prompts import build_prompt
 from dior_search.store.backend import IndexLocation, IndexStore, Writer
 from dior_search.store.compaction import Compaction
 from dior_search.store.folder import FolderStore
-from dior_search.store.index_types import AUTO, FLAT, canonical_spec
+from dior_search.store.index_types import AUTO, FLAT
 from dior_search.store.manifest import Manifest
 from dior_search.store.shards import Row
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
+
+
+# More processes than this share no index usefully (each part is a folder and a merge step).
+MAX_PARTS = 4096
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,9 @@ class PartSpec:
     parts: int
 
     def __post_init__(self) -> None:
-        if self.parts < 1 or not 0 <= self.part < self.parts:
+        if not 1 <= self.parts <= MAX_PARTS:
+            raise UsageError(f"--parts must be between 1 and {MAX_PARTS}, not {self.parts}")
+        if not 0 <= self.part < self.parts:
             raise UsageError(
                 f"part {self.part} of {self.parts} does not exist: parts are 0..{self.parts - 1}"
             )
@@ -55,7 +61,8 @@ class PartSpec:
 @dataclass(frozen=True)
 class IndexSettings:
     indexes_dir: Path = defaults.DEFAULT_INDEXES_DIR
-    shard_size: int = defaults.DEFAULT_SHARD_SIZE
+    # Vectors per shard of a new index (None: the default); an index keeps its own.
+    shard_size: int | None = None
     # auto, Flat or a FAISS factory string; None: the index's own type (auto for a new one).
     index_type: str | None = None
     # Bytes `auto` may use (None: the index's own budget, 8 GiB for a new one).
@@ -93,6 +100,8 @@ class IndexReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     # Where each condition's index is: its directory, or its database collection.
     directories: dict[str, IndexLocation] = field(default_factory=dict)
+    # What the run changed or left alone that was asked for (a repack, a shard size kept).
+    notes: list[str] = field(default_factory=list)
     # Where the skipped images are listed (None: none skipped).
     skipped_listing: Path | None = None
     part: PartSpec | None = None
@@ -181,14 +190,18 @@ class IndexJob:
         return [t.text for t in self.targets]
 
     def check_index_types(self, n_items: int) -> None:
-        """Fail before any embedding on an index type the store cannot build or train."""
-        if self.settings.index_type is None:
-            return
+        """Fail before any embedding on an index type the store cannot build, train or
+        search, or a memory budget too small for `auto` to fit the index in."""
         store = self.settings.index_store()
         for target in self.targets:
-            existing = store.manifest_at(target.location)
-            rows = 0 if existing is None else existing.rows
-            store.check_index_spec(self.settings.index_type, self.embedder.dim, rows + n_items)
+            existing = store.manifest_at(target.location) or target.manifest
+            store.check_index_spec(
+                self.settings.index_type or existing.index_spec,
+                self.embedder.dim,
+                existing.rows + n_items,
+                self.settings.memory_budget or existing.memory_budget,
+                existing,
+            )
 
 
 def plan_job(
@@ -197,7 +210,6 @@ def plan_job(
     """The index directory of each condition and the manifest it starts with if new."""
     description = embedder.describe()
     template = getattr(description.settings, "template", defaults.DEFAULT_TEMPLATE)
-    spec = canonical_spec(settings.index_type or AUTO)
     store = settings.index_store()
     targets = []
     for condition in conditions:
@@ -208,10 +220,11 @@ def plan_job(
             prompt=build_prompt(template, text),
             embedder=description,
             dim=embedder.dim,
-            index_type=FLAT if spec == AUTO else spec,
-            shard_size=settings.shard_size,
-            index_spec=spec,
-            memory_budget=settings.memory_budget or defaults.DEFAULT_MEMORY_BUDGET,
+            # A new index starts as auto: the type asked is recorded once it is packed.
+            index_type=FLAT,
+            shard_size=settings.shard_size or defaults.DEFAULT_SHARD_SIZE,
+            index_spec=AUTO,
+            memory_budget=defaults.DEFAULT_MEMORY_BUDGET,
         )
         location = store.location(collection.name, description, condition)
         targets.append(IndexTarget(condition, text, location, manifest))

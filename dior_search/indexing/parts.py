@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from dior_search.data.collections import Item
+from dior_search.data.paths import name_bytes
 from dior_search.errors import IndexStoreError, UsageError
 from dior_search.indexing.job import (
     ConditionRun,
@@ -72,8 +73,10 @@ from dior_search.store.shards import (
     faiss_path,
     parquet_path,
     read_keys,
+    read_table,
     staged_vectors,
     write_faiss,
+    write_table,
 )
 from dior_search.store.writer import IndexWriter
 
@@ -157,7 +160,7 @@ def part_dir(directory: Path, spec: PartSpec) -> Path:
 def work_digest(work: Sequence[Item], next_id: int) -> str:
     digest = hashlib.sha256(f"{next_id}\n".encode())
     for item in work:
-        digest.update(item.path.encode() + b"\n")
+        digest.update(name_bytes(item.path) + b"\n")
     return digest.hexdigest()
 
 
@@ -284,16 +287,15 @@ def bring_in(source: Path, directory: Path, entry: dict[str, Any]) -> Shard:
 def renumber(part_folder: Path, part_shard: str, directory: Path, shard: Shard) -> None:
     """Copy a staged part shard as `shard`, ids first_id, first_id + 1, ... (temp + rename)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     _, vectors = staged_vectors(faiss_path(part_folder, part_shard))
     ids = np.arange(shard.first_id, shard.first_id + shard.rows, dtype=np.int64)
-    table = pq.read_table(parquet_path(part_folder, part_shard))
+    table = read_table(parquet_path(part_folder, part_shard))
     table = table.set_column(table.schema.get_field_index("id"), "id", pa.array(ids))
     with atomic_file(faiss_path(directory, shard)) as tmp:
         write_faiss(tmp, vectors, ids, FLAT)
     with atomic_file(parquet_path(directory, shard)) as tmp:
-        pq.write_table(table, tmp)
+        write_table(table, tmp)
 
 
 def merge_plan(directory: Path, manifest: Manifest) -> list[dict[str, Any]]:

@@ -6,12 +6,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dior_search.data.collections import Collection
+from dior_search.data.paths import shown
 from dior_search.errors import IndexStoreError
 from dior_search.indexing.job import IndexJob, IndexReport, IndexSettings, Progress, plan_job
 from dior_search.indexing.parts import index_part, launched_part, parts_dir
 from dior_search.indexing.shared_parts import index_shared
 from dior_search.indexing.sync import ConfirmRemoval, sync_targets
 from dior_search.models.embedder import Embedder
+from dior_search.store.files import atomic_file, io_errors
 from dior_search.store.folder import directory_of
 from dior_search.store.layout import skipped_listing
 
@@ -44,10 +46,12 @@ def index_collection(
         report = index_shared(
             job, part, shared, settings.part is None, on_start, on_progress, confirm_removal
         )
+        report.skipped[:0] = collection.unreadable
     elif part is not None and part.parts > 1:
         report = index_part(job, part, on_start, on_progress, confirm_removal)
+        report.skipped[:0] = collection.unreadable
     else:
-        report = IndexReport()
+        report = IndexReport(skipped=list(collection.unreadable))
         for target in job.targets if shared is None else ():
             parts = parts_dir(directory_of(target.location))
             if parts.is_dir():
@@ -65,10 +69,18 @@ def index_collection(
 
 
 def write_skipped(listing: Path, report: IndexReport) -> Path | None:
-    """List the run's skipped images (path, reason) in `listing`; None if none was skipped."""
-    if not report.skipped:
-        return None
-    lines = [f"{path}\t{reason}\n" for path, reason in report.skipped]
-    listing.parent.mkdir(parents=True, exist_ok=True)
-    listing.write_text("path\treason\n" + "".join(lines), encoding="utf-8")
+    """List the run's skipped images (path, reason) in `listing`, or remove an old listing
+    when the run skipped none; None if none was skipped.
+
+    Tabs, newlines and other invisible characters in a name are backslash-escaped
+    (`data.paths.shown`), so each line is one image and its two fields.
+    """
+    with io_errors(f"cannot write {listing}"):
+        if not report.skipped:
+            listing.unlink(missing_ok=True)  # a fixed image must not stay listed
+            return None
+        lines = [f"{shown(path)}\t{shown(reason)}\n" for path, reason in report.skipped]
+        listing.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(listing) as tmp:
+            tmp.write_text("path\treason\n" + "".join(lines), encoding="utf-8")
     return listing

@@ -11,7 +11,8 @@ bytes) with the live rows of every condition's index. Per condition, a file is
 - added: any other new (path, content): a copy when the index stores a vector of that content
   (two paths with one content are both found), else a new embedding;
 - skipped: it cannot be read or embedded. A file that cannot be read at all keeps its rows
-  (its content is unknown); one whose content changed loses them.
+  (its content is unknown), as do the files under a folder that cannot be listed; one whose
+  content changed loses them.
 
 Rows whose file is gone are removed, unless `keep_missing` (an unmounted drive must not empty
 an index); so are repeated rows of one (path, content). Removing more than half of an index
@@ -69,6 +70,8 @@ class Scan:
 
     items: list[Item]
     hashes: dict[str, FileHash]
+    # Files and folders the collection could not list (see Collection.unreadable).
+    unreadable: tuple[str, ...] = ()
 
     @property
     def present(self) -> set[str]:
@@ -78,6 +81,11 @@ class Scan:
         """The content hash read for a path (None: not read, or unreadable)."""
         found = self.hashes.get(path)
         return None if found is None else found.content_hash
+
+    def unlisted(self, path: str) -> bool:
+        """Whether a path is, or is under, a file or folder that could not be read: its file
+        may be there, so its rows stay."""
+        return any(path == u or path.startswith(f"{u}/") for u in self.unreadable)
 
     def counted(self) -> frozenset[str]:
         return frozenset(path for path, found in self.hashes.items() if found.content_hash)
@@ -111,6 +119,12 @@ def sync_targets(
             runs.append(ConditionRun(target.condition, writer))
             writer.set_index_type(settings.index_type, settings.memory_budget)
             report.directories[target.condition] = target.location
+            kept = writer.manifest.shard_size
+            if settings.shard_size not in (None, kept):
+                report.notes.append(
+                    f"{target.condition}: the index keeps its shard size of {kept} "
+                    f"vectors (--shard-size {settings.shard_size} applies to new indexes)"
+                )
         scanned = scan(job.collection, runs, settings)
         stale = [stale_rows(run, scanned, settings.keep_missing) for run in runs]
         check_removals(runs, stale, scanned, confirm)
@@ -127,6 +141,7 @@ def sync_targets(
         for run in runs:
             report.compacted[run.condition] = run.writer.close(settings.compact_threshold)
             report.counts[run.condition] = run.finish()
+            report.notes += [f"{run.condition}: {note}" for note in run.writer.notes]
     finally:
         for run in runs:
             run.writer.abort()
@@ -142,7 +157,7 @@ def scan(collection: Collection, runs: Sequence[ConditionRun], settings: IndexSe
     indexed = set().union(*(run.paths_before for run in runs))
     root, threads = collection.root, settings.loader_threads
     hashes = hash_files(root, [i.path for i in items if i.path in indexed], threads)
-    scanned = Scan(items, hashes)
+    scanned = Scan(items, hashes, tuple(path for path, _ in collection.unreadable))
     if not settings.keep_missing and any(
         confirmation_needed(run, len(stale_rows(run, scanned, False).gone)) for run in runs
     ):
@@ -159,7 +174,7 @@ def stale_rows(run: ConditionRun, scanned: Scan, keep_missing: bool) -> Stale:
     for row_id, (path, content_hash) in sorted(run.writer.live_rows().items()):
         found = scanned.hashes.get(path)
         if path not in present or (found is not None and found.missing):
-            if not keep_missing:
+            if not keep_missing and not scanned.unlisted(path):
                 stale.gone.append(row_id)
         elif (path, content_hash) in seen or changed(found, content_hash):
             stale.replaced.append(row_id)

@@ -127,6 +127,13 @@ class DiorEmbedder:
                     f"layer {layer} out of range: this model has hidden states "
                     f"0..{self.n_layers} (or -{self.n_layers + 1}..-1)"
                 )
+            if layer % (self.n_layers + 1) == 0:
+                # Before any layer the last token has seen nothing: every image would get the
+                # same vector.
+                raise UsageError(
+                    f"layer {layer} is the embedding layer, where the last token's state is the "
+                    f"same for every image: use 1..{self.n_layers} (or -{self.n_layers}..-1)"
+                )
         indices = [layer % (self.n_layers + 1) for layer in self.layers]
         deepest = max(indices)
         # Where the layers after the deepest chosen one can be dropped, the model's last hidden

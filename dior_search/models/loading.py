@@ -21,12 +21,27 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_device(device: str) -> torch.device:
+    """The torch device `device` names, checked to exist on this machine."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        chosen = torch.device(device)
     except RuntimeError:
         raise UsageError(f"unknown device {device!r}; try auto, cpu, cuda or cuda:N") from None
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(
+                f"--device {device}: this torch cannot use CUDA (a CPU-only build, or no GPU "
+                "visible); use --device cpu or auto"
+            )
+        if chosen.index is not None and chosen.index >= count:
+            raise UsageError(
+                f"--device {device}: there is no GPU {chosen.index} (GPUs: 0..{count - 1})"
+            )
+    elif chosen.type != "cpu":
+        raise UsageError(f"--device {device}: dior-search runs on cpu or cuda (auto, cpu, cuda:N)")
+    return chosen
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

@@ -28,9 +28,22 @@ def check_dtype(dtype: str) -> None:
 def check_max_side(max_side: int | None) -> None:
     if max_side is not None and max_side < 1:
         raise UsageError("the image side cap must be at least 1 pixel")
+    check_at_most("the image side cap", max_side)
+
+
+def check_at_most(what: str, value: int | None) -> None:
+    """Refuse a count or size larger than an index's manifest can record (an int64)."""
+    if value is not None and value > defaults.MAX_STORED_INT:
+        raise UsageError(f"{what} is at most {defaults.MAX_STORED_INT}, not {value}")
 
 
 Settings = TypeVar("Settings", bound="ModelSettings")
+
+
+def check_max_pixels(max_pixels: int | None) -> None:
+    if max_pixels is not None and max_pixels < 1:
+        raise UsageError(f"--max-pixels must be at least 1 pixel, not {max_pixels}")
+    check_at_most("--max-pixels", max_pixels)
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,7 @@ class ModelSettings:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise UsageError("batch size must be at least 1")
+        check_at_most("the batch size", self.batch_size)
         check_max_side(self.max_side)
         check_dtype(self.dtype)
 
@@ -81,6 +95,7 @@ class DiorSettings(ModelSettings):
             valid = ", ".join(POSITION_SCHEMES)
             raise UsageError(f"unknown position scheme {self.position_scheme!r}; valid: {valid}")
         build_prompt(self.template, None)  # raises on an unknown template
+        check_max_pixels(self.max_pixels)
 
 
 @dataclass(frozen=True)
@@ -111,6 +126,7 @@ class GenerativeSettings(ModelSettings):
         if self.max_new_tokens < 1:
             raise UsageError("max new tokens must be at least 1")
         build_prompt(self.template, None)  # raises on an unknown template
+        check_max_pixels(self.max_pixels)
 
 
 @dataclass(frozen=True)
@@ -128,6 +144,7 @@ class IndirectSettings(ModelSettings):
         super().__post_init__()
         if self.components < 1:
             raise UsageError("InDiReCT needs at least 1 component")
+        check_at_most("the number of components", self.components)
 
 
 DualEncoder = TypeVar("DualEncoder", ClipSettings, IndirectSettings)

@@ -24,12 +24,14 @@ import numpy as np
 from PIL import Image
 
 from dior_search import defaults
+from dior_search.data.collections import current_labels
 from dior_search.errors import IndexStoreError, InputError, UsageError, first_line
 from dior_search.models.embedder import Embedder, EmbedderDescription
 from dior_search.search.joined import JoinedIndexes, normalize_weights
 from dior_search.store.backend import DatabaseIndex, IndexEntry, IndexLocation, IndexStore, Reader
 from dior_search.store.folder import FolderStore
 from dior_search.store.manifest import Manifest, check_same_embedder
+from dior_search.store.shards import Row
 from dior_search.store.stores import is_index_of, open_reader
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,12 @@ class NotIndexed(IndexStoreError):
 
 class DeadlineExceeded(UsageError):
     """A request ran out of time before its work started."""
+
+
+def check_k(k: int, max_k: int = MAX_K) -> None:
+    """UsageError unless 1 <= k <= max_k."""
+    if not 1 <= k <= max_k:
+        raise UsageError(f"k must be between 1 and {max_k}")
 
 
 @dataclass(frozen=True)
@@ -142,6 +150,8 @@ class SearchResult:
     weights: tuple[float, ...]
     query: QueryImage
     hits: list[Hit]
+    # Paths of hits that the collection's label table no longer lists (their labels: none).
+    unlisted: tuple[str, ...] = ()
 
     @property
     def root(self) -> Path:
@@ -430,6 +440,21 @@ class Searcher:
         check_id(reader, condition, row_id)
         return reader
 
+    def labels(
+        self, collection: str, root: Path, rows: Sequence[Row]
+    ) -> tuple[list[dict[str, str]], list[str]]:
+        """Each row's labels as the collection's label table says now (not as stored when it
+        was indexed), and the paths the table no longer lists (their labels: none).
+
+        A collection without a label table (an image folder) keeps the stored labels.
+        """
+        source = current_labels(collection, root)
+        if source is None:
+            return [row.labels for row in rows], []
+        found = [source.labels(row.path) for row in rows]
+        unlisted = [row.path for row, labels in zip(rows, found, strict=True) if labels is None]
+        return [labels or {} for labels in found], unlisted
+
     # -- queries --------------------------------------------------------------------------
 
     def resolve(
@@ -440,9 +465,7 @@ class Searcher:
             raise UsageError("give at least one condition")
         if len(set(request.conditions)) != len(request.conditions):
             raise UsageError(f"a condition is repeated in {list(request.conditions)}")
-        max_k = self.options.max_k or MAX_K
-        if not 1 <= request.k <= max_k:
-            raise UsageError(f"k must be between 1 and {max_k}")
+        check_k(request.k, self.options.max_k or MAX_K)
         if request.id is not None and not 0 <= request.id <= MAX_ID:
             raise UsageError(f"an id must be between 0 and {MAX_ID}")
         given = [request.image is not None, request.vectors is not None, request.id is not None]
@@ -457,11 +480,13 @@ class Searcher:
         collection, conditions, weights = self.resolve(request)
         joined = self.joined(conditions)
         query = QueryImage()
+        root = conditions[0].root
         if request.id is not None:
             first_id = self.first_id(joined, collection, conditions, request)
             vectors = joined.stored_query(first_id)
             row = joined.readers[0].row(first_id)
-            query = QueryImage(first_id, conditions[0].name, row.path, row.labels)
+            (labels,), _ = self.labels(collection.name, root, [row])
+            query = QueryImage(first_id, conditions[0].name, row.path, labels)
         elif request.vectors is not None:
             vectors = list(request.vectors)
         else:
@@ -469,6 +494,7 @@ class Searcher:
             vectors = self.embed(request.image, [c.text for c in conditions], deadline)
         ranked = joined.search(vectors, weights, request.k)
         rows = joined.readers[0].rows([r.id for r in ranked])
+        hit_labels, unlisted = self.labels(collection.name, root, rows)
         names = [c.name for c in conditions]
         hits = [
             Hit(
@@ -477,11 +503,13 @@ class Searcher:
                 score=r.score,
                 scores=dict(zip(names, r.scores, strict=True)),
                 path=row.path,
-                labels=row.labels,
+                labels=row_labels,
             )
-            for rank, (r, row) in enumerate(zip(ranked, rows, strict=True), start=1)
+            for rank, (r, row, row_labels) in enumerate(
+                zip(ranked, rows, hit_labels, strict=True), start=1
+            )
         ]
-        return SearchResult(collection, conditions, weights, query, hits)
+        return SearchResult(collection, conditions, weights, query, hits, tuple(unlisted))
 
     def first_id(
         self,

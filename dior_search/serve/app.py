@@ -21,12 +21,13 @@ from urllib.parse import quote
 import anyio
 import anyio.to_thread
 import uvicorn
+from starlette import responses
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -77,6 +78,14 @@ PAGE_HEADERS = {
 
 T = TypeVar("T")
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+class JSONResponse(responses.JSONResponse):
+    """JSON in ASCII: a file name that is not UTF-8 (held as a lone surrogate, see
+    data.paths) is sent as the escape `\\udcNN` rather than failing to encode."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 def error(status: int, message: str) -> JSONResponse:

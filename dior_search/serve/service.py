@@ -299,7 +299,10 @@ class SearchService:
         reader = self.searcher.reader(condition)
         ids = reader.ids[max(0, offset) : max(0, offset) + limit].tolist()
         rows = reader.rows(ids)
-        page = [(i, row.path, row.labels) for i, row in zip(ids, rows, strict=True)]
+        labels, _ = self.searcher.labels(collection.name, condition.root, rows)
+        page = [
+            (i, row.path, row_labels) for i, row, row_labels in zip(ids, rows, labels, strict=True)
+        ]
         return condition, len(reader), page
 
     def thumbnail(

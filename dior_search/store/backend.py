@@ -170,6 +170,8 @@ class Writer(Protocol):
     """Adds and deletes rows of one index, a commit at a time; resumes where it stopped."""
 
     manifest: Manifest
+    # What the writer changed that the run's report tells (a repack, a rebuilt index).
+    notes: list[str]
 
     @property
     def location(self) -> IndexLocation: ...
@@ -278,8 +280,12 @@ class IndexStore(Protocol):
         self, location: IndexLocation, threshold: float, wait_for_lock: bool = False
     ) -> Compaction: ...
 
-    def check_index_spec(self, spec: str, dim: int, n_vectors: int) -> None:
-        """UsageError, before any embedding, on an index type the store cannot build."""
+    def check_index_spec(
+        self, spec: str, dim: int, n_vectors: int, memory_budget: int, existing: Manifest
+    ) -> None:
+        """UsageError, before any embedding, on an index type the store cannot build for
+        `n_vectors` (or, for `auto`, fit in the budget); `existing`: the index's manifest as
+        it is (or as it starts)."""
         ...
 
     def shared_parts(self) -> SharedParts | None:

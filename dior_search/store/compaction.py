@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from dior_search.store.files import atomic_file, sha256_file, verify_file
+from dior_search.store.files import atomic_file, verify_file
 from dior_search.store.index_types import FLAT
 from dior_search.store.manifest import (
     Manifest,
@@ -41,11 +41,15 @@ from dior_search.store.shards import (
     parquet_path,
     read_ids,
     read_shard_index,
+    read_table,
     read_tombstones,
     reconstruct_ids,
     reconstruct_rows,
     tombstones_path,
     write_faiss,
+    write_index_file,
+    write_table,
+    written_shard,
 )
 
 log = logging.getLogger(__name__)
@@ -93,7 +97,6 @@ def rewrite_shard(
 ) -> None:
     """Replace `shard` by a shard of its live rows (none: drop it), crash-safely."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     verify_file(faiss_path(directory, shard), shard.faiss_sha256)
     dead = read_tombstones(directory, shard)
@@ -112,18 +115,10 @@ def rewrite_shard(
                 write_flat(tmp, index, keep, live)
             else:
                 write_packed(tmp, index, trained, live)
-        table = pq.read_table(parquet_path(directory, shard)).filter(pa.array(keep))
+        table = read_table(parquet_path(directory, shard)).filter(pa.array(keep))
         with atomic_file(parquet_path(directory, name)) as tmp:
-            pq.write_table(table, tmp)
-        manifest.shards[position] = Shard(
-            name,
-            len(live),
-            int(live[0]),
-            sha256_file(faiss_path(directory, name)),
-            sha256_file(parquet_path(directory, name)),
-            last_id=int(live[-1]),
-            index_type=shard.index_type,
-        )
+            write_table(table, tmp)
+        manifest.shards[position] = written_shard(directory, name, live, shard.index_type)
         done.shards_rewritten += 1
     write_manifest(directory, manifest)
     done.rows_dropped += len(dead)
@@ -144,10 +139,8 @@ def write_flat(path: Path, index: Any, keep: np.ndarray, live: np.ndarray) -> No
 def write_packed(path: Path, index: Any, trained: Any, live: np.ndarray) -> None:
     """The live vectors of a packed shard (as its codes give them), in a clone of the trained
     index, a chunk at a time (a packed shard's vectors need not fit in memory at once)."""
-    import faiss
-
     rewritten = clone_index(trained)
     for low in range(0, len(live), ADD_CHUNK):
         chunk = live[low : low + ADD_CHUNK]
         rewritten.add_with_ids(reconstruct_ids(index, chunk), chunk)
-    faiss.write_index(rewritten, str(path))
+    write_index_file(rewritten, path)

@@ -25,12 +25,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from dior_search.data.collections import slug
 from dior_search.data.sources import split_source_key
 from dior_search.errors import IndexStoreError, UsageError
 from dior_search.store.backend import IndexStore, Reader
 from dior_search.store.files import atomic_file
 from dior_search.store.folder import FolderStore
+from dior_search.store.layout import condition_folder
 
 ExportFormat = Literal["parquet", "npy"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = ("parquet", "npy")
@@ -59,7 +59,7 @@ def export_index(
     batch_rows: int = BATCH_ROWS,
 ) -> Exported:
     """Write one index's rows and vectors to `out_dir` (file names: `name`, default the
-    condition made file-safe); every file is written aside and renamed into place."""
+    condition's index folder name); every file is written aside and renamed into place."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -68,7 +68,7 @@ def export_index(
         raise UsageError(f"unknown export format {export_format!r}; valid: {valid}")
     manifest = reader.manifest
     condition = str(manifest.condition["name"])
-    stem = name or slug(condition)
+    stem = name or condition_folder(condition)
     out_dir.mkdir(parents=True, exist_ok=True)
     dim = manifest.dim
     with_vectors = export_format == "parquet"
@@ -78,7 +78,12 @@ def export_index(
     table_path = out_dir / f"{stem}.parquet"
     matrix_path = out_dir / f"{stem}.npy"
     ids = reader.ids
-    with atomic_file(table_path) as table_tmp, pq.ParquetWriter(table_tmp, schema) as writer:
+    # The writer gets an open file: Arrow cannot open a name that is not UTF-8.
+    with (
+        atomic_file(table_path) as table_tmp,
+        table_tmp.open("wb") as table_file,
+        pq.ParquetWriter(table_file, schema) as writer,
+    ):
         if export_format == "npy":
             with atomic_file(matrix_path) as matrix_tmp:
                 matrix = np.lib.format.open_memmap(

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from dior_search.errors import IndexStoreError
+from dior_search.errors import IndexStoreError, first_line
 
 LOCK = "index.lock"
 
@@ -64,3 +64,22 @@ def take_lock(directory: Path, wait: bool = False) -> IO[str]:
             f"another dior-search run is writing {directory}; wait for it to finish"
         ) from None
     return handle
+
+
+def error_reason(exc: BaseException) -> str:
+    """What an I/O error says (the errno's meaning), FAISS's write errors included."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return first_line(exc)
+
+
+@contextmanager
+def io_errors(doing: str) -> Iterator[None]:
+    """Turn an OSError (or FAISS's RuntimeError for a failed write) into one IndexStoreError
+    line: what was being done, the file, and the errno's meaning."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        where = getattr(exc, "filename", None)
+        named = f" ({where})" if where else ""
+        raise IndexStoreError(f"{doing}{named}: {error_reason(exc)}") from None

@@ -10,7 +10,12 @@ from dior_search.models.embedder import EmbedderDescription
 from dior_search.store import layout
 from dior_search.store.backend import IndexEntry, IndexLocation, SharedParts
 from dior_search.store.compaction import Compaction
-from dior_search.store.index_types import canonical_spec, check_index_spec
+from dior_search.store.index_types import (
+    AUTO,
+    canonical_spec,
+    check_index_spec,
+    choose_index_type,
+)
 from dior_search.store.manifest import MANIFEST, Manifest
 from dior_search.store.reader import IndexReader
 from dior_search.store.writer import IndexWriter, compact_index
@@ -63,8 +68,14 @@ class FolderStore:
     ) -> Compaction:
         return compact_index(directory_of(location), threshold, wait_for_lock)
 
-    def check_index_spec(self, spec: str, dim: int, n_vectors: int) -> None:
-        check_index_spec(canonical_spec(spec), dim, n_vectors)
+    def check_index_spec(
+        self, spec: str, dim: int, n_vectors: int, memory_budget: int, existing: Manifest
+    ) -> None:
+        spec = canonical_spec(spec)
+        if spec == AUTO:
+            choose_index_type(n_vectors, dim, memory_budget)  # raises if none fits
+        elif existing.trained is None or spec != existing.index_spec:
+            check_index_spec(spec, dim, n_vectors)
 
     def shared_parts(self) -> SharedParts | None:
         return None  # parts are folders of their own, merged (indexing.parts)

@@ -210,15 +210,59 @@ def make_index(factory: str, dim: int) -> Any:
         ) from None
 
 
+# Counts in a factory string, with the range FAISS can use: (pattern, what, low, high).
+# High HNSW degrees only cost memory; NSG below 8 neighbours can loop forever while building.
+COUNT_RANGES = (
+    (r"HNSW(\d+)", "HNSW's links per vector (M)", 2, 512),
+    (r"NSG(\d+)", "NSG's neighbours per vector (R)", 8, 512),
+    (r"IVF(\d+)", "the number of coarse lists", 1, 1 << 20),
+    (r"(?<![A-Za-z])PQ(\d+)", "PQ's number of sub-quantizers", 1, 1 << 16),
+    (r"PQ\d+x(\d+)", "PQ's bits per code", 1, 16),
+    (r"(?<![A-Za-z])SQ(\d+)", "SQ's bits per dimension", 4, 8),
+    (r"(?:PCA|PCAR|PCAW|PCAWR)(\d+)", "the PCA's output dimension", 1, -1),
+    (r"OPQ\d+_(\d+)", "OPQ's output dimension", 1, -1),
+    (r"OPQ(\d+)", "OPQ's number of sub-quantizers", 1, 1 << 16),
+    (r"RR(\d+)", "the random rotation's output dimension", 1, 1 << 16),
+    (r"Pad(\d+)", "the padded dimension", 1, 1 << 16),
+)
+
+
+def check_factory_counts(factory: str, dim: int) -> None:
+    """UsageError for a count FAISS cannot use (HNSW0, IVF0, SQ0, PCA2000 at dim 128, ...).
+
+    -1 as a high bound stands for the vectors' dimension.
+    """
+    for pattern, what, low, high in COUNT_RANGES:
+        top = dim if high == -1 else high
+        for match in re.finditer(pattern, factory):
+            count = int(match.group(1))
+            if not low <= count <= top:
+                bound = f"{top} (the vectors' dimension)" if high == -1 else str(top)
+                raise UsageError(
+                    f"--index-type {factory!r}: {what} must be between {low} and {bound}, "
+                    f"not {count} in {match.group(0)!r}"
+                )
+
+
 def check_index_spec(spec: str, dim: int, n_vectors: int) -> None:
-    """Fail early (before any embedding) on a type FAISS cannot build or train on n vectors."""
+    """Fail early (before any embedding) on a type FAISS cannot build, train on n vectors,
+    or search: counts in range, then the type tried on random vectors in a child process."""
     if spec in (AUTO, FLAT):
         return
+    from dior_search.store.index_trial import try_index_type
+
+    check_factory_counts(spec, dim)
     needed = training_minimum(make_index(spec, dim))
     if n_vectors < needed:
         raise UsageError(
             f"index type {spec!r} needs at least {needed} vectors to train; this index will "
             f"have {n_vectors}: use --index-type flat (or auto), or fewer coarse lists"
+        )
+    reason = try_index_type(spec, dim)
+    if reason is not None:
+        raise UsageError(
+            f"--index-type {spec!r} cannot index vectors of dimension {dim}: {reason}; use "
+            "auto, flat, or e.g. 'PCA256,IVF1024,SQ8,Refine(SQ8)'"
         )
 
 
@@ -256,8 +300,19 @@ def search_param_names(index: Any) -> list[str]:
     return names
 
 
+# The values each search parameter may take: (lowest, highest, whole number). Above these a
+# search only allocates more (an HNSW search holds efSearch candidates per query).
+PARAM_RANGES: dict[str, tuple[float, float, bool]] = {
+    "nprobe": (1, 1 << 20, True),
+    "efSearch": (1, 1 << 20, True),
+    "quantizer_efSearch": (1, 1 << 20, True),
+    "max_codes": (0, 1 << 53, True),
+    "k_factor_rf": (1, 1 << 16, False),
+}
+
+
 def parse_search_params(text: str) -> dict[str, float]:
-    """`name=value,...` pairs, as faiss.ParameterSpace reads them.
+    """`name=value,...` pairs, as faiss.ParameterSpace reads them, each value in its range.
 
     >>> parse_search_params("nprobe=32, k_factor_rf=4")
     {'nprobe': 32.0, 'k_factor_rf': 4.0}
@@ -265,13 +320,26 @@ def parse_search_params(text: str) -> dict[str, float]:
     params: dict[str, float] = {}
     for pair in filter(None, (p.strip() for p in text.split(","))):
         name, _, value = pair.partition("=")
+        name = name.strip()
         try:
-            params[name.strip()] = float(value)
+            number = float(value)
         except ValueError:
             raise UsageError(
                 f"search parameter {pair!r} is not name=number (e.g. nprobe=32,efSearch=64)"
             ) from None
+        check_param_value(name, number)
+        params[name] = number
     return params
+
+
+def check_param_value(name: str, value: float) -> None:
+    """UsageError unless `value` is a finite number in the range of parameter `name`."""
+    low, high, whole = PARAM_RANGES.get(name, (-math.inf, math.inf, False))
+    in_range = math.isfinite(value) and low <= value <= high
+    if not in_range or (whole and not value.is_integer()):
+        kind = "a whole number" if whole else "a finite number"
+        bounds = f" from {int(low)} to {int(high)}" if math.isfinite(high) else ""
+        raise UsageError(f"search parameter {name} must be {kind}{bounds}, not {value:g}")
 
 
 def merge_search_params(*texts: str) -> str:

@@ -4,17 +4,21 @@
     indexes/<collection>/<embedder>/skipped.tsv      images the last run could not index
 
 `<collection>` is a dataset's name or `<folder>-<hash>` for an image folder, `<embedder>` the
-model and every setting that changes its vectors, `<condition>` the condition made file-safe.
+model and every setting that changes its vectors, `<condition>` the condition as it is when
+it is a plain name (`color`), else made file-safe and followed by a hash of it
+(`object-color-1a2b3c4d`), so that two conditions never share a folder.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import asdict
 from pathlib import Path
 
 from dior_search import defaults
-from dior_search.data.collections import slug
+from dior_search.data.collections import hashed_slug, slug
+from dior_search.data.paths import name_bytes
 from dior_search.errors import IndexStoreError
 from dior_search.models.embedder import EmbedderDescription
 from dior_search.models.settings import GenerativeSettings
@@ -22,6 +26,10 @@ from dior_search.store.backend import IndexEntry, IndexLocation
 from dior_search.store.manifest import MANIFEST, Manifest
 
 SKIPPED_FILE = "skipped.tsv"
+# A condition used as its own folder name: letters, digits, - and _ (no dot: never a file
+# name such as skipped.tsv), at most 60 characters, and not ending like a hashed name.
+PLAIN_CONDITION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,59}")
+HASHED_NAME = re.compile(r".*-[0-9a-f]{8}")
 # Settings named in the folder when they differ from their default.
 FOLDER_SETTINGS = {
     "template": defaults.DEFAULT_TEMPLATE,
@@ -56,7 +64,7 @@ def model_slug(model: str) -> str:
     """A Hub id as `org--name`; a local folder as its name and a hash of its absolute path."""
     path = Path(model)
     if path.is_dir():
-        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+        digest = hashlib.sha256(name_bytes(str(path.resolve()))).hexdigest()[:8]
         return f"{slug(path.name)}-{digest}"
     return slug(model)
 
@@ -70,7 +78,18 @@ def index_dir(
     indexes_dir: Path, collection: str, description: EmbedderDescription, condition: str
 ) -> Path:
     """The index directory of (collection, embedder, condition)."""
-    return embedder_dir(indexes_dir, collection, description) / slug(condition)
+    return embedder_dir(indexes_dir, collection, description) / condition_folder(condition)
+
+
+def condition_folder(condition: str) -> str:
+    """The folder name of a condition's index: one per condition (see module).
+
+    >>> [condition_folder(c) for c in ("color", "object--color", "object/color", "a.b")]
+    ['color', 'object--color', 'object--color-2b5005b2', 'a.b-2e7336dc']
+    """
+    if PLAIN_CONDITION.fullmatch(condition) and not HASHED_NAME.fullmatch(condition):
+        return condition
+    return hashed_slug(condition)
 
 
 def skipped_listing(indexes_dir: Path, collection: str, description: EmbedderDescription) -> Path:
@@ -105,4 +124,5 @@ def find_indexes(
 def is_index_of(directory: Path, collection: str, condition: str) -> bool:
     """Whether `directory` is where an index of (collection, condition) lives, by its folder
     names alone (all that is known of an index whose manifest cannot be read)."""
-    return (directory.parent.parent.name, directory.name) == (slug(collection), slug(condition))
+    names = (directory.parent.parent.name, directory.name)
+    return names == (slug(collection), condition_folder(condition))

@@ -10,7 +10,7 @@ import numpy as np
 
 from dior_search.errors import IndexStoreError
 from dior_search.store.backend import IndexLocation
-from dior_search.store.shards import LABEL_PREFIX, Row
+from dior_search.store.shards import LABEL_PREFIX, PATH_BYTES, Row, stored_paths
 
 
 class RowLookups:
@@ -76,8 +76,9 @@ class RowLookups:
         return self.column("content_hash")
 
     def paths(self) -> list[str]:
-        """Every row's image path, in id order."""
-        return self.column("path")
+        """Every row's image path, in id order (exact, also where a name is not UTF-8)."""
+        exact = self.column(PATH_BYTES) if PATH_BYTES in self.column_names() else None
+        return stored_paths(self.column("path"), exact)
 
     def rows(self, ids: Sequence[int] | np.ndarray) -> list[Row]:
         """The metadata of `ids`, in the order given."""

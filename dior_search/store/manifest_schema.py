@@ -13,10 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dior_search import defaults
 from dior_search.models.prompts import PROMPT_TEMPLATES
 from dior_search.models.settings import DTYPE_NAMES, POSITION_SCHEMES, SETTINGS_BY_METHOD
 
-MAX_ID = (1 << 63) - 1
+MAX_ID = defaults.MAX_STORED_INT
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 

@@ -46,6 +46,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from dior_search.data.paths import from_bytes, is_text, name_bytes, readable
 from dior_search.errors import IndexStoreError, UsageError, first_line
 from dior_search.models.embedder import EmbedderDescription
 from dior_search.store.backend import (
@@ -78,7 +79,7 @@ from dior_search.store.milvus_types import (
     search_params_for,
 )
 from dior_search.store.pending import PendingRows
-from dior_search.store.shards import Row, normalize
+from dior_search.store.shards import PATH_BYTES, Row, normalize
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +150,7 @@ def parse_store_uri(spec: str) -> Target:
     port = f":{parts.port}" if parts.port else ""
     address = f"{scheme}://{parts.hostname}{port}"
     shown = f"{parts.scheme}://{parts.hostname}{port}{parts.path.rstrip('/')}"
-    return Target(
-        shown, address, parts.path.strip("/"), token=os.environ.get(TOKEN_VARIABLE, "")
-    )
+    return Target(shown, address, parts.path.strip("/"), token=os.environ.get(TOKEN_VARIABLE, ""))
 
 
 # -- collection names -----------------------------------------------------------------------
@@ -367,9 +366,7 @@ class MilvusStore:
             (collection, embedder_folder(description), condition),
         )
 
-    def location_named(
-        self, name: str, parts: tuple[str, str, str] | None = None
-    ) -> DatabaseIndex:
+    def location_named(self, name: str, parts: tuple[str, str, str] | None = None) -> DatabaseIndex:
         collection, embedder, condition = parts or name_parts(name) or ("", "", "")
         return DatabaseIndex(self.target.uri, name, collection, embedder, condition, self)
 
@@ -468,8 +465,11 @@ class MilvusStore:
         self.conn.call(f"compact {where.name}", "compact", where.name)
         return Compaction()
 
-    def check_index_spec(self, spec: str, dim: int, n_vectors: int) -> None:
-        canonical_milvus_spec(spec, self.lite)
+    def check_index_spec(
+        self, spec: str, dim: int, n_vectors: int, memory_budget: int, existing: Manifest
+    ) -> None:
+        if canonical_milvus_spec(spec, self.lite) == AUTO:
+            choose_milvus_type(n_vectors, dim, memory_budget)  # raises if none fits
 
     def shared_parts(self) -> MilvusParts:
         return MilvusParts(self)
@@ -548,8 +548,7 @@ class MilvusStore:
                     batch = iterator.next()
                 except self.conn.errors as exc:
                     raise IndexStoreError(
-                        f"{self.target.uri}: cannot read the rows of {location.name}: "
-                        f"{reason(exc)}"
+                        f"{self.target.uri}: cannot read the rows of {location.name}: {reason(exc)}"
                     ) from None
                 if not batch:
                     return
@@ -579,7 +578,7 @@ class MilvusStore:
                     "id": int(row_id),
                     "vector": unit[p],
                     "norm": float(norms[p]),
-                    **rows[p].scalar_columns(),
+                    **database_columns(rows[p]),
                 }
                 for p, row_id in enumerate(ids[low : low + step], start=low)
             ]
@@ -596,9 +595,9 @@ class MilvusStore:
             batch = ordered[low : low + ID_BATCH]
             self.conn.call(f"delete rows of {name}", "delete", name, ids=batch)
 
-    def fetch(self, location: DatabaseIndex, ids: np.ndarray, fields: Sequence[str]) -> dict[
-        int, dict[str, Any]
-    ]:
+    def fetch(
+        self, location: DatabaseIndex, ids: np.ndarray, fields: Sequence[str]
+    ) -> dict[int, dict[str, Any]]:
         """Rows by id (those that exist), with `fields`."""
         found: dict[int, dict[str, Any]] = {}
         for low in range(0, len(ids), ID_BATCH):
@@ -626,6 +625,22 @@ def same_index(built: tuple[str, dict[str, str]], wanted: str) -> bool:
     kind = parse_spec(wanted, lite=False)
     index_type, params = built
     return index_type == kind.index_type and all(params.get(k) == v for k, v in kind.params)
+
+
+def database_columns(row: Row) -> dict[str, Any]:
+    """A row's columns as the database keeps them: a path that is not UTF-8 (Milvus takes only
+    text) readable in `path`, its exact bytes in hex in `path_bytes`."""
+    columns = row.scalar_columns()
+    if not is_text(row.path):
+        columns["path"] = readable(row.path)
+        columns[PATH_BYTES] = name_bytes(row.path).hex()
+    return columns
+
+
+def exact_path(row: dict[str, Any]) -> str:
+    """A stored row's path as this package holds it (see database_columns)."""
+    raw = row.get(PATH_BYTES)
+    return str(row["path"]) if raw is None else from_bytes(bytes.fromhex(raw))
 
 
 def index_params(spec: str) -> Any:
@@ -697,7 +712,12 @@ class MilvusReader(RowLookups):
             key=lambda row: int(row["id"]),
         )
         names = list(FIXED_FIELDS) + sorted({k for r in rows for k in r} - set(FIXED_FIELDS))
-        return {name: [row.get(name) for row in rows] for name in names}
+        columns = {name: [row.get(name) for row in rows] for name in names}
+        if PATH_BYTES in columns:  # bytes, as a folder's table holds them
+            columns[PATH_BYTES] = [
+                None if v is None else bytes.fromhex(v) for v in columns[PATH_BYTES]
+            ]
+        return columns
 
     @property
     def location(self) -> DatabaseIndex:
@@ -871,6 +891,7 @@ class MilvusWriter(PendingRows):
         self.manifest = self.open_manifest(new_manifest)
         self.next_id = self.manifest.next_id
         self.changed_type = False
+        self.notes: list[str] = []
         store.load(location)
         if not staged:
             self.remove_leftovers()
@@ -910,9 +931,9 @@ class MilvusWriter(PendingRows):
         self.start_rows()
         edge = self.manifest.next_id
         where = f"id >= {edge}" if self.staged else f"id < {edge}"
-        rows = self.store.iterate(self._location, where, ["id", "path", "content_hash"])
+        rows = self.store.iterate(self._location, where, ["id", "path", "content_hash", "$meta"])
         for row in sorted(rows, key=lambda r: int(r["id"])):
-            self.remember(int(row["id"]), row["path"], row["content_hash"])
+            self.remember(int(row["id"]), exact_path(row), row["content_hash"])
 
     def publish(self, rows: int) -> None:
         """Publish the manifest as the next generation, with `rows` live rows."""
@@ -1000,6 +1021,8 @@ class MilvusWriter(PendingRows):
         if not same_index(self.store.built_index(location), target):
             log.info("%s: building a %s index", location, target)
             self.store.rebuild_index(location, target)
+            if manifest.rows:
+                self.notes.append(f"the index is now {target}")
         if target != manifest.index_type or self.changed_type:
             manifest.index_type = target
             manifest.search_params = default_search_params(target)

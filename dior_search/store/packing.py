@@ -14,6 +14,11 @@ is another, packing
    so fewer, larger shards answer faster. Deleted rows of staged shards are left out (the
    sample, too, is drawn from live rows only).
 
+A later run may ask for another type or memory budget: `change_index_type` then unpacks a
+packed index (its shards become staged Flat shards of the vectors their codes reconstruct,
+the trained index is dropped) and packing starts again with the new type. The new type is
+recorded only by the packing itself: a run that fails to pack leaves the index as it was.
+
 Crash safety: a packed shard's files are written (temp + fsync + rename) before the manifest
 swaps it in for the staged shards it replaces, and those are deleted only afterwards. After a
 crash the manifest lists either the staged or the packed shards; unlisted files are removed
@@ -37,6 +42,7 @@ from dior_search.store.index_types import (
     AUTO,
     FLAT,
     GiB,
+    canonical_spec,
     choose_index_type,
     default_search_params,
     format_size,
@@ -56,10 +62,18 @@ from dior_search.store.manifest import (
 )
 from dior_search.store.shards import (
     faiss_path,
+    normalize,
     parquet_path,
+    read_index_file,
     read_shard_index,
+    read_table,
     read_tombstones,
+    reconstruct_ids,
     staged_vectors,
+    write_faiss,
+    write_index_file,
+    write_table,
+    written_shard,
 )
 
 log = logging.getLogger(__name__)
@@ -109,7 +123,6 @@ def decide_index_type(manifest: Manifest) -> str:
 
 def train(directory: Path, manifest: Manifest, staged: list[Shard], target: str) -> Any | None:
     """Train `target` on a sample of the staged vectors and record it; None if too few."""
-    import faiss
 
     empty = make_index(target, manifest.dim)
     rows = sum(s.live for s in staged)
@@ -132,7 +145,7 @@ def train(directory: Path, manifest: Manifest, staged: list[Shard], target: str)
     per_vector = bytes_per_vector(trained, sample[:1000])
     path = directory / TRAINED
     with atomic_file(path) as tmp:
-        faiss.write_index(trained, str(tmp))
+        write_index_file(trained, tmp)
     manifest.trained = Trained(TRAINED, sha256_file(path), size, TRAIN_SEED, per_vector)
     if manifest.packed_shard_size <= 0:
         manifest.packed_shard_size = max(manifest.shard_size, PACKED_SHARD_BYTES // per_vector)
@@ -148,13 +161,11 @@ def train(directory: Path, manifest: Manifest, staged: list[Shard], target: str)
 
 
 def load_trained(directory: Path, manifest: Manifest) -> Any:
-    import faiss
-
     if manifest.trained is None:
         raise IndexStoreError(f"index {directory} has no trained index to pack into")
     path = directory / manifest.trained.name
     verify_file(path, manifest.trained.sha256)
-    return faiss.read_index(str(path))
+    return read_index_file(path)
 
 
 def sample_vectors(
@@ -216,9 +227,7 @@ def clone_index(trained: Any) -> Any:
 def pack_group(directory: Path, manifest: Manifest, trained: Any, group: list[Shard]) -> None:
     """Replace consecutive staged shards by one packed shard of their live rows, crash-safely
     (a group without live rows is dropped)."""
-    import faiss
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     started = time.perf_counter()
     index = clone_index(trained)
@@ -231,7 +240,7 @@ def pack_group(directory: Path, manifest: Manifest, trained: Any, group: list[Sh
         ids, vectors = ids[live], np.ascontiguousarray(vectors[live])
         for low in range(0, len(ids), ADD_CHUNK):
             index.add_with_ids(vectors[low : low + ADD_CHUNK], ids[low : low + ADD_CHUNK])
-        tables.append(pq.read_table(parquet_path(directory, shard)).filter(pa.array(live)))
+        tables.append(read_table(parquet_path(directory, shard)).filter(pa.array(live)))
         kept.append(ids)
     rows = sum(s.live for s in group)
     if index.ntotal != rows:
@@ -240,21 +249,10 @@ def pack_group(directory: Path, manifest: Manifest, trained: Any, group: list[Sh
     name = shard_name(next_shard_number(manifest))
     if rows:
         with atomic_file(faiss_path(directory, name)) as tmp:
-            faiss.write_index(index, str(tmp))
+            write_index_file(index, tmp)
         with atomic_file(parquet_path(directory, name)) as tmp:
-            pq.write_table(pa.concat_tables(tables, promote_options="default"), tmp)
-        live_ids = np.concatenate(kept)
-        packed = [
-            Shard(
-                name,
-                rows,
-                int(live_ids[0]),
-                sha256_file(faiss_path(directory, name)),
-                sha256_file(parquet_path(directory, name)),
-                last_id=int(live_ids[-1]),
-                index_type=manifest.index_type,
-            )
-        ]
+            write_table(pa.concat_tables(tables, promote_options="default"), tmp)
+        packed = [written_shard(directory, name, np.concatenate(kept), manifest.index_type)]
     else:
         packed = []
     manifest.shards[position : position + len(group)] = packed
@@ -269,3 +267,96 @@ def pack_group(directory: Path, manifest: Manifest, trained: Any, group: list[Sh
         name,
         time.perf_counter() - started,
     )
+
+
+def change_index_type(
+    directory: Path, manifest: Manifest, spec: str | None, memory_budget: int | None
+) -> str | None:
+    """Make `manifest` ask for `spec` and `memory_budget` (None: keep), unpacking a packed
+    index whose type must change; what changed, or None. `pack_staged_shards` then packs."""
+    spec = None if spec is None else canonical_spec(spec)
+    new_spec = spec if spec is not None and spec != manifest.index_spec else None
+    new_budget = memory_budget if memory_budget not in (None, manifest.memory_budget) else None
+    if new_spec is None and new_budget is None:
+        return None
+    changes = []
+    if new_spec is not None:
+        changes.append(f"index type {manifest.index_spec!r} -> {new_spec!r}")
+    if new_budget is not None:
+        changes.append(
+            f"memory budget {format_size(manifest.memory_budget)} -> {format_size(new_budget)}"
+        )
+    target = new_spec or manifest.index_spec
+    packed = manifest.trained is not None or any(s.index_type != FLAT for s in manifest.shards)
+    if packed and must_repack(manifest, target, new_budget or manifest.memory_budget):
+        was = manifest.index_type
+        unpacked = unpack(directory, manifest)
+        changes.append(f"{unpacked} vectors unpacked from their {was} codes to be packed again")
+    if new_spec is not None:
+        manifest.index_spec = new_spec
+        manifest.index_type = FLAT if new_spec == AUTO else new_spec
+        manifest.search_params = ""
+    if new_budget is not None:
+        manifest.memory_budget = new_budget
+    return "; ".join(changes)
+
+
+def must_repack(manifest: Manifest, spec: str, memory_budget: int) -> bool:
+    """Whether packed shards must change for the index to be of type `spec` (auto: the type
+    auto chooses for its size within `memory_budget`)."""
+    if spec != AUTO:
+        return spec != manifest.index_type
+    choice = choose_index_type(manifest.rows, manifest.dim, memory_budget)
+    return choice.factory != manifest.index_type
+
+
+def unpack(directory: Path, manifest: Manifest) -> int:
+    """Turn the packed shards back into staged Flat shards (of the vectors their codes
+    reconstruct, at most `shard_size` each; deleted rows are left out) and drop the trained
+    index; vectors unpacked.
+
+    The staged files are written before the manifest lists them in place of the packed ones,
+    which are deleted afterwards: after a crash the manifest lists one set or the other.
+    """
+    import faiss
+    import pyarrow as pa
+
+    number = next_shard_number(manifest)
+    shards: list[Shard] = []
+    unpacked = 0
+    for shard in manifest.shards:
+        if shard.index_type == FLAT:
+            shards.append(shard)
+            continue
+        verify_file(faiss_path(directory, shard), shard.faiss_sha256)
+        verify_file(parquet_path(directory, shard), shard.parquet_sha256)
+        index = read_shard_index(faiss_path(directory, shard), mmap=True)
+        ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+        table = read_table(parquet_path(directory, shard))
+        if table.column("id").to_pylist() != ids.tolist():
+            raise IndexStoreError(f"{parquet_path(directory, shard)} does not match its index")
+        live = ~np.isin(ids, read_tombstones(directory, shard))
+        ids, table = ids[live], table.filter(pa.array(live))
+        for low in range(0, len(ids), manifest.shard_size):
+            chunk = ids[low : low + manifest.shard_size]
+            name = shard_name(number)
+            number += 1
+            with atomic_file(faiss_path(directory, name)) as tmp:
+                write_faiss(tmp, normalize(reconstruct_ids(index, chunk)), chunk, FLAT)
+            with atomic_file(parquet_path(directory, name)) as tmp:
+                write_table(table.slice(low, len(chunk)), tmp)
+            shards.append(written_shard(directory, name, chunk, FLAT))
+        unpacked += len(ids)
+    retired = [s for s in manifest.shards if s.index_type != FLAT]
+    trained = manifest.trained
+    manifest.shards = shards
+    manifest.trained = None
+    manifest.packed_shard_size = 0
+    manifest.search_params = ""
+    write_manifest(directory, manifest)
+    for shard in retired:
+        for file_name in shard.files():
+            (directory / file_name).unlink(missing_ok=True)
+    if trained is not None:
+        (directory / trained.name).unlink(missing_ok=True)
+    return unpacked

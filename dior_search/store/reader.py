@@ -28,7 +28,7 @@ import numpy as np
 
 from dior_search.errors import IndexStoreError, UsageError
 from dior_search.store.backend import allowed_rows, merge_top_k, search_allowed
-from dior_search.store.files import verify_file
+from dior_search.store.files import io_errors, verify_file
 from dior_search.store.index_types import (
     FLAT,
     apply_search_params,
@@ -40,6 +40,7 @@ from dior_search.store.manifest import Manifest, Shard, Stamp, manifest_stamp
 from dior_search.store.shards import (
     faiss_path,
     normalize,
+    open_table,
     parquet_path,
     read_shard_index,
     read_tombstones,
@@ -65,7 +66,6 @@ class OpenShard:
     def __init__(
         self, directory: Path, entry: Shard, dim: int, mmap: bool | None, verify: bool
     ) -> None:
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         self.key = shard_key(entry)
@@ -75,7 +75,7 @@ class OpenShard:
         try:
             # The table is opened first and checksummed through the open handle, so the
             # bytes checked are the bytes read.
-            self.table = pa.OSFile(str(table_path), "r")
+            self.table = open_table(table_path)
             if verify:
                 check_handle(self.table, table_path, entry.parquet_sha256)
                 verify_file(index_path, entry.faiss_sha256)
@@ -161,19 +161,22 @@ class IndexReader(RowLookups):
         self.directory = directory
         self.mmap, self.verify, self.asked_params = mmap, verify, search_params
         reusable = {} if previous is None else {s.key: s for s in previous.open_shards}
-        for attempt in range(OPEN_ATTEMPTS):
-            stamp = manifest_stamp(directory)
-            manifest = Manifest.read(directory)
-            try:
-                opened = self._open(manifest, reusable)
-                break
-            except (IndexStoreError, OSError):
-                # Files gone or changed while opening: a newer generation was committed and
-                # the old files deleted. Open that one; if the manifest did not change, the
-                # index is damaged.
-                if attempt + 1 == OPEN_ATTEMPTS or manifest_stamp(directory) == stamp:
-                    raise
-                log.info("%s changed while it was opened; opening its newer generation", directory)
+        with io_errors(f"cannot read index {directory}"):
+            for attempt in range(OPEN_ATTEMPTS):
+                stamp = manifest_stamp(directory)
+                manifest = Manifest.read(directory)
+                try:
+                    opened = self._open(manifest, reusable)
+                    break
+                except (IndexStoreError, OSError):
+                    # Files gone or changed while opening: a newer generation was committed
+                    # and the old files deleted. Open that one; if the manifest did not
+                    # change, the index is damaged.
+                    if attempt + 1 == OPEN_ATTEMPTS or manifest_stamp(directory) == stamp:
+                        raise
+                    log.info(
+                        "%s changed while it was opened; opening its newer generation", directory
+                    )
         self.manifest = manifest
         self._stamp: Stamp | None = stamp
         self._shards, self._dead, new = opened

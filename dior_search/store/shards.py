@@ -4,6 +4,13 @@ ids of its deleted rows.
     shard-00000.faiss                  FAISS index of L2-normalised vectors, ids stored with them
     shard-00000.parquet                one row per vector: id, path, content_hash, norm, label_*
     shard-00000.deleted-7.parquet      ids of the rows deleted since (written at generation 7)
+
+Image paths are data (see data.paths): a name that is valid UTF-8 is stored as it is in the
+`path` column; a name that is not is stored in `path` with U+FFFD for each byte that is not
+UTF-8 (readable, lossy) and exactly, as bytes, in a `path_bytes` column (null elsewhere;
+absent from a shard none of whose names needs it). Every file is opened through the helpers
+below, which give FAISS and Arrow an open file where the index folder's own path is not
+UTF-8 (neither library can take such a name).
 """
 
 from __future__ import annotations
@@ -15,11 +22,14 @@ from typing import Any
 
 import numpy as np
 
+from dior_search.data.paths import from_bytes, fs_path, is_text, name_bytes, readable
 from dior_search.errors import IndexStoreError
-from dior_search.store.files import verify_file
+from dior_search.store.files import sha256_file, verify_file
 from dior_search.store.manifest import Shard
 
 LABEL_PREFIX = "label_"
+PATH_BYTES = "path_bytes"
+
 # Shards at least this large are memory-mapped by default rather than read into RAM.
 MMAP_MIN_BYTES = 16 << 20
 
@@ -51,6 +61,20 @@ def parquet_path(directory: Path, shard: Shard | str) -> Path:
     return directory / f"{name}.parquet"
 
 
+def written_shard(directory: Path, name: str, ids: np.ndarray, index_type: str) -> Shard:
+    """The manifest entry of shard `name`, whose two files are written: its rows' ids
+    (ascending), its index type and the files' checksums."""
+    return Shard(
+        name,
+        len(ids),
+        int(ids[0]),
+        sha256_file(faiss_path(directory, name)),
+        sha256_file(parquet_path(directory, name)),
+        last_id=int(ids[-1]),
+        index_type=index_type,
+    )
+
+
 def tombstones_path(directory: Path, shard: Shard) -> Path:
     return directory / shard.tombstones
 
@@ -58,21 +82,18 @@ def tombstones_path(directory: Path, shard: Shard) -> Path:
 def write_tombstones(path: Path, ids: np.ndarray) -> None:
     """A Parquet table of one int64 column `id`: the shard's deleted rows, ascending."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"id": pa.array(np.sort(ids), type=pa.int64())}), path)
+    write_table(pa.table({"id": pa.array(np.sort(ids), type=pa.int64())}), path)
 
 
 def read_tombstones(directory: Path, shard: Shard, verify: bool = True) -> np.ndarray:
     """The ids of a shard's deleted rows, ascending (empty if none); checked if `verify`."""
-    import pyarrow.parquet as pq
-
     if not shard.tombstones:
         return np.empty(0, dtype=np.int64)
     path = tombstones_path(directory, shard)
     if verify:
         verify_file(path, shard.tombstones_sha256)
-    ids = pq.read_table(path, columns=["id"]).column("id").to_numpy()
+    ids = read_table(path, ["id"]).column("id").to_numpy()
     dead = np.sort(np.asarray(ids, dtype=np.int64))
     if len(dead) != shard.deleted:
         raise IndexStoreError(
@@ -84,12 +105,10 @@ def read_tombstones(directory: Path, shard: Shard, verify: bool = True) -> np.nd
 
 def read_ids(directory: Path, shard: Shard, verify: bool = True) -> np.ndarray:
     """Every stored row's id in a shard, in its storage order (ascending)."""
-    import pyarrow.parquet as pq
-
     path = parquet_path(directory, shard)
     if verify:
         verify_file(path, shard.parquet_sha256)
-    ids = pq.read_table(path, columns=["id"]).column("id").to_numpy()
+    ids = read_table(path, ["id"]).column("id").to_numpy()
     return np.asarray(ids, dtype=np.int64)
 
 
@@ -105,16 +124,14 @@ class ShardKeys:
 
 def read_keys(directory: Path, shard: Shard, verify: bool = True) -> ShardKeys:
     """A shard's rows as (id, path, content hash, live), from its table and tombstones."""
-    import pyarrow.parquet as pq
-
     path = parquet_path(directory, shard)
     if verify:
         verify_file(path, shard.parquet_sha256)
-    table = pq.read_table(path, columns=["id", "path", "content_hash"])
+    table = read_table(path, ["id", "path", "content_hash"], optional=[PATH_BYTES])
     ids = np.asarray(table.column("id").to_numpy(), dtype=np.int64)
     return ShardKeys(
         ids,
-        table.column("path").to_pylist(),
+        table_paths(table),
         table.column("content_hash").to_pylist(),
         ~np.isin(ids, read_tombstones(directory, shard, verify)),
     )
@@ -135,24 +152,125 @@ def write_faiss(path: Path, vectors: np.ndarray, ids: np.ndarray, index_type: st
         vectors.shape[1], f"IDMap2,{index_type}", faiss.METRIC_INNER_PRODUCT
     )
     index.add_with_ids(vectors, ids)
-    faiss.write_index(index, str(path))
+    write_index_file(index, path)
+
+
+def write_index_file(index: Any, path: Path) -> None:
+    """Write a FAISS index to `path`, whatever bytes its folder's name holds."""
+    import faiss
+
+    name = fs_path(path)
+    if name is not None:
+        faiss.write_index(index, name)
+        return
+    with path.open("wb") as handle:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))  # type: ignore[attr-defined]
+
+
+def read_index_file(path: Path, mmap: bool = False) -> Any:
+    """Read a FAISS index from `path`; memory-mapped if asked and its name allows."""
+    import faiss
+
+    name = fs_path(path)
+    if name is not None:
+        flags = getattr(faiss, "IO_FLAG_MMAP_IFC", 0) if mmap else 0
+        return faiss.read_index(name, flags)
+    with path.open("rb") as handle:  # FAISS can map only a file it opens by name
+        return faiss.read_index(faiss.PyCallbackIOReader(handle.read))  # type: ignore[attr-defined]
 
 
 def write_parquet(path: Path, ids: np.ndarray, norms: np.ndarray, rows: Sequence[Row]) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     scalars = [r.scalar_columns() for r in rows]
     columns: dict[str, Any] = {
         "id": pa.array(ids, type=pa.int64()),
-        "path": pa.array([r.path for r in rows], type=pa.string()),
+        **path_columns([r.path for r in rows]),
         "content_hash": pa.array([r.content_hash for r in rows], type=pa.string()),
         # The vector's length before normalisation: unit vector * norm is the raw embedding.
         "norm": pa.array(norms, type=pa.float32()),
     }
-    for name in sorted({name for r in scalars for name in r} - set(columns)):
+    for name in sorted({name for r in scalars for name in r} - {"path", *columns}):
         columns[name] = pa.array([r.get(name) for r in scalars], type=pa.string())
-    pq.write_table(pa.table(columns), path)
+    write_table(pa.table(columns), path)
+
+
+def path_columns(paths: Sequence[str]) -> dict[str, Any]:
+    """The `path` column (and `path_bytes`, if a name is not UTF-8) of `paths`."""
+    import pyarrow as pa
+
+    exact = [None if is_text(p) else name_bytes(p) for p in paths]
+    columns = {"path": pa.array([readable(p) for p in paths], type=pa.string())}
+    if any(raw is not None for raw in exact):
+        columns[PATH_BYTES] = pa.array(exact, type=pa.binary())
+    return columns
+
+
+def stored_paths(paths: Sequence[str | None], exact: Sequence[bytes | None] | None) -> list[str]:
+    """Image paths from a `path` column and its `path_bytes` column (None: absent)."""
+    if exact is None:
+        return [str(p) for p in paths]
+    return [str(p) if raw is None else from_bytes(raw) for p, raw in zip(paths, exact, strict=True)]
+
+
+def table_paths(table: Any) -> list[str]:
+    """The image paths of a table read with its `path` (and `path_bytes`, if any) columns."""
+    names = table.column_names
+    exact = table.column(PATH_BYTES).to_pylist() if PATH_BYTES in names else None
+    return stored_paths(table.column("path").to_pylist(), exact)
+
+
+def read_paths(path: Path) -> list[str]:
+    """The image paths of one shard's table, in row order."""
+    return table_paths(read_table(path, ["path"], optional=[PATH_BYTES]))
+
+
+def write_table(table: Any, path: Path) -> None:
+    """Write a Parquet table to `path`, whatever bytes its folder's name holds."""
+    import pyarrow.parquet as pq
+
+    with path.open("wb") as handle:
+        pq.write_table(table, handle)
+
+
+def read_table(
+    path: Path, columns: Sequence[str] | None = None, optional: Sequence[str] = ()
+) -> Any:
+    """A Parquet table from `path`: every column, or `columns` and those of `optional` that
+    the table has."""
+    import pyarrow.parquet as pq
+
+    with path.open("rb") as handle:
+        if columns is None:
+            return pq.read_table(handle)
+        parquet = pq.ParquetFile(handle)
+        present = set(parquet.schema_arrow.names)
+        return parquet.read(columns=[*columns, *(c for c in optional if c in present)])
+
+
+def open_table(path: Path) -> Any:
+    """`path` as an open Arrow file for reading (a native one where its name allows)."""
+    import pyarrow as pa
+
+    name = fs_path(path)
+    if name is not None:
+        return pa.OSFile(name, "r")
+    return pa.PythonFile(path.open("rb"), mode="r")
+
+
+def column_names(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    with path.open("rb") as handle:
+        return list(pq.read_schema(handle).names)
+
+
+def row_count(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    with path.open("rb") as handle:
+        rows: int = pq.read_metadata(handle).num_rows
+        return rows
 
 
 def read_shard_index(path: Path, mmap: bool | None = None) -> Any:
@@ -161,12 +279,9 @@ def read_shard_index(path: Path, mmap: bool | None = None) -> Any:
     FAISS 1.10+ maps the file's contents in place (IO_FLAG_MMAP_IFC) for flat codes, IVF
     lists and HNSW storage, so only the pages a search touches are read.
     """
-    import faiss
-
     if mmap is None:
         mmap = path.stat().st_size >= MMAP_MIN_BYTES
-    flags = getattr(faiss, "IO_FLAG_MMAP_IFC", 0) if mmap else 0
-    return faiss.read_index(str(path), flags)
+    return read_index_file(path, mmap)
 
 
 def reconstruct_rows(index: Any, start: int, count: int) -> np.ndarray:

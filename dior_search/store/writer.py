@@ -6,7 +6,9 @@ Files that the manifest does not list are leftovers of such a run and are remove
 
 Vectors are staged as exact `Flat` shards while they arrive; when the index type is another
 (see index_types), `pack()` trains it once on a sample of the staged vectors and packs the
-staged shards into shards of that type (see packing).
+staged shards into shards of that type (see packing). A type or memory budget asked for with
+`set_index_type` takes effect there too (repacking a packed index) and is recorded only once
+it is packed.
 
 Deleting a row writes its shard's tombstones (a new file of the shard's deleted ids) and
 lists them in the manifest with the next shard, in the same commit: a change that deletes
@@ -27,8 +29,8 @@ import numpy as np
 from dior_search import defaults
 from dior_search.errors import IndexStoreError
 from dior_search.store.compaction import Compaction, compact_shards
-from dior_search.store.files import atomic_file, sha256_file, take_lock
-from dior_search.store.index_types import AUTO, FLAT, canonical_spec
+from dior_search.store.files import atomic_file, error_reason, io_errors, sha256_file, take_lock
+from dior_search.store.index_types import FLAT, canonical_spec
 from dior_search.store.manifest import (
     MANIFEST,
     SHARD_PREFIX,
@@ -43,7 +45,7 @@ from dior_search.store.manifest import (
     tombstones_name,
     write_manifest,
 )
-from dior_search.store.packing import pack_staged_shards
+from dior_search.store.packing import change_index_type, pack_staged_shards
 from dior_search.store.pending import PendingRows
 from dior_search.store.shards import (
     faiss_path,
@@ -51,10 +53,12 @@ from dior_search.store.shards import (
     parquet_path,
     read_keys,
     read_shard_index,
+    read_table,
     reconstruct_ids,
     write_faiss,
     write_parquet,
     write_tombstones,
+    written_shard,
 )
 
 log = logging.getLogger(__name__)
@@ -82,20 +86,23 @@ class IndexWriter(PendingRows):
     ) -> None:
         self.directory = directory
         self.packs = packs
-        directory.mkdir(parents=True, exist_ok=True)
-        self.lock = take_lock(directory, wait_for_lock)
-        if (directory / MANIFEST).is_file():
-            self.manifest = Manifest.read(directory)
-            check_same_index(directory, self.manifest, new_manifest)
-        else:
-            self.manifest = new_manifest
-            self.manifest.created = now()
-            # Published at once, empty: the directory is an index from its first moment.
-            write_manifest(directory, self.manifest)
-        self.remove_leftovers()
-        self.read_rows()
+        with io_errors(f"cannot write index {directory}"):
+            directory.mkdir(parents=True, exist_ok=True)
+            self.lock = take_lock(directory, wait_for_lock)
+        try:
+            with io_errors(f"cannot open index {directory} for writing"):
+                self.manifest = self.open_manifest(new_manifest)
+                self.remove_leftovers()
+                self.read_rows()
+        except BaseException:
+            self.lock.close()
+            raise
         self.next_id = self.manifest.next_id
         self._open_shards: dict[str, tuple[Any, dict[int, float]]] = {}
+        # The index type and memory budget asked for (None: the index's own), and what
+        # packing changed, for the run's report.
+        self.asked: tuple[str | None, int | None] = (None, None)
+        self.notes: list[str] = []
 
     @property
     def location(self) -> Path:
@@ -106,6 +113,18 @@ class IndexWriter(PendingRows):
     def existing(cls, directory: Path, wait_for_lock: bool = False) -> IndexWriter:
         """A writer of an index that exists, as it is (to delete rows or compact it)."""
         return cls(directory, Manifest.read(directory), wait_for_lock=wait_for_lock)
+
+    def open_manifest(self, new_manifest: Manifest) -> Manifest:
+        """The index's manifest, or `new_manifest` published at once for a new index."""
+        directory = self.directory
+        if (directory / MANIFEST).is_file():
+            manifest = Manifest.read(directory)
+            check_same_index(directory, manifest, new_manifest)
+            return manifest
+        new_manifest.created = now()
+        # Published at once, empty: the directory is an index from its first moment.
+        write_manifest(directory, new_manifest)
+        return new_manifest
 
     def remove_leftovers(self) -> None:
         """Delete index files the manifest does not list (and temporaries): what a crash or a
@@ -136,31 +155,20 @@ class IndexWriter(PendingRows):
     # -- changes --------------------------------------------------------------------------
 
     def set_index_type(self, spec: str | None, memory_budget: int | None) -> None:
-        """Use another index type or budget from now on; refused once shards are packed."""
-        manifest = self.manifest
-        spec = None if spec is None else canonical_spec(spec)
-        if spec is not None and spec != manifest.index_spec:
-            packed = [s.name for s in manifest.shards if s.index_type != FLAT]
-            if packed or manifest.trained is not None:
-                raise IndexStoreError(
-                    f"index {self.directory} is built as {manifest.index_spec!r} (asked: "
-                    f"{spec!r}); delete it to rebuild it with another index type"
-                )
-            manifest.index_spec = spec
-            manifest.index_type = FLAT if spec == AUTO else spec
-            manifest.search_params = ""
-        if memory_budget is not None:
-            manifest.memory_budget = memory_budget
+        """Ask for another index type or memory budget (None: keep the index's own).
+
+        It takes effect when the run packs (`close()`): staged shards are packed into it, and
+        an index already packed into another type is unpacked and packed again.
+        """
+        self.asked = (None if spec is None else canonical_spec(spec), memory_budget)
 
     def stored_vector(self, row_id: int) -> np.ndarray:
         """The raw vector (unit vector x stored norm) of a row in a written shard, deleted
         or not: what its shard's codes give back."""
-        import pyarrow.parquet as pq
-
         shard = self.shard_of(row_id)
         if shard.name not in self._open_shards:
             index = read_shard_index(faiss_path(self.directory, shard), mmap=True)
-            table = pq.read_table(parquet_path(self.directory, shard), columns=["id", "norm"])
+            table = read_table(parquet_path(self.directory, shard), ["id", "norm"])
             norms = dict(
                 zip(table.column("id").to_pylist(), table.column("norm").to_pylist(), strict=True)
             )
@@ -196,7 +204,7 @@ class IndexWriter(PendingRows):
             # The manifest on disk still lists only the earlier shards; files of this commit
             # are leftovers that the next run removes.
             self.manifest.shards = published
-            reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]
+            reason = error_reason(exc)
             raise IndexStoreError(
                 f"cannot write {name} in {self.directory}: {reason}; the index keeps its "
                 f"{self.manifest.rows} rows written before"
@@ -238,19 +246,20 @@ class IndexWriter(PendingRows):
             write_faiss(tmp, normalize(raw), ids, FLAT)
         with atomic_file(parquet_path(self.directory, name)) as tmp:
             write_parquet(tmp, ids, norms, self.rows)
-        return Shard(
-            name,
-            len(self.rows),
-            int(ids[0]),
-            sha256_file(faiss_path(self.directory, name)),
-            sha256_file(parquet_path(self.directory, name)),
-            last_id=int(ids[-1]),
-        )
+        return written_shard(self.directory, name, ids, FLAT)
 
     def pack(self) -> None:
         """Train the index type if needed and pack the staged Flat shards into it."""
-        if self.packs:
-            pack_staged_shards(self.directory, self.manifest)
+        if not self.packs:
+            return
+        manifest = self.manifest
+        with io_errors(f"cannot pack index {self.directory}"):
+            changed = change_index_type(self.directory, manifest, *self.asked)
+            pack_staged_shards(self.directory, manifest)
+            if changed is not None:
+                write_manifest(self.directory, manifest)  # records the type once it is packed
+        if changed is not None:
+            self.notes.append(f"{changed}; the index is now {manifest.index_type}")
 
     def compact(self, threshold: float = defaults.COMPACT_THRESHOLD) -> Compaction:
         """Commit, then rewrite the shards whose deleted rows pass `threshold` (see

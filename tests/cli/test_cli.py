@@ -52,7 +52,7 @@ def test_unknown_model_offline_is_one_line(capsys, tmp_path):
             "--data-dir",
             str(tmp_path),
             "--n-images",
-            "4",
+            "8",
         ]
     )
     assert code == 4  # README: model error

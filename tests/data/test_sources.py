@@ -4,6 +4,7 @@ shard and key."""
 
 import io
 import json
+import os
 import tarfile
 
 import numpy as np
@@ -12,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dior_search.cli import main
+from dior_search.data.paths import is_text
 from dior_search.data.reading import load_item, read_item
 from dior_search.data.sources import (
     expand_braces,
@@ -271,3 +273,27 @@ def test_a_file_that_is_no_source_is_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "not a .tar shard or a .parquet file" in err
     with pytest.raises(InputError, match="no file matches"):
         open_images(tmp_path / "{0..3}.tar")
+
+
+def test_shards_and_parquet_files_named_in_bytes_that_are_not_utf8(sources, tmp_path):
+    """A shard or Parquet file (and the folder above it) whose name is not UTF-8 is listed,
+    indexed and read back under its exact name (Arrow is given open files, not names)."""
+    folder = tmp_path / os.fsdecode(b"sh\xe4rds")
+    images = sources["images"]
+    write_shards(folder, images, bad=False)
+    (folder / "00000.tar").rename(folder / os.fsdecode(b"t\xfcte.tar"))
+    (folder / "00001.tar").unlink()
+    parquet = folder.parent / os.fsdecode(b"p\xe4rt.parquet")
+    write_parquet(tmp_path / "part.parquet", images, bad=False).rename(parquet)
+    half = len(images) // 2
+    for spec, count in ((folder, half), (parquet, len(images))):
+        collection = open_images(spec)
+        assert len(collection.items) == count
+        for item, (key, data) in zip(collection.items, images, strict=False):
+            assert parse_member_path(item.path).key == key
+            assert read_item(collection.root, item.path) == data
+        indexes = tmp_path / f"indexes-{spec.suffix or 'tar'}"
+        assert index(spec, indexes) == 0
+        reader = reader_of(indexes, spec)
+        assert sorted(reader.paths()) == sorted(item.path for item in collection.items)
+        assert not is_text(reader.paths()[0])  # the exact name, bytes that are not UTF-8

@@ -8,13 +8,14 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
+from cli_runs import deny_listing
 from kill_runs import PixelEmbedder, index_command
 from PIL import Image
 from sync_helpers import folder_state, index_rows
 
 from dior_search.cli import main
 from dior_search.data.collections import open_dataset, open_folder
-from dior_search.data.synthetic import LABELS_FILE, read_labels, write_dataset, write_labels
+from dior_search.data.synthetic import LABELS_FILE, write_dataset, write_labels
 from dior_search.errors import RemovalRefused
 from dior_search.indexing.job import IndexSettings
 from dior_search.indexing.run import index_collection
@@ -105,6 +106,27 @@ def test_the_issue_scenario(nine, tmp_path, capsys):
     assert ids["00004.png"] == 4 and ids["renamed.png"] >= 9 and ids["00002.png"] >= 9
 
 
+def test_images_under_a_folder_that_cannot_be_read_keep_their_rows(tmp_path, monkeypatch):
+    write_dataset(tmp_path / "data", {"test": 6})
+    folder = tmp_path / "data" / "test"
+    (folder / "locked").mkdir()
+    for name in ("00000.png", "00001.png"):
+        (folder / name).rename(folder / "locked" / name)
+    indexes = tmp_path / "indexes"
+    assert pixel_sync(folder, indexes)["counts"].added == 6
+    (directory,) = indexes.glob("*/*/color")
+    before = sorted(index_rows(IndexReader(directory)))
+    deny_listing(monkeypatch, "locked")
+    # The files may well be there: their rows stay, and the folder is listed as skipped.
+    counts = pixel_sync(folder, indexes)["counts"]
+    assert (counts.removed, counts.unchanged) == (0, 4)
+    assert sorted(index_rows(IndexReader(directory))) == before
+    monkeypatch.undo()
+    (folder / "locked" / "00000.png").unlink()
+    counts = pixel_sync(folder, indexes)["counts"]  # readable again: a file gone is removed
+    assert (counts.removed, counts.unchanged) == (1, 5)
+
+
 def test_keep_missing_and_the_removal_check(tmp_path, capsys):
     write_dataset(tmp_path / "data", {"test": 9})
     folder = tmp_path / "data" / "test"
@@ -154,8 +176,7 @@ def test_a_moved_folder_is_not_a_removal_and_is_not_embedded_again(tmp_path):
 
 def test_a_named_dataset_follows_its_label_table(tmp_path):
     root = tmp_path / "datasets" / "synthetic"
-    write_dataset(root, {"test": 10})
-    items = read_labels(root / LABELS_FILE)
+    items = write_dataset(root, {"test": 10})
     write_labels(root / LABELS_FILE, [i for i in items if i.file_name != "test/00004.png"])
     index = IndexSettings(indexes_dir=tmp_path / "indexes", shard_size=4)
     embedder = CountingEmbedder()

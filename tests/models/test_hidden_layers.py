@@ -29,7 +29,7 @@ def count_forward_passes(embedder):
 
 @pytest.mark.parametrize("prefix_reuse", [True, False])
 def test_layers_of_one_pass_equal_one_run_per_layer(mixed_images, prefix_reuse):
-    layers = [-1, 2, 0, -4]
+    layers = [-1, 2, 3, -4]
     several = DiorEmbedder(settings(prefix_reuse=prefix_reuse), layers)
     calls = count_forward_passes(several)
     stacked = several.embed_layers(mixed_images, CONDITIONS)
@@ -60,3 +60,6 @@ def test_a_stack_embeds_its_conditions_once_per_layer(mixed_images):
 def test_a_layer_out_of_range_is_refused():
     with pytest.raises(UsageError, match="layer 9 out of range"):
         DiorEmbedder(settings(), [-1, 9])
+    # The embedding layer gives every image the same vector.
+    with pytest.raises(UsageError, match="layer -5 is the embedding layer"):
+        DiorEmbedder(settings(), [-1, -5])

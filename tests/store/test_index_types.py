@@ -245,12 +245,57 @@ def test_incremental_run_after_packing(tmp_path):
     assert ids[0, 0] == 2300
 
 
-def test_another_type_is_refused_once_packed(tmp_path):
-    build(tmp_path / "ix", clustered(1000), "IVF16,SQ8", shard_size=500)
-    writer = IndexWriter(tmp_path / "ix", manifest_for("IVF16,SQ8", 500))
-    with pytest.raises(IndexStoreError, match=r"built as 'IVF16,SQ8' \(asked: 'Flat'\)"):
-        writer.set_index_type("flat", None)
-    writer.abort()
+def test_another_type_repacks_a_packed_index(tmp_path):
+    vectors = clustered(1000)
+    queries = clustered(20, seed=9)
+    spec = "IVF16,SQ8,Refine(SQfp16)"
+    build(tmp_path / "ix", vectors, spec, shard_size=300)
+    packed = IndexReader(tmp_path / "ix")
+    codes = packed.vectors(packed.ids)
+    paths = packed.paths()
+    writer = IndexWriter(tmp_path / "ix", manifest_for(spec, 300))
+    writer.set_index_type("flat", None)
+    writer.close()
+    assert writer.notes == [
+        f"index type {spec!r} -> 'Flat'; 1000 vectors unpacked from their {spec} codes to be "
+        "packed again; the index is now Flat"
+    ]
+    flat = IndexReader(tmp_path / "ix")
+    manifest = flat.manifest
+    assert (manifest.index_spec, manifest.index_type, manifest.trained) == ("Flat", "Flat", None)
+    assert [s.rows for s in manifest.shards] == [300, 300, 300, 100]
+    assert not (tmp_path / "ix" / TRAINED).exists()
+    # The vectors are those the codes held, now searched exactly; rows kept their ids.
+    np.testing.assert_allclose(
+        flat.vectors(flat.ids), codes / np.linalg.norm(codes, axis=1)[:, None], atol=1e-6
+    )
+    assert flat.paths() == paths
+    np.testing.assert_array_equal(
+        flat.search(queries, 10)[1], exact_top_k(flat.vectors(flat.ids), queries, 10)
+    )
+    # And back to a compressed type: trained again on the staged vectors.
+    writer = IndexWriter(tmp_path / "ix", manifest_for("Flat", 300))
+    writer.set_index_type("IVF8,Flat", None)
+    writer.close()
+    again = IndexReader(tmp_path / "ix")
+    assert again.manifest.index_type == "IVF8,Flat" and again.manifest.trained is not None
+    assert again.paths() == paths
+
+
+def test_a_failed_pack_records_nothing(tmp_path, monkeypatch):
+    build(tmp_path / "ix", clustered(400), "Flat", shard_size=100)
+    before = (tmp_path / "ix" / MANIFEST).read_bytes()
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("Error in faiss::Clustering::train at Clustering.cpp:66: boom")
+
+    monkeypatch.setattr(index_pack, "train_index", fail)
+    writer = IndexWriter(tmp_path / "ix", manifest_for("Flat", 100))
+    writer.set_index_type("IVF8,Flat", None)
+    with pytest.raises(IndexStoreError, match=r"^cannot pack index .*: Error in .*boom$"):
+        writer.close()
+    assert (tmp_path / "ix" / MANIFEST).read_bytes() == before
+    assert Manifest.read(tmp_path / "ix").index_spec == "Flat"
 
 
 def test_crash_while_packing_resumes(tmp_path, monkeypatch):

@@ -311,3 +311,26 @@ def test_doctests():
 
     assert doctest.testmod(milvus).failed == 0
     assert doctest.testmod(milvus_types).failed == 0
+
+
+def test_odd_names_are_kept_exactly(tmp_path, capsys):
+    from cli_runs import TINY, image_folder, odd, run_cli
+
+    names = [odd(b"bad\xff.png"), "tab\tname.png", "evil\u202egnp.png", "plain.png"]
+    folder = image_folder(tmp_path / odd(b"ph\xf6tos"), names)
+    store = ["--store", f"milvus-lite:{tmp_path / 'odd.db'}"]
+    args = ["index", "--images", folder, *TINY, *store, "-c", "object/color"]
+    assert run_cli(capsys, *args).code == 0
+    again = run_cli(capsys, *args)
+    assert again.code == 0 and "0 added, 0 changed, 0 moved, 0 removed, 4 unchanged" in again.out
+    opened_store = MilvusStore(store[1])
+    (entry,) = opened_store.find()
+    assert entry.condition == "object/color"
+    reader = opened_store.reader(entry.location)
+    assert sorted(reader.paths()) == sorted(names)
+    assert sorted(r.path for r in reader.rows(reader.ids)) == sorted(names)
+    opened_store.close()
+    query = ["query", "--id", 0, "--images", folder, "-c", "object/color", "--json", *store]
+    found = run_cli(capsys, *query)
+    assert found.code == 0, found.err
+    assert json.loads(found.out)[0]["path"] == reader.paths()[0]
