@@ -84,30 +84,40 @@ def measure(directory: Path, queries: np.ndarray, truth: np.ndarray) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_index_arguments(parser: argparse.ArgumentParser) -> None:
+    """The generated index's options (shared with filtered_search.py)."""
     parser.add_argument("--size", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=3584)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--index-type", default="auto")
     parser.add_argument("--shard-size", type=int, default=50_000)
-    parser.add_argument("--seed", type=int, default=0, help="which rows are deleted")
     parser.add_argument("--workdir", type=Path, help="where the index goes (default: temporary)")
-    args = parser.parse_args(argv)
+
+
+def built_index(args: argparse.Namespace, workdir: Path) -> tuple[Path, Vectors, np.ndarray]:
+    """The generated index of `args` built in `workdir` (its folder, vectors and queries)."""
     logging.basicConfig(level=logging.WARNING)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="deletions-"))
     directory = workdir / "index"
     shutil.rmtree(directory, ignore_errors=True)
     threads = os.environ.get("OMP_NUM_THREADS", "all")
     print(f"n={args.size}, d={args.dim}, {args.queries} queries, k={K}, threads={threads}")
+    vectors = Vectors(dim=args.dim)
+    queries = vectors.chunk(2, 0, args.queries)
+    spec = canonical_spec(args.index_type)
+    built = build(directory, vectors, args.size, spec, args.shard_size)
+    print(f"built in {built:.0f} s", flush=True)
+    return directory, vectors, queries
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_index_arguments(parser)
+    parser.add_argument("--seed", type=int, default=0, help="which rows are deleted")
+    args = parser.parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="deletions-"))
     rows = []
     try:
-        vectors = Vectors(dim=args.dim)
-        queries = vectors.chunk(2, 0, args.queries)
-        built = build(
-            directory, vectors, args.size, canonical_spec(args.index_type), args.shard_size
-        )
-        print(f"built in {built:.0f} s", flush=True)
+        directory, vectors, queries = built_index(args, workdir)
         order = np.random.default_rng(args.seed).permutation(args.size)
         live = np.ones(args.size, dtype=bool)
         for share in SHARES:

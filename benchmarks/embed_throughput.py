@@ -13,6 +13,13 @@ Paths, each over the same images under the first C conditions:
   reference-kv  each image's shared prefix cached, then one condition at a time against it
   ours          DiorEmbedder.embed: prefixes batched, then all suffixes as one batch
   lower bound   our prefix pass and batched suffix pass alone, inputs built beforehand
+  ours+answers  DiorEmbedder.embed_with_answers: ours, and the model's answer to every prompt
+                decoded against the same cache (on request: --paths ... ours+answers)
+
+A random-weight model's answers are no words: it stops at once or runs to the limit. So that
+ours+answers costs what a real model's answers cost, each answer is made exactly
+--answer-tokens long (default 3: a word of two tokens and the closing quote, two decoding
+steps after the first token; a real Qwen answer "Red" takes one).
 Every path is timed in the same run, so the ratios hold on a noisy machine even where the
 absolute figures do not: the images are taken a group at a time (the images of one of our
 passes, or of --passes-per-group), all paths run on a group back to back in turn, and each
@@ -41,6 +48,7 @@ from flops import Work, batch_work, peak_tflops, tflops
 from PIL import Image
 from vision_attention import use_grouped_vision_attention, use_loop_vision_attention
 
+from dior_search.models.answers import AnswerText
 from dior_search.models.dior import DiorEmbedder, Throughput
 from dior_search.models.loading import resolve_device, resolve_dtype
 from dior_search.models.prompts import build_prompt
@@ -66,8 +74,9 @@ CONDITIONS = [
 ]
 PATHS = ["naive", "reference-kv", "ours", "lower bound"]
 # Timed on request: ours as the embedder fed the model before issue 16, for before/after in one
-# run (one image after another, a cache row per condition, no grouping, no pinning).
-ALL_PATHS = [*PATHS[:3], "ours-before", PATHS[3]]
+# run (one image after another, a cache row per condition, no grouping, no pinning); ours with
+# the model's answers.
+ALL_PATHS = [*PATHS[:3], "ours-before", "ours+answers", PATHS[3]]
 BEFORE = Throughput(image_threads=1, pin_memory=False, packed_suffixes=False, group_by_size=False)
 
 
@@ -160,6 +169,27 @@ def ours_before(embedder: DiorEmbedder, images: Sequence[Image.Image], prompts: 
         embedder.throughput = chosen
 
 
+def ours_answers(
+    embedder: DiorEmbedder, images: Sequence[Image.Image], prompts: list[str]
+) -> float:
+    conditions: list[str | None] = CONDITIONS[: len(prompts)]  # type: ignore[assignment]
+    start = time.perf_counter()
+    embedder.embed_with_answers(images, conditions)
+    return time.perf_counter() - start
+
+
+def answers_of_length(tokens: int) -> type[AnswerText]:
+    """Answers that take exactly `tokens` greedy tokens, whatever the tokens are."""
+
+    class FixedLength(AnswerText):
+        def add(self, token: int, logprob: float, tokenizer: Any, stops: frozenset[int]) -> None:
+            self.tokens.append(token)
+            self.logprob += logprob
+            self.done = len(self.tokens) >= tokens
+
+    return FixedLength
+
+
 def lower_bound(embedder: DiorEmbedder, images: Sequence[Image.Image], prompts: list[str]) -> float:
     """Our passes alone (`embed_split` on inputs already built and on the device)."""
     step = max(1, embedder.settings.batch_size // len(prompts))
@@ -185,6 +215,7 @@ TIMERS: dict[str, Callable[[DiorEmbedder, Sequence[Image.Image], list[str]], flo
     "reference-kv": reference_kv,
     "ours": ours,
     "ours-before": ours_before,
+    "ours+answers": ours_answers,
     "lower bound": lower_bound,
 }
 
@@ -322,12 +353,16 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[str, int], float]:
     )
     parser.add_argument("--paths", nargs="+", choices=ALL_PATHS, default=PATHS, help="to time")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense peak to compare with")
+    parser.add_argument(
+        "--answer-tokens", type=int, default=3, help="tokens of every answer (ours+answers)"
+    )
     args = parse(parser, argv)
     paths = [path for path in ALL_PATHS if path in args.paths]
 
     images = random_images(args.images, args.image_size)
     with tempfile.TemporaryDirectory() as scratch:
         embedder = load_embedder(args, args.model_dir or Path(scratch))
+        embedder.answer_text = answers_of_length(args.answer_tokens)
         n_params = sum(p.numel() for p in embedder.model.parameters())
         split = embedder.inputs.split(images[:1], ["x"], embedder.model)
         n_visual = int(split.prefix_inputs["image_grid_thw"].prod()) // 2**2  # merge size 2
@@ -363,6 +398,13 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[str, int], float]:
     }
     rates = {key: args.images * key[1] / seconds for key, seconds in total.items()}
     print_table(paths, args.conditions, args.images, total, rates, work, peak)
+    if "ours" in paths and "ours+answers" in paths:
+        for c in args.conditions:
+            ratio = rates["ours+answers", c] / rates["ours", c]
+            print(
+                f"C = {c}: with answers ({args.answer_tokens} tokens each), {ratio:.3f}x the "
+                "embeddings per second of ours"
+            )
     return rates
 
 

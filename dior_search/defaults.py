@@ -21,6 +21,8 @@ DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 DEFAULT_CLIP_BATCH_SIZE = 32
 DEFAULT_TEXT_ENCODER = "sentence-transformers/sentence-t5-base"
 GENERATIVE_MAX_NEW_TOKENS = 16
+# The model's own answers, read while embedding: greedy, at most this many tokens.
+MAX_ANSWER_TOKENS = 8
 # InDiReCT (Kobs et al., WACV 2023) as the reference repository runs it.
 INDIRECT_COMPONENTS = 128
 INDIRECT_LEARNING_RATE = 0.01

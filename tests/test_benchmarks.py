@@ -224,6 +224,28 @@ def test_deletion_benchmark_runs_small(capsys):
 
 
 @pytest.mark.slow
+def test_throughput_with_answers_runs(capsys):
+    module = benchmark_module("embed_throughput")
+    argv = ["--images", "2", "--conditions", "3", "--repeats", "1", "--image-size", "112"]
+    argv += ["--threads", str(torch.get_num_threads()), "--paths", "ours", "ours+answers"]
+    rates = module.main([*argv, "--passes-per-group", "2", "--answer-tokens", "2"])
+    assert set(rates) == {("ours", 3), ("ours+answers", 3)}
+    assert "with answers (2 tokens each)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_filtered_search_benchmark_runs_small(capsys):
+    module = benchmark_module("filtered_search")
+    argv = ["--size", "6000", "--dim", "64", "--queries", "50", "--shard-size", "6000"]
+    rows = module.main([*argv, "--index-type", "IVF32,SQ8,Refine(SQfp16)"])
+    assert [r["passing"] for r in rows] == ["1%", "10%", "50%"]
+    # Exactly k hits, and the recall of exact search over the passing rows, whatever passes.
+    assert all(r["short_answers"] == 0 and r["recall"] >= 0.9 for r in rows)
+    assert rows[0]["recall"] > rows[0]["naive_recall"]
+    assert "top-100 then filter" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_store_comparison_runs_small(capsys):
     pytest.importorskip("pymilvus")
     module = benchmark_module("store_compare")

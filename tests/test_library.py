@@ -38,7 +38,12 @@ def test_the_readme_example_runs(tmp_path, monkeypatch, capsys):
     assert by_id.hits[0].id == 7 and by_id.query.id == 7
     assert [hit.rank for hit in both.hits] == [1, 2, 3, 4, 5]
     assert set(both.hits[0].scores) == {"color", "background"}
-    assert len(printed) == 1 + len(both.hits)
+    assert len(printed) == 1 + len(both.hits) + 2
+    # In words: the images the model calls red first; facets count its answers.
+    red = namespace["red"]
+    assert red.hits[0].answers == {"color": "red"} and red.hits[0].scored_by == {"color": "answer"}
+    on_black = namespace["red_on_black"].hits  # the tiny model tells every background
+    assert on_black and all(h.labels["background"] == "black" for h in on_black)
 
 
 def test_every_public_name_resolves():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextvars import ContextVar
 from typing import Annotated
 
 import typer
@@ -25,6 +26,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+# The command line as given: where the order of different options matters (`--text WORD` asks
+# about the `-c` that follows it), which the parsed options no longer say.
+command_line: ContextVar[tuple[str, ...]] = ContextVar("command_line", default=())
 console = Console()
 # Messages on stderr stay one line each, whatever the terminal width: logs and grep read them.
 err_console = Console(stderr=True, soft_wrap=True)
@@ -52,6 +56,7 @@ def quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; every failure becomes one line on stderr and a non-zero exit code."""
+    command_line.set(tuple(sys.argv[1:] if argv is None else argv))
     try:
         code = app(args=argv, prog_name="dior-search", standalone_mode=False)
     except DiorError as exc:

@@ -41,6 +41,12 @@ METRIC_COLUMNS = {
     # Where the collection has other labels: how much they still drive the neighbours.
     "leakage": "leak",
 }
+# Where an index stores the model's answers: the model as a tagger and a text search engine.
+ANSWER_COLUMNS = {
+    "answer_accuracy": "answer = label",
+    "text_precision@10": "text P@10",
+    "text_precision@10_min": "worst value",
+}
 
 
 @app.command()
@@ -90,6 +96,14 @@ def bench(
     text_encoder: Annotated[
         str, typer.Option(help="Sentence encoder of the generative method.")
     ] = defaults.DEFAULT_TEXT_ENCODER,
+    generative_answers: Annotated[
+        str,
+        typer.Option(
+            help="generate: the generative method generates its answers; stored: it embeds "
+            "the answers the DIOR indexes store (no generation; the same numbers where they "
+            "are what it generates: index with --positions native, its positions)."
+        ),
+    ] = "generate",
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the results as JSON.")
     ] = None,
@@ -110,6 +124,10 @@ def bench(
 
     if distance not in DISTANCES:
         raise UsageError(f"unknown distance {distance!r}; valid: {', '.join(DISTANCES)}")
+    if generative_answers not in ("generate", "stored"):
+        raise UsageError(
+            f"unknown --generative-answers {generative_answers!r}; valid: generate, stored"
+        )
     layers = list(layer or [defaults.DEFAULT_LAYER])
     options = replace(options, layer=layers[0])
 
@@ -128,7 +146,9 @@ def bench(
         err_console.print(f"[yellow]{escape(shown(problem))}[/yellow]", highlight=False)
     resolved = choose_model(options, [c.name for c in collections])
     models = MethodModels(
-        replace(resolved, clip_model=clip_model, text_encoder=text_encoder), layers
+        replace(resolved, clip_model=clip_model, text_encoder=text_encoder),
+        layers,
+        generative_answers=generative_answers == "stored",
     )
     with default_model_hint(options):
         if method is None:
@@ -166,32 +186,52 @@ def bench(
 
 
 def bench_tables(result: BenchResult, methods: list[str]) -> list[Table]:
-    """One table per dataset, a row per (condition, method): at most eight columns, which fit
-    an 80-column terminal whatever the number of methods."""
+    """Per dataset, a table of retrieval metrics (a row per condition and method, at most
+    eight columns, which fit an 80-column terminal whatever the number of methods), and one
+    of the model's answers where any index stores them."""
     tables = []
     for dataset_name, conditions in result.items():
-        table = Table(
-            title=escape(f"{dataset_name}: retrieval by condition (exact search, query excluded)"),
-            padding=(0, 1),
-        )
-        columns = {
-            metric: short
-            for metric, short in METRIC_COLUMNS.items()
-            if any(metric in scores for per in conditions.values() for scores in per.values())
+        titles = {
+            "retrieval by condition (exact search, query excluded)": METRIC_COLUMNS,
+            "the model's answers: as tags, and as text search (each label value asked)": (
+                ANSWER_COLUMNS
+            ),
         }
-        table.add_column("condition")
-        table.add_column("method", no_wrap=True)
-        for short in columns.values():
-            table.add_column(short, justify="right", no_wrap=True)
-        for condition_name, per_method in conditions.items():
-            for m in methods:
-                scores = per_method.get(m, {})
-                cells = [cell(scores, metric) for metric in columns]
-                table.add_row(
-                    escape(shown(condition_name)), m, *cells, end_section=m == methods[-1]
-                )
-        tables.append(table)
+        for title, columns in titles.items():
+            columns = {
+                metric: short
+                for metric, short in columns.items()
+                if any(metric in scores for per in conditions.values() for scores in per.values())
+            }
+            if not columns:
+                continue
+            rows = [
+                m
+                for m in methods
+                if any(m in per and set(columns) & set(per[m]) for per in conditions.values())
+            ]
+            tables.append(metric_table(f"{dataset_name}: {title}", conditions, rows, columns))
     return tables
+
+
+def metric_table(
+    title: str,
+    conditions: dict[str, dict[str, dict[str, float]]],
+    methods: list[str],
+    columns: dict[str, str],
+) -> Table:
+    """A row per (condition, method), a column per metric of `columns`."""
+    table = Table(title=escape(shown(title)), padding=(0, 1))
+    table.add_column("condition")
+    table.add_column("method", no_wrap=True)
+    for short in columns.values():
+        table.add_column(short, justify="right", no_wrap=True)
+    for condition_name, per_method in conditions.items():
+        for m in methods:
+            scores = per_method.get(m, {})
+            cells = [cell(scores, metric) for metric in columns]
+            table.add_row(escape(shown(condition_name)), m, *cells, end_section=m == methods[-1])
+    return table
 
 
 def cell(scores: dict[str, float], metric: str) -> str:

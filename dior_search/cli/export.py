@@ -15,6 +15,7 @@ from dior_search.cli.options import (
     DatasetOpt,
     ImagesOpt,
     IndexesOpt,
+    PickModelOpt,
     StoreOpt,
     collection_name,
     opened_store,
@@ -44,10 +45,7 @@ def export(
             "float32; npy: a float32 matrix per condition and a Parquet table of its rows.",
         ),
     ] = "parquet",
-    model: Annotated[
-        str | None,
-        typer.Option(help="Pick the indexes built with this model (default: the only one)."),
-    ] = None,
+    model: PickModelOpt = None,
     indexes: IndexesOpt = defaults.DEFAULT_INDEXES_DIR,
     store: StoreOpt = None,
 ) -> None:

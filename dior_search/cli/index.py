@@ -104,6 +104,16 @@ def index(
             "an index (without it such a run asks, or is refused when not on a terminal).",
         ),
     ] = False,
+    answers: Annotated[
+        bool | None,
+        typer.Option(
+            "--answers/--no-answers",
+            help="The model's one-word answer of every image, stored beside its vector for "
+            "text queries, facets and filters (default: for new indexes). --answers also adds "
+            "them to an existing index, by embedding its images again; --no-answers builds "
+            "new indexes without them.",
+        ),
+    ] = None,
 ) -> None:
     """Make each condition's index hold exactly the collection's current images.
 
@@ -133,6 +143,8 @@ def index(
         memory_budget=budget,
         part=spec,
         keep_missing=keep_missing,
+        answers=answers is not False,
+        add_answers=answers is True,
     )
     collection = open_collection(dataset, images, datasets_dir, image_column)
     conditions = asked or list(collection.conditions)

@@ -60,6 +60,18 @@ StoreOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 TrustOpt = Annotated[bool, typer.Option(help="Allow the model repository's own code to run.")]
 DtypeOverrideOpt = Annotated[str | None, typer.Option(help="Override the indexes' dtype.")]
+WhereOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--where",
+        help="Only images whose answer under a condition is a word (CONDITION=WORD) or whose "
+        "label is a value (label:NAME=VALUE); repeatable, all must hold.",
+    ),
+]
+PickModelOpt = Annotated[
+    str | None,
+    typer.Option(help="Pick the indexes built with this model (default: the only one)."),
+]
 
 # The embedding options, as typer parameters; their names are EmbedderOptions' fields.
 EMBEDDER_PARAMETERS: dict[str, Any] = {

@@ -1,4 +1,5 @@
-"""`dior-search query`: search a collection's indexes with an image or an indexed image's id."""
+"""`dior-search query`: search a collection's indexes with an image, an indexed image's id, or
+words the model answered (`--text red -c color`), among the images that pass `--where`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dior_search import defaults
-from dior_search.cli.app import app, console, err_console
+from dior_search.cli.app import app, command_line, console, err_console
 from dior_search.cli.options import (
     DatasetOpt,
     DeviceOpt,
@@ -20,6 +21,7 @@ from dior_search.cli.options import (
     IndexesOpt,
     StoreOpt,
     TrustOpt,
+    WhereOpt,
     collection_name,
     opened_store,
 )
@@ -33,6 +35,10 @@ if TYPE_CHECKING:
     from dior_search.store.backend import IndexStore
 
 
+TEXT_OPTIONS = ("--text",)
+CONDITION_OPTIONS = ("--condition", "-c")
+
+
 @app.command()
 def query(
     image: Annotated[Path | None, typer.Argument(help="Query image (or use --id).")] = None,
@@ -44,12 +50,22 @@ def query(
             help="Condition to search under; repeat it to rank by several conditions at once.",
         ),
     ] = None,
+    text: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--text",
+            help="A word to ask the model about under the --condition that follows it "
+            "(--text red -c color): images it answered that word rank first.",
+        ),
+    ] = None,
+    where: WhereOpt = None,
     weight: Annotated[
         list[float] | None,
         typer.Option(
             "--weight",
             "-w",
-            help="Weight of each --condition, in the same order (default: equal weights).",
+            help="Weight of each --condition searched by the image, in the same order "
+            "(default: equal weights).",
         ),
     ] = None,
     dataset: DatasetOpt = None,
@@ -94,18 +110,33 @@ def query(
         ),
     ] = None,
 ) -> None:
-    """Search an index with an image (embedded with the index's own settings) or an id.
+    """Search an index with an image (embedded with the index's own settings), an id, or words.
 
     With several --condition options, images are ranked by the weighted mean of their cosine
-    similarities under each condition.
+    similarities under each condition. A condition given a --text word ranks the images the
+    model answered that word first (then by the word's probability); --where keeps only the
+    images that pass every filter.
     """
     from dior_search.data.images import load_image
     from dior_search.data.reading import load_item_image
     from dior_search.search.searcher import SearchOptions, SearchRequest, check_k
     from dior_search.store.index_types import parse_search_params, search_params_of
 
-    if (image is None) == (row_id is None):
+    conditions = tuple(condition or ())
+    if index_path is not None and not conditions and text:
+        if len(text) > 1:
+            raise UsageError("--index searches one condition: give one --text")
+        words: tuple[str | None, ...] | None = (text[0],)
+    else:
+        words = pair_words(command_line.get(), conditions, tuple(text or ()))
+    by_image = words is None or None in words
+    if by_image and (image is None) == (row_id is None):
         raise UsageError("give a query IMAGE or --id ID (one of them)")
+    if not by_image and (image is not None or row_id is not None):
+        raise UsageError(
+            "every --condition has a --text word: give no IMAGE or --id (or a condition "
+            "without a word, searched by the image)"
+        )
     check_k(k)  # before anything is loaded
     for name in condition or ():
         check_condition(name)
@@ -126,7 +157,7 @@ def query(
         raise UsageError("--index names an index folder; give it without --store")
     with opened_store(store, indexes) as index_store:
         searcher, conditions = open_searcher(
-            tuple(condition or ()), dataset, images, index_path, index_store, model, options
+            conditions, dataset, images, index_path, index_store, model, options
         )
         result = searcher.search(
             SearchRequest(
@@ -136,6 +167,8 @@ def query(
                 k=k,
                 image=query_image,
                 id=row_id,
+                words=words,
+                where=tuple(where or ()),
             )
         )
     if sheet is not None:
@@ -157,9 +190,53 @@ def query(
         print(json.dumps([hit.to_json() for hit in result.hits], indent=2))
         return
     if not result.hits:
-        err_console.print(f"no results: {shown(result.title)} holds no images", markup=False)
+        why = "no image passes the filters" if result.filters else "it holds no images"
+        err_console.print(f"no results: {shown(result.title)}: {why}", markup=False)
         return
     console.print(result_table(result))
+
+
+def pair_words(
+    arguments: tuple[str, ...], conditions: tuple[str, ...], texts: tuple[str, ...]
+) -> tuple[str | None, ...] | None:
+    """Each condition's --text word (None: none), from the order of the command line: a
+    --text asks about the --condition that follows it. None where no --text was given."""
+    if not texts:
+        return None
+    words: list[str | None] = []
+    found_conditions: list[str] = []
+    pending: str | None = None
+    values = iter(arguments)
+    for argument in values:
+        if argument == "--":
+            break
+        name, equals, value = argument.partition("=")
+        if name in TEXT_OPTIONS or name in CONDITION_OPTIONS:
+            value = value if equals else next(values, "")
+        elif argument.startswith("-c") and argument != "-c":
+            name, value = "-c", argument[2:]
+        else:
+            continue
+        if name in TEXT_OPTIONS:
+            if pending is not None:
+                raise UsageError(
+                    f"--text {pending!r} asks about no condition: write --text WORD -c CONDITION"
+                )
+            pending = value
+        else:
+            found_conditions.append(value)
+            words.append(pending)
+            pending = None
+    if pending is not None:
+        raise UsageError(
+            f"--text {pending!r} asks about no condition: write --text WORD -c CONDITION (the "
+            "word goes right before the condition it asks about)"
+        )
+    if tuple(found_conditions) != conditions or tuple(w for w in words if w is not None) != texts:
+        raise UsageError(
+            "cannot tell which condition each --text asks about: write --text WORD -c CONDITION"
+        )
+    return tuple(words)
 
 
 def open_searcher(
@@ -193,20 +270,30 @@ def open_searcher(
 
 
 def result_table(result: SearchResult) -> Table:
-    """The hits as a table: rank, score (and each condition's), path, labels."""
-    several = len(result.conditions) > 1
+    """The hits as a table: rank, score (and each condition's), path, the model's answers
+    under the searched conditions, labels."""
+    several = len(result.conditions) > 1 or bool(result.words)
     names = [c.name for c in result.conditions]
+    answered = any(hit.answers for hit in result.hits)
     table = Table(title=escape(shown(result.title)))
-    for column in ("rank", "score", *(names if several else ()), "path", "labels"):
+    columns = ("rank", "score", *(names if several else ()), "path")
+    for column in (*columns, *(("answers",) if answered else ()), "labels"):
         table.add_column(escape(shown(column)))
     for hit in result.hits:
         labels = ", ".join(f"{key}={value}" for key, value in sorted(hit.labels.items()))
-        scores = [f"{hit.scores[n]:.4f}" for n in names] if several else []
+        answers = [", ".join(f"{key}={value}" for key, value in hit.answers.items())]
+        scores = [score_cell(hit.scores[n], hit.scored_by.get(n)) for n in names] if several else []
         table.add_row(
             str(hit.rank),
             f"{hit.score:.4f}",
             *scores,
             escape(shown(hit.path)),
+            *(escape(shown(text)) for text in (answers if answered else [])),
             escape(shown(labels)),
         )
     return table
+
+
+def score_cell(score: float, scored_by: str | None) -> str:
+    """A cosine, or a word's log-probability with what it was scored by."""
+    return f"{score:.4f}" if scored_by is None else f"{score:.4f} ({scored_by})"

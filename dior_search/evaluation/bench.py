@@ -6,7 +6,9 @@ labelled image queries all the others by exact search over the stored vectors.
 - `dior`: the condition in the prompt, one index per condition.
 - `dior-unconditional`: the prompt without a condition, one index scored against every label.
 - `clip`: a CLIP model's image embedding, one index (CLIP takes no condition).
-- `generative`: the VLM's one-word answer to the prompt, embedded by a sentence encoder.
+- `generative`: the VLM's one-word answer to the prompt, embedded by a sentence encoder; with
+  `generative_answers`, the answers the DIOR indexes store are embedded instead of generating
+  them again (the same numbers where the stored answers are what it generates).
 - `indirect`: InDiReCT, CLIP's image embedding projected onto the subspace in which CLIP's
   embeddings of texts about the condition vary.
 
@@ -14,7 +16,10 @@ With several layers, each DIOR method is scored once per layer (`dior layer -8`,
 layer read from the same forward passes. Scores use cosine similarity (as search does) or
 Euclidean distance on the raw vectors (as the paper's numbers did). Where a collection has
 several labels, `leakage` says how much the other labels still drive each condition's
-neighbours (see metrics.leakage).
+neighbours (see metrics.leakage). Where a DIOR index stores the model's answers, the model is
+also scored as a tagger and a text search engine: `answer_accuracy` (the stored answer is the
+label, normalised as answers are) and `text_precision@10` (each label value asked as a word:
+the share of the top 10 with that label; mean over the values, and `text_precision@10_min`).
 """
 
 from __future__ import annotations
@@ -32,18 +37,21 @@ from dior_search.data.collections import (
     LabelTableError,
     open_dataset,
 )
-from dior_search.errors import DiorError, InputError, ModelError, UsageError
+from dior_search.errors import DiorError, IndexStoreError, InputError, ModelError, UsageError
 from dior_search.evaluation.metrics import Distance, leakage, retrieval_metrics
 from dior_search.indexing.job import IndexSettings
 from dior_search.indexing.layers import index_layers
 from dior_search.indexing.run import index_collection
 from dior_search.models import load_embedder
+from dior_search.models.answers import normalize_word, query_word
 from dior_search.models.dior import DiorEmbedder
 from dior_search.models.embedder import Embedder
+from dior_search.models.generative import AnswerTextEncoder
 from dior_search.models.settings import EmbedderOptions
 from dior_search.search.joined import JoinedIndexes
-from dior_search.search.searcher import Searcher
+from dior_search.search.searcher import Searcher, SearchRequest
 from dior_search.store.backend import Reader
+from dior_search.store.shards import ANSWER, normalize
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +76,30 @@ Progress = Callable[[int], None]
 class MethodModels:
     """Each method's embedder, loaded on first use and shared across datasets."""
 
-    def __init__(self, options: EmbedderOptions, layers: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        options: EmbedderOptions,
+        layers: Sequence[int] = (),
+        generative_answers: bool = False,
+    ) -> None:
         """`layers`: the DIOR methods' hidden layers, several read from one forward pass
-        (default: the options' one layer)."""
+        (default: the options' one layer). `generative_answers`: the generative method embeds
+        the answers the DIOR indexes store (its text encoder alone is loaded, with the DIOR
+        model)."""
         self.options = options
         self.layers = list(dict.fromkeys(layers)) or [options.layer]
+        self.generative_answers = generative_answers
         self.loaded: dict[str, Embedder] = {}
+        self._answer_encoder: AnswerTextEncoder | None = None
 
     def get(self, method: str) -> Embedder:
         try:
             kind = METHODS[method]
         except KeyError:
             raise UsageError(f"unknown method {method!r}; valid: {', '.join(METHODS)}") from None
+        if kind == "generative" and self.generative_answers:
+            self.answer_encoder()
+            kind = "dior"  # its indexes hold the answers
         # Both DIOR methods use one model; only the prompt differs.
         if kind not in self.loaded:
             if kind == "dior" and self.several_layers:
@@ -87,6 +107,12 @@ class MethodModels:
             else:
                 self.loaded[kind] = load_embedder(self.options.for_method(kind))
         return self.loaded[kind]
+
+    def answer_encoder(self) -> AnswerTextEncoder:
+        """The generative method's text side, for answers the DIOR indexes store."""
+        if self._answer_encoder is None:
+            self._answer_encoder = AnswerTextEncoder(self.options.generative())
+        return self._answer_encoder
 
     @property
     def several_layers(self) -> bool:
@@ -137,6 +163,12 @@ def evaluate_index(
             reader.manifest.index_type,
         )
     _, vectors = reader.all_vectors(raw=distance == "euclidean")
+    return evaluate_vectors(vectors, current_rows(reader, collection), condition, distance)
+
+
+def current_rows(reader: Reader, collection: Collection) -> list[dict[str, str]]:
+    """Each indexed image's labels as the collection's label table says now (none for the
+    images it no longer lists, said in a warning), in the reader's id order."""
     current = {item.path: item.labels for item in collection.items}
     paths = reader.paths()
     unlisted = sum(path not in current for path in paths)
@@ -149,7 +181,13 @@ def evaluate_index(
             reader.location,
             collection.name,
         )
-    rows = [current.get(path, {}) for path in paths]
+    return [current.get(path, {}) for path in paths]
+
+
+def evaluate_vectors(
+    vectors: np.ndarray, rows: Sequence[dict[str, str]], condition: str, distance: Distance
+) -> Metrics:
+    """Metrics of the vectors of an index's rows (in its id order) by their labels `rows`."""
     labels = [row.get(condition) for row in rows]
     keep = np.array([label is not None for label in labels], dtype=bool)
     kept = [label for label in labels if label is not None]
@@ -161,6 +199,56 @@ def evaluate_index(
         }
         metrics["leakage"] = leakage(vectors[keep], by_name, condition, distance=distance)
     return metrics
+
+
+def answer_metrics(
+    searcher: Searcher, reader: Reader, collection: Collection, condition: str
+) -> Metrics:
+    """The model as a tagger and a text search engine under `condition` (none where its index
+    stores no answers): `answer_accuracy`, and `text_precision@10` of each one-word label value
+    asked as a word (mean, and `text_precision@10_min`)."""
+    if reader.manifest.answers != "stored":
+        return {}
+    labels = [row.get(condition) for row in current_rows(reader, collection)]
+    answers = reader.column(ANSWER)
+    pairs = [(a, normalize_word(label)) for a, label in zip(answers, labels, strict=True) if label]
+    if not pairs:
+        return {}
+    metrics = {"answer_accuracy": float(np.mean([a == label for a, label in pairs]))}
+    precisions = []
+    for value in sorted({label for label in labels if label is not None}):
+        try:
+            query_word(value)
+        except UsageError:
+            continue  # a phrase: no one-word answer can be it
+        found = searcher.search(
+            SearchRequest(conditions=(condition,), collection=collection.name, words=(value,), k=10)
+        )
+        precisions.append(np.mean([hit.labels.get(condition) == value for hit in found.hits]))
+    if precisions:
+        metrics["text_precision@10"] = float(np.mean(precisions))
+        metrics["text_precision@10_min"] = float(np.min(precisions))
+    return metrics
+
+
+def generative_from_answers(
+    encoder: AnswerTextEncoder,
+    reader: Reader,
+    collection: Collection,
+    condition: str,
+    distance: Distance,
+) -> Metrics:
+    """The generative method's metrics from the answers a DIOR index stores: each row's
+    answer embedded as the baseline embeds a generated one."""
+    if reader.manifest.answers != "stored":
+        raise IndexStoreError(
+            f"{reader.location} stores no answers to reuse: index it with --answers, or "
+            "run the generative method without reusing them"
+        )
+    vectors = encoder.embed_answers(reader.manifest.condition["text"], reader.column(ANSWER))
+    if distance == "cosine":
+        vectors = normalize(vectors)
+    return evaluate_vectors(vectors, current_rows(reader, collection), condition, distance)
 
 
 def run_bench(
@@ -187,6 +275,18 @@ def run_bench(
                 on_stage(f"{collection.name}: {method}", total)
 
         embedder = models.get(method)
+        if method == "generative" and models.generative_answers:
+            report = index_collection(
+                collection, targets, embedder, index_settings, start, on_progress
+            )
+            searcher = Searcher.of_directories(list(report.directories.values()))
+            indexes = searcher.collection(collection.name)
+            for condition in conditions:
+                reader = searcher.reader(searcher.condition(indexes, condition))
+                results[condition][method] = generative_from_answers(
+                    models.answer_encoder(), reader, collection, condition, distance
+                )
+            continue
         if isinstance(embedder, DiorEmbedder) and models.several_layers:
             by_layer = index_layers(
                 collection, targets, embedder, index_settings, start, on_progress
@@ -204,6 +304,9 @@ def run_bench(
                 indexed = UNCONDITIONAL if method in CONDITION_BLIND else condition
                 reader = searcher.reader(searcher.condition(indexes, indexed))
                 results[condition][row] = evaluate_index(reader, collection, condition, distance)
+                if METHODS[method] == "dior" and indexed == condition:
+                    answered = answer_metrics(searcher, reader, collection, condition)
+                    results[condition][row].update(answered)
     return results
 
 

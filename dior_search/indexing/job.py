@@ -15,7 +15,8 @@ from PIL import Image
 from dior_search import defaults
 from dior_search.data.collections import Collection, Item
 from dior_search.data.reading import LoadedImage, load_ahead
-from dior_search.errors import UsageError, first_line
+from dior_search.errors import IndexStoreError, UsageError, first_line
+from dior_search.models.answers import Answer
 from dior_search.models.embedder import Embedder, EmbedderDescription, ImageRefused
 from dior_search.models.prompts import build_prompt
 from dior_search.store.backend import IndexLocation, IndexStore, Writer
@@ -75,6 +76,10 @@ class IndexSettings:
     keep_missing: bool = False
     # Rewrite shards whose deleted rows pass this share at the end of the run.
     compact_threshold: float = defaults.COMPACT_THRESHOLD
+    # New indexes store the model's answer for every row, where the embedder reads them.
+    answers: bool = True
+    # Give an existing index without answers its rows' answers, by embedding them again.
+    add_answers: bool = False
     # Where the indexes are written (None: the folder store under indexes_dir).
     store: IndexStore | None = None
 
@@ -139,12 +144,19 @@ class ConditionRun:
             self.vanished.update(live[i][1] for i in ids)
         self.writer.delete(ids)
 
-    def add(self, row: Row, vector: np.ndarray | None, row_id: int | None = None) -> None:
-        """Add a row for a file, with its vector or (None) a copy of the stored one."""
+    def add(
+        self,
+        row: Row,
+        vector: np.ndarray | None,
+        row_id: int | None = None,
+        answer: Answer | None = None,
+    ) -> None:
+        """Add a row for a file, with its vector (and answer) or (None) a copy of the stored
+        one."""
         if vector is None:
             self.writer.add_copy(row, row_id)
         else:
-            self.writer.add(vector, row, row_id)
+            self.writer.add(vector, row, row_id, answer)
         if row.path in self.paths_before:
             self.counts.changed += 1
         elif self.vanished[row.content_hash] > 0:
@@ -211,10 +223,14 @@ def plan_job(
     description = embedder.describe()
     template = getattr(description.settings, "template", defaults.DEFAULT_TEMPLATE)
     store = settings.index_store()
+    # New indexes store the model's answers where asked and the embedder reads them.
+    answering = settings.answers and hasattr(embedder, "embed_with_answers")
+    answers = description.answers if answering else "off"
     targets = []
     for condition in conditions:
         text = collection.condition_text(condition)
         manifest = Manifest(
+            answers=answers,
             collection={"name": collection.name, "root": str(collection.root)},
             condition={"name": condition, "text": text},
             prompt=build_prompt(template, text),
@@ -307,9 +323,15 @@ def embed_batch(
     if not batch:
         return
     to_embed = [p.loaded for p in batch if p.embeds]
-    embedded, vectors = (
-        embed_or_isolate(to_embed, job.texts, job.embedder, report) if to_embed else ([], None)
-    )
+    # The model's answers are read only where some condition's index stores them.
+    answering = any(run.writer.stores_answers for run in runs)
+    embedded: list[LoadedImage] = []
+    vectors: np.ndarray | None = None
+    answers: list[list[Answer | None]] | None = None
+    if to_embed:
+        embedded, vectors, answers = embed_or_isolate(
+            to_embed, job.texts, job.embedder, report, answering
+        )
     rows_of = {id(loaded): row for row, loaded in enumerate(embedded)}
     for pending in batch:
         loaded = pending.loaded
@@ -320,11 +342,32 @@ def embed_batch(
             run = runs[column]
             if not run.needs(row.path, row.content_hash):
                 continue
-            vector = None
+            vector, answer = None, None
             if column in pending.embeds and vectors is not None:
                 vector = np.asarray(vectors[rows_of[id(loaded)], column])
+                if answers is not None:
+                    answer = answers[rows_of[id(loaded)]][column]
             row_id = None if row_ids is None else row_ids[column][row.path]
-            run.add(row, vector, row_id)
+            run.add(row, vector, row_id, answer)
+
+
+Embedded = tuple[np.ndarray, list[list[Answer | None]] | None]
+
+
+def embed_images(
+    images: list[Image.Image], texts: list[str | None], embedder: Embedder, answering: bool
+) -> Embedded:
+    """Vectors of `images` under `texts`, and their answers if `answering`."""
+    if not answering:
+        return embedder.embed(images, texts), None
+    embed_with_answers = getattr(embedder, "embed_with_answers", None)
+    if embed_with_answers is None:
+        raise IndexStoreError(
+            f"an index stores the model's answers, which the {embedder.describe().method} "
+            "method does not give"
+        )
+    vectors, answers = embed_with_answers(images, texts)
+    return vectors, answers
 
 
 def embed_or_isolate(
@@ -332,8 +375,10 @@ def embed_or_isolate(
     texts: list[str | None],
     embedder: Embedder,
     report: IndexReport,
-) -> tuple[list[LoadedImage], np.ndarray]:
-    """Embed a batch; if the model rejects it, embed image by image and skip the culprits.
+    answering: bool = False,
+) -> tuple[list[LoadedImage], np.ndarray, list[list[Answer | None]] | None]:
+    """Embed a batch (with answers if `answering`); if the model rejects it, embed image by
+    image and skip the culprits.
 
     A decodable image can still be one a model's processor refuses (an extreme aspect ratio,
     say); that must cost the run one image, not the run. A batch of several images that all
@@ -341,21 +386,28 @@ def embed_or_isolate(
     """
     images = [loaded.image for loaded in batch if loaded.image is not None]
     try:
-        return batch, embedder.embed(images, texts)
+        return batch, *embed_images(images, texts, embedder, answering)
+    except IndexStoreError:
+        raise
     except Exception as batch_error:  # whatever the model raised: find the image(s) behind it
         kept: list[LoadedImage] = []
         vectors = []
+        answers: list[list[Answer | None]] = []
         for loaded, image in zip(batch, images, strict=True):
             try:
-                vectors.append(embedder.embed([image], texts)[0])
+                one, one_answers = embed_images([image], texts, embedder, answering)
             except Exception as exc:
                 reason = f"cannot embed: {first_line(exc)}"
                 report.skipped.append((loaded.item.path, reason))
                 log.info("skipping %s: %s", loaded.item.path, reason)
                 continue
             kept.append(loaded)
+            vectors.append(one[0])
+            if one_answers is not None:
+                answers.append(one_answers[0])
         if not kept and len(images) > 1:
             raise batch_error
         if not kept:
-            return [], np.empty((0, len(texts), embedder.dim), dtype=np.float32)
-        return kept, np.stack(vectors)
+            empty = np.empty((0, len(texts), embedder.dim), dtype=np.float32)
+            return [], empty, [] if answering else None
+        return kept, np.stack(vectors), answers if answering else None

@@ -58,6 +58,7 @@ from dior_search.indexing.job import (
     embed_items,
 )
 from dior_search.indexing.sync import ConfirmRemoval, sync_targets
+from dior_search.models.embedder import AnswerState
 from dior_search.store.files import atomic_file, fsync_dir, sha256_file
 from dior_search.store.folder import directory_of
 from dior_search.store.index_types import FLAT
@@ -126,10 +127,13 @@ class IndexState:
     paths: frozenset[str]
     hashes: frozenset[str]
     next_id: int
+    # Whether the index stores answers (None: no index yet, the new one's state applies).
+    answers: AnswerState | None = None
 
 
 def read_state(directory: Path) -> IndexState:
-    """The paths and contents of an index's live rows, and its next id."""
+    """The paths and contents of an index's live rows, its next id and whether it stores
+    answers."""
     if not (directory / MANIFEST).is_file():
         return IndexState(frozenset(), frozenset(), 0)
     manifest = Manifest.read(directory)
@@ -140,7 +144,7 @@ def read_state(directory: Path) -> IndexState:
         live = found.live.tolist()
         paths.update(p for p, keep in zip(found.paths, live, strict=True) if keep)
         hashes.update(h for h, keep in zip(found.hashes, live, strict=True) if keep)
-    return IndexState(frozenset(paths), frozenset(hashes), manifest.next_id)
+    return IndexState(frozenset(paths), frozenset(hashes), manifest.next_id, manifest.answers)
 
 
 def work_list(items: Sequence[Item], states: Sequence[IndexState]) -> list[Item]:
@@ -401,7 +405,10 @@ def index_part(
                 break
             folder = prepare_part(directory, part, work, state.next_id)
             folders.append(folder)
-            writer = IndexWriter(folder, copy.deepcopy(target.manifest), packs=False)
+            template = copy.deepcopy(target.manifest)
+            # A part stores answers exactly where the index it joins does.
+            template.answers = state.answers or template.answers
+            writer = IndexWriter(folder, template, packs=False)
             runs.append(ConditionRun(target.condition, writer, skip=state.hashes))
         if on_start is not None:
             on_start(stop - start)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 from dior_search import defaults
 from dior_search.data.collections import Collection, Item
 from dior_search.data.reading import FileHash, hash_files
-from dior_search.errors import RemovalRefused
+from dior_search.errors import RemovalRefused, UsageError
 from dior_search.indexing.job import (
     ConditionRun,
     IndexJob,
@@ -125,8 +125,15 @@ def sync_targets(
                     f"{target.condition}: the index keeps its shard size of {kept} "
                     f"vectors (--shard-size {settings.shard_size} applies to new indexes)"
                 )
+        upgraded = [
+            settings.add_answers and add_answers(run, target)
+            for run, target in zip(runs, targets, strict=True)
+        ]
         scanned = scan(job.collection, runs, settings)
         stale = [stale_rows(run, scanned, settings.keep_missing) for run in runs]
+        for run, rows, everything in zip(runs, stale, upgraded, strict=True):
+            if everything:  # every row is embedded again, to read its answer
+                rows.replaced = sorted(set(run.writer.live_rows()) - set(rows.gone))
         check_removals(runs, stale, scanned, confirm)
         for run, rows in zip(runs, stale, strict=True):
             commit_changes(run, rows, scanned)
@@ -145,6 +152,24 @@ def sync_targets(
     finally:
         for run in runs:
             run.writer.abort()
+
+
+def add_answers(run: ConditionRun, target: IndexTarget) -> bool:
+    """Make an index without answers store them (`index --answers`); whether its rows must
+    be embedded again for it. UsageError where the embedder reads none for this index."""
+    if run.writer.stores_answers:
+        return False
+    if target.manifest.answers != "stored":
+        reason = (
+            "its vectors are not the last layer's, which the output head reads"
+            if target.manifest.answers == "not-last-layer"
+            else "this embedder gives no answers"
+        )
+        raise UsageError(
+            f"--answers: the index of {target.condition!r} cannot have answers: {reason}"
+        )
+    run.writer.store_answers()
+    return True
 
 
 def scan(collection: Collection, runs: Sequence[ConditionRun], settings: IndexSettings) -> Scan:

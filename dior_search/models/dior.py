@@ -8,6 +8,11 @@ An image's prompts differ only in their last few tokens, so by default the share
 header, image, prompt text up to the condition) runs once per image with its KV cache kept, and
 all condition suffixes then run as one batch against it. Layers after the chosen one are never
 run, and the base model has no LM head.
+
+`embed_with_answers` also reads the model's own one-word answer to every prompt (see
+models.answers): the output head (only `lm_head.weight`, or the tied input embeddings) applied
+to the last layer's vector gives the first token, and the next ones are decoded greedily
+against the KV cache the embedding pass leaves, a token per (image, condition) a step.
 """
 
 from __future__ import annotations
@@ -25,9 +30,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dior_search import defaults
 from dior_search.data.images import fit_within
 from dior_search.errors import ModelError, UsageError, first_line
-from dior_search.models.embedder import EmbedderDescription, ProgressCallback
+from dior_search.models.answers import (
+    Answer,
+    AnswerText,
+    is_tied,
+    load_head_matrix,
+    stop_tokens,
+)
+from dior_search.models.embedder import AnswerState, EmbedderDescription, ProgressCallback
 from dior_search.models.families import (
     InputBuilder,
     PrefixReuseUnsupported,
@@ -58,13 +71,16 @@ class Throughput:
     `pin_memory`: inputs are built into page-locked memory and copied to the GPU without
     waiting (CUDA only). `packed_suffixes`: an image's condition suffixes run as one row against
     its prefix's KV cache, which is then never copied per condition. `group_by_size`: images go
-    through the model in order of size, so that a batch pads its rows less.
+    through the model in order of size, so that a batch pads its rows less. `answer_rows`: the
+    (image, condition) rows whose answers are decoded together, the caches of several passes
+    joined: each decoding step reads the model's weights once for all of them.
     """
 
     image_threads: int = 1
     pin_memory: bool = False
     packed_suffixes: bool = True
     group_by_size: bool = True
+    answer_rows: int = 64
 
     @classmethod
     def for_device(cls, device: torch.device) -> Throughput:
@@ -77,6 +93,9 @@ class Throughput:
 
 class DiorEmbedder:
     """DIOR embeddings from a Hugging Face vision-language model (Hub id or local path)."""
+
+    # How an answer is cut from its tokens (a benchmark may make every answer one length).
+    answer_text: type[AnswerText] = AnswerText
 
     def __init__(
         self,
@@ -143,6 +162,8 @@ class DiorEmbedder:
             None if stops_early and index == deepest else index for index in indices
         ]
         self.model.to(self.device).eval()
+        self._head: torch.Tensor | None = None
+        self._stops: frozenset[int] | None = None
         self._prefix_reuse = settings.prefix_reuse
         if self._prefix_reuse and "cache" not in inspect.signature(self.model.forward).parameters:
             self._stop_prefix_reuse(f"{type(self.model).__name__}.forward takes no KV cache")
@@ -156,8 +177,26 @@ class DiorEmbedder:
         policy = {"max_side": self.settings.max_side, **self.inputs.size_policy()}
         settings = self.settings if layer is None else replace(self.settings, layer=layer)
         return describe_loaded(
-            settings, self.source, self.config, self.dtype, self.dim, image_size_policy=policy
+            settings,
+            self.source,
+            self.config,
+            self.dtype,
+            self.dim,
+            image_size_policy=policy,
+            answers=self.answer_state(settings.layer),
         )
+
+    def answer_state(self, layer: int) -> AnswerState:
+        """`stored` where `layer` is the last (its state is what the output head reads)."""
+        return "stored" if layer % (self.n_layers + 1) == self.n_layers else "not-last-layer"
+
+    @property
+    def answer_position(self) -> int | None:
+        """Which of `layers` is the last one, whose vectors have answers (None: none is)."""
+        for position, layer in enumerate(self.layers):
+            if self.answer_state(layer) == "stored":
+                return position
+        return None
 
     def check_size(self, width: int, height: int) -> None:
         """ImageRefused if the input builder would refuse such an image shrunk to max_side."""
@@ -174,6 +213,20 @@ class DiorEmbedder:
         first: np.ndarray = self.embed_layers(images, conditions, on_progress)[:, :, 0]
         return np.ascontiguousarray(first)
 
+    def embed_with_answers(
+        self,
+        images: Sequence[Image.Image],
+        conditions: Sequence[str | None],
+        on_progress: ProgressCallback | None = None,
+    ) -> tuple[np.ndarray, list[list[Answer | None]]]:
+        """`embed`, and the model's answer to every (image, condition): `answers[i][c]`, None
+        everywhere if the first of `layers` is not the last layer."""
+        vectors, answers = self.embed_layers_with_answers(images, conditions, on_progress)
+        first = np.ascontiguousarray(vectors[:, :, 0])
+        if self.answer_position != 0:
+            return first, [[None] * len(conditions) for _ in images]
+        return first, [list(row) for row in answers]
+
     def embed_layers(
         self,
         images: Sequence[Image.Image],
@@ -182,51 +235,95 @@ class DiorEmbedder:
     ) -> np.ndarray:
         """Every image under every condition at each of `layers`, from one forward pass:
         float32 (n_images, n_conditions, n_layers, dim)."""
+        return self._embed(images, conditions, on_progress, answers=False)[0]
+
+    def embed_layers_with_answers(
+        self,
+        images: Sequence[Image.Image],
+        conditions: Sequence[str | None],
+        on_progress: ProgressCallback | None = None,
+    ) -> tuple[np.ndarray, list[list[Answer | None]]]:
+        """`embed_layers`, and each (image, condition)'s answer from the last layer (None
+        everywhere where the last layer is not one of `layers`)."""
+        if self.answer_position is None:
+            vectors = self.embed_layers(images, conditions, on_progress)
+            return vectors, [[None] * len(conditions) for _ in images]
+        vectors, answers = self._embed(images, conditions, on_progress, answers=True)
+        width = len(conditions)
+        rows: list[list[Answer | None]] = [
+            list(answers[i * width : (i + 1) * width]) for i in range(len(images))
+        ]
+        return vectors, rows
+
+    def _embed(
+        self,
+        images: Sequence[Image.Image],
+        conditions: Sequence[str | None],
+        on_progress: ProgressCallback | None,
+        answers: bool,
+    ) -> tuple[np.ndarray, list[Answer]]:
+        """Vectors (n_images, n_conditions, n_layers, dim) and, if asked, the answers of every
+        (image, condition), image-major."""
         prompts = [build_prompt(self.settings.template, c) for c in conditions]
         images = [fit_within(image, self.settings.max_side) for image in images]
         if not images or not prompts:
             shape = (len(images), len(prompts), len(self.layers), self.dim)
-            return np.empty(shape, dtype=np.float32)
+            return np.empty(shape, dtype=np.float32), []
         # Images of one size in one batch: prefix rows (one image's tokens each) pad the least.
         order = np.arange(len(images))
         if self.throughput.group_by_size:
             order = np.argsort([image.width * image.height for image in images], kind="stable")
         ordered = [images[i] for i in order]
         if self._prefix_reuse:
-            vectors = self.embed_by_prefix(ordered, prompts, on_progress)
+            vectors, found = self.embed_by_prefix(ordered, prompts, on_progress, answers)
         else:
-            vectors = self.embed_full(ordered, prompts, on_progress)
+            vectors, found = self.embed_full(ordered, prompts, on_progress, answers)
         out = np.empty_like(vectors)
         out[order] = vectors
-        return out
+        if not answers:
+            return out, []
+        width = len(prompts)
+        placed: list[Answer] = list(found)
+        for position, image in enumerate(order.tolist()):
+            placed[image * width : (image + 1) * width] = found[
+                position * width : (position + 1) * width
+            ]
+        return out, placed
 
     def embed_by_prefix(
         self,
         images: Sequence[Image.Image],
         prompts: Sequence[str],
         on_progress: ProgressCallback | None = None,
-    ) -> np.ndarray:
-        """`embed_layers` by prefix reuse: float32 (n_images, n_prompts, n_layers, dim).
+        answers: bool = False,
+    ) -> tuple[np.ndarray, list[Answer]]:
+        """`embed_layers` by prefix reuse: float32 (n_images, n_prompts, n_layers, dim), and
+        the answers (image-major) if asked.
 
         `batch_size` bounds the suffix rows of a pass, as it bounds the rows of a full pass:
         a pass takes `batch_size // n_prompts` images (at least one).
         """
         out = np.empty((len(images), len(prompts), len(self.layers), self.dim), dtype=np.float32)
+        decoding = AnswerDecoding(self)
         step = max(1, self.settings.batch_size // len(prompts))
         chunks = [images[start : start + step] for start in range(0, len(images), step)]
         done = 0
         try:
             for chunk, split in zip(chunks, self._splits(chunks, prompts), strict=True):
-                out[done : done + len(chunk)] = self.embed_split(split).reshape(
+                vectors, to_decode = self.run_split(split, answers)
+                out[done : done + len(chunk)] = vectors.reshape(
                     len(chunk), len(prompts), len(self.layers), self.dim
                 )
+                if to_decode is not None:
+                    decoding.add(*to_decode)
                 done += len(chunk)
                 if on_progress is not None:
                     on_progress(len(chunk) * len(prompts))
         except PrefixReuseUnsupported as exc:
             self._stop_prefix_reuse(str(exc))
-            out[done:] = self.embed_full(images[done:], prompts, on_progress)
-        return out
+            out[done:], rest = self.embed_full(images[done:], prompts, on_progress, answers)
+            return out, [*decoding.finish(), *rest]
+        return out, decoding.finish()
 
     def _splits(
         self, chunks: Sequence[Sequence[Image.Image]], prompts: Sequence[str]
@@ -268,11 +365,20 @@ class DiorEmbedder:
         Packed (see `Throughput`), an image's suffixes run as one row against its own cache
         row; otherwise the cache is repeated per prompt and each suffix runs as its own row.
         """
+        return self.run_split(split, answers=False)[0]
+
+    @torch.inference_mode()
+    def run_split(
+        self, split: SplitBatch, answers: bool
+    ) -> tuple[np.ndarray, tuple[torch.Tensor, Decoder] | None]:
+        """`embed_split`, and (if asked) what decodes its rows' answers against the same
+        cache: the last layer's states and a decoder."""
         batch = split.to(self.device, self.dtype, non_blocking=split.suffix_ids.is_pinned())
         cache = self.prefix_pass(batch)
         if batch.prompts_per_image > 1 and self.throughput.packed_suffixes:
             try:
-                return self.packed_suffix_pass(batch, cache)
+                states, decoder = self._packed_suffix_states(batch, cache)
+                return self._finish(states, decoder if answers else None)
             except torch.OutOfMemoryError:
                 raise  # not the mask's fault: a smaller batch is the cure
             except (RuntimeError, ValueError, TypeError, IndexError) as exc:
@@ -281,7 +387,8 @@ class DiorEmbedder:
                 cache = self.prefix_pass(batch)  # the failed pass may have grown the cache
         if batch.prompts_per_image > 1:
             cache.batch_repeat_interleave(batch.prompts_per_image)
-        return self.suffix_pass(batch, cache)
+        states, decoder = self._suffix_states(batch, cache)
+        return self._finish(states, decoder if answers else None)
 
     @torch.inference_mode()
     def prefix_pass(self, batch: SplitBatch) -> Any:
@@ -300,19 +407,27 @@ class DiorEmbedder:
         Prefixes of different lengths leave pad slots in the cache between a row's prefix and
         its suffix: the 2-D mask over (cache + suffix) hides them, and positions are explicit.
         """
+        return to_numpy(self._suffix_states(batch, cache)[0])
+
+    def _suffix_states(self, batch: SplitBatch, cache: Any) -> tuple[torch.Tensor, Decoder]:
+        """`suffix_pass`'s states on the device, and how to go on decoding from them."""
         repeats = batch.prompts_per_image
         prefix_mask = batch.prefix_inputs["attention_mask"].repeat_interleave(repeats, dim=0)
         steps = torch.arange(batch.suffix_ids.shape[1], device=batch.suffix_ids.device)
+        starts = batch.next_position.repeat_interleave(repeats)
+        mask = torch.cat([prefix_mask, batch.suffix_mask], dim=1)
         hidden = self._hidden(
             {
                 "input_ids": batch.suffix_ids,
-                "attention_mask": torch.cat([prefix_mask, batch.suffix_mask], dim=1),
-                "position_ids": batch.next_position.repeat_interleave(repeats)[:, None] + steps,
+                "attention_mask": mask,
+                "position_ids": starts[:, None] + steps,
             },
             cache=cache,
             use_cache=True,
         )
-        return self._last_tokens(hidden, last_token_index(batch.suffix_mask))
+        states = self._last_states(hidden, last_token_index(batch.suffix_mask))
+        lengths = batch.suffix_mask.long().sum(dim=1)
+        return states, RowDecoder(self.model, cache, mask, starts + lengths)
 
     @torch.inference_mode()
     def packed_suffix_pass(self, batch: SplitBatch, cache: Any) -> np.ndarray:
@@ -320,14 +435,28 @@ class DiorEmbedder:
         each image's suffixes packed into one row, each seeing its prefix and itself alone.
         float32 (rows, n_layers, dim), rows as `suffix_pass` gives them.
         """
+        return to_numpy(self._packed_suffix_states(batch, cache)[0])
+
+    def _packed_suffix_states(self, batch: SplitBatch, cache: Any) -> tuple[torch.Tensor, Decoder]:
+        """`packed_suffix_pass`'s states on the device, and how to go on decoding from them."""
         mask_dtype = self._mask_dtype()
         if mask_dtype is None:  # an attention that takes no custom mask: a row per prompt
             cache.batch_repeat_interleave(batch.prompts_per_image)
-            return self.suffix_pass(batch, cache)
-        inputs, ends = pack_suffixes(batch, mask_dtype)
-        hidden = self._hidden(inputs, cache=cache, use_cache=True)
+            return self._suffix_states(batch, cache)
+        packed = pack_suffixes(batch, mask_dtype)
+        hidden = self._hidden(packed.inputs, cache=cache, use_cache=True)
+        ends = packed.ends
         images = torch.arange(ends.shape[0], device=ends.device)
-        return self._last_tokens(hidden, ends.flatten(), images.repeat_interleave(ends.shape[1]))
+        states = self._last_states(hidden, ends.flatten(), images.repeat_interleave(ends.shape[1]))
+        decoder = PackedDecoder.after_packing(
+            self.model,
+            cache,
+            batch.prefix_inputs["attention_mask"],
+            packed,
+            batch.next_position,
+            mask_dtype,
+        )
+        return states, decoder
 
     def _mask_dtype(self) -> torch.dtype | None:
         """The dtype of a custom 4-D mask for this model's attention; None where it takes none.
@@ -342,35 +471,55 @@ class DiorEmbedder:
         images: Sequence[Image.Image],
         prompts: Sequence[str],
         on_progress: ProgressCallback | None = None,
-    ) -> np.ndarray:
+        answers: bool = False,
+    ) -> tuple[np.ndarray, list[Answer]]:
         """`embed_layers` by a full forward pass per row: float32
-        (n_images, n_prompts, n_layers, dim)."""
+        (n_images, n_prompts, n_layers, dim), and the answers (image-major) if asked."""
         rows = [(i, p) for i in range(len(images)) for p in range(len(prompts))]
         out = np.empty((len(images) * len(prompts), len(self.layers), self.dim), dtype=np.float32)
+        found: list[Answer] = []
         step = self.settings.batch_size
         for start in range(0, len(rows), step):
             chunk = rows[start : start + step]
-            out[start : start + len(chunk)] = self.embed_rows_layers(
-                [images[i] for i, _ in chunk], [prompts[p] for _, p in chunk]
+            vectors, chunk_answers = self.run_rows(
+                [images[i] for i, _ in chunk], [prompts[p] for _, p in chunk], answers
             )
+            out[start : start + len(chunk)] = vectors
+            found += chunk_answers
             if on_progress is not None:
                 on_progress(len(chunk))
-        return out.reshape(len(images), len(prompts), len(self.layers), self.dim)
+        return out.reshape(len(images), len(prompts), len(self.layers), self.dim), found
 
     def embed_rows(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
         """One forward pass over (image, prompt) rows; float32 (rows, dim), the first layer."""
         first: np.ndarray = self.embed_rows_layers(images, prompts)[:, 0]
         return first
 
-    @torch.inference_mode()
     def embed_rows_layers(
         self, images: Sequence[Image.Image], prompts: Sequence[str]
     ) -> np.ndarray:
         """One forward pass over (image, prompt) rows; float32 (rows, n_layers, dim)."""
+        return self.run_rows(images, prompts, answers=False)[0]
+
+    @torch.inference_mode()
+    def run_rows(
+        self, images: Sequence[Image.Image], prompts: Sequence[str], answers: bool
+    ) -> tuple[np.ndarray, list[Answer]]:
+        """`embed_rows_layers`, and each row's answer decoded against the pass's cache."""
+        from transformers import DynamicCache
+
         images = [fit_within(image, self.settings.max_side) for image in images]
         batch = self.inputs.build(images, prompts).to(self.device, self.dtype)
-        hidden = self._hidden(batch.inputs, use_cache=False)
-        return self._last_tokens(hidden, batch.last_index)
+        if not answers:
+            hidden = self._hidden(batch.inputs, use_cache=False)
+            return to_numpy(self._last_states(hidden, batch.last_index)), []
+        cache = DynamicCache(config=self.model.config)
+        hidden = self._hidden(batch.inputs, cache=cache, use_cache=True)
+        states = self._last_states(hidden, batch.last_index)
+        starts = self.inputs.next_positions(self.model, batch)
+        decoder = RowDecoder(self.model, cache, batch.inputs["attention_mask"], starts)
+        vectors, to_decode = self._finish(states, decoder)
+        return vectors, [] if to_decode is None else self.decode_answers(*to_decode)
 
     def _hidden(self, inputs: dict[str, torch.Tensor], **options: Any) -> list[torch.Tensor]:
         """Each chosen layer's hidden states for `inputs`: (rows, tokens, dim) each."""
@@ -383,18 +532,65 @@ class DiorEmbedder:
         ]
 
     @staticmethod
-    def _last_tokens(
+    def _last_states(
         hidden: list[torch.Tensor], last_index: torch.Tensor, rows: torch.Tensor | None = None
-    ) -> np.ndarray:
-        """Each row's state at its last token, per layer: float32 (rows, n_layers, dim).
+    ) -> torch.Tensor:
+        """Each row's state at its last token, per layer: (rows, n_layers, dim) on the device.
 
         `rows`: the hidden-state row each output row is read from (default: one each).
         """
         if rows is None:
             rows = torch.arange(hidden[0].shape[0], device=hidden[0].device)
-        stacked = torch.stack([states[rows, last_index] for states in hidden], dim=1)
-        vectors: np.ndarray = stacked.float().cpu().numpy()
-        return vectors
+        return torch.stack([states[rows, last_index] for states in hidden], dim=1)
+
+    def _finish(
+        self, states: torch.Tensor, decoder: Decoder | None
+    ) -> tuple[np.ndarray, tuple[torch.Tensor, Decoder] | None]:
+        """The vectors as float32 numpy, and (where a decoder is given) the last layer's
+        states with it, to decode the answers from."""
+        vectors = to_numpy(states)
+        if decoder is None or self.answer_position is None:
+            return vectors, None
+        return vectors, (states[:, self.answer_position], decoder)
+
+    def head_matrix(self) -> torch.Tensor:
+        """The output head W_U (vocabulary x hidden) on the device, in the model's dtype: the
+        input embeddings of a tied model, else `lm_head.weight` read from the checkpoint."""
+        if self._head is None:
+            if is_tied(self.config):
+                self._head = self.model.get_input_embeddings().weight
+            else:
+                matrix = load_head_matrix(self.source, self.settings.revision, self.config)
+                self._head = matrix.to(self.device, self.dtype)
+        return self._head
+
+    @torch.inference_mode()
+    def decode_answers(self, states: torch.Tensor, decoder: Decoder) -> list[Answer]:
+        """Greedy answers from the last layer's `states` (rows, dim): the first token from
+        W_U h, the next ones by `decoder` steps against the cache, until each row's word is
+        complete or `MAX_ANSWER_TOKENS`. Finished rows leave the steps."""
+        head = self.head_matrix()
+        tokenizer = self.inputs.tokenizer
+        if self._stops is None:
+            self._stops = stop_tokens(tokenizer, self.config)
+        logits = (states @ head.T).float()
+        log_partition = torch.logsumexp(logits, dim=-1)
+        logprobs = logits - log_partition[:, None]
+        texts = [self.answer_text() for _ in range(states.shape[0])]
+        active = torch.ones(states.shape[0], dtype=torch.bool)
+        for _ in range(defaults.MAX_ANSWER_TOKENS):
+            best, tokens = logprobs.max(dim=-1)
+            for row in torch.nonzero(active).flatten().tolist():
+                texts[row].add(int(tokens[row]), float(best[row]), tokenizer, self._stops)
+            active = torch.tensor([not text.done for text in texts])
+            if not active.any():
+                break
+            hidden = decoder.step(tokens, active.to(tokens.device))
+            logprobs = torch.log_softmax((hidden @ head.T).float(), dim=-1)
+        return [
+            Answer(text.word(), text.logprob, float(z))
+            for text, z in zip(texts, log_partition.tolist(), strict=True)
+        ]
 
     def _stop_packing(self, reason: str) -> None:
         self.throughput = replace(self.throughput, packed_suffixes=False)
@@ -413,20 +609,30 @@ class DiorEmbedder:
         )
 
 
-def pack_suffixes(
-    batch: SplitBatch, mask_dtype: torch.dtype
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+@dataclass(frozen=True)
+class Packed:
+    """An image's suffixes packed into one row: the model inputs, where each suffix ends
+    (images, prompts), each suffix's length, and the prompt owning each packed column
+    (-1: padding)."""
+
+    inputs: dict[str, torch.Tensor]
+    ends: torch.Tensor
+    lengths: torch.Tensor
+    owner: torch.Tensor
+
+
+def pack_suffixes(batch: SplitBatch, mask_dtype: torch.dtype) -> Packed:
     """Model inputs that run each image's suffixes as one row, and where each suffix ends.
 
     Row i holds image i's suffixes' real tokens one after another. A token sees its image's
     prefix (the cache) and the earlier tokens of its own suffix, at the positions it has alone.
-    Returns the inputs and the (images, prompts) index of each suffix's last token.
     """
     n_images, n_prompts = batch.next_position.shape[0], batch.prompts_per_image
     width = batch.suffix_ids.shape[1]
     device = batch.suffix_ids.device
     real = batch.suffix_mask.bool().reshape(n_images, n_prompts, width)
-    ends = real.sum(dim=2).cumsum(dim=1) - 1
+    lengths = real.sum(dim=2)
+    ends = lengths.cumsum(dim=1) - 1
     length = int(ends[:, -1].max()) + 1
     # Where each real token goes in its packed row, and which suffix and step it is.
     flat = real.reshape(n_images, n_prompts * width)
@@ -443,14 +649,227 @@ def pack_suffixes(
     # Padding sees the prefix and other padding: never an empty row, whose softmax is NaN.
     own = (owner[:, :, None] == owner[:, None, :]) & (steps[:, None, :] <= steps[:, :, None])
     prefix = batch.prefix_inputs["attention_mask"].bool()[:, None, :].expand(-1, length, -1)
-    allowed = torch.cat([prefix, own], dim=2)[:, None]
-    if mask_dtype == torch.bool:
-        mask = allowed
-    else:
-        mask = torch.zeros(allowed.shape, dtype=mask_dtype, device=device)
-        mask.masked_fill_(~allowed, torch.finfo(mask_dtype).min)
+    mask = attention_mask(torch.cat([prefix, own], dim=2)[:, None], mask_dtype)
     positions = batch.next_position[:, None] + steps
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions}, ends
+    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+    return Packed(inputs, ends, lengths, owner)
+
+
+def attention_mask(allowed: torch.Tensor, mask_dtype: torch.dtype) -> torch.Tensor:
+    """A 4-D mask from where attention is allowed: boolean (SDPA), or additive (eager)."""
+    if mask_dtype == torch.bool:
+        return allowed
+    mask = torch.zeros(allowed.shape, dtype=mask_dtype, device=allowed.device)
+    return mask.masked_fill_(~allowed, torch.finfo(mask_dtype).min)
+
+
+def to_numpy(states: torch.Tensor) -> np.ndarray:
+    vectors: np.ndarray = states.float().cpu().numpy()
+    return vectors
+
+
+class Decoder:
+    """One greedy step for every (image, prompt) row still decoding, against the KV cache of
+    the pass that made the vectors."""
+
+    cache: Any
+
+    def step(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """Run `tokens` (one per row) of the `active` rows; the last layer's state at each
+        row's new token (rows, dim; rows not active: zeros)."""
+        raise NotImplementedError
+
+    @property
+    def width(self) -> int:
+        """Columns of the cache (its sequence length)."""
+        return int(self.cache.get_seq_length())
+
+
+class AnswerDecoding:
+    """Answers of several passes decoded together: their caches joined (right-padded to one
+    width, what a row may see said by its mask), so that each decoding step reads the model's
+    weights once for up to `Throughput.answer_rows` rows."""
+
+    def __init__(self, embedder: DiorEmbedder) -> None:
+        self.embedder = embedder
+        self.waiting: list[tuple[torch.Tensor, Decoder]] = []
+        self.answers: list[Answer] = []
+
+    def add(self, states: torch.Tensor, decoder: Decoder) -> None:
+        self.waiting.append((states, decoder))
+        if sum(len(s) for s, _ in self.waiting) >= self.embedder.throughput.answer_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        decoders = [decoder for _, decoder in self.waiting]
+        joined = join_decoders(decoders) if len(decoders) > 1 else None
+        if joined is not None:
+            states = torch.cat([states for states, _ in self.waiting])
+            self.answers += self.embedder.decode_answers(states, joined)
+        else:
+            for states, decoder in self.waiting:
+                self.answers += self.embedder.decode_answers(states, decoder)
+        self.waiting = []
+
+    def finish(self) -> list[Answer]:
+        self.flush()
+        return self.answers
+
+
+def join_caches(caches: Sequence[Any]) -> Any | None:
+    """One cache of the rows of `caches`, each right-padded with zeros to the widest; None
+    where a layer is not a plain dynamic one (sliding windows keep more state)."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = [cache.layers for cache in caches]
+    if any(type(layer) is not DynamicLayer for group in layers for layer in group):
+        return None
+    joined = caches[0]
+    width = max(cache.get_seq_length() for cache in caches)
+    for number, layer in enumerate(joined.layers):
+
+        def padded(tensor: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.pad(tensor, (0, 0, 0, width - tensor.shape[-2]))
+
+        layer.keys = torch.cat([padded(group[number].keys) for group in layers])
+        layer.values = torch.cat([padded(group[number].values) for group in layers])
+    return joined
+
+
+def pad_columns(tensor: torch.Tensor, width: int, value: int) -> torch.Tensor:
+    """A (rows, columns) tensor right-padded with `value` to `width` columns."""
+    return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]), value=value)
+
+
+def join_decoders(decoders: Sequence[Decoder]) -> Decoder | None:
+    """One decoder of the rows of `decoders` (all of one kind), their caches joined; None where
+    they cannot be (mixed kinds, or caches that are not plain dynamic ones)."""
+    width = max(decoder.width for decoder in decoders)
+    if all(isinstance(d, RowDecoder) for d in decoders):
+        rows = [d for d in decoders if isinstance(d, RowDecoder)]
+        cache = join_caches([d.cache for d in rows])
+        if cache is None:
+            return None
+        mask = torch.cat([pad_columns(d.mask, width, 0) for d in rows])
+        return RowDecoder(rows[0].model, cache, mask, torch.cat([d.next_position for d in rows]))
+    if all(isinstance(d, PackedDecoder) for d in decoders):
+        packed = [d for d in decoders if isinstance(d, PackedDecoder)]
+        if len({d.n_prompts for d in packed}) > 1:
+            return None
+        cache = join_caches([d.cache for d in packed])
+        if cache is None:
+            return None
+        owner = torch.cat([pad_columns(d.owner, width, HIDDEN) for d in packed])
+        positions = torch.cat([d.next_position for d in packed])
+        return PackedDecoder(packed[0].model, cache, owner, positions, packed[0].mask_dtype)
+    return None
+
+
+class RowDecoder(Decoder):
+    """A cache row per (image, prompt): each step a token per row, with a 2-D mask over the
+    row's cache (pads hidden) and the row's own explicit position. Finished rows are dropped
+    from the cache."""
+
+    def __init__(
+        self, model: Any, cache: Any, mask: torch.Tensor, next_position: torch.Tensor
+    ) -> None:
+        self.model, self.cache = model, cache
+        self.mask, self.next_position = mask, next_position
+        self.rows = torch.arange(mask.shape[0], device=mask.device)
+
+    def step(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        keep = active[self.rows]
+        if not keep.all():
+            kept = torch.nonzero(keep).flatten()
+            self.cache.batch_select_indices(kept)
+            self.rows, self.mask = self.rows[kept], self.mask[kept]
+            self.next_position = self.next_position[kept]
+        ones = torch.ones((len(self.rows), 1), dtype=self.mask.dtype, device=self.mask.device)
+        self.mask = torch.cat([self.mask, ones], dim=1)
+        hidden = self.model(
+            input_ids=tokens[self.rows][:, None],
+            attention_mask=self.mask,
+            position_ids=self.next_position[:, None],
+            cache=self.cache,
+            use_cache=True,
+        ).last_hidden_state
+        self.next_position = self.next_position + 1
+        out = torch.zeros(
+            (tokens.shape[0], hidden.shape[-1]), dtype=hidden.dtype, device=hidden.device
+        )
+        out[self.rows] = hidden[:, 0]
+        return out
+
+
+# Who may see a cache column of a packed row: every prompt of its image (the image's prefix),
+# none (padding), or one prompt (its suffix and answer tokens: that prompt's number).
+SHARED, HIDDEN = -2, -1
+
+
+class PackedDecoder(Decoder):
+    """A cache row per image (its packed suffixes): each step one token per prompt in the
+    image's row, each seeing the image's prefix and its own prompt's columns (4-D mask).
+    Images whose prompts have all finished are dropped from the cache."""
+
+    def __init__(
+        self,
+        model: Any,
+        cache: Any,
+        owner: torch.Tensor,
+        next_position: torch.Tensor,
+        mask_dtype: torch.dtype,
+    ) -> None:
+        """`owner`: per image and cache column, SHARED, HIDDEN or the prompt it belongs to;
+        `next_position`: per image and prompt, the position of its next token."""
+        self.model, self.cache, self.mask_dtype = model, cache, mask_dtype
+        self.owner, self.next_position = owner, next_position
+        self.images = torch.arange(owner.shape[0], device=owner.device)
+        self.n_prompts = next_position.shape[1]
+
+    @classmethod
+    def after_packing(
+        cls,
+        model: Any,
+        cache: Any,
+        prefix_mask: torch.Tensor,
+        packed: Packed,
+        next_position: torch.Tensor,
+        mask_dtype: torch.dtype,
+    ) -> PackedDecoder:
+        """The decoder of a packed suffix pass: the prefix (its real tokens) seen by every
+        prompt, each packed column by its own prompt."""
+        prefix = torch.where(prefix_mask.bool(), SHARED, HIDDEN)
+        owner = torch.cat([prefix, packed.owner], dim=1)
+        return cls(model, cache, owner, next_position[:, None] + packed.lengths, mask_dtype)
+
+    def step(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        keep = active.reshape(-1, self.n_prompts)[self.images].any(dim=1)
+        if not keep.all():
+            kept = torch.nonzero(keep).flatten()
+            self.cache.batch_select_indices(kept)
+            self.images, self.owner = self.images[kept], self.owner[kept]
+            self.next_position = self.next_position[kept]
+        n = len(self.images)
+        prompts = torch.arange(self.n_prompts, device=self.owner.device)
+        self.owner = torch.cat([self.owner, prompts.expand(n, -1)], dim=1)
+        seen = (self.owner[:, None, :] == SHARED) | (
+            self.owner[:, None, :] == prompts[None, :, None]
+        )
+        hidden = self.model(
+            input_ids=tokens.reshape(-1, self.n_prompts)[self.images],
+            attention_mask=attention_mask(seen[:, None], self.mask_dtype),
+            position_ids=self.next_position,
+            cache=self.cache,
+            use_cache=True,
+        ).last_hidden_state
+        self.next_position = self.next_position + 1
+        out = torch.zeros(
+            (tokens.shape[0] // self.n_prompts, self.n_prompts, hidden.shape[-1]),
+            dtype=hidden.dtype,
+            device=hidden.device,
+        )
+        out[self.images] = hidden
+        return out.reshape(tokens.shape[0], -1)
 
 
 def keep_first_layers(model: Any, n_layers: int) -> bool:

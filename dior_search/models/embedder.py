@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 from PIL import Image
@@ -17,7 +17,15 @@ from PIL import Image
 from dior_search.errors import InputError, UsageError
 from dior_search.models.settings import SETTINGS_BY_METHOD, Method, ModelSettings
 
+if TYPE_CHECKING:
+    from dior_search.models.answers import Answer
+
 ProgressCallback = Callable[[int], None]
+# Whether an index's rows carry the model's own answers (see models.answers): `stored`; `off`
+# (not asked for, or built before answers existed); `not-last-layer` (the output head reads the
+# last layer's state only, so other layers have none).
+AnswerState = Literal["stored", "off", "not-last-layer"]
+ANSWER_STATES: tuple[AnswerState, ...] = ("stored", "off", "not-last-layer")
 
 # Settings that change the vectors; the others (device, batch size, ...) only how they are made.
 IDENTITY_SETTINGS = (
@@ -46,6 +54,9 @@ class EmbedderDescription:
     image_size_policy: dict[str, Any] = field(default_factory=dict)
     text_encoder_commit: str | None = None
     text_encoder_fingerprint: str | None = None
+    # Whether this embedder gives answers with its vectors (`stored`), or why not. Not part of
+    # the identity: the manifest records per index whether its rows carry answers.
+    answers: AnswerState = "off"
 
     @property
     def method(self) -> Method:
@@ -141,4 +152,18 @@ class Embedder(Protocol):
         on_progress: ProgressCallback | None = None,
     ) -> np.ndarray:
         """Float32 array of shape (len(images), len(conditions), dim)."""
+        ...
+
+
+class AnsweringEmbedder(Embedder, Protocol):
+    """An embedder that also reads the model's own answer for every (image, condition)."""
+
+    def embed_with_answers(
+        self,
+        images: Sequence[Image.Image],
+        conditions: Sequence[str | None],
+        on_progress: ProgressCallback | None = None,
+    ) -> tuple[np.ndarray, list[list[Answer | None]]]:
+        """`embed`'s vectors and `answers[image][condition]` (None where that condition's
+        vectors come from a layer other than the last)."""
         ...

@@ -8,7 +8,12 @@ included, with special tokens skipped, and embeds that text with Sentence-T5
 (`sentence-transformers/sentence-t5-base`); `encode_prompt=False` embeds the answer alone.
 
 Rows are left-padded for `generate`, and each row's positions count its own tokens only, so a
-batch gives the answers that one row at a time gives.
+batch gives the answers that one row at a time gives. Each distinct text is encoded alone, so
+its vector does not depend on which texts share its batch.
+
+`AnswerTextEncoder` is the text side alone: it embeds answers already given (those a DIOR index
+stores, see models.answers) as this baseline embeds the ones it generates, without loading the
+vision-language model.
 """
 
 from __future__ import annotations
@@ -142,8 +147,7 @@ class GenerativeEmbedder:
             if on_progress is not None:
                 on_progress(len(chunk))
         # Many rows share an answer: each distinct text is encoded once.
-        texts = sorted({g.text for g in generated})
-        encoded = dict(zip(texts, self.encoder.encode(texts), strict=True))
+        encoded = self.encoder.encode_each([g.text for g in generated])
         vectors = np.array([encoded[g.text] for g in generated], np.float32).reshape(
             len(images), len(prompts), self.dim
         )
@@ -205,3 +209,43 @@ def left_padded(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     ids = moved["input_ids"]
     moved["input_ids"] = torch.where(moved["attention_mask"].bool(), ids, ids[:, -1:])
     return moved
+
+
+class AnswerTextEncoder:
+    """The generative baseline's text side: the text it embeds for an answer (the prompt and
+    the answer as its output decodes, special tokens skipped; or the answer alone), encoded as
+    it encodes them. Where a stored answer is what the model generates, the vector is the
+    generated answer's."""
+
+    def __init__(self, settings: GenerativeSettings) -> None:
+        self.settings = settings
+        source = resolve_model_source(settings.model)
+        config = load_model_config(source, settings.revision, settings.trust_remote_code)
+        self.inputs: InputBuilder = load_input_builder(
+            config,
+            source,
+            revision=settings.revision,
+            trust_remote_code=settings.trust_remote_code,
+            position_scheme="native",
+            max_pixels=settings.max_pixels,
+        )
+        self.encoder = TextEncoder(
+            settings.text_encoder, settings.text_encoder_revision, resolve_device(settings.device)
+        )
+
+    def text(self, condition: str | None, answer: str) -> str:
+        tokenizer = self.inputs.tokenizer
+        answer_ids: list[int] = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        ids = answer_ids
+        if self.settings.encode_prompt:
+            prompt = build_prompt(self.settings.template, condition)
+            ids = tokenizer(self.inputs.chat_text(prompt))["input_ids"] + answer_ids
+        text: str = tokenizer.decode(ids, skip_special_tokens=True)
+        return text
+
+    def embed_answers(self, condition: str | None, answers: Sequence[str]) -> np.ndarray:
+        """Float32 (len(answers), dim): each answer under `condition`, as the baseline embeds
+        a generated one."""
+        texts = [self.text(condition, answer) for answer in answers]
+        encoded = self.encoder.encode_each(texts)
+        return np.array([encoded[t] for t in texts], np.float32).reshape(len(texts), -1)

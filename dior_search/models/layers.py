@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from dior_search.models.answers import Answer
 from dior_search.models.dior import DiorEmbedder
 from dior_search.models.embedder import EmbedderDescription, ProgressCallback
 
@@ -45,6 +46,19 @@ class LayerView:
         layers = self.embedder.embed_layers(images, conditions, on_progress)
         return np.ascontiguousarray(layers[:, :, self.position])
 
+    def embed_with_answers(
+        self,
+        images: Sequence[Image.Image],
+        conditions: Sequence[str | None],
+        on_progress: ProgressCallback | None = None,
+    ) -> tuple[np.ndarray, list[list[Answer | None]]]:
+        """`embed`, and the answers where this layer is the last (else None)."""
+        layers, answers = self.embedder.embed_layers_with_answers(images, conditions, on_progress)
+        vectors = np.ascontiguousarray(layers[:, :, self.position])
+        if self.embedder.answer_position != self.position:
+            return vectors, [[None] * len(conditions) for _ in images]
+        return vectors, answers
+
 
 class LayerStack:
     """All layers of a several-layer DIOR embedder at once, for one indexing job whose targets
@@ -72,11 +86,42 @@ class LayerStack:
     ) -> np.ndarray:
         """`conditions` are the same conditions once per layer; float32
         (n_images, n_layers * n_conditions, dim), layer-major as the conditions."""
+        layers = self.embedder.embed_layers(images, self._once(conditions), on_progress)
+        return self._stacked(layers)
+
+    def embed_with_answers(
+        self,
+        images: Sequence[Image.Image],
+        conditions: Sequence[str | None],
+        on_progress: ProgressCallback | None = None,
+    ) -> tuple[np.ndarray, list[list[Answer | None]]]:
+        """`embed`, and the answers of the last layer's conditions (None for the others)."""
+        once = self._once(conditions)
+        layers, answers = self.embedder.embed_layers_with_answers(images, once, on_progress)
+        last = self.embedder.answer_position
+        stacked: list[list[Answer | None]] = [
+            [
+                row[column] if position == last else None
+                for position in range(len(self.views))
+                for column in range(len(once))
+            ]
+            for row in answers
+        ]
+        return self._stacked(layers), stacked
+
+    def _once(self, conditions: Sequence[str | None]) -> list[str | None]:
+        """The conditions of one layer, checked to repeat once per layer."""
         n_layers = len(self.views)
         per_layer = len(conditions) // n_layers
         once = list(conditions[:per_layer])
         if per_layer * n_layers != len(conditions) or list(conditions) != once * n_layers:
             raise ValueError("a layer stack embeds the same conditions once per layer")
-        layers = self.embedder.embed_layers(images, once, on_progress)
-        stacked = layers.transpose(0, 2, 1, 3).reshape(len(images), len(conditions), self.dim)
+        return once
+
+    def _stacked(self, layers: np.ndarray) -> np.ndarray:
+        """(n_images, n_conditions, n_layers, dim) as (n_images, n_layers * n_conditions, dim)."""
+        n_images, n_conditions = layers.shape[:2]
+        stacked = layers.transpose(0, 2, 1, 3).reshape(
+            n_images, n_conditions * len(self.views), self.dim
+        )
         return np.ascontiguousarray(stacked)

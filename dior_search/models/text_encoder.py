@@ -195,6 +195,11 @@ class TextEncoder:
             out[start : start + len(chunk)] = vectors.float().cpu().numpy()
         return out
 
+    def encode_each(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Each distinct text's embedding, encoded alone: its vector never depends on the
+        texts that happen to share its batch (padding), so one text always gets one vector."""
+        return {text: self.encode([text])[0] for text in dict.fromkeys(texts)}
+
 
 def read_pooling(config: dict[str, Any], source: str) -> Pooling:
     """The pooling a sentence-transformers Pooling config asks for; ModelError if unsupported."""

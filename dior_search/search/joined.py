@@ -11,7 +11,11 @@ the result is exactly the brute-force top k; with approximate ones it is as good
 per-condition top-m lists.
 
 Rows are addressed by their position in the first condition's index (its ids in order); ids
-of the other indexes are only looked up, never assumed equal to positions. Each condition's
+of the other indexes are only looked up, never assumed equal to positions. Not every joined
+index need be searched by similarity: a condition asked about in words, or one whose answers
+a filter reads, is joined for its columns (`column`). A search may be limited to the rows a
+filter passes (a mask over positions): each searched index is then searched among its ids of
+those rows only. Each condition's
 index is joined as of the generation its reader holds: an image counts where every one of
 them holds its content, whatever path each has it under, so conditions synced at different
 times never mix two contents of one path.
@@ -155,27 +159,57 @@ class JoinedIndexes:
         first = self.readers[0]
         return first.contains(first_id) and bool(self.complete[first.positions([first_id])[0]])
 
-    def stored_query(self, first_id: int) -> list[np.ndarray]:
-        """An indexed image's stored vector under each condition, to query with."""
+    def stored_query(
+        self, first_id: int, searched: Sequence[int] | None = None
+    ) -> list[np.ndarray]:
+        """An indexed image's stored vector under each searched condition (default: all), to
+        query with."""
         position = int(self.readers[0].positions([first_id])[0])  # raises on an unknown id
         if not self.complete[position]:
             raise IndexStoreError(
                 f"id {first_id} of {self.readers[0].location} is not indexed under every "
                 "condition asked for"
             )
-        return [
-            reader.vector(int(ids[position]))
-            for reader, ids in zip(self.readers, self.from_first, strict=True)
-        ]
+        chosen = range(len(self.readers)) if searched is None else searched
+        return [self.readers[j].vector(int(self.from_first[j][position])) for j in chosen]
+
+    def column(self, j: int, name: str) -> np.ndarray:
+        """Index j's column `name` at every first-condition position (object array; None
+        where that index lacks the image or the value)."""
+        values = np.empty(len(self.readers[0]), dtype=object)
+        ids = self.from_first[j]
+        present = ids >= 0
+        stored = np.asarray(self.readers[j].column(name), dtype=object)
+        if present.any():
+            values[present] = stored[self.readers[j].positions(ids[present])]
+        return values
+
+    def ids_of(self, j: int, positions: np.ndarray) -> np.ndarray:
+        """Index j's ids of first-condition positions (each present in it), sorted, unique."""
+        return np.unique(self.from_first[j][positions])
 
     def search(
-        self, vectors: Sequence[np.ndarray], weights: Sequence[float], k: int
+        self,
+        vectors: Sequence[np.ndarray],
+        weights: Sequence[float],
+        k: int,
+        searched: Sequence[int] | None = None,
+        passing: np.ndarray | None = None,
     ) -> list[Ranked]:
-        """The top k by sum of weight x cosine; one condition searches its index as it is."""
-        if len(vectors) != len(self.readers) or len(weights) != len(self.readers):
+        """The top k by sum of weight x cosine over the `searched` indexes (default: all), one
+        query vector and weight each, among the rows `passing` (a mask over first-condition
+        positions; default all). One index searched alone, and the only one joined, is searched
+        as it is."""
+        chosen = list(range(len(self.readers))) if searched is None else list(searched)
+        if len(vectors) != len(chosen) or len(weights) != len(chosen):
             raise UsageError("give one query vector and one weight per condition")
-        if len(self.readers) == 1:
-            scores, ids = self.readers[0].search(np.asarray(vectors[0])[None, :], k)
+        if chosen == [0] and (len(self.readers) == 1 or passing is not None):
+            allowed = None
+            if passing is not None:
+                allowed = self.readers[0].ids[passing & self.complete]
+                if len(allowed) == 0:
+                    return []
+            scores, ids = self.readers[0].search(np.asarray(vectors[0])[None, :], k, allowed)
             return [
                 Ranked(int(i), float(s), (float(s),))
                 for s, i in zip(scores[0].tolist(), ids[0].tolist(), strict=True)
@@ -185,18 +219,21 @@ class JoinedIndexes:
             raise UsageError(f"weights must be positive, got {list(weights)}")
         queries = [normalize(np.asarray(v)[None, :])[0] for v in vectors]
         w = np.asarray(weights, dtype=np.float64)
-        k = min(k, int(self.complete.sum()))
+        rows = self.complete if passing is None else self.complete & passing
+        k = min(k, int(rows.sum()))
         if k < 1:
             return []
+        # Each searched index among its ids of the rows that count (all of them: no filter).
+        allowed = [
+            None if passing is None else self.ids_of(j, np.flatnonzero(rows)) for j in chosen
+        ]
         m = max(FIRST_CANDIDATES_PER_K * k, MIN_CANDIDATES)
         while True:
-            candidates, bound, seen_all = self.candidates(queries, w, m)
+            candidates, bound, seen_all = self.candidates(chosen, queries, w, m, allowed, rows)
             scores = np.stack(
                 [
-                    reader.vectors(ids[candidates]) @ query
-                    for reader, ids, query in zip(
-                        self.readers, self.from_first, queries, strict=True
-                    )
+                    self.readers[j].vectors(self.from_first[j][candidates]) @ query
+                    for j, query in zip(chosen, queries, strict=True)
                 ]
             ).astype(np.float64)
             combined = w @ scores
@@ -216,22 +253,28 @@ class JoinedIndexes:
         ]
 
     def candidates(
-        self, queries: Sequence[np.ndarray], weights: np.ndarray, m: int
+        self,
+        chosen: Sequence[int],
+        queries: Sequence[np.ndarray],
+        weights: np.ndarray,
+        m: int,
+        allowed: Sequence[np.ndarray | None],
+        rows: np.ndarray,
     ) -> tuple[np.ndarray, float, bool]:
-        """(first-condition positions in any condition's top m, bound on unseen scores,
-        whether every row was seen)."""
+        """(first-condition positions of `rows` in any searched index's top m, bound on unseen
+        scores, whether every row was seen)."""
         found: list[np.ndarray] = []
         bound = 0.0
         seen_all = False
-        for reader, to_first, query, weight in zip(
-            self.readers, self.to_first, queries, weights, strict=True
-        ):
-            top = min(m, len(reader))
-            scores, ids = reader.search(query[None, :], top)
-            valid = ids[0] >= 0
-            found.append(to_first.map(reader.positions(ids[0][valid])))
+        for j, query, weight, ids in zip(chosen, queries, weights, allowed, strict=True):
+            reader = self.readers[j]
+            size = len(reader) if ids is None else len(ids)
+            top = min(m, size)
+            scores, hits = reader.search(query[None, :], top, ids)
+            valid = hits[0] >= 0
+            found.append(self.to_first[j].map(reader.positions(hits[0][valid])))
             # Every image not found here scores at most this one's m-th score.
             bound += float(weight) * float(scores[0][valid][-1]) if valid.any() else 0.0
-            seen_all = seen_all or top >= len(reader)
+            seen_all = seen_all or top >= size
         union = np.unique(np.concatenate(found))
-        return union[self.complete[union]], bound, seen_all
+        return union[rows[union]], bound, seen_all

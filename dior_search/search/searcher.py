@@ -4,7 +4,9 @@ A `Searcher` serves the indexes of one embedder (model and settings), of one col
 all: it opens their readers on first use, loads the model only when an image must be embedded
 (with the settings in the indexes' manifests; another model is refused), and answers a
 `SearchRequest` (an image, stored vectors, or an indexed image's id, under one or several
-weighted conditions) with a `SearchResult`. It is safe to use from several threads: forward
+weighted conditions; words to ask the model about under some conditions; filters) with a
+`SearchResult`. A query in words alone loads no model: only its tokenizer and the output
+head's rows of the words (see search.words). It is safe to use from several threads: forward
 passes are serialised by one lock, searches run concurrently.
 """
 
@@ -24,14 +26,23 @@ import numpy as np
 from PIL import Image
 
 from dior_search import defaults
-from dior_search.data.collections import current_labels
+from dior_search.data.collections import DATASETS
 from dior_search.errors import IndexStoreError, InputError, UsageError, first_line
+from dior_search.models.answers import WordHead, query_word
 from dior_search.models.embedder import Embedder, EmbedderDescription
-from dior_search.search.joined import JoinedIndexes, normalize_weights
+from dior_search.search.facets import Facets, count_answers
+from dior_search.search.filters import (
+    Filter,
+    current_row_labels,
+    parse_filters,
+    passing_rows,
+)
+from dior_search.search.joined import JoinedIndexes, Ranked, normalize_weights
+from dior_search.search.words import WordCondition, WordRanking, WordScores
 from dior_search.store.backend import DatabaseIndex, IndexEntry, IndexLocation, IndexStore, Reader
 from dior_search.store.folder import FolderStore
 from dior_search.store.manifest import Manifest, check_same_embedder
-from dior_search.store.shards import Row
+from dior_search.store.shards import ANSWER, Row
 from dior_search.store.stores import is_index_of, open_reader
 
 log = logging.getLogger(__name__)
@@ -48,6 +59,10 @@ class NotIndexed(IndexStoreError):
 
 class DeadlineExceeded(UsageError):
     """A request ran out of time before its work started."""
+
+
+class NoAnswers(NotIndexed):
+    """A condition asked about in words (or filtered by answer) whose index stores none."""
 
 
 def check_k(k: int, max_k: int = MAX_K) -> None:
@@ -80,6 +95,8 @@ class ConditionIndex:
     location: IndexLocation
     root: Path
     rows: int
+    # Whether its rows carry the model's answers (see models.embedder.AnswerState).
+    answers: str = "off"
 
 
 @dataclass(frozen=True)
@@ -96,19 +113,28 @@ class CollectionIndexes:
 
 @dataclass(frozen=True)
 class SearchRequest:
-    """What to search for: exactly one of an image, its vectors, or an indexed image's id."""
+    """What to search for: under each condition, a word to ask the model about, or (for the
+    conditions without one) exactly one of an image, its vectors, or an indexed image's id."""
 
     conditions: tuple[str, ...]
     # None: the searcher's only collection.
     collection: str | None = None
+    # One per condition searched by image (those without a word).
     weights: tuple[float, ...] | None = None
     k: int = defaults.DEFAULT_K
     image: Image.Image | None = None
-    # The query already embedded under each condition (e.g. a cached upload).
+    # The query already embedded under each condition without a word (e.g. a cached upload).
     vectors: tuple[np.ndarray, ...] | None = None
     id: int | None = None
     # The condition whose index `id` is from (None: the first condition).
     id_condition: str | None = None
+    # Per condition, a word to rank by the model's answers (None: ranked by the image).
+    words: tuple[str | None, ...] | None = None
+    # Filters: `CONDITION=WORD` (an answer) or `label:NAME=VALUE` (see search.filters).
+    where: tuple[str, ...] = ()
+
+    def word_of(self, position: int) -> str | None:
+        return None if self.words is None else self.words[position]
 
 
 @dataclass(frozen=True)
@@ -121,16 +147,25 @@ class Hit:
     scores: dict[str, float]
     path: str
     labels: dict[str, str]
+    # The model's stored answer under each searched condition that has answers.
+    answers: dict[str, str] = field(default_factory=dict)
+    # Per condition asked about in words: "answer" (its stored answer is the word) or
+    # "first-token" (scored by the word's first token).
+    scored_by: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        found = {
             "rank": self.rank,
             "id": self.id,
             "score": self.score,
             "scores": self.scores,
             "path": self.path,
             "labels": self.labels,
+            "answers": self.answers,
         }
+        if self.scored_by:
+            found["scored_by"] = self.scored_by
+        return found
 
 
 @dataclass(frozen=True)
@@ -147,9 +182,13 @@ class QueryImage:
 class SearchResult:
     collection: CollectionIndexes
     conditions: tuple[ConditionIndex, ...]
+    # One per condition searched by image (those without a word), in order.
     weights: tuple[float, ...]
     query: QueryImage
     hits: list[Hit]
+    # The word asked about under each condition that has one.
+    words: dict[str, str] = field(default_factory=dict)
+    filters: tuple[Filter, ...] = ()
     # Paths of hits that the collection's label table no longer lists (their labels: none).
     unlisted: tuple[str, ...] = ()
 
@@ -160,11 +199,14 @@ class SearchResult:
 
     @property
     def title(self) -> str:
-        names = [c.name for c in self.conditions]
-        return f"{self.collection.name} under " + " + ".join(
+        names = [c.name for c in self.conditions if c.name not in self.words]
+        parts = [
             f"'{name}'" if len(names) == 1 else f"'{name}' ({w:.2f})"
             for name, w in zip(names, self.weights, strict=True)
-        )
+        ]
+        parts += [f"'{name}' = {word!r}" for name, word in self.words.items()]
+        where = f" where {', '.join(map(str, self.filters))}" if self.filters else ""
+        return f"{self.collection.name} under " + " + ".join(parts) + where
 
 
 def entry_condition(entry: IndexEntry) -> ConditionIndex:
@@ -175,6 +217,7 @@ def entry_condition(entry: IndexEntry) -> ConditionIndex:
         location=entry.location,
         root=Path(manifest.collection["root"]),
         rows=manifest.rows,
+        answers=manifest.answers,
     )
 
 
@@ -212,6 +255,8 @@ class Searcher:
             OrderedDict()
         )
         self._joined_lock = threading.Lock()
+        self._word_head: WordHead | None = None
+        self._word_head_lock = threading.Lock()
 
     @classmethod
     def open(
@@ -440,76 +485,272 @@ class Searcher:
         check_id(reader, condition, row_id)
         return reader
 
+    # -- words ----------------------------------------------------------------------------
+
+    def word_head(self) -> WordHead:
+        """The tokenizer and output-head rows a text query needs, loaded once with the
+        indexes' settings and checked to be the model that made them."""
+        with self._word_head_lock:
+            if self._word_head is None:
+                from dior_search.models.loading import model_identity, resolve_model_source
+
+                stored = self.description
+                settings = stored.settings
+                source = resolve_model_source(settings.model)
+                if (stored.commit, stored.weights_fingerprint) != model_identity(
+                    source, settings.revision
+                ):
+                    raise IndexStoreError(
+                        f"the model {settings.model!r} is not the one that built "
+                        f"{self.entries[0].location} (its weights changed): rebuild the index"
+                    )
+                self._word_head = WordHead(
+                    source, settings.revision, self.options.trust_remote_code
+                )
+            return self._word_head
+
+    def check_answers(self, collection: CollectionIndexes, condition: ConditionIndex) -> None:
+        """NoAnswers, saying how to add them, unless the condition's index stores answers."""
+        state = self.reader(condition).manifest.answers
+        if state == "stored":
+            return
+        if state == "not-last-layer":
+            layer = getattr(self.description.settings, "layer", None)
+            raise NoAnswers(
+                f"the index of {condition.name!r} holds layer {layer}'s vectors: the model's "
+                "answers come with the last layer's only (index with --layer -1)"
+            )
+        source = (
+            f"--dataset {collection.name}"
+            if collection.name in DATASETS
+            else f"--images {condition.root}"
+        )
+        raise NoAnswers(
+            f"the index of {condition.name!r} stores no answers of the model: add them with "
+            f"`dior-search index {source} -c {condition.name} --answers`"
+        )
+
     def labels(
         self, collection: str, root: Path, rows: Sequence[Row]
     ) -> tuple[list[dict[str, str]], list[str]]:
         """Each row's labels as the collection's label table says now (not as stored when it
-        was indexed), and the paths the table no longer lists (their labels: none).
-
-        A collection without a label table (an image folder) keeps the stored labels.
-        """
-        source = current_labels(collection, root)
-        if source is None:
-            return [row.labels for row in rows], []
-        found = [source.labels(row.path) for row in rows]
-        unlisted = [row.path for row, labels in zip(rows, found, strict=True) if labels is None]
-        return [labels or {} for labels in found], unlisted
+        was indexed), and the paths the table no longer lists (their labels: none); see
+        search.filters.current_row_labels, which label filters read too."""
+        return current_row_labels(collection, root, rows)
 
     # -- queries --------------------------------------------------------------------------
 
     def resolve(
         self, request: SearchRequest
     ) -> tuple[CollectionIndexes, tuple[ConditionIndex, ...], tuple[float, ...]]:
-        """The collection, conditions and normalised weights a request names, all checked."""
+        """The collection, conditions and normalised weights (of the conditions searched by
+        image) a request names, all checked."""
         if not request.conditions:
             raise UsageError("give at least one condition")
         if len(set(request.conditions)) != len(request.conditions):
             raise UsageError(f"a condition is repeated in {list(request.conditions)}")
+        if request.words is not None and len(request.words) != len(request.conditions):
+            raise UsageError("give one word (or none) per condition")
         check_k(request.k, self.options.max_k or MAX_K)
         if request.id is not None and not 0 <= request.id <= MAX_ID:
             raise UsageError(f"an id must be between 0 and {MAX_ID}")
+        by_image = sum(request.word_of(i) is None for i in range(len(request.conditions)))
         given = [request.image is not None, request.vectors is not None, request.id is not None]
-        if sum(given) != 1:
+        if by_image and sum(given) != 1:
             raise UsageError("give a query image or an id (one of them)")
+        if not by_image and any(given):
+            raise UsageError(
+                "every condition has a word to ask about: give no image or id (or a condition "
+                "without a word to search by the image)"
+            )
+        if request.vectors is not None and len(request.vectors) != by_image:
+            raise UsageError("give one query vector per condition searched by image")
         collection = self.collection(request.collection)
         conditions = tuple(self.condition(collection, c) for c in request.conditions)
-        return collection, conditions, normalize_weights(request.weights, len(conditions))
+        weights = normalize_weights(request.weights, by_image) if by_image else ()
+        return collection, conditions, weights
 
     def search(self, request: SearchRequest, deadline: float | None = None) -> SearchResult:
-        """Rank a collection's images by (weighted) similarity under the asked conditions."""
+        """Rank a collection's images by (weighted) similarity under the conditions searched
+        by image, by the model's answers under those asked about in words, among the images
+        that pass the filters."""
         collection, conditions, weights = self.resolve(request)
-        joined = self.joined(conditions)
+        words = {
+            c.name: query_word(w)
+            for i, c in enumerate(conditions)
+            if (w := request.word_of(i)) is not None
+        }
+        filters = parse_filters(request.where)
+        by_image = [i for i, c in enumerate(conditions) if c.name not in words]
+        joined, answer_readers = self.joined_for(collection, conditions, filters)
+        word_conditions = self.word_conditions(collection, conditions, words)
+        passing = None
+        if filters:
+            root = conditions[0].root
+            passing = passing_rows(joined, filters, answer_readers, collection.name, root)
         query = QueryImage()
         root = conditions[0].root
-        if request.id is not None:
+        vectors: list[np.ndarray] = []
+        if by_image and request.id is not None:
             first_id = self.first_id(joined, collection, conditions, request)
-            vectors = joined.stored_query(first_id)
+            vectors = joined.stored_query(first_id, by_image)
             row = joined.readers[0].row(first_id)
             (labels,), _ = self.labels(collection.name, root, [row])
             query = QueryImage(first_id, conditions[0].name, row.path, labels)
-        elif request.vectors is not None:
+        elif by_image and request.vectors is not None:
             vectors = list(request.vectors)
-        else:
+        elif by_image:
             assert request.image is not None  # resolve() checked that one is given
-            vectors = self.embed(request.image, [c.text for c in conditions], deadline)
-        ranked = joined.search(vectors, weights, request.k)
-        rows = joined.readers[0].rows([r.id for r in ranked])
-        hit_labels, unlisted = self.labels(collection.name, root, rows)
-        names = [c.name for c in conditions]
-        hits = [
-            Hit(
-                rank=rank,
-                id=r.id,
-                score=r.score,
-                scores=dict(zip(names, r.scores, strict=True)),
-                path=row.path,
-                labels=row_labels,
-            )
-            for rank, (r, row, row_labels) in enumerate(
-                zip(ranked, rows, hit_labels, strict=True), start=1
-            )
+            texts = [conditions[i].text for i in by_image]
+            vectors = self.embed(request.image, texts, deadline)
+        ranked, scored = self.rank(
+            joined, vectors, weights, by_image, word_conditions, passing, request.k
+        )
+        hits, unlisted = self.hits(
+            collection, joined, conditions, by_image, word_conditions, ranked, scored
+        )
+        return SearchResult(
+            collection, conditions, weights, query, hits, words, filters, tuple(unlisted)
+        )
+
+    def joined_for(
+        self,
+        collection: CollectionIndexes,
+        conditions: Sequence[ConditionIndex],
+        filters: Sequence[Filter],
+    ) -> tuple[JoinedIndexes, dict[str, int]]:
+        """The searched conditions' indexes joined with those whose answers the filters read,
+        and where in the join each answer filter's index is."""
+        joined_conditions = list(conditions)
+        positions: dict[str, int] = {}
+        for where in filters:
+            if where.kind != "answer" or where.name in positions:
+                continue
+            condition = self.condition(collection, where.name)
+            self.check_answers(collection, condition)
+            if condition not in joined_conditions:
+                joined_conditions.append(condition)
+            positions[where.name] = joined_conditions.index(condition)
+        return self.joined(joined_conditions), positions
+
+    def word_conditions(
+        self,
+        collection: CollectionIndexes,
+        conditions: Sequence[ConditionIndex],
+        words: dict[str, str],
+    ) -> list[WordCondition]:
+        """The conditions asked about in words, each checked to store answers, with the output
+        head's rows of its word's first tokens."""
+        found = []
+        for position, condition in enumerate(conditions):
+            if condition.name in words:
+                self.check_answers(collection, condition)
+                _, rows = self.word_head().word(words[condition.name])
+                found.append(WordCondition(condition.name, position, words[condition.name], rows))
+        return found
+
+    def rank(
+        self,
+        joined: JoinedIndexes,
+        vectors: Sequence[np.ndarray],
+        weights: Sequence[float],
+        by_image: Sequence[int],
+        words: Sequence[WordCondition],
+        passing: np.ndarray | None,
+        k: int,
+    ) -> tuple[list[Ranked], list[WordScores]]:
+        """The top k as image rankings (score and per-image-condition cosines, none where
+        nothing is searched by image) and, per hit, its word scores."""
+        if not words:
+            return joined.search(vectors, weights, k, by_image, passing), []
+        ranking = WordRanking(joined, words)
+        rows = joined.complete if passing is None else joined.complete & passing
+        by_position: dict[int, Ranked] = {}
+
+        def by_similarity(members: np.ndarray, wanted: int) -> list[int]:
+            found = joined.search(vectors, weights, wanted, by_image, members)
+            positions: list[int] = joined.readers[0].positions([r.id for r in found]).tolist()
+            by_position.update(zip(positions, found, strict=True))
+            return positions
+
+        order = ranking.rank(rows, k, by_similarity if by_image else None)
+        positions = np.asarray(order, dtype=np.int64)
+        scored = ranking.explain(positions)
+        first_ids = joined.readers[0].ids
+        ranked = [
+            by_position.get(p, Ranked(int(first_ids[p]), float(sum(s.logprobs)), ()))
+            for p, s in zip(order, scored, strict=True)
         ]
-        return SearchResult(collection, conditions, weights, query, hits, tuple(unlisted))
+        return ranked, scored
+
+    def hits(
+        self,
+        collection: CollectionIndexes,
+        joined: JoinedIndexes,
+        conditions: Sequence[ConditionIndex],
+        by_image: Sequence[int],
+        words: Sequence[WordCondition],
+        ranked: Sequence[Ranked],
+        scored: Sequence[WordScores],
+    ) -> tuple[list[Hit], list[str]]:
+        """The ranked images as hits: rows from the first condition's index, each condition's
+        score (cosine, or log-probability of the word) and stored answer, the labels the label
+        table gives now; and the paths it no longer lists."""
+        first = joined.readers[0]
+        rows = first.rows([r.id for r in ranked])
+        labels, unlisted = self.labels(collection.name, conditions[0].root, rows)
+        positions = first.positions([r.id for r in ranked])
+        answers = {
+            c.name: joined.column(j, ANSWER)[positions]
+            for j, c in enumerate(conditions)
+            if ANSWER in joined.readers[j].column_names()
+        }
+        hits = []
+        for rank, (r, row, row_labels) in enumerate(zip(ranked, rows, labels, strict=True), 1):
+            scores = {conditions[j].name: s for j, s in zip(by_image, r.scores, strict=True)}
+            scored_by = {}
+            if scored:
+                explained = scored[rank - 1]
+                for word, logprob, how in zip(
+                    words, explained.logprobs, explained.scored_by, strict=True
+                ):
+                    scores[word.name] = logprob
+                    scored_by[word.name] = how
+            hits.append(
+                Hit(
+                    rank=rank,
+                    id=r.id,
+                    score=r.score,
+                    scores={c.name: scores[c.name] for c in conditions},
+                    path=row.path,
+                    labels=row_labels,
+                    answers={
+                        name: str(values[rank - 1])
+                        for name, values in answers.items()
+                        if values[rank - 1] is not None
+                    },
+                    scored_by=scored_by,
+                )
+            )
+        return hits, unlisted
+
+    def facets(
+        self,
+        collection_name: str | None,
+        condition_name: str,
+        where: Sequence[str] = (),
+        top: int | None = None,
+    ) -> Facets:
+        """The model's answers under a condition with their counts, over the images that pass
+        `where`; NoAnswers (saying how to add them) if its index stores none."""
+        collection = self.collection(collection_name)
+        condition = self.condition(collection, condition_name)
+        self.check_answers(collection, condition)
+        filters = parse_filters(where)
+        joined, answer_readers = self.joined_for(collection, [condition], filters)
+        passing = passing_rows(joined, filters, answer_readers, collection.name, condition.root)
+        images, unanswered, counts, distinct = count_answers(joined, 0, passing, top)
+        return Facets(collection.name, condition.name, images, unanswered, counts, distinct)
 
     def first_id(
         self,
@@ -522,7 +763,7 @@ class Searcher:
         row_id = int(request.id or 0)
         named_in = self.condition(collection, request.id_condition or conditions[0].name)
         # The request's own generation of that index when it is one of the searched ones.
-        searched = {c.location: r for c, r in zip(conditions, joined.readers, strict=True)}
+        searched = {c.location: r for c, r in zip(conditions, joined.readers, strict=False)}
         reader = searched.get(named_in.location) or self.reader(named_in)
         check_id(reader, named_in, row_id)
         if named_in.location == conditions[0].location:

@@ -67,7 +67,11 @@ QUERY_FIELDS = (
     "upload",
     "id",
     "id_condition",
+    "words",
+    "where",
 )
+# Facets shown per condition at most.
+MAX_FACETS = 100
 PAGE_HEADERS = {
     # The page is one file with its script and style inline; it loads nothing from elsewhere.
     "content-security-policy": "default-src 'none'; script-src 'unsafe-inline'; "
@@ -200,7 +204,7 @@ async def collections(request: Request) -> Response:
                     "name": collection.name,
                     "images": collection.images,
                     "conditions": [
-                        {"name": c.name, "text": c.text, "rows": c.rows}
+                        {"name": c.name, "text": c.text, "rows": c.rows, "answers": c.answers}
                         for c in collection.conditions.values()
                     ],
                 }
@@ -338,7 +342,17 @@ def parse_query(fields: Mapping[str, Any]) -> tuple[SearchRequest, str | None]:
     id_condition = fields.get("id_condition")
     if id_condition is not None and not isinstance(id_condition, str):
         raise UsageError("id_condition must be a condition name")
-    if (upload is None) == (row_id is None):
+    words = fields.get("words") or {}
+    if not (isinstance(words, dict) and all(isinstance(w, str) for w in words.values())):
+        raise UsageError("words must be an object: condition name -> a word to ask about")
+    unknown_words = sorted(set(words) - set(conditions))
+    if unknown_words:
+        raise UsageError(f"words names {unknown_words[0]!r}, which is not among the conditions")
+    where = fields.get("where") or []
+    if not (isinstance(where, list) and all(isinstance(w, str) for w in where)):
+        raise UsageError("where must be a list of filters: CONDITION=WORD or label:NAME=VALUE")
+    by_image = any(c not in words for c in conditions)
+    if by_image and (upload is None) == (row_id is None):
         raise UsageError("give exactly one of upload (an uploaded image) or id (an indexed one)")
     request = SearchRequest(
         collection=collection,
@@ -347,6 +361,8 @@ def parse_query(fields: Mapping[str, Any]) -> tuple[SearchRequest, str | None]:
         k=k,
         id=row_id,
         id_condition=id_condition,
+        words=tuple(words.get(c) for c in conditions) if words else None,
+        where=tuple(where),
     )
     return request, upload
 
@@ -374,6 +390,11 @@ async def form_query(request: Request) -> tuple[dict[str, Any], bytes | None]:
                 fields.setdefault("weights", []).append(number(value, float, "weight"))
             elif key in ("k", "id"):
                 fields[key] = number(value, int, key)
+            elif key == "where":
+                fields.setdefault("where", []).append(value)
+            elif key == "word":  # CONDITION=WORD
+                condition, _, word = value.rpartition("=")
+                fields.setdefault("words", {})[condition] = word
             else:
                 fields[key] = value
     return fields, data
@@ -408,6 +429,7 @@ def outcome_json(outcome: SearchResult, upload: str | None, seconds: float) -> d
     collection = outcome.collection.name
     names = [c.name for c in outcome.conditions]
     first = names[0]
+    weights = iter(outcome.weights)
     asked = outcome.query
     query_json: dict[str, Any]
     if asked.id is None:
@@ -423,9 +445,12 @@ def outcome_json(outcome: SearchResult, upload: str | None, seconds: float) -> d
     return {
         "collection": collection,
         "conditions": [
-            {"name": name, "weight": weight}
-            for name, weight in zip(names, outcome.weights, strict=True)
+            {"name": name, "word": outcome.words[name]}
+            if name in outcome.words
+            else {"name": name, "weight": next(weights)}
+            for name in names
         ],
+        "where": [str(f) for f in outcome.filters],
         "query": query_json,
         "hits": [
             {**hit.to_json(), "thumbnail": thumbnail_url(collection, first, hit.id)}
@@ -433,6 +458,20 @@ def outcome_json(outcome: SearchResult, upload: str | None, seconds: float) -> d
         ],
         "took_ms": round(1000 * seconds, 1),
     }
+
+
+@api
+async def facets(request: Request) -> Response:
+    service = service_of(request)
+    condition = request.query_params.get("condition")
+    if condition is None:
+        raise UsageError("give ?condition=NAME: the condition whose answers to count")
+    top = int_param(request, "top", 20, 1, MAX_FACETS)
+    where = tuple(request.query_params.getlist("where"))
+    counted = await in_thread(
+        service.searcher.facets, request.path_params["collection"], condition, where, top
+    )
+    return JSONResponse({**counted.to_json(), "where": list(where)})
 
 
 @api
@@ -464,6 +503,7 @@ def create_app(service: SearchService) -> Starlette:
         Route("/", page),
         Route("/api/collections", collections),
         Route("/api/collections/{collection}/images", images),
+        Route("/api/collections/{collection}/facets", facets),
         Route("/api/uploads", upload, methods=["POST"]),
         Route("/api/query", query, methods=["POST"]),
         # A condition name is free text and may hold a slash; the id always ends the path.

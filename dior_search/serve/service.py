@@ -284,8 +284,14 @@ class SearchService:
                 raise UsageError("give one of upload or id, not both")
             held = self.held_upload(upload) if isinstance(upload, str) else upload
             collection = self.searcher.collection(request.collection)
-            texts = [self.searcher.condition(collection, c).text for c in request.conditions]
-            request = replace(request, vectors=self.upload_vectors(held, texts, deadline))
+            # Embedded under the conditions searched by the image (not those with a word).
+            texts = [
+                self.searcher.condition(collection, c).text
+                for position, c in enumerate(request.conditions)
+                if request.word_of(position) is None
+            ]
+            if texts:
+                request = replace(request, vectors=self.upload_vectors(held, texts, deadline))
         return self.searcher.search(request, deadline)
 
     def images(

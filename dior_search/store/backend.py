@@ -31,6 +31,7 @@ from dior_search.models.embedder import EmbedderDescription
 from dior_search.store.manifest import Manifest
 
 if TYPE_CHECKING:
+    from dior_search.models.answers import Answer
     from dior_search.store.compaction import Compaction
     from dior_search.store.shards import Row
 
@@ -191,9 +192,22 @@ class Writer(Protocol):
 
     def can_copy(self, content_hash: str) -> bool: ...
 
+    @property
+    def stores_answers(self) -> bool:
+        """Whether every row carries the model's answer (the manifest's `answers`)."""
+        ...
+
+    def store_answers(self) -> None: ...
+
     def set_index_type(self, spec: str | None, memory_budget: int | None) -> None: ...
 
-    def add(self, vector: np.ndarray, row: Row, row_id: int | None = None) -> None: ...
+    def add(
+        self,
+        vector: np.ndarray,
+        row: Row,
+        row_id: int | None = None,
+        answer: Answer | None = None,
+    ) -> None: ...
 
     def add_copy(self, row: Row, row_id: int | None = None) -> None: ...
 

@@ -386,6 +386,50 @@ def apply_search_params(index: Any, text: str, index_type: str) -> None:
         space.set_index_parameter(index, name, value)
 
 
+def widened_search_params(index: Any, factor: float) -> tuple[Any, ...]:
+    """Per-search FAISS parameters for `index` (an IDMap2 shard) that visit `factor` times
+    more candidates than its current settings (IVF lists probed, HNSW breadth), re-ranking as
+    it does: for a filter that few rows pass, whose top k lie deeper in the ranking. The
+    parameters come first, then the objects they point to (keep them referenced)."""
+    import faiss
+
+    # FAISS's parameter classes take their fields as attributes (its stubs know no keywords).
+    kinds: Any = faiss
+    made: list[Any] = []
+
+    def params_of(chain: list[Any]) -> Any:
+        if not chain:
+            return None
+        part, rest = chain[0], chain[1:]
+        found: Any = None
+        if isinstance(part, faiss.IndexRefine):
+            found = kinds.IndexRefineSearchParameters()
+            found.k_factor = part.k_factor
+            found.base_index_params = params_of(rest)
+        elif isinstance(part, faiss.IndexPreTransform):
+            found = kinds.SearchParametersPreTransform()
+            found.index_params = params_of(rest)
+        elif isinstance(part, faiss.IndexIVF):
+            found = kinds.SearchParametersIVF()
+            found.nprobe = min(part.nlist, math.ceil(part.nprobe * factor))
+            found.max_codes = part.max_codes
+            quantizer = faiss.downcast_index(part.quantizer)
+            if isinstance(quantizer, faiss.IndexHNSW):
+                found.quantizer_params = kinds.SearchParametersHNSW()
+                breadth = math.ceil(quantizer.hnsw.efSearch * factor)
+                found.quantizer_params.efSearch = max(found.nprobe, breadth)
+                made.append(found.quantizer_params)
+        elif isinstance(part, faiss.IndexHNSW):
+            found = kinds.SearchParametersHNSW()
+            found.efSearch = math.ceil(part.hnsw.efSearch * factor)
+        if found is not None:
+            made.append(found)
+        return found
+
+    top = params_of(unwrap(index)[1:])  # the IDMap2 wrapper passes them to what it wraps
+    return (top, *made)
+
+
 def default_search_params(index: Any) -> str:
     """Search parameters a type gets unless the manifest or the query says otherwise.
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from dior_search import defaults
 from dior_search.errors import IndexStoreError, UsageError
-from dior_search.models.embedder import EmbedderDescription
+from dior_search.models.embedder import AnswerState, EmbedderDescription
 from dior_search.models.prompts import build_prompt
 from dior_search.store.files import atomic_file
 from dior_search.store.index_types import FLAT
@@ -121,6 +121,9 @@ class Manifest:
     # One past the highest row id ever given: ids of deleted rows are never given again, so
     # an id always means the same image (0: from the shards listed).
     next_row_id: int = 0
+    # Whether every row carries the model's own answer (`stored`), or why not: `off` (not
+    # asked for, or written before answers existed) or `not-last-layer`.
+    answers: AnswerState = "off"
     # Set for an index kept in a database (no shards); absent from a folder's manifest.
     database: Database | None = None
 

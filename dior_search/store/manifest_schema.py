@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dior_search import defaults
+from dior_search.models.embedder import ANSWER_STATES
 from dior_search.models.prompts import PROMPT_TEMPLATES
 from dior_search.models.settings import DTYPE_NAMES, POSITION_SCHEMES, SETTINGS_BY_METHOD
 
@@ -174,6 +175,8 @@ MANIFEST_FIELDS: dict[str, Field] = {
     "next_row_id": integer(0, optional=True),
     # An index kept in a database (store.milvus): its kind and live rows as of the last commit.
     "database": obj(DATABASE_FIELDS, optional=True),
+    # Whether the rows carry the model's answers (absent: written before answers existed).
+    "answers": one_of(*ANSWER_STATES, optional=True),
     # sha256 of the other fields (see manifest.content_checksum); absent before it was added.
     "checksum": sha256(optional=True),
 }

@@ -48,6 +48,7 @@ import numpy as np
 
 from dior_search.data.paths import from_bytes, is_text, name_bytes, readable
 from dior_search.errors import IndexStoreError, UsageError, first_line
+from dior_search.models.answers import Answer
 from dior_search.models.embedder import EmbedderDescription
 from dior_search.store.backend import (
     DatabaseIndex,
@@ -79,7 +80,14 @@ from dior_search.store.milvus_types import (
     search_params_for,
 )
 from dior_search.store.pending import PendingRows
-from dior_search.store.shards import PATH_BYTES, Row, normalize
+from dior_search.store.shards import (
+    ANSWER,
+    ANSWER_LOGPROB,
+    LOG_PARTITION,
+    PATH_BYTES,
+    Row,
+    normalize,
+)
 
 log = logging.getLogger(__name__)
 
@@ -563,9 +571,11 @@ class MilvusStore:
         ids: Sequence[int],
         vectors: Sequence[np.ndarray],
         rows: Sequence[Row],
+        answers: Sequence[Answer | None],
         replace: bool,
     ) -> None:
-        """Write rows: unit vectors, their norms and the rows' columns (`replace`: upsert)."""
+        """Write rows: unit vectors, their norms, the rows' columns and their answers (where
+        given) (`replace`: upsert)."""
         if not ids:
             return
         raw = np.stack(vectors).astype(np.float32)
@@ -579,6 +589,7 @@ class MilvusStore:
                     "vector": unit[p],
                     "norm": float(norms[p]),
                     **database_columns(rows[p]),
+                    **answer_columns(answers[p]),
                 }
                 for p, row_id in enumerate(ids[low : low + step], start=low)
             ]
@@ -635,6 +646,24 @@ def database_columns(row: Row) -> dict[str, Any]:
         columns["path"] = readable(row.path)
         columns[PATH_BYTES] = name_bytes(row.path).hex()
     return columns
+
+
+def answer_columns(answer: Answer | None) -> dict[str, Any]:
+    """A row's answer as the columns a folder's table has (none without an answer)."""
+    if answer is None:
+        return {}
+    return {
+        ANSWER: answer.word,
+        ANSWER_LOGPROB: answer.logprob,
+        LOG_PARTITION: answer.log_partition,
+    }
+
+
+def stored_answer(row: dict[str, Any]) -> Answer | None:
+    """The answer a stored row carries (None: it has none)."""
+    if row.get(ANSWER) is None:
+        return None
+    return Answer(str(row[ANSWER]), float(row[ANSWER_LOGPROB]), float(row[LOG_PARTITION]))
 
 
 def exact_path(row: dict[str, Any]) -> str:
@@ -888,6 +917,7 @@ class MilvusWriter(PendingRows):
         self.store, self._location, self.staged = store, location, staged
         # Vectors of rows this writer deleted that a new row may still copy (a rename).
         self.retired = Spill()
+        self.retired_answers: dict[int, Answer] = {}
         self.manifest = self.open_manifest(new_manifest)
         self.next_id = self.manifest.next_id
         self.changed_type = False
@@ -933,7 +963,8 @@ class MilvusWriter(PendingRows):
         where = f"id >= {edge}" if self.staged else f"id < {edge}"
         rows = self.store.iterate(self._location, where, ["id", "path", "content_hash", "$meta"])
         for row in sorted(rows, key=lambda r: int(r["id"])):
-            self.remember(int(row["id"]), exact_path(row), row["content_hash"])
+            has_answer = row.get(ANSWER) is not None
+            self.remember(int(row["id"]), exact_path(row), row["content_hash"], True, has_answer)
 
     def publish(self, rows: int) -> None:
         """Publish the manifest as the next generation, with `rows` live rows."""
@@ -954,22 +985,26 @@ class MilvusWriter(PendingRows):
             manifest.memory_budget = memory_budget
             self.changed_type = True
 
-    def stored_vector(self, row_id: int) -> np.ndarray:
-        """The raw vector (unit vector x norm) of a stored row, or of one this writer
-        deleted."""
+    def stored(self, row_id: int) -> tuple[np.ndarray, Answer | None]:
+        """The raw vector (unit vector x norm) and answer of a stored row, or of one this
+        writer deleted."""
         retired = self.retired.get(row_id)
         if retired is not None:
-            return retired
-        raw = self.raw_vectors([row_id]).get(row_id)
-        if raw is None:
+            return retired, self.retired_answers.get(row_id)
+        found = self.stored_rows([row_id]).get(row_id)
+        if found is None:
             raise IndexStoreError(f"no stored row {row_id} in {self._location}")
-        return raw
+        return found
 
-    def raw_vectors(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
-        """Raw vectors (unit vector x norm) of the stored rows among `ids`."""
-        found = self.store.fetch(self._location, np.asarray(ids, np.int64), ["vector", "norm"])
+    def stored_rows(self, ids: Sequence[int]) -> dict[int, tuple[np.ndarray, Answer | None]]:
+        """Raw vectors (unit vector x norm) and answers of the stored rows among `ids`."""
+        fields = ["vector", "norm", "$meta"]
+        found = self.store.fetch(self._location, np.asarray(ids, np.int64), fields)
         return {
-            row_id: np.asarray(row["vector"], dtype=np.float32) * np.float32(row["norm"])
+            row_id: (
+                np.asarray(row["vector"], dtype=np.float32) * np.float32(row["norm"]),
+                stored_answer(row),
+            )
             for row_id, row in found.items()
         }
 
@@ -980,7 +1015,11 @@ class MilvusWriter(PendingRows):
         sources = set(self.sources.values())
         wanted = [i for i in ids if i in sources]
         for low in range(0, len(wanted), ID_BATCH):
-            self.retired.put(self.raw_vectors(wanted[low : low + ID_BATCH]))
+            found = self.stored_rows(wanted[low : low + ID_BATCH])
+            self.retired.put({row_id: vector for row_id, (vector, _) in found.items()})
+            self.retired_answers.update(
+                {row_id: answer for row_id, (_, answer) in found.items() if answer is not None}
+            )
 
     def write_shard(self) -> None:
         """Commit: write the queued rows, delete the rows deleted since the last commit, and
@@ -990,7 +1029,9 @@ class MilvusWriter(PendingRows):
         location = self._location
         before = self.manifest.rows
         try:
-            self.store.put(location, self.ids, self.vectors, self.rows, replace=self.staged)
+            self.store.put(
+                location, self.ids, self.vectors, self.rows, self.answers, replace=self.staged
+            )
             self.retire(sorted(self.deleting))
             self.store.remove(location, sorted(self.deleting))
             if not self.staged:

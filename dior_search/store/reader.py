@@ -12,7 +12,8 @@ was committed; `reopen()` opens it, sharing the shards that did not change.
 
 Deleted rows (tombstones) are never answered: `ids`, `len`, rows, columns and vectors cover
 live rows only, and `search` leaves deleted ids out with exactly k results whenever the index
-holds k live vectors.
+holds k live vectors. A search may also be limited to allowed ids (a filter): it returns
+exactly k of them whenever k live rows are allowed.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ from typing import Any
 import numpy as np
 
 from dior_search.errors import IndexStoreError, UsageError
-from dior_search.store.backend import allowed_rows, merge_top_k, search_allowed
+from dior_search.store.backend import merge_top_k
 from dior_search.store.files import io_errors, verify_file
 from dior_search.store.index_types import (
     FLAT,
     apply_search_params,
     merge_search_params,
     parse_search_params,
+    widened_search_params,
 )
 from dior_search.store.lookups import RowLookups
 from dior_search.store.manifest import Manifest, Shard, Stamp, manifest_stamp
@@ -56,6 +58,10 @@ OPEN_ATTEMPTS = 5
 SCAN_CHUNK = 16_384
 # Over-fetching asks for this many times the live hits expected among the nearest rows.
 OVER_FETCH_MARGIN = 1.2
+# A search of a shard that few rows pass (a filter; deletions) scores them exactly (from their
+# stored vectors) rather than searching the shard: where at most this many pass, or this share.
+EXACT_FILTER_ROWS = 2048
+EXACT_FILTER_SHARE = 0.02
 
 
 class OpenShard:
@@ -274,24 +280,24 @@ class IndexReader(RowLookups):
     # -- search ---------------------------------------------------------------------------
 
     def search(
-        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | Sequence[int] | None = None
+        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) of live rows per query over all shards; ids are -1 where fewer
-        than k live rows (of `allowed_ids`, when given) exist.
-
-        With `allowed_ids`, only those rows are answered: few are scored exactly from their
-        stored vectors, more are found by over-fetching (see backend.search_allowed).
+        than k live rows exist. `allowed_ids` (sorted int64): only these ids may be returned
+        (a filter), and k of them are whenever k live ones exist.
 
         A shard without deleted rows is searched as it is. In a Flat shard, a FAISS ID
-        selector leaves its deleted ids out of the exact search. Other types (IVF, HNSW,
-        PCA, Refine) take no selector through their IDMap2 wrapper, so they are over-fetched
-        (1.2 k x rows / live rows, + 2), filtered, and re-searched with 4 times more while
-        too few live hits came back; where the approximate search runs out of candidates
-        (every probed list read), the shard's live vectors are scanned exactly.
+        selector leaves its deleted (or not allowed) ids out of the exact search. Other types
+        (IVF, HNSW, PCA, Refine) take no selector through their IDMap2 wrapper, so they are
+        over-fetched (1.2 k x rows / passing rows, + 2), filtered, and re-searched with 4 times
+        more while too few hits passed; where the approximate search runs out of candidates
+        (every probed list read), the shard's passing vectors are scanned exactly. A filter
+        that few rows of a shard pass (at most EXACT_FILTER_ROWS, or EXACT_FILTER_SHARE of
+        it) scores those rows exactly from their stored vectors, whatever the type.
         """
         queries = normalize(np.atleast_2d(queries))
         if allowed_ids is not None:
-            return search_allowed(self, queries, k, allowed_rows(self, allowed_ids))
+            return self._search_allowed(queries, k, np.asarray(allowed_ids, dtype=np.int64))
         k = max(1, min(k, len(self)))
         scores = [np.full((len(queries), k), -np.inf, dtype=np.float32)]
         ids = [np.full((len(queries), k), -1, dtype=np.int64)]
@@ -314,27 +320,86 @@ class IndexReader(RowLookups):
         elif selector is not None:
             found = search_with_params(index, queries, k, selector[0])
         else:
-            found = self._search_over_fetched(number, queries, k)
+            entry = self.manifest.shards[number]
+            is_dead = self._is_dead[number]
+            assert is_dead is not None  # a shard with deleted rows and no selector
+            if few_pass(entry.live, entry.rows):
+                found = self._scan_ids(number, queries, None, k)
+            else:
+                found = self._search_over_fetched(number, queries, k, is_dead, entry.live, None)
+        return found
+
+    def _search_allowed(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`search` among the live ids of `allowed` only."""
+        if len(allowed) > 1 and (np.diff(allowed) <= 0).any():
+            allowed = np.unique(allowed)
+        passing = allowed[self._live_positions(allowed)]
+        if len(passing) == 0:  # nothing passes: no hits at all
+            return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
+        k = min(k, len(passing))
+        scores = [np.full((len(queries), k), -np.inf, dtype=np.float32)]
+        ids = [np.full((len(queries), k), -1, dtype=np.int64)]
+        for number, entry in enumerate(self.manifest.shards):
+            low = np.searchsorted(passing, entry.first_id, side="left")
+            high = np.searchsorted(passing, entry.last, side="right")
+            mine = passing[low:high]
+            if len(mine) == 0:
+                continue
+            shard_k = min(k, len(mine))
+            if few_pass(len(mine), entry.rows):
+                found = self._scan_ids(number, queries, mine, shard_k)
+            elif entry.index_type == FLAT:
+                params = id_filter(mine)
+                found = search_with_params(self._shards[number].index, queries, shard_k, params[0])
+            else:
+                blocked = np.ones(entry.last - entry.first_id + 1, dtype=bool)
+                blocked[mine - entry.first_id] = False
+                found = self._search_over_fetched(
+                    number, queries, shard_k, blocked, len(mine), mine
+                )
+            scores.append(found[0])
+            ids.append(found[1])
+        return merge_top_k(np.hstack(scores), np.hstack(ids), k)
+
+    def _live_positions(self, ids: np.ndarray) -> np.ndarray:
+        """Which of `ids` are live rows of this index (a boolean mask)."""
+        positions = np.searchsorted(self.ids, ids)
+        found = positions < len(self.ids)
+        found[found] = self.ids[positions[found]] == ids[found]
         return found
 
     def _search_over_fetched(
-        self, number: int, queries: np.ndarray, k: int
+        self,
+        number: int,
+        queries: np.ndarray,
+        k: int,
+        blocked: np.ndarray,
+        passing: int,
+        passing_ids: np.ndarray | None,
     ) -> tuple[np.ndarray, np.ndarray]:
+        """The shard's top k among rows not `blocked` (a lookup by id - first_id), `passing`
+        of them: over-fetched and filtered, and scanned exactly (`passing_ids`, default the
+        live rows) where the approximate search runs out of candidates."""
         shard, entry = self._shards[number], self.manifest.shards[number]
-        is_dead = self._is_dead[number]
-        assert is_dead is not None  # a shard with deleted rows and no selector
         total = shard.index.ntotal
-        # Deleted rows are as likely as any among the nearest: fetch enough for k live ones,
-        # with a margin; a shortfall (deletions near the query) is fetched again, larger.
-        fetch = min(total, math.ceil(OVER_FETCH_MARGIN * k * entry.rows / entry.live) + 2)
+        # Blocked rows are as likely as any among the nearest: fetch enough for k passing
+        # ones, with a margin; a shortfall (blocked rows near the query) is fetched again.
+        fetch = min(total, math.ceil(OVER_FETCH_MARGIN * k * entry.rows / passing) + 2)
+        # Those lie deeper in the ranking than the top k: the approximate search visits more
+        # candidates (IVF lists, HNSW breadth) by the square root of the share blocked.
+        params = widened_search_params(shard.index, entry.rows / passing)
         out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         out_ids = np.full((len(queries), k), -1, dtype=np.int64)
         pending = np.arange(len(queries))
         short: list[int] = []
         while len(pending):
-            found_scores, found_ids = shard.index.search(queries[pending], fetch)
+            found_scores, found_ids = search_with_params(
+                shard.index, queries[pending], fetch, params[0]
+            )
             keep = found_ids >= 0
-            keep[keep] = ~is_dead[found_ids[keep] - entry.first_id]
+            keep[keep] = ~blocked[found_ids[keep] - entry.first_id]
             enough = keep.sum(axis=1) >= k
             exhausted = (found_ids < 0).any(axis=1) | (fetch >= total)
             for row in np.flatnonzero(enough | exhausted).tolist():
@@ -346,21 +411,26 @@ class IndexReader(RowLookups):
                 out_ids[pending[row]] = found_ids[row, taken]
             pending = pending[~(enough | exhausted)]
             fetch = min(total, fetch * 4)
-        for row in short:
-            out_scores[row], out_ids[row] = self._scan(number, queries[row], k)
+        if short:
+            scanned = self._scan_ids(number, queries[short], passing_ids, k)
+            out_scores[short], out_ids[short] = scanned
         return out_scores, out_ids
 
-    def _scan(self, number: int, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The exact top k of a shard's live rows, from their stored vectors (the fallback
-        where an approximate search cannot give k live hits)."""
+    def _scan_ids(
+        self, number: int, queries: np.ndarray, ids: np.ndarray | None, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The exact top k of a shard's rows `ids` (default: its live rows), from their
+        stored vectors: where few rows pass a filter, or an approximate search cannot give k
+        passing hits."""
         shard, mask = self._shards[number], self._live_masks[number]
-        live = shard.ids if mask is None else shard.ids[mask]
-        scores = np.empty(len(live), dtype=np.float32)
-        for low in range(0, len(live), SCAN_CHUNK):
-            chunk = live[low : low + SCAN_CHUNK]
-            scores[low : low + len(chunk)] = reconstruct_ids(shard.index, chunk) @ query
-        top = np.lexsort((live, -scores))[:k]
-        return scores[top], live[top]
+        if ids is None:
+            ids = shard.ids if mask is None else shard.ids[mask]
+        scores = np.empty((len(queries), len(ids)), dtype=np.float32)
+        for low in range(0, len(ids), SCAN_CHUNK):
+            chunk = ids[low : low + SCAN_CHUNK]
+            scores[:, low : low + len(chunk)] = queries @ reconstruct_ids(shard.index, chunk).T
+        order = np.lexsort((np.broadcast_to(ids, scores.shape), -scores), axis=1)[:, :k]
+        return np.take_along_axis(scores, order, axis=1), ids[order]
 
     # -- look-ups by id -------------------------------------------------------------------
 
@@ -421,6 +491,12 @@ class IndexReader(RowLookups):
         return self.ids.copy(), vectors
 
 
+def few_pass(passing: int, rows: int) -> bool:
+    """Whether so few of a shard's rows pass (a filter, or deletions) that scoring them exactly
+    from their stored vectors beats searching the shard."""
+    return passing <= max(EXACT_FILTER_ROWS, EXACT_FILTER_SHARE * rows)
+
+
 def shard_key(entry: Shard) -> tuple[str, str, str]:
     return entry.name, entry.faiss_sha256, entry.parquet_sha256
 
@@ -430,6 +506,16 @@ def dead_lookup(entry: Shard, dead: np.ndarray) -> np.ndarray:
     lookup = np.zeros(entry.last - entry.first_id + 1, dtype=bool)
     lookup[dead - entry.first_id] = True
     return lookup
+
+
+def id_filter(allowed: np.ndarray) -> tuple[Any, ...]:
+    """FAISS search parameters that keep only `allowed` ids, with the selector they point to."""
+    import faiss
+
+    batch = faiss.IDSelectorBatch(allowed)
+    params = faiss.SearchParameters()
+    params.sel = batch
+    return params, batch
 
 
 def deletion_filter(dead: np.ndarray) -> tuple[Any, ...]:

@@ -2,7 +2,8 @@
 ids of its deleted rows.
 
     shard-00000.faiss                  FAISS index of L2-normalised vectors, ids stored with them
-    shard-00000.parquet                one row per vector: id, path, content_hash, norm, label_*
+    shard-00000.parquet                one row per vector: id, path, content_hash, norm, label_*,
+                                       and the model's answer where the index stores answers
     shard-00000.deleted-7.parquet      ids of the rows deleted since (written at generation 7)
 
 Image paths are data (see data.paths): a name that is valid UTF-8 is stored as it is in the
@@ -24,6 +25,7 @@ import numpy as np
 
 from dior_search.data.paths import from_bytes, fs_path, is_text, name_bytes, readable
 from dior_search.errors import IndexStoreError
+from dior_search.models.answers import Answer
 from dior_search.store.files import sha256_file, verify_file
 from dior_search.store.manifest import Shard
 
@@ -32,6 +34,12 @@ PATH_BYTES = "path_bytes"
 
 # Shards at least this large are memory-mapped by default rather than read into RAM.
 MMAP_MIN_BYTES = 16 << 20
+# The model's own answer for a row (see models.answers), where the index stores answers: the
+# normalised word, its log-probability, and logsumexp(W_U h) of the row's raw vector.
+ANSWER = "answer"
+ANSWER_LOGPROB = "answer_logprob"
+LOG_PARTITION = "log_partition"
+ANSWER_COLUMNS = (ANSWER, ANSWER_LOGPROB, LOG_PARTITION)
 
 
 @dataclass(frozen=True)
@@ -114,27 +122,48 @@ def read_ids(directory: Path, shard: Shard, verify: bool = True) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ShardKeys:
-    """Every stored row of a shard: id, path and content hash, and whether it is live."""
+    """Every stored row of a shard: id, path and content hash, whether it is live, and
+    whether it has an answer."""
 
     ids: np.ndarray
     paths: list[str]
     hashes: list[str]
     live: np.ndarray
+    answered: np.ndarray
 
 
 def read_keys(directory: Path, shard: Shard, verify: bool = True) -> ShardKeys:
-    """A shard's rows as (id, path, content hash, live), from its table and tombstones."""
+    """A shard's rows as (id, path, content hash, live, answered), from its table and
+    tombstones."""
     path = parquet_path(directory, shard)
     if verify:
         verify_file(path, shard.parquet_sha256)
-    table = read_table(path, ["id", "path", "content_hash"], optional=[PATH_BYTES])
+    table = read_table(path, ["id", "path", "content_hash"], optional=[PATH_BYTES, ANSWER])
+    has_answers = ANSWER in table.column_names
     ids = np.asarray(table.column("id").to_numpy(), dtype=np.int64)
+    answered = np.zeros(len(ids), dtype=bool)
+    if has_answers:
+        answered = ~np.asarray(table.column(ANSWER).is_null().to_numpy(zero_copy_only=False))
     return ShardKeys(
         ids,
         table_paths(table),
         table.column("content_hash").to_pylist(),
         ~np.isin(ids, read_tombstones(directory, shard, verify)),
+        answered,
     )
+
+
+def read_answers(path: Path) -> dict[int, Answer]:
+    """The stored answers of a shard table's rows, by id (none if it has no answers)."""
+    if ANSWER not in column_names(path):
+        return {}
+    table = read_table(path, ["id", *ANSWER_COLUMNS])
+    columns = [table.column(name).to_pylist() for name in ("id", *ANSWER_COLUMNS)]
+    return {
+        row_id: Answer(word, logprob, log_partition)
+        for row_id, word, logprob, log_partition in zip(*columns, strict=True)
+        if word is not None
+    }
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
@@ -179,7 +208,14 @@ def read_index_file(path: Path, mmap: bool = False) -> Any:
         return faiss.read_index(faiss.PyCallbackIOReader(handle.read))  # type: ignore[attr-defined]
 
 
-def write_parquet(path: Path, ids: np.ndarray, norms: np.ndarray, rows: Sequence[Row]) -> None:
+def write_parquet(
+    path: Path,
+    ids: np.ndarray,
+    norms: np.ndarray,
+    rows: Sequence[Row],
+    answers: Sequence[Answer] | None = None,
+) -> None:
+    """A shard's table: a row per vector; the answer columns where `answers` are given."""
     import pyarrow as pa
 
     scalars = [r.scalar_columns() for r in rows]
@@ -192,6 +228,10 @@ def write_parquet(path: Path, ids: np.ndarray, norms: np.ndarray, rows: Sequence
     }
     for name in sorted({name for r in scalars for name in r} - {"path", *columns}):
         columns[name] = pa.array([r.get(name) for r in scalars], type=pa.string())
+    if answers is not None:
+        columns[ANSWER] = pa.array([a.word for a in answers], type=pa.string())
+        columns[ANSWER_LOGPROB] = pa.array([a.logprob for a in answers], type=pa.float32())
+        columns[LOG_PARTITION] = pa.array([a.log_partition for a in answers], type=pa.float32())
     write_table(pa.table(columns), path)
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from dior_search import defaults
 from dior_search.errors import IndexStoreError
+from dior_search.models.answers import Answer
 from dior_search.store.compaction import Compaction, compact_shards
 from dior_search.store.files import atomic_file, error_reason, io_errors, sha256_file, take_lock
 from dior_search.store.index_types import FLAT, canonical_spec
@@ -51,6 +52,7 @@ from dior_search.store.shards import (
     faiss_path,
     normalize,
     parquet_path,
+    read_answers,
     read_keys,
     read_shard_index,
     read_table,
@@ -74,7 +76,8 @@ class IndexWriter(PendingRows):
     Flat: the run that merges the parts trains and packs them.
 
     What the index holds is kept as (path, content hash) per live id; `holds`, `can_copy`,
-    `live_rows` answer from it.
+    `live_rows` answer from it. Where the manifest says the index stores answers, every row
+    added carries one (a copied row copies its source's).
     """
 
     def __init__(
@@ -98,7 +101,7 @@ class IndexWriter(PendingRows):
             self.lock.close()
             raise
         self.next_id = self.manifest.next_id
-        self._open_shards: dict[str, tuple[Any, dict[int, float]]] = {}
+        self._open_shards: dict[str, tuple[Any, dict[int, float], dict[int, Answer]]] = {}
         # The index type and memory budget asked for (None: the index's own), and what
         # packing changed, for the run's report.
         self.asked: tuple[str | None, int | None] = (None, None)
@@ -147,10 +150,10 @@ class IndexWriter(PendingRows):
         for shard in self.manifest.shards:
             found = read_keys(self.directory, shard)
             self.dead[shard.name] = found.ids[~found.live]
-            live = found.live.tolist()
-            rows = zip(found.ids.tolist(), found.paths, found.hashes, live, strict=True)
-            for row_id, path, content_hash, is_live in rows:
-                self.remember(row_id, path, content_hash, is_live)
+            live, answered = found.live.tolist(), found.answered.tolist()
+            rows = zip(found.ids.tolist(), found.paths, found.hashes, live, answered, strict=True)
+            for row_id, path, content_hash, is_live, has_answer in rows:
+                self.remember(row_id, path, content_hash, is_live, has_answer)
 
     # -- changes --------------------------------------------------------------------------
 
@@ -162,21 +165,22 @@ class IndexWriter(PendingRows):
         """
         self.asked = (None if spec is None else canonical_spec(spec), memory_budget)
 
-    def stored_vector(self, row_id: int) -> np.ndarray:
-        """The raw vector (unit vector x stored norm) of a row in a written shard, deleted
-        or not: what its shard's codes give back."""
+    def stored(self, row_id: int) -> tuple[np.ndarray, Answer | None]:
+        """The raw vector (unit vector x stored norm) of a row in a written shard, deleted or
+        not (what its shard's codes give back), and its stored answer (None if none)."""
         shard = self.shard_of(row_id)
         if shard.name not in self._open_shards:
             index = read_shard_index(faiss_path(self.directory, shard), mmap=True)
-            table = read_table(parquet_path(self.directory, shard), ["id", "norm"])
+            path = parquet_path(self.directory, shard)
+            table = read_table(path, ["id", "norm"])
             norms = dict(
                 zip(table.column("id").to_pylist(), table.column("norm").to_pylist(), strict=True)
             )
-            self._open_shards[shard.name] = (index, norms)
-        index, norms = self._open_shards[shard.name]
+            self._open_shards[shard.name] = (index, norms, read_answers(path))
+        index, norms, answers = self._open_shards[shard.name]
         unit = reconstruct_ids(index, np.array([row_id], dtype=np.int64))[0]
         raw: np.ndarray = unit * np.float32(norms[row_id])
-        return raw
+        return raw, answers.get(row_id)
 
     def shard_of(self, row_id: int) -> Shard:
         for shard in self.manifest.shards:
@@ -244,8 +248,9 @@ class IndexWriter(PendingRows):
         norms = np.linalg.norm(raw, axis=1)
         with atomic_file(faiss_path(self.directory, name)) as tmp:
             write_faiss(tmp, normalize(raw), ids, FLAT)
+        answers = [a for a in self.answers if a is not None] if self.stores_answers else None
         with atomic_file(parquet_path(self.directory, name)) as tmp:
-            write_parquet(tmp, ids, norms, self.rows)
+            write_parquet(tmp, ids, norms, self.rows, answers)
         return written_shard(self.directory, name, ids, FLAT)
 
     def pack(self) -> None:

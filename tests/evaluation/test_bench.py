@@ -45,20 +45,25 @@ def test_dior_retrieves_every_synthetic_condition(synthetic_workspace, tmp_path,
     result = json.loads(out.read_text())
     assert set(result) == {"synthetic"}
     assert set(result["synthetic"]) == set(CONDITIONS)
+    answered = {"answer_accuracy", "text_precision@10", "text_precision@10_min"}
     for condition, per_method in result["synthetic"].items():
         assert set(per_method) == {"dior", "dior-unconditional"}
-        for metrics in per_method.values():
-            # Synthetic images have four labels: leakage of the other three is reported.
-            assert set(metrics) == {*METRICS, "leakage"}
-            assert all(0.0 <= metrics[name] <= 1.0 for name in METRICS)
+        for method, metrics in per_method.items():
+            # Synthetic images have four labels: leakage of the other three is reported; the
+            # conditional index stores the model's answers, scored as tags and text search.
+            extra = answered if method == "dior" else set()
+            assert set(metrics) == {*METRICS, "leakage", *extra}
+            assert all(0.0 <= metrics[name] <= 1.0 for name in {*METRICS, *extra})
             assert -1.0 <= metrics["leakage"] <= 1.0
+        assert per_method["dior"]["answer_accuracy"] >= 0.90, condition
+        assert per_method["dior"]["text_precision@10_min"] >= 0.90, condition
         assert per_method["dior"]["recall@1"] >= 0.90, condition
         # The other labels still drive the tiny model's neighbours (+0.17 to +0.33 measured).
         assert 0.1 < per_method["dior"]["leakage"] < 0.45, condition
         assert per_method["dior"]["recall@10"] >= per_method["dior"]["recall@1"]
     assert plot.stat().st_size > 1000
     table = capsys.readouterr().out
-    assert "dior-unconditional" in table and "MAP@R" in table
+    assert "dior-unconditional" in table and "MAP@R" in table and "text P@10" in table
 
 
 @pytest.mark.slow
@@ -142,3 +147,37 @@ def test_deepfashion_labels_are_whole_strings(tmp_path):
         "fit": "1 0 0",
     }
     assert collection.condition_text("texture") == "texture type"
+
+
+@pytest.mark.slow
+def test_generative_from_stored_answers_gives_the_generated_numbers(baseline_model_dirs, tmp_path):
+    """The generative baseline embedding the answers a DIOR index stores (read with the
+    baseline's own positions) scores exactly as generating them again."""
+    from dior_search.data.synthetic import write_dataset
+
+    write_dataset(tmp_path / "datasets" / "synthetic", {"test": 48})
+    results = {}
+    for mode in ("generate", "stored"):
+        out = tmp_path / f"{mode}.json"
+        args = bench_args(
+            tmp_path,
+            "--model",
+            "tiny",
+            "--positions",
+            "native",
+            "--method",
+            "generative",
+            "--generative-answers",
+            mode,
+            "--text-encoder",
+            str(baseline_model_dirs["bert"]),
+            "--json",
+            str(out),
+        )
+        assert main(args) == 0
+        results[mode] = json.loads(out.read_text())["synthetic"]
+    assert results["stored"] == results["generate"]
+    assert set(results["stored"]) == set(CONDITIONS)
+    embedders = sorted(p.name for p in (tmp_path / "indexes" / "synthetic").iterdir())
+    # Generating wrote the generative indexes; reusing, the DIOR ones (answers stored).
+    assert [name.split("+")[0] for name in embedders] == ["generative-tiny", "tiny"]

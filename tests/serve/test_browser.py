@@ -1,4 +1,5 @@
-"""The web page in headless Chromium: upload an image, switch the condition, read the grid.
+"""The web page in headless Chromium: upload an image, switch the condition, read the grid; ask
+in words and filter by the model's answers.
 
 Needs the Playwright package and a system Chromium (Debian's `chromium`); Playwright's own
 browser downloads are never used. Without them the test is skipped, unless
@@ -58,7 +59,20 @@ def top_labels(page, condition: str, n: int = 10) -> list[str]:
     return [json.loads(card.get_attribute("data-labels") or "{}")[condition] for card in cards]
 
 
-def test_upload_switch_condition_and_see_the_grid_follow(browser, live_url, tmp_path):
+def wait_until(page, script: str, what: str) -> None:
+    """Poll `script` in the page (wait_for_function evaluates strings, which the page's
+    Content-Security-Policy, no 'unsafe-eval', refuses)."""
+    deadline = time.monotonic() + 30
+    while not page.evaluate(script):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def chip(page, condition: str, answer: str):
+    return page.locator(f".chips[data-facets={condition}] .chip[data-answer={answer}]")
+
+
+def test_upload_switch_condition_and_see_the_grid_follow(browser, live_url, tmp_path, served):
     item, image = make_item(0, "extra", 11)
     query_file = tmp_path / "query.png"
     image.save(query_file)
@@ -82,19 +96,6 @@ def test_upload_switch_condition_and_see_the_grid_follow(browser, live_url, tmp_
     assert ids_after != ids_before
     assert len(uploads) == 1, uploads  # re-ranked without uploading again
 
-    # Polled from here: wait_for_function's in-page polling evaluates strings, which the
-    # page's Content-Security-Policy (no 'unsafe-eval') refuses.
-    loaded = (
-        "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth)"
-    )
-    deadline = time.monotonic() + 30
-    while not page.evaluate(loaded):
-        assert time.monotonic() < deadline, "thumbnails did not load"
-        time.sleep(0.05)
-    shot = Path(os.environ.get("DIOR_SCREENSHOT", tmp_path / "page.png"))
-    page.screenshot(path=str(shot), full_page=True)
-    assert shot.stat().st_size > 10_000
-
     # Both conditions at once: every card shows its two scores.
     page.check("#combine")
     page.click("#conditions button[data-condition=background]")
@@ -102,4 +103,42 @@ def test_upload_switch_condition_and_see_the_grid_follow(browser, live_url, tmp_
     both = zip(top_labels(page, "color"), top_labels(page, "background"), strict=True)
     assert sum(c == item.color and b == item.background for c, b in both) >= 3
     assert len(uploads) == 1
+
+    # The chips count the model's answers, as the facets API does.
+    wait_until(page, "document.body.dataset.facets", "facets did not load")
+    counts = dict(served.service.searcher.facets("synthetic", "color").counts)
+    word = "red" if item.color != "red" else "blue"
+    assert chip(page, "color", word).locator(".count").inner_text() == str(counts[word])
+
+    # A word under color: the images the model calls that colour first, by background.
+    page.fill("input[data-word=color]", word)
+    page.press("input[data-word=color]", "Enter")
+    page.wait_for_selector("#results[data-state=ready][data-conditions='background+color'] .hit")
+    assert set(top_labels(page, "color")) == {word}
+
+    # A background chip filters; the word still ranks within what passes.
+    chip(page, "background", item.background).click()
+    selector = f"#results[data-state=ready][data-where='background={item.background}'] .hit"
+    page.wait_for_selector(selector)
+    backgrounds = top_labels(page, "background", 20)
+    assert set(backgrounds) == {item.background}
+    colors = top_labels(page, "color", 20)
+    asked = [color == word for color in colors]
+    assert asked[0] and asked == sorted(asked, reverse=True), colors  # word first, then others
+    assert "on" in (chip(page, "background", item.background).get_attribute("class") or "")
+    assert len(uploads) == 1
+
+    loaded = (
+        "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth)"
+    )
+    wait_until(page, loaded, "thumbnails did not load")
+    shot = Path(os.environ.get("DIOR_SCREENSHOT", tmp_path / "page.png"))
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+
+    # Clicked again, the chip clears its filter.
+    chip(page, "background", item.background).click()
+    page.wait_for_selector("#results[data-state=ready][data-where=''] .hit")
+    assert "on" not in (chip(page, "background", item.background).get_attribute("class") or "")
+    assert set(top_labels(page, "color")) == {word}
     page.close()

@@ -73,8 +73,13 @@ def test_collections_and_their_conditions(client):
             "name": "synthetic",
             "images": 120,
             "conditions": [
-                {"name": "background", "text": "background color", "rows": 120},
-                {"name": "color", "text": "object color", "rows": 120},
+                {
+                    "name": "background",
+                    "text": "background color",
+                    "rows": 120,
+                    "answers": "stored",
+                },
+                {"name": "color", "text": "object color", "rows": 120, "answers": "stored"},
             ],
         }
     ]

@@ -63,8 +63,8 @@ def test_exactly_k_live_hits_where_the_probed_lists_run_short(tmp_path):
     dead = random_ids(2000, 0.95)
     delete(tmp_path / "ix", dead)
     live = np.setdiff1d(np.arange(2000), dead)
-    # One list of 64 probed: about 31 rows, 1.5 of them live. Too few live hits come back,
-    # so the shard's live rows are scanned exactly.
+    # One list of 64 probed would hold about 31 rows, 1.5 of them live: with 100 live rows of
+    # 2,000, the shard's live rows are scored exactly instead.
     reader = IndexReader(tmp_path / "ix", search_params="nprobe=1")
     _, found = reader.search(queries, 10)
     assert (found >= 0).all() and not np.isin(found, dead).any()

@@ -43,6 +43,9 @@ def test_parquet_holds_rows_labels_and_raw_vectors(synthetic_workspace, exported
         "label_color",
         "label_pattern",
         "label_size",
+        "answer",
+        "answer_logprob",
+        "log_partition",
         "vector",
     ]
     vector_type = table.schema.field("vector").type
@@ -51,6 +54,7 @@ def test_parquet_holds_rows_labels_and_raw_vectors(synthetic_workspace, exported
     assert table.column("id").to_pylist() == reader.ids.tolist()
     assert table.column("path").to_pylist() == reader.paths()
     assert table.column("label_color").to_pylist() == reader.labels("color")
+    assert table.column("answer").to_pylist() == reader.column("answer")
     _, raw = reader.all_vectors(raw=True)
     vectors = np.stack(table.column("vector").to_numpy(zero_copy_only=False))
     np.testing.assert_array_equal(vectors, raw)
@@ -118,18 +122,18 @@ def test_lancedb_gives_the_same_top_10_as_query(synthetic_workspace, exported, t
 
 @pytest.mark.slow
 def test_new_table_columns_flow_through(tmp_path, monkeypatch):
-    """A column a later version adds to the index's tables (answers, say) is exported too."""
+    """A column a later version adds to the index's tables (captions, say) is exported too."""
     from dior_search.store import writer
 
     original = writer.write_parquet
 
-    def with_answer(path, ids, norms, rows):
-        original(path, ids, norms, rows)
+    def with_caption(path, ids, norms, rows, answers=None):
+        original(path, ids, norms, rows, answers)
         table = pq.read_table(path)
-        answers = pa.array([f"answer {i}" for i in ids.tolist()], type=pa.string())
-        pq.write_table(table.append_column("answer", answers), path)
+        captions = pa.array([f"caption {i}" for i in ids.tolist()], type=pa.string())
+        pq.write_table(table.append_column("caption", captions), path)
 
-    monkeypatch.setattr(writer, "write_parquet", with_answer)
+    monkeypatch.setattr(writer, "write_parquet", with_caption)
     from dior_search.data.synthetic import write_dataset
 
     write_dataset(tmp_path / "datasets" / "synthetic", {"test": 6})
@@ -138,7 +142,7 @@ def test_new_table_columns_flow_through(tmp_path, monkeypatch):
     assert main(args) == 0
     done = export_index(IndexReader(tmp_path / "ix" / "synthetic" / "tiny" / "color"), tmp_path)
     table = pq.read_table(done.files[0])
-    assert table.column("answer").to_pylist() == [f"answer {i}" for i in range(6)]
+    assert table.column("caption").to_pylist() == [f"caption {i}" for i in range(6)]
     assert "norm" not in table.column_names
 
 

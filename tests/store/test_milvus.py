@@ -150,7 +150,7 @@ def test_rows_of_an_unpublished_commit_are_invisible_then_removed(tmp_path):
         for number in range(3):
             writer.add(vectors[number], Row(f"{number}.png", f"{number:064x}"))
     # A commit that wrote its rows, deleted one, and died before publishing its manifest.
-    store.put(location, [3], [vectors[3]], [Row("3.png", f"{3:064x}")], replace=False)
+    store.put(location, [3], [vectors[3]], [Row("3.png", f"{3:064x}")], [None], replace=False)
     store.remove(location, [0])
     with pytest.raises(IndexStoreError, match="holds 2 of its 3 rows"):
         store.reader(location)

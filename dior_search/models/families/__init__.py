@@ -104,8 +104,21 @@ class PrefixReuseUnsupported(Exception):
 class InputBuilder(Protocol):
     """Builds model inputs for rows of (image, prompt)."""
 
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (to read its answers)."""
+        ...
+
+    def next_positions(self, model: Any, batch: ModelBatch) -> torch.Tensor:
+        """The position of the token after each row's last one (where its answer goes on)."""
+        ...
+
     def check_size(self, width: int, height: int) -> None:
         """Raise ImageRefused if an image of this size (as the model gets it) cannot be built."""
+        ...
+
+    def chat_text(self, prompt: str) -> str:
+        """The chat-template text of one row, its image placeholder not expanded."""
         ...
 
     def build(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> ModelBatch: ...
@@ -162,6 +175,14 @@ def sequential_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     Rows are right-padded, so the real tokens get exactly the positions an unpadded row gets.
     """
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def following_positions(batch: ModelBatch) -> torch.Tensor:
+    """After each row's last token, where positions are explicit (2-D) or sequential."""
+    positions = batch.inputs.get("position_ids")
+    if positions is None or positions.dim() != 2:
+        return batch.last_index + 1
+    return positions.gather(1, batch.last_index[:, None])[:, 0] + 1
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

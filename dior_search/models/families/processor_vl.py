@@ -13,6 +13,7 @@ from dior_search.models.families import (
     ModelBatch,
     PrefixReuseUnsupported,
     SplitBatch,
+    following_positions,
     last_token_index,
     processor_size_policy,
     right_pad,
@@ -54,6 +55,14 @@ class ProcessorInputs:
         if max_pixels is not None:
             raise ModelError("--max-pixels applies to Qwen-VL models only")
         return cls(processor, position_scheme)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    def next_positions(self, model: Any, batch: ModelBatch) -> torch.Tensor:
+        # Under `native` too: the model's own positions for right-padded rows are 0, 1, 2, ...
+        return following_positions(batch)
 
     def size_policy(self) -> dict[str, Any]:
         return processor_size_policy(self.processor.image_processor)

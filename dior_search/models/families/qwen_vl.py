@@ -19,6 +19,7 @@ from dior_search.models.families import (
     ModelBatch,
     PrefixReuseUnsupported,
     SplitBatch,
+    following_positions,
     last_token_index,
     right_pad,
     sequential_positions,
@@ -186,6 +187,19 @@ class QwenVLInputs:
         tails = [row[n_shared:] for row in rows]
         suffix_ids, suffix_mask = right_pad(tails * len(images), self.tokenizer.pad_token_id)
         return SplitBatch(inputs, next_position, suffix_ids, suffix_mask)
+
+    def next_positions(self, model: Any, batch: ModelBatch) -> torch.Tensor:
+        if self.position_scheme == "reference":
+            return following_positions(batch)
+        inputs = batch.inputs
+        _, rope_deltas = model.get_rope_index(
+            inputs["input_ids"],
+            mm_token_type_ids=inputs["mm_token_type_ids"],
+            image_grid_thw=inputs["image_grid_thw"],
+            attention_mask=inputs["attention_mask"],
+        )
+        deltas: torch.Tensor = rope_deltas.reshape(-1).to(batch.last_index.device)
+        return batch.last_index + 1 + deltas
 
     def prefix_positions(
         self, model: Any, inputs: dict[str, torch.Tensor]

@@ -1,0 +1,126 @@
+"""Filters (`--where`): which images a query may return, by the model's answers or by labels.
+
+One syntax, two kinds:
+
+- `CONDITION=WORD`: the image's stored answer under CONDITION (that condition's index, joined
+  on content hash) is WORD, compared as answers are stored (lower case, quotes and punctuation
+  stripped);
+- `label:NAME=VALUE`: the collection's label NAME of the image is VALUE, exactly.
+
+Several filters must all hold. The search layer turns them into a mask over the first
+condition's rows (`passing`), which the stores receive as allowed ids per searched index.
+Labels are the collection's as its label table says now (`current_row_labels`: what query
+results show too), or, for a collection without a table, those stored beside the vectors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from dior_search.data.collections import current_labels
+from dior_search.errors import UsageError
+from dior_search.models.answers import normalize_word
+from dior_search.search.joined import JoinedIndexes
+from dior_search.store.backend import Reader
+from dior_search.store.shards import ANSWER, Row
+
+LABEL_PREFIX = "label:"
+
+FilterKind = Literal["answer", "label"]
+
+
+@dataclass(frozen=True)
+class Filter:
+    """One `--where`: an answer under a condition, or a label, equal to a value."""
+
+    kind: FilterKind
+    name: str
+    value: str
+
+    def __str__(self) -> str:
+        prefix = LABEL_PREFIX if self.kind == "label" else ""
+        return f"{prefix}{self.name}={self.value}"
+
+
+def parse_filter(text: str) -> Filter:
+    """`CONDITION=WORD` or `label:NAME=VALUE`; UsageError saying the syntax otherwise."""
+    kind: FilterKind = "label" if text.startswith(LABEL_PREFIX) else "answer"
+    body = text.removeprefix(LABEL_PREFIX) if kind == "label" else text
+    name, equals, value = body.rpartition("=")
+    if kind == "answer":
+        value = normalize_word(value)
+    if not equals or not name.strip() or not value.strip():
+        raise UsageError(
+            f"--where {text!r}: write CONDITION=WORD (the model's answer under a condition) "
+            "or label:NAME=VALUE (a label of the collection)"
+        )
+    return Filter(kind, name, value)
+
+
+def parse_filters(texts: Sequence[str]) -> tuple[Filter, ...]:
+    return tuple(dict.fromkeys(parse_filter(text) for text in texts))
+
+
+def current_row_labels(
+    collection: str, root: Path, rows: Sequence[Row]
+) -> tuple[list[dict[str, str]], list[str]]:
+    """Each row's labels as the collection's label table says now (not as stored when it was
+    indexed), and the paths the table no longer lists (their labels: none). A collection
+    without a label table (an image folder) keeps the stored labels."""
+    source = current_labels(collection, root)
+    if source is None:
+        return [row.labels for row in rows], []
+    found = [source.labels(row.path) for row in rows]
+    unlisted = [row.path for row, labels in zip(rows, found, strict=True) if labels is None]
+    return [labels or {} for labels in found], unlisted
+
+
+def label_values(reader: Reader, collection: str, root: Path, name: str) -> list[str | None]:
+    """Label `name` of every row of `reader` (in id order), from the same source as
+    `current_row_labels`: what label filters compare, so they agree with the labels results
+    show."""
+    source = current_labels(collection, root)
+    if source is None:
+        return reader.labels(name)
+    return [(source.labels(path) or {}).get(name) for path in reader.paths()]
+
+
+def label_names(reader: Reader, collection: str, root: Path) -> list[str]:
+    """The labels a filter may name: the label table's, else those stored."""
+    source = current_labels(collection, root)
+    if source is None:
+        return reader.label_names()
+    names = {name for path in reader.paths() for name in (source.labels(path) or {})}
+    return sorted(names)
+
+
+def passing_rows(
+    joined: JoinedIndexes,
+    filters: Sequence[Filter],
+    answer_readers: dict[str, int],
+    collection: str,
+    root: Path,
+) -> np.ndarray:
+    """Which first-condition positions pass every filter (and are in every joined index).
+
+    `answer_readers`: the joined index (its position) holding each answer filter's condition;
+    `collection` and `root`: whose labels the label filters read.
+    """
+    passing: np.ndarray = joined.complete.copy()
+    first = joined.readers[0]
+    for where in filters:
+        if where.kind == "label":
+            names = label_names(first, collection, root)
+            if where.name not in names:
+                valid = ", ".join(names) or "none: an image folder has no labels"
+                raise UsageError(f"--where {where}: no label {where.name!r}; labels: {valid}")
+            values = np.asarray(label_values(first, collection, root, where.name), dtype=object)
+        else:
+            values = joined.column(answer_readers[where.name], ANSWER)
+        passing &= values == where.value
+    return passing
