@@ -16,6 +16,9 @@ no model library):
 - searching: `Searcher.open(indexes_dir, collection=...)` and
   `searcher.search(SearchRequest(conditions, image=... | id=..., weights=..., k=...))` ->
   a `SearchResult` of `Hit`s;
+- stores: `open_store(None, indexes_dir)` (index folders) or `open_store("milvus-lite:x.db",
+  ...)` / `open_store("milvus://host:19530", ...)`, for `IndexSettings(store=...)`,
+  `Searcher.open(store)` and `export_collection(store, ...)`;
 - export: `export_collection(...)`, `export_index(IndexReader(directory), out_dir)`;
 - errors: `DiorError` and its kinds, each with the CLI's exit code.
 """
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
     )
     from dior_search.store.export import export_collection, export_index
     from dior_search.store.reader import IndexReader
+    from dior_search.store.stores import open_store
     from dior_search.version import __version__
 
 # Public name -> the module that defines it. `__version__` too: looked up on first use, not on
@@ -79,6 +83,7 @@ API = {
     "SearchResult": "dior_search.search.searcher",
     "Hit": "dior_search.search.searcher",
     "IndexReader": "dior_search.store.reader",
+    "open_store": "dior_search.store.stores",
     "export_collection": "dior_search.store.export",
     "export_index": "dior_search.store.export",
     "__version__": "dior_search.version",
@@ -113,6 +118,7 @@ __all__ = [
     "load_image",
     "open_dataset",
     "open_images",
+    "open_store",
 ]
 
 

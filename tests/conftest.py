@@ -75,6 +75,8 @@ def synthetic_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 SERVE_CONDITIONS = ("color", "background")
+# The serve tests run on each store; the Milvus Lite variants are marked slow.
+SERVE_STORES = ["folder", pytest.param("milvus-lite", marks=pytest.mark.slow)]
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ class Served:
 
     root: Path
     service: "SearchService"
+    # The command line's options that name the store: --indexes DIR or --store URI.
+    store_args: tuple[str, ...] = ()
 
     @property
     def indexes(self) -> Path:
@@ -92,9 +96,14 @@ class Served:
         return self.root / "datasets" / "synthetic" / "test" / f"{row_id:05d}.png"
 
 
-@pytest.fixture(scope="session")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
-    """120 synthetic images under color and background (3 shards), the tiny model loaded once."""
+@pytest.fixture(scope="session", params=SERVE_STORES)
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    """120 synthetic images under color and background (3 shards, or 3 commits to a Milvus
+    Lite collection), the tiny model loaded once per store."""
+    from stores import opened, store_args, store_spec
+
     from dior_search.data.collections import open_dataset
     from dior_search.data.synthetic import write_dataset
     from dior_search.indexing.job import IndexSettings
@@ -104,19 +113,24 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
     from dior_search.search.searcher import Searcher
     from dior_search.serve.service import SearchService, ServeSettings
 
-    root = tmp_path_factory.mktemp("serve")
+    kind = request.param
+    root = tmp_path_factory.mktemp(f"serve-{kind}")
     write_dataset(root / "datasets" / "synthetic", {"test": 120})
     embedder = DiorEmbedder(DiorSettings(model="tiny", device="cpu", batch_size=16))
+    store = opened(kind, root)
     index_collection(
         open_dataset("synthetic", root / "datasets"),
         SERVE_CONDITIONS,
         embedder,
-        IndexSettings(indexes_dir=root / "indexes", shard_size=50),
+        IndexSettings(indexes_dir=root / "indexes", shard_size=50, store=store),
     )
-    settings = ServeSettings(indexes_dir=root / "indexes", device="cpu")
-    searcher = Searcher.open(settings.indexes_dir, options=settings.search_options())
+    settings = ServeSettings(
+        indexes_dir=root / "indexes", store=store_spec(kind, root), device="cpu"
+    )
+    searcher = Searcher.open(store, options=settings.search_options())
     service = SearchService(Searcher(searcher.entries, searcher.options, embedder), settings)
-    return Served(root, service)
+    yield Served(root, service, tuple(store_args(kind, root)))
+    store.close()
 
 
 @pytest.fixture(scope="session")

@@ -243,3 +243,17 @@ def test_filtered_search_benchmark_runs_small(capsys):
     assert all(r["short_answers"] == 0 and r["recall"] >= 0.9 for r in rows)
     assert rows[0]["recall"] > rows[0]["naive_recall"]
     assert "top-100 then filter" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_store_comparison_runs_small(capsys):
+    pytest.importorskip("pymilvus")
+    module = benchmark_module("store_compare")
+    rows = module.main(["--quick"])
+    assert [(r["store"], r["index_type"]) for r in rows] == [
+        ("folder", "Flat"),
+        ("milvus-lite", "FLAT"),
+    ]
+    # Exact on both: every query finds its exact top 10.
+    assert all(r["recall@10"] == 1.0 and r["insert_per_s"] > 0 for r in rows)
+    assert "| milvus-lite | `FLAT` |" in capsys.readouterr().out

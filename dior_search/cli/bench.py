@@ -16,8 +16,10 @@ from dior_search.cli.app import app, console, err_console
 from dior_search.cli.options import (
     DatasetsDirOpt,
     IndexesOpt,
+    StoreOpt,
     choose_model,
     default_model_hint,
+    opened_store,
     with_embedder_options,
 )
 from dior_search.cli.outputs import check_output, write_output
@@ -108,6 +110,7 @@ def bench(
     plot: Annotated[Path | None, typer.Option(help="Write a PNG chart of recall@k.")] = None,
     datasets_dir: DatasetsDirOpt = defaults.DEFAULT_DATASETS_DIR,
     indexes: IndexesOpt = defaults.DEFAULT_INDEXES_DIR,
+    store: StoreOpt = None,
 ) -> None:
     """Evaluate retrieval per dataset and condition: recall@k, MAP@R, precision@1."""
     from dior_search.evaluation.bench import (
@@ -155,13 +158,16 @@ def bench(
         else:
             for name in chosen:
                 models.get(name)
-    with progress_bar("bench", "img", err_console) as bar:
+    with (
+        opened_store(store, indexes, create=True) as index_store,
+        progress_bar("bench", "img", err_console) as bar,
+    ):
         result = run_benches(
             collections,
             conditions,
             chosen,
             models,
-            IndexSettings(indexes_dir=indexes),
+            IndexSettings(indexes_dir=indexes, store=index_store),
             on_stage=bar.stage,
             on_progress=bar.advance,
             distance=distance,

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from dior_search import defaults
 from dior_search.cli.app import app, console
-from dior_search.cli.options import DatasetOpt, ImagesOpt, IndexesOpt, collection_name
+from dior_search.cli.options import (
+    DatasetOpt,
+    ImagesOpt,
+    IndexesOpt,
+    StoreOpt,
+    collection_name,
+    opened_store,
+)
 from dior_search.errors import UsageError
+
+if TYPE_CHECKING:
+    from dior_search.store.backend import IndexLocation
 
 
 @app.command()
@@ -28,6 +38,7 @@ def compact(
         Path | None, typer.Option("--index", help="One index directory (instead of a search).")
     ] = None,
     indexes: IndexesOpt = defaults.DEFAULT_INDEXES_DIR,
+    store: StoreOpt = None,
     threshold: Annotated[
         float,
         typer.Option(
@@ -37,29 +48,30 @@ def compact(
     ] = defaults.COMPACT_THRESHOLD,
 ) -> None:
     """Rewrite the shards whose deleted rows pass --threshold (an `index` run does this at
-    its end): searches get faster and the files smaller; nothing searchable changes."""
-    from dior_search.store.layout import find_indexes
-    from dior_search.store.writer import compact_index
-
+    its end): searches get faster and the files smaller; nothing searchable changes. On a
+    Milvus store it asks the database to compact."""
     if not 0 <= threshold < 1:
         raise UsageError(f"--threshold must be at least 0 and below 1, got {threshold}")
-    if index_path is not None:
-        if dataset is not None or images is not None or condition:
-            raise UsageError("give --index alone, or a collection (and conditions) to search")
-        directories = [index_path]
-    else:
-        entries = find_indexes(indexes, collection_name(dataset, images), model=model)
-        directories = [e.directory for e in entries if not condition or e.condition in condition]
-        if not directories:
-            raise UsageError(f"no index to compact in {indexes} with these options")
-    for directory in directories:
-        done = compact_index(directory, threshold)
-        if done.rows_dropped:
-            message = (
-                f"{directory}: {done.rows_dropped} deleted rows dropped "
-                f"({done.shards_rewritten} shards rewritten, {done.shards_dropped} dropped) "
-                f"in {done.seconds:.1f} s"
-            )
+    if index_path is not None and (dataset is not None or images is not None or condition):
+        raise UsageError("give --index alone, or a collection (and conditions) to search")
+    if index_path is not None and store is not None:
+        raise UsageError("--index names an index folder; give it without --store")
+    with opened_store(store, indexes) as index_store:
+        if index_path is not None:
+            locations: list[IndexLocation] = [index_path]
         else:
-            message = f"{directory}: nothing to compact"
-        console.print(message, markup=False, highlight=False, soft_wrap=True)
+            entries = index_store.find(collection_name(dataset, images), model=model)
+            locations = [e.location for e in entries if not condition or e.condition in condition]
+            if not locations:
+                raise UsageError(f"no index to compact in {index_store.name} with these options")
+        for location in locations:
+            done = index_store.compact(location, threshold)
+            if done.rows_dropped:
+                message = (
+                    f"{location}: {done.rows_dropped} deleted rows dropped "
+                    f"({done.shards_rewritten} shards rewritten, {done.shards_dropped} "
+                    f"dropped) in {done.seconds:.1f} s"
+                )
+            else:
+                message = f"{location}: nothing to compact"
+            console.print(message, markup=False, highlight=False, soft_wrap=True)

@@ -16,7 +16,9 @@ from dior_search.cli.options import (
     ImagesOpt,
     IndexesOpt,
     PickModelOpt,
+    StoreOpt,
     collection_name,
+    opened_store,
 )
 from dior_search.errors import UsageError
 
@@ -45,6 +47,7 @@ def export(
     ] = "parquet",
     model: PickModelOpt = None,
     indexes: IndexesOpt = defaults.DEFAULT_INDEXES_DIR,
+    store: StoreOpt = None,
 ) -> None:
     """Write indexed vectors with their ids, paths, content hashes and labels to files that
     pyarrow, pandas, DuckDB or a vector database read directly."""
@@ -55,21 +58,24 @@ def export(
         valid = ", ".join(EXPORT_FORMATS)
         raise UsageError(f"unknown format {export_format!r}; valid: {valid}")
     if index_path is not None:
-        if dataset is not None or images is not None or condition:
-            raise UsageError("--index names one index: give no --dataset, --images or -c")
+        if dataset is not None or images is not None or condition or store is not None:
+            raise UsageError(
+                "--index names one index folder: give no --dataset, --images, -c or --store"
+            )
         exported = [export_index(IndexReader(index_path), out, export_format)]
     else:
         name = collection_name(dataset, images)
         if name is None:
             raise UsageError("give one of --dataset NAME, --images DIR or --index DIR")
-        exported = export_collection(
-            indexes,
-            name,
-            out,
-            export_format,
-            condition,
-            model,
-        )
+        with opened_store(store, indexes) as index_store:
+            exported = export_collection(
+                index_store,
+                name,
+                out,
+                export_format,
+                condition,
+                model,
+            )
     table = Table(title=escape(f"exported to {out}"))
     for column in ("condition", "rows", "dim", "files"):
         table.add_column(column)

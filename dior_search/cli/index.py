@@ -1,4 +1,5 @@
-"""`dior-search index`: embed a collection under conditions into sharded FAISS indexes."""
+"""`dior-search index`: embed a collection under conditions into indexes (sharded FAISS
+folders, or a Milvus database with --store)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ from dior_search.cli.options import (
     ImageColumnOpt,
     ImagesOpt,
     IndexesOpt,
+    StoreOpt,
     choose_model,
     default_model_hint,
     open_collection,
+    opened_store,
     with_embedder_options,
 )
 from dior_search.cli.progress import progress_bar
@@ -64,6 +67,7 @@ def index(
     condition: ConditionsOpt = None,
     datasets_dir: DatasetsDirOpt = defaults.DEFAULT_DATASETS_DIR,
     indexes: IndexesOpt = defaults.DEFAULT_INDEXES_DIR,
+    store: StoreOpt = None,
     shard_size: Annotated[
         int | None,
         typer.Option(
@@ -153,12 +157,15 @@ def index(
     label = f"indexing {collection.name}" + (f" ({running.name})" if running else "")
     # Under accelerate launch, one bar (the first process's) rather than one per process.
     quiet = running is not None and running.part != 0 and spec is None
-    with progress_bar(label, "img", err_console) as bar:
+    with (
+        opened_store(store, indexes, create=True) as index_store,
+        progress_bar(label, "img", err_console) as bar,
+    ):
         report = index_collection(
             collection,
             conditions,
             embedder,
-            settings,
+            replace(settings, store=index_store),
             on_start=None if quiet else bar.start,
             on_progress=None if quiet else bar.advance,
             confirm_removal=removal_confirmation(yes),

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_type_hints
 
 import typer
 
@@ -24,6 +24,9 @@ from dior_search.data.collections import DATASETS, Collection
 from dior_search.errors import ModelError, UsageError
 from dior_search.models.prompts import PROMPT_TEMPLATES
 from dior_search.models.settings import EmbedderOptions
+
+if TYPE_CHECKING:
+    from dior_search.store.backend import IndexStore
 
 DatasetOpt = Annotated[str | None, typer.Option(help=f"A named dataset: {', '.join(DATASETS)}.")]
 ImagesOpt = Annotated[
@@ -45,6 +48,15 @@ DatasetsDirOpt = Annotated[
     Path, typer.Option(help="Where named datasets live: DIR/NAME/ holds NAME's images.")
 ]
 IndexesOpt = Annotated[Path, typer.Option(help="Root folder of the indexes.")]
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Where the indexes are: omit it for the folders under --indexes; "
+        "milvus-lite:PATH.db (Milvus Lite, inside this process), milvus://HOST:PORT or "
+        "https://HOST[:PORT] (a Milvus server; its token in $DIOR_MILVUS_TOKEN). Needs "
+        "pip install 'dior-search[milvus]'.",
+    ),
+]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 TrustOpt = Annotated[bool, typer.Option(help="Allow the model repository's own code to run.")]
 DtypeOverrideOpt = Annotated[str | None, typer.Option(help="Override the indexes' dtype.")]
@@ -185,6 +197,18 @@ def choose_model(options: EmbedderOptions, collections: Sequence[str]) -> Embedd
             highlight=False,
         )
     return chosen
+
+
+@contextmanager
+def opened_store(spec: str | None, indexes: Path, create: bool = False) -> Iterator[IndexStore]:
+    """The store `--store` names (the folders under --indexes without it), closed after."""
+    from dior_search.store.stores import open_store
+
+    store = open_store(spec, indexes, create=create)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 @contextmanager

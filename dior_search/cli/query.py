@@ -19,9 +19,11 @@ from dior_search.cli.options import (
     DtypeOverrideOpt,
     ImagesOpt,
     IndexesOpt,
+    StoreOpt,
     TrustOpt,
     WhereOpt,
     collection_name,
+    opened_store,
 )
 from dior_search.cli.outputs import check_output
 from dior_search.data.collections import check_condition
@@ -30,6 +32,7 @@ from dior_search.errors import UsageError
 
 if TYPE_CHECKING:
     from dior_search.search.searcher import Searcher, SearchOptions, SearchResult
+    from dior_search.store.backend import IndexStore
 
 
 TEXT_OPTIONS = ("--text",)
@@ -83,6 +86,7 @@ def query(
         typer.Option(help="Pick the index built with this model (default: the only one)."),
     ] = None,
     indexes: IndexesOpt = defaults.DEFAULT_INDEXES_DIR,
+    store: StoreOpt = None,
     dtype: DtypeOverrideOpt = None,
     device: DeviceOpt = "auto",
     trust_remote_code: TrustOpt = False,
@@ -149,21 +153,24 @@ def query(
         search_params=params,
         mmap=mmap,
     )
-    searcher, conditions = open_searcher(
-        conditions, dataset, images, index_path, indexes, model, options
-    )
-    result = searcher.search(
-        SearchRequest(
-            conditions=conditions,
-            collection=searcher.entries[0].collection,
-            weights=tuple(weight) if weight else None,
-            k=k,
-            image=query_image,
-            id=row_id,
-            words=words,
-            where=tuple(where or ()),
+    if index_path is not None and store is not None:
+        raise UsageError("--index names an index folder; give it without --store")
+    with opened_store(store, indexes) as index_store:
+        searcher, conditions = open_searcher(
+            conditions, dataset, images, index_path, index_store, model, options
         )
-    )
+        result = searcher.search(
+            SearchRequest(
+                conditions=conditions,
+                collection=searcher.entries[0].collection,
+                weights=tuple(weight) if weight else None,
+                k=k,
+                image=query_image,
+                id=row_id,
+                words=words,
+                where=tuple(where or ()),
+            )
+        )
     if sheet is not None:
         from dior_search.cli.contact_sheet import write_contact_sheet
 
@@ -237,7 +244,7 @@ def open_searcher(
     dataset: str | None,
     images: Path | None,
     index_path: Path | None,
-    indexes: Path,
+    indexes: IndexStore,
     model: str | None,
     options: SearchOptions,
 ) -> tuple[Searcher, tuple[str, ...]]:

@@ -15,6 +15,7 @@ from dior_search.cli.options import (
     DeviceOpt,
     DtypeOverrideOpt,
     IndexesOpt,
+    StoreOpt,
     TrustOpt,
     collection_name,
     positive_number,
@@ -37,6 +38,7 @@ def serve(
         Path | None, typer.Option(help="Serve only the indexes of this image folder.")
     ] = None,
     indexes: IndexesOpt = defaults.DEFAULT_INDEXES_DIR,
+    store: StoreOpt = None,
     model: Annotated[
         str | None,
         typer.Option(help="Serve the indexes built with this model (default: the only one)."),
@@ -79,6 +81,7 @@ def serve(
             raise UsageError(f"{option} must be a positive number, not {value:g}")
     settings = ServeSettings(
         indexes_dir=indexes,
+        store=store,
         model=model,
         collection=collection_name(dataset, images),
         device=device,

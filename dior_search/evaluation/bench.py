@@ -50,7 +50,7 @@ from dior_search.models.generative import AnswerTextEncoder
 from dior_search.models.settings import EmbedderOptions
 from dior_search.search.joined import JoinedIndexes
 from dior_search.search.searcher import Searcher, SearchRequest
-from dior_search.store.reader import IndexReader
+from dior_search.store.backend import Reader
 from dior_search.store.shards import ANSWER, normalize
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def layer_method(method: str, layer: int) -> str:
 
 
 def evaluate_index(
-    reader: IndexReader, collection: Collection, condition: str, distance: Distance = "cosine"
+    reader: Reader, collection: Collection, condition: str, distance: Distance = "cosine"
 ) -> Metrics:
     """Metrics of one index by one condition's labels, exact search over its vectors (unit
     vectors for cosine, raw ones for Euclidean); `leakage` where there are other labels.
@@ -159,14 +159,14 @@ def evaluate_index(
     if not reader.exact:
         log.warning(
             "%s stores compressed vectors (%s): metrics use their reconstructions",
-            reader.directory,
+            reader.location,
             reader.manifest.index_type,
         )
     _, vectors = reader.all_vectors(raw=distance == "euclidean")
     return evaluate_vectors(vectors, current_rows(reader, collection), condition, distance)
 
 
-def current_rows(reader: IndexReader, collection: Collection) -> list[dict[str, str]]:
+def current_rows(reader: Reader, collection: Collection) -> list[dict[str, str]]:
     """Each indexed image's labels as the collection's label table says now (none for the
     images it no longer lists, said in a warning), in the reader's id order."""
     current = {item.path: item.labels for item in collection.items}
@@ -178,7 +178,7 @@ def current_rows(reader: IndexReader, collection: Collection) -> list[dict[str, 
             "out of the metrics",
             unlisted,
             len(paths),
-            reader.directory,
+            reader.location,
             collection.name,
         )
     return [current.get(path, {}) for path in paths]
@@ -202,7 +202,7 @@ def evaluate_vectors(
 
 
 def answer_metrics(
-    searcher: Searcher, reader: IndexReader, collection: Collection, condition: str
+    searcher: Searcher, reader: Reader, collection: Collection, condition: str
 ) -> Metrics:
     """The model as a tagger and a text search engine under `condition` (none where its index
     stores no answers): `answer_accuracy`, and `text_precision@10` of each one-word label value
@@ -233,7 +233,7 @@ def answer_metrics(
 
 def generative_from_answers(
     encoder: AnswerTextEncoder,
-    reader: IndexReader,
+    reader: Reader,
     collection: Collection,
     condition: str,
     distance: Distance,
@@ -242,7 +242,7 @@ def generative_from_answers(
     answer embedded as the baseline embeds a generated one."""
     if reader.manifest.answers != "stored":
         raise IndexStoreError(
-            f"{reader.directory} stores no answers to reuse: index it with --answers, or "
+            f"{reader.location} stores no answers to reuse: index it with --answers, or "
             "run the generative method without reusing them"
         )
     vectors = encoder.embed_answers(reader.manifest.condition["text"], reader.column(ANSWER))

@@ -19,18 +19,12 @@ from dior_search.errors import IndexStoreError, UsageError, first_line
 from dior_search.models.answers import Answer
 from dior_search.models.embedder import Embedder, EmbedderDescription, ImageRefused
 from dior_search.models.prompts import build_prompt
+from dior_search.store.backend import IndexLocation, IndexStore, Writer
 from dior_search.store.compaction import Compaction
-from dior_search.store.index_types import (
-    AUTO,
-    FLAT,
-    canonical_spec,
-    check_index_spec,
-    choose_index_type,
-)
-from dior_search.store.layout import index_dir
-from dior_search.store.manifest import MANIFEST, Manifest
+from dior_search.store.folder import FolderStore
+from dior_search.store.index_types import AUTO, FLAT
+from dior_search.store.manifest import Manifest
 from dior_search.store.shards import Row
-from dior_search.store.writer import IndexWriter
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +80,12 @@ class IndexSettings:
     answers: bool = True
     # Give an existing index without answers its rows' answers, by embedding them again.
     add_answers: bool = False
+    # Where the indexes are written (None: the folder store under indexes_dir).
+    store: IndexStore | None = None
+
+    def index_store(self) -> IndexStore:
+        """The store the run writes to."""
+        return self.store if self.store is not None else FolderStore(self.indexes_dir)
 
 
 @dataclass
@@ -103,7 +103,8 @@ class SyncCounts:
 class IndexReport:
     counts: dict[str, SyncCounts] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    directories: dict[str, Path] = field(default_factory=dict)
+    # Where each condition's index is: its directory, or its database collection.
+    directories: dict[str, IndexLocation] = field(default_factory=dict)
     # What the run changed or left alone that was asked for (a repack, a shard size kept).
     notes: list[str] = field(default_factory=list)
     # Where the skipped images are listed (None: none skipped).
@@ -123,7 +124,7 @@ class ConditionRun:
     images the index already holds to the process that merges the parts).
     """
 
-    def __init__(self, condition: str, writer: IndexWriter, skip: frozenset[str] = frozenset()):
+    def __init__(self, condition: str, writer: Writer, skip: frozenset[str] = frozenset()):
         self.condition = condition
         self.writer = writer
         self.skip = skip
@@ -178,7 +179,7 @@ class IndexTarget:
 
     condition: str
     text: str | None
-    directory: Path
+    location: IndexLocation
     manifest: Manifest
 
 
@@ -201,21 +202,18 @@ class IndexJob:
         return [t.text for t in self.targets]
 
     def check_index_types(self, n_items: int) -> None:
-        """Fail before any embedding on an index type FAISS cannot build, train or search, or
-        a memory budget too small for `auto` to fit the index in."""
+        """Fail before any embedding on an index type the store cannot build, train or
+        search, or a memory budget too small for `auto` to fit the index in."""
+        store = self.settings.index_store()
         for target in self.targets:
-            existing = (
-                Manifest.read(target.directory)
-                if (target.directory / MANIFEST).is_file()
-                else target.manifest
+            existing = store.manifest_at(target.location) or target.manifest
+            store.check_index_spec(
+                self.settings.index_type or existing.index_spec,
+                self.embedder.dim,
+                existing.rows + n_items,
+                self.settings.memory_budget or existing.memory_budget,
+                existing,
             )
-            spec = canonical_spec(self.settings.index_type or existing.index_spec)
-            budget = self.settings.memory_budget or existing.memory_budget
-            rows = existing.rows + n_items
-            if spec == AUTO:
-                choose_index_type(rows, self.embedder.dim, budget)  # raises if none fits
-            elif existing.trained is None or spec != existing.index_spec:
-                check_index_spec(spec, self.embedder.dim, rows)
 
 
 def plan_job(
@@ -224,6 +222,7 @@ def plan_job(
     """The index directory of each condition and the manifest it starts with if new."""
     description = embedder.describe()
     template = getattr(description.settings, "template", defaults.DEFAULT_TEMPLATE)
+    store = settings.index_store()
     # New indexes store the model's answers where asked and the embedder reads them.
     answering = settings.answers and hasattr(embedder, "embed_with_answers")
     answers = description.answers if answering else "off"
@@ -243,8 +242,8 @@ def plan_job(
             index_spec=AUTO,
             memory_budget=defaults.DEFAULT_MEMORY_BUDGET,
         )
-        directory = index_dir(settings.indexes_dir, collection.name, description, condition)
-        targets.append(IndexTarget(condition, text, directory, manifest))
+        location = store.location(collection.name, description, condition)
+        targets.append(IndexTarget(condition, text, location, manifest))
     return IndexJob(collection, embedder, description, settings, targets)
 
 

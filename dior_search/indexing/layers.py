@@ -8,13 +8,13 @@ layer's targets and runs the model once per batch for all of them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from dior_search.data.collections import Collection
 from dior_search.indexing.job import IndexJob, IndexSettings, Progress, plan_job
 from dior_search.indexing.run import index_collection
 from dior_search.models.dior import DiorEmbedder
 from dior_search.models.layers import LayerStack
+from dior_search.store.backend import IndexLocation
 
 
 def index_layers(
@@ -24,7 +24,7 @@ def index_layers(
     settings: IndexSettings,
     on_start: Progress | None = None,
     on_progress: Progress | None = None,
-) -> dict[int, dict[str, Path]]:
+) -> dict[int, dict[str, IndexLocation]]:
     """Index the collection under each condition at each of the embedder's layers:
     layer -> condition -> index directory."""
     stack = LayerStack(embedder)
@@ -34,6 +34,6 @@ def index_layers(
     )
     index_collection(collection, conditions, stack, settings, on_start, on_progress, merged)
     return {
-        view.layer: {t.condition: t.directory for t in job.targets}
+        view.layer: {t.condition: t.location for t in job.targets}
         for view, job in zip(stack.views, jobs, strict=True)
     }

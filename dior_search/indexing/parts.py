@@ -60,6 +60,7 @@ from dior_search.indexing.job import (
 from dior_search.indexing.sync import ConfirmRemoval, sync_targets
 from dior_search.models.embedder import AnswerState
 from dior_search.store.files import atomic_file, fsync_dir, sha256_file
+from dior_search.store.folder import directory_of
 from dior_search.store.index_types import FLAT
 from dior_search.store.manifest import (
     MANIFEST,
@@ -379,35 +380,30 @@ def index_part(
     report = IndexReport(part=part)
     # Conditions whose parts this process merged, with the rows merged.
     merged: dict[str, tuple[IndexTarget, int]] = {}
-    for target in job.targets:
-        if (parts_dir(target.directory) / MERGE_PLAN).is_file():  # a merge was interrupted
+    directories = [directory_of(t.location) for t in job.targets]
+    for target, directory in zip(job.targets, directories, strict=True):
+        if (parts_dir(directory) / MERGE_PLAN).is_file():  # a merge was interrupted
             rows = merge_parts(
-                target.directory, target.manifest, settings.index_type, settings.memory_budget
+                directory, target.manifest, settings.index_type, settings.memory_budget
             )
             merged[target.condition] = (target, rows or 0)
-    report.directories = {t.condition: t.directory for t in job.targets}
+    report.directories = {t.condition: t.location for t in job.targets}
     # The plan comes from the indexes as they are before any part writes: every process
     # computes the same work list.
-    states = [read_state(t.directory) for t in job.targets]
+    states = [read_state(directory) for directory in directories]
     items = job.collection.items
     work = work_list(items, states)
     if not work and not merged:
-        # No new path to embed, so no merge: the first process alone syncs (changed files,
-        # moves, removals); the others have nothing to do.
-        if part.part == 0:
-            sync_targets(job, job.targets, report, on_start, on_progress, confirm)
-        else:
-            report.counts = {c: SyncCounts(unchanged=len(items)) for c in job.conditions}
-        return report
+        return sync_without_work(job, part, report, on_start, on_progress, confirm)
     job.check_index_types(len(work))
     start, stop = part.bounds(len(work))
     runs: list[ConditionRun] = []
     try:
         folders = []
-        for target, state in zip(job.targets, states, strict=True):
+        for target, state, directory in zip(job.targets, states, directories, strict=True):
             if not work:
                 break
-            folder = prepare_part(target.directory, part, work, state.next_id)
+            folder = prepare_part(directory, part, work, state.next_id)
             folders.append(folder)
             template = copy.deepcopy(target.manifest)
             # A part stores answers exactly where the index it joins does.
@@ -417,12 +413,7 @@ def index_part(
         if on_start is not None:
             on_start(stop - start)
         if runs and not all(is_done(folder) for folder in folders):
-            positions = {item.path: start + offset for offset, item in enumerate(work[start:stop])}
-            row_ids = [
-                {path: state.next_id + position for path, position in positions.items()}
-                for state in states
-            ]
-            embed_items(job, runs, work[start:stop], report, on_progress, row_ids)
+            embed_slice(job, runs, work, (start, stop), states, report, on_progress)
             for run, folder in zip(runs, folders, strict=True):
                 run.writer.write_shard()
                 mark_done(folder, run.writer.manifest.rows)
@@ -430,21 +421,71 @@ def index_part(
         for run in runs:
             run.writer.abort()
     report.counts = {run.condition: run.counts for run in runs}
-    for target in job.targets:
-        missing = missing_parts(target.directory, part.parts) if work else []
+    for target, directory in zip(job.targets, directories, strict=True):
+        missing = missing_parts(directory, part.parts) if work else []
         if missing:
             report.waiting[target.condition] = missing
         elif work:
             rows = merge_parts(
-                target.directory, target.manifest, settings.index_type, settings.memory_budget
+                directory, target.manifest, settings.index_type, settings.memory_budget
             )
             if rows is not None:
                 merged[target.condition] = (target, rows)
-    if merged:
-        # The parts added the new files; the sync then finds them unchanged.
-        sync_targets(job, [target for target, _ in merged.values()], report, confirm=confirm)
-        for condition, (_, rows) in merged.items():
-            report.counts[condition].added += rows
-            report.counts[condition].unchanged -= rows
-        report.merged = list(merged)
+    sync_merged(job, list(merged.values()), report, confirm)
     return report
+
+
+def sync_without_work(
+    job: IndexJob,
+    part: PartSpec,
+    report: IndexReport,
+    on_start: Progress | None,
+    on_progress: Progress | None,
+    confirm: ConfirmRemoval | None,
+) -> IndexReport:
+    """No new path to embed, so nothing to merge: the first process alone syncs (changed
+    files, moves, removals); the others have nothing to do."""
+    if part.part == 0:
+        sync_targets(job, job.targets, report, on_start, on_progress, confirm)
+    else:
+        unchanged = len(job.collection.items)
+        report.counts = {c: SyncCounts(unchanged=unchanged) for c in job.conditions}
+    return report
+
+
+def embed_slice(
+    job: IndexJob,
+    runs: Sequence[ConditionRun],
+    work: Sequence[Item],
+    bounds: tuple[int, int],
+    states: Sequence[IndexState],
+    report: IndexReport,
+    on_progress: Progress | None,
+) -> None:
+    """Embed this part's slice of the work list, the item at position i with id
+    next_id + i of each condition's index (the ids a single run gives)."""
+    start, stop = bounds
+    positions = {item.path: start + offset for offset, item in enumerate(work[start:stop])}
+    row_ids = [
+        {path: state.next_id + position for path, position in positions.items()}
+        for state in states
+    ]
+    embed_items(job, runs, work[start:stop], report, on_progress, row_ids)
+
+
+def sync_merged(
+    job: IndexJob,
+    merged: Sequence[tuple[IndexTarget, int]],
+    report: IndexReport,
+    confirm: ConfirmRemoval | None,
+) -> None:
+    """After the parts of these indexes were merged (or published): sync them with the
+    collection, counting the rows the parts added as added, not unchanged."""
+    if not merged:
+        return
+    # The parts added the new files; the sync then finds them unchanged.
+    sync_targets(job, [target for target, _ in merged], report, confirm=confirm)
+    for target, rows in merged:
+        report.counts[target.condition].added += rows
+        report.counts[target.condition].unchanged -= rows
+    report.merged = [target.condition for target, _ in merged]

@@ -10,9 +10,11 @@ from dior_search.data.paths import shown
 from dior_search.errors import IndexStoreError
 from dior_search.indexing.job import IndexJob, IndexReport, IndexSettings, Progress, plan_job
 from dior_search.indexing.parts import index_part, launched_part, parts_dir
+from dior_search.indexing.shared_parts import index_shared
 from dior_search.indexing.sync import ConfirmRemoval, sync_targets
 from dior_search.models.embedder import Embedder
 from dior_search.store.files import atomic_file, io_errors
+from dior_search.store.folder import directory_of
 from dior_search.store.layout import skipped_listing
 
 
@@ -39,15 +41,22 @@ def index_collection(
     """
     job = job or plan_job(collection, conditions, embedder, settings)
     part = settings.part or launched_part()
-    if part is not None and part.parts > 1:
+    shared = settings.index_store().shared_parts()
+    if part is not None and part.parts > 1 and shared is not None:
+        report = index_shared(
+            job, part, shared, settings.part is None, on_start, on_progress, confirm_removal
+        )
+        report.skipped[:0] = collection.unreadable
+    elif part is not None and part.parts > 1:
         report = index_part(job, part, on_start, on_progress, confirm_removal)
         report.skipped[:0] = collection.unreadable
     else:
         report = IndexReport(skipped=list(collection.unreadable))
-        for target in job.targets:
-            if parts_dir(target.directory).is_dir():
+        for target in job.targets if shared is None else ():
+            parts = parts_dir(directory_of(target.location))
+            if parts.is_dir():
                 raise IndexStoreError(
-                    f"{parts_dir(target.directory)} holds an unfinished distributed run: "
+                    f"{parts} holds an unfinished distributed run: "
                     "finish it with the same launch command (or --part K --parts N for each "
                     "missing part), or delete that folder"
                 )

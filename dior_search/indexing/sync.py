@@ -49,7 +49,6 @@ from dior_search.indexing.job import (
     embed_items,
 )
 from dior_search.store.shards import Row
-from dior_search.store.writer import IndexWriter
 
 
 @dataclass(frozen=True)
@@ -111,14 +110,15 @@ def sync_targets(
 ) -> None:
     """Sync the indexes of `targets` (some of `job`'s) with the collection, in one process."""
     settings = job.settings
+    store = settings.index_store()
     job = replace(job, targets=list(targets))
     runs: list[ConditionRun] = []
     try:
         for target in targets:
-            writer = IndexWriter(target.directory, target.manifest)
+            writer = store.writer(target.location, target.manifest)
             runs.append(ConditionRun(target.condition, writer))
             writer.set_index_type(settings.index_type, settings.memory_budget)
-            report.directories[target.condition] = target.directory
+            report.directories[target.condition] = target.location
             kept = writer.manifest.shard_size
             if settings.shard_size not in (None, kept):
                 report.notes.append(

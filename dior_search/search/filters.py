@@ -26,7 +26,7 @@ from dior_search.data.collections import current_labels
 from dior_search.errors import UsageError
 from dior_search.models.answers import normalize_word
 from dior_search.search.joined import JoinedIndexes
-from dior_search.store.reader import IndexReader
+from dior_search.store.backend import Reader
 from dior_search.store.shards import ANSWER, Row
 
 LABEL_PREFIX = "label:"
@@ -80,7 +80,7 @@ def current_row_labels(
     return [labels or {} for labels in found], unlisted
 
 
-def label_values(reader: IndexReader, collection: str, root: Path, name: str) -> list[str | None]:
+def label_values(reader: Reader, collection: str, root: Path, name: str) -> list[str | None]:
     """Label `name` of every row of `reader` (in id order), from the same source as
     `current_row_labels`: what label filters compare, so they agree with the labels results
     show."""
@@ -90,7 +90,7 @@ def label_values(reader: IndexReader, collection: str, root: Path, name: str) ->
     return [(source.labels(path) or {}).get(name) for path in reader.paths()]
 
 
-def label_names(reader: IndexReader, collection: str, root: Path) -> list[str]:
+def label_names(reader: Reader, collection: str, root: Path) -> list[str]:
     """The labels a filter may name: the label table's, else those stored."""
     source = current_labels(collection, root)
     if source is None:

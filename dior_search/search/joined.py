@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dior_search.errors import IndexStoreError, UsageError
+from dior_search.store.backend import Reader
 from dior_search.store.manifest import check_same_embedder
-from dior_search.store.reader import IndexReader
 from dior_search.store.shards import normalize
 
 # Candidates taken from each condition at first, as a multiple of k (and at least a floor).
@@ -100,18 +100,18 @@ def normalize_weights(weights: Sequence[float] | None, n_conditions: int) -> tup
 class JoinedIndexes:
     """The indexes of one collection under several conditions, rows joined by content hash."""
 
-    def __init__(self, readers: Sequence[IndexReader]) -> None:
+    def __init__(self, readers: Sequence[Reader]) -> None:
         if not readers:
             raise UsageError("give at least one condition")
         first = readers[0]
         for reader in readers[1:]:
             if reader.manifest.collection["name"] != first.manifest.collection["name"]:
                 raise IndexStoreError(
-                    f"{reader.directory} indexes collection {reader.manifest.collection['name']}"
+                    f"{reader.location} indexes collection {reader.manifest.collection['name']}"
                     f", not {first.manifest.collection['name']}: conditions can only be "
                     "combined within one collection"
                 )
-            check_same_embedder(reader.directory, reader.manifest.embedder, first.manifest.embedder)
+            check_same_embedder(reader.location, reader.manifest.embedder, first.manifest.embedder)
         self.readers = list(readers)
         self._first_ids_by_hash: dict[str, int] | None = None
         # Per condition: its id of each first-condition position (-1: missing), and the
@@ -126,7 +126,7 @@ class JoinedIndexes:
         # First-condition positions present under every condition.
         self.complete = np.logical_and.reduce([f >= 0 for f in self.from_first])
 
-    def align(self, reader: IndexReader) -> tuple[np.ndarray, Fanout]:
+    def align(self, reader: Reader) -> tuple[np.ndarray, Fanout]:
         """Join `reader`'s rows to the first condition's on content hash (conditions synced
         at different times hold different rows; a content may be at several paths)."""
         first = self.readers[0]
@@ -167,7 +167,7 @@ class JoinedIndexes:
         position = int(self.readers[0].positions([first_id])[0])  # raises on an unknown id
         if not self.complete[position]:
             raise IndexStoreError(
-                f"id {first_id} of {self.readers[0].directory} is not indexed under every "
+                f"id {first_id} of {self.readers[0].location} is not indexed under every "
                 "condition asked for"
             )
         chosen = range(len(self.readers)) if searched is None else searched

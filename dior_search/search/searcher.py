@@ -39,10 +39,11 @@ from dior_search.search.filters import (
 )
 from dior_search.search.joined import JoinedIndexes, Ranked, normalize_weights
 from dior_search.search.words import WordCondition, WordRanking, WordScores
-from dior_search.store.layout import IndexEntry, find_indexes, is_index_of
+from dior_search.store.backend import DatabaseIndex, IndexEntry, IndexLocation, IndexStore, Reader
+from dior_search.store.folder import FolderStore
 from dior_search.store.manifest import Manifest, check_same_embedder
-from dior_search.store.reader import IndexReader
 from dior_search.store.shards import ANSWER, Row
+from dior_search.store.stores import is_index_of, open_reader
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +87,12 @@ class SearchOptions:
 
 @dataclass(frozen=True)
 class ConditionIndex:
-    """One index directory: a collection's images under one condition."""
+    """One index (a directory, or a database's collection): a collection's images under one
+    condition."""
 
     name: str
     text: str | None
-    directory: Path
+    location: IndexLocation
     root: Path
     rows: int
     # Whether its rows carry the model's answers (see models.embedder.AnswerState).
@@ -212,7 +214,7 @@ def entry_condition(entry: IndexEntry) -> ConditionIndex:
     return ConditionIndex(
         name=entry.condition,
         text=manifest.condition["text"],
-        directory=entry.directory,
+        location=entry.location,
         root=Path(manifest.collection["root"]),
         rows=manifest.rows,
         answers=manifest.answers,
@@ -227,10 +229,10 @@ class Searcher:
         entries: Sequence[IndexEntry],
         options: SearchOptions | None = None,
         embedder: Embedder | None = None,
-        damaged: dict[Path, IndexStoreError] | None = None,
+        damaged: dict[IndexLocation, IndexStoreError] | None = None,
     ) -> None:
-        # Index directories whose manifests are damaged: left out, their error raised when a
-        # request names their condition.
+        # Indexes whose manifests are damaged: left out, their error raised when a request
+        # names their condition.
         self.damaged = dict(damaged or {})
         if not entries:
             raise next(iter(self.damaged.values()), IndexStoreError("no indexes to search"))
@@ -246,10 +248,12 @@ class Searcher:
             self.entries = self._matching(embedder)
         self.collections = self._catalog(self.entries)
         self._embed_lock = threading.Lock()
-        self._readers: dict[Path, IndexReader] = {}
-        self._reader_locks: dict[Path, threading.Lock] = {}
+        self._readers: dict[IndexLocation, Reader] = {}
+        self._reader_locks: dict[IndexLocation, threading.Lock] = {}
         self._readers_lock = threading.Lock()
-        self._joined: OrderedDict[tuple[tuple[Path, int, int], ...], JoinedIndexes] = OrderedDict()
+        self._joined: OrderedDict[tuple[tuple[IndexLocation, int, int], ...], JoinedIndexes] = (
+            OrderedDict()
+        )
         self._joined_lock = threading.Lock()
         self._word_head: WordHead | None = None
         self._word_head_lock = threading.Lock()
@@ -257,7 +261,7 @@ class Searcher:
     @classmethod
     def open(
         cls,
-        indexes_dir: Path,
+        indexes: Path | IndexStore,
         *,
         collection: str | None = None,
         model: str | None = None,
@@ -265,17 +269,26 @@ class Searcher:
         options: SearchOptions | None = None,
         load_model: bool = False,
     ) -> Searcher:
-        """The indexes under `indexes_dir` (of one collection, method and model if given).
+        """The indexes of a store (a folder of indexes, or any `IndexStore`), of one
+        collection, method and model if given.
 
         `load_model` loads the model at once and leaves out, with a warning, the indexes
         built with other settings; otherwise it is loaded on the first image query. Damaged
         indexes are left out (listed in `damaged`); a request under one of their conditions
         gets their error.
         """
-        if not indexes_dir.is_dir():
-            raise IndexStoreError(f"no indexes folder {indexes_dir}: run `dior-search index` first")
-        damaged: dict[Path, IndexStoreError] = {}
-        entries = find_indexes(indexes_dir, collection, method, model, damaged=damaged)
+        if isinstance(indexes, FolderStore):
+            indexes = indexes.root
+        if isinstance(indexes, Path):
+            if not indexes.is_dir():
+                raise IndexStoreError(
+                    f"no indexes folder {indexes}: run `dior-search index` first"
+                )
+            store: IndexStore = FolderStore(indexes)
+        else:
+            store = indexes
+        damaged: dict[IndexLocation, IndexStoreError] = {}
+        entries = store.find(collection, method, model, damaged=damaged)
         if not entries and damaged:
             raise next(iter(damaged.values()))
         if not entries:
@@ -283,7 +296,7 @@ class Searcher:
             kind = {None: "", "dior": " DIOR"}.get(method, f" {method}")
             by = f" built with model {model!r}" if model else ""
             raise NotIndexed(
-                f"no{kind} indexes{what}{by} in {indexes_dir}: run `dior-search index` first"
+                f"no{kind} indexes{what}{by} in {store.name}: run `dior-search index` first"
             )
         searcher = cls(entries, options, damaged=damaged)
         if load_model:
@@ -292,10 +305,11 @@ class Searcher:
 
     @classmethod
     def of_directories(
-        cls, directories: Sequence[Path], options: SearchOptions | None = None
+        cls, directories: Sequence[IndexLocation], options: SearchOptions | None = None
     ) -> Searcher:
-        """Index directories named directly, whatever collection, embedder or method."""
-        return cls([IndexEntry(d, Manifest.read(d)) for d in directories], options)
+        """Indexes named directly (directories, or a database's collections), whatever
+        collection, embedder or method."""
+        return cls([IndexEntry(d, manifest_of(d)) for d in directories], options)
 
     @staticmethod
     def _catalog(entries: Sequence[IndexEntry]) -> dict[str, CollectionIndexes]:
@@ -322,7 +336,7 @@ class Searcher:
             stored = self.description
             if stored.method != "dior":
                 raise IndexStoreError(
-                    f"index {self.entries[0].directory} holds {stored.method} vectors; query "
+                    f"index {self.entries[0].location} holds {stored.method} vectors; query "
                     "it with --id, or query a dior index"
                 )
             settings = dataclasses.replace(
@@ -343,11 +357,11 @@ class Searcher:
         kept = []
         for entry in self.entries:
             try:
-                check_same_embedder(entry.directory, entry.manifest.embedder, loaded)
+                check_same_embedder(entry.location, entry.manifest.embedder, loaded)
             except IndexStoreError as exc:
                 if len(self.entries) == 1:
                     raise
-                log.warning("not searching %s: %s", entry.directory, exc)
+                log.warning("not searching %s: %s", entry.location, exc)
                 continue
             kept.append(entry)
         if not kept:
@@ -395,8 +409,8 @@ class Searcher:
         try:
             return collection.conditions[name]
         except KeyError:
-            for directory, problem in self.damaged.items():
-                if is_index_of(directory, collection.name, name):
+            for location, problem in self.damaged.items():
+                if is_index_of(location, collection.name, name):
                     raise NotIndexed(str(problem)) from None
             valid = ", ".join(collection.conditions)
             raise NotIndexed(
@@ -404,45 +418,46 @@ class Searcher:
                 f"index: {valid}"
             ) from None
 
-    def reader(self, condition: ConditionIndex) -> IndexReader:
-        """The condition's index as of its latest generation: opened (and checksummed) on
-        first use, reopened when a newer generation was committed (a stat of its manifest
-        per call). A reader already handed out stays valid: it keeps its files open."""
-        directory = condition.directory
+    def reader(self, condition: ConditionIndex) -> Reader:
+        """The condition's index as of its latest generation: opened (and checked) on first
+        use, reopened when a newer generation was committed (a stat of its manifest, or a
+        look at its database collection's, per call). A reader already handed out stays
+        valid: it keeps its files open (a database reader filters by its commit)."""
+        location = condition.location
         with self._readers_lock:
-            reader = self._readers.get(directory)
-            lock = self._reader_locks.setdefault(directory, threading.Lock())
+            reader = self._readers.get(location)
+            lock = self._reader_locks.setdefault(location, threading.Lock())
         if reader is not None and reader.is_current():
             return reader
         with lock:
             with self._readers_lock:
-                reader = self._readers.get(directory)
+                reader = self._readers.get(location)
             if reader is None:
-                reader = IndexReader(
-                    directory, mmap=self.options.mmap, search_params=self.options.search_params
+                reader = open_reader(
+                    location, mmap=self.options.mmap, search_params=self.options.search_params
                 )
             elif not reader.is_current():
-                log.info("%s: switching to generation %s", directory, reader.manifest.generation)
+                log.info("%s: switching to generation %s", location, reader.manifest.generation)
                 reader = reader.reopen()
             else:
                 return reader
             with self._readers_lock:
-                self._readers[directory] = reader
-                self._update_catalog(IndexEntry(directory, reader.manifest))
-            self._forget_joined(directory, reader)
+                self._readers[location] = reader
+                self._update_catalog(IndexEntry(location, reader.manifest))
+            self._forget_joined(location, reader)
             return reader
 
-    def _forget_joined(self, directory: Path, current: IndexReader) -> None:
-        """Drop the cached joins of an older generation of `directory`: once the requests
-        using them end, its old files are closed (and their disk space freed)."""
+    def _forget_joined(self, location: IndexLocation, current: Reader) -> None:
+        """Drop the cached joins of an older generation of an index: once the requests using
+        them end, its old files are closed (and their disk space freed)."""
         with self._joined_lock:
             for key in list(self._joined):
-                if any(d == directory and r != id(current) for d, _, r in key):
+                if any(d == location and r != id(current) for d, _, r in key):
                     del self._joined[key]
 
     def _update_catalog(self, entry: IndexEntry) -> None:
         """Row counts (and the rest of the catalog) as of a newly opened generation."""
-        self.entries = [entry if e.directory == entry.directory else e for e in self.entries]
+        self.entries = [entry if e.location == entry.location else e for e in self.entries]
         self.collections = self._catalog(self.entries)
 
     def joined(self, conditions: Sequence[ConditionIndex]) -> JoinedIndexes:
@@ -450,7 +465,7 @@ class Searcher:
         searches through one JoinedIndexes, so it never sees half of a change."""
         readers = [self.reader(c) for c in conditions]
         key = tuple(
-            (c.directory, r.generation, id(r)) for c, r in zip(conditions, readers, strict=True)
+            (c.location, r.generation, id(r)) for c, r in zip(conditions, readers, strict=True)
         )
         with self._joined_lock:
             joined = self._joined.get(key)
@@ -464,7 +479,7 @@ class Searcher:
                 self._joined.popitem(last=False)
         return joined
 
-    def reader_with_id(self, condition: ConditionIndex, row_id: int) -> IndexReader:
+    def reader_with_id(self, condition: ConditionIndex, row_id: int) -> Reader:
         """The condition's index, checked to hold `row_id`."""
         reader = self.reader(condition)
         check_id(reader, condition, row_id)
@@ -487,7 +502,7 @@ class Searcher:
                 ):
                     raise IndexStoreError(
                         f"the model {settings.model!r} is not the one that built "
-                        f"{self.entries[0].directory} (its weights changed): rebuild the index"
+                        f"{self.entries[0].location} (its weights changed): rebuild the index"
                     )
                 self._word_head = WordHead(
                     source, settings.revision, self.options.trust_remote_code
@@ -748,10 +763,10 @@ class Searcher:
         row_id = int(request.id or 0)
         named_in = self.condition(collection, request.id_condition or conditions[0].name)
         # The request's own generation of that index when it is one of the searched ones.
-        searched = {c.directory: r for c, r in zip(conditions, joined.readers, strict=False)}
-        reader = searched.get(named_in.directory) or self.reader(named_in)
+        searched = {c.location: r for c, r in zip(conditions, joined.readers, strict=False)}
+        reader = searched.get(named_in.location) or self.reader(named_in)
         check_id(reader, named_in, row_id)
-        if named_in.directory == conditions[0].directory:
+        if named_in.location == conditions[0].location:
             first_id: int | None = row_id
         else:
             first_id = joined.first_id_of_hash(reader.row(row_id).content_hash)
@@ -761,7 +776,17 @@ class Searcher:
         return first_id
 
 
-def check_id(reader: IndexReader, condition: ConditionIndex, row_id: int) -> None:
+def manifest_of(location: IndexLocation) -> Manifest:
+    """The manifest of the index at `location`; IndexStoreError if there is none."""
+    if isinstance(location, DatabaseIndex):
+        found = location.store.manifest_at(location)
+        if found is None:
+            raise IndexStoreError(f"no index {location}")
+        return found
+    return Manifest.read(location)
+
+
+def check_id(reader: Reader, condition: ConditionIndex, row_id: int) -> None:
     """NotIndexed unless the reader holds a live row `row_id`."""
     if len(reader) == 0:
         raise NotIndexed(f"no id {row_id}: the index of {condition.name!r} is empty")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dior_search.search.joined import JoinedIndexes
-from dior_search.store.reader import IndexReader
+from dior_search.store.backend import Reader
 from dior_search.store.shards import ANSWER, ANSWER_LOGPROB, LOG_PARTITION
 
 # Stored vectors scored at once by the first-token product.
@@ -51,7 +51,7 @@ class WordScores:
     scored_by: tuple[str, ...]
 
 
-def first_token_logprobs(reader: IndexReader, ids: np.ndarray, head_rows: np.ndarray) -> np.ndarray:
+def first_token_logprobs(reader: Reader, ids: np.ndarray, head_rows: np.ndarray) -> np.ndarray:
     """log p(the word's first token | h) of rows `ids`, from their stored vectors, norms and
     log-partitions, a block of rows at a time."""
     positions = reader.positions(ids)

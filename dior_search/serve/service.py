@@ -38,6 +38,8 @@ from dior_search.search.searcher import (
     SearchRequest,
     SearchResult,
 )
+from dior_search.store.backend import IndexLocation
+from dior_search.store.stores import open_store
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,8 @@ class ServeSettings:
     """Which indexes are served with which model, and the limits on requests."""
 
     indexes_dir: Path = defaults.DEFAULT_INDEXES_DIR
+    # `--store`: a database store's URI (None: the index folders under indexes_dir).
+    store: str | None = None
     model: str | None = None
     collection: str | None = None
     device: str = "auto"
@@ -198,7 +202,7 @@ class SearchService:
         self.uploads: BoundedCache[str, Upload] = BoundedCache(
             settings.upload_cache_entries, settings.upload_cache_bytes
         )
-        self.thumbnails: BoundedCache[tuple[Path, int], Thumbnail] = BoundedCache(
+        self.thumbnails: BoundedCache[tuple[IndexLocation, int], Thumbnail] = BoundedCache(
             settings.thumbnail_cache_entries
         )
         self.upload_lock = threading.Lock()
@@ -210,7 +214,7 @@ class SearchService:
         Damaged indexes are left out with a warning; the others are served.
         """
         searcher = Searcher.open(
-            settings.indexes_dir,
+            open_store(settings.store, settings.indexes_dir),
             collection=settings.collection,
             model=settings.model,
             options=settings.search_options(),
@@ -325,7 +329,7 @@ class SearchService:
         root = condition.root.resolve()
         # The file holding the image: itself, or its shard or Parquet file.
         path = item_file(root, row.path).resolve()
-        key = (condition.directory, row_id)
+        key = (condition.location, row_id)
         try:
             stat = os.stat(path) if path.is_relative_to(root) else None
         except OSError:

@@ -27,9 +27,10 @@ import numpy as np
 
 from dior_search.data.sources import split_source_key
 from dior_search.errors import IndexStoreError, UsageError
+from dior_search.store.backend import IndexStore, Reader
 from dior_search.store.files import atomic_file
-from dior_search.store.layout import condition_folder, find_indexes
-from dior_search.store.reader import IndexReader
+from dior_search.store.folder import FolderStore
+from dior_search.store.layout import condition_folder
 
 ExportFormat = Literal["parquet", "npy"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = ("parquet", "npy")
@@ -51,7 +52,7 @@ class Exported:
 
 
 def export_index(
-    reader: IndexReader,
+    reader: Reader,
     out_dir: Path,
     export_format: ExportFormat = "parquet",
     name: str | None = None,
@@ -103,7 +104,7 @@ def export_index(
 
 
 def export_collection(
-    indexes_dir: Path,
+    indexes: Path | IndexStore,
     collection: str,
     out_dir: Path,
     export_format: ExportFormat = "parquet",
@@ -112,14 +113,16 @@ def export_collection(
 ) -> list[Exported]:
     """Export a collection's indexes of one embedder (any method), one file set per condition.
 
-    `model` picks the embedder (a model as given when indexing, or an embedder folder name)
-    where the collection has indexes of several; `conditions` default to all of them.
+    `indexes`: a folder of indexes or any store. `model` picks the embedder (a model as
+    given when indexing, or an embedder folder name) where the collection has indexes of
+    several; `conditions` default to all of them.
     """
-    entries = find_indexes(indexes_dir, collection, model=model)
+    store = FolderStore(indexes) if isinstance(indexes, Path) else indexes
+    entries = store.find(collection, model=model)
     if not entries:
         by = f" built with model {model!r}" if model else ""
         raise IndexStoreError(
-            f"no indexes of collection {collection!r}{by} in {indexes_dir}: run "
+            f"no indexes of collection {collection!r}{by} in {store.name}: run "
             "`dior-search index` first"
         )
     folders = sorted({entry.embedder_folder for entry in entries})
@@ -137,16 +140,17 @@ def export_collection(
         )
     chosen = list(conditions) if conditions else sorted(by_condition)
     return [
-        export_index(IndexReader(by_condition[c].directory), out_dir, export_format) for c in chosen
+        export_index(store.reader(by_condition[c].location), out_dir, export_format)
+        for c in chosen
     ]
 
 
-def exported_columns(reader: IndexReader) -> list[str]:
+def exported_columns(reader: Reader) -> list[str]:
     """The index's table columns an export carries, in the order written."""
     return [name for name in reader.column_names() if name not in INTERNAL_COLUMNS]
 
 
-def export_schema(reader: IndexReader, dim: int, with_vectors: bool) -> Any:
+def export_schema(reader: Reader, dim: int, with_vectors: bool) -> Any:
     """The export's columns: the tables' (types as stored), source and key, and the vector."""
     import pyarrow as pa
 
@@ -160,12 +164,12 @@ def export_schema(reader: IndexReader, dim: int, with_vectors: bool) -> Any:
     return pa.schema(fields)
 
 
-def has_members(reader: IndexReader) -> bool:
+def has_members(reader: Reader) -> bool:
     return any(split_source_key(path)[1] is not None for path in reader.paths())
 
 
 def batches(
-    reader: IndexReader, schema: Any, batch_rows: int
+    reader: Reader, schema: Any, batch_rows: int
 ) -> Iterator[tuple[int, dict[str, Any], np.ndarray]]:
     """(first row, columns as lists, raw vectors) per batch of rows, in id order."""
     ids = reader.ids
@@ -183,7 +187,7 @@ def batches(
         yield start, columns, vectors
 
 
-def describe(reader: IndexReader) -> dict[str, Any]:
+def describe(reader: Reader) -> dict[str, Any]:
     """What the exported vectors are, from the index's manifest."""
     manifest = reader.manifest
     return {

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from dior_search import defaults
@@ -22,6 +22,7 @@ from dior_search.data.paths import name_bytes
 from dior_search.errors import IndexStoreError
 from dior_search.models.embedder import EmbedderDescription
 from dior_search.models.settings import GenerativeSettings
+from dior_search.store.backend import IndexEntry, IndexLocation
 from dior_search.store.manifest import MANIFEST, Manifest
 
 SKIPPED_FILE = "skipped.tsv"
@@ -95,32 +96,12 @@ def skipped_listing(indexes_dir: Path, collection: str, description: EmbedderDes
     return embedder_dir(indexes_dir, collection, description) / SKIPPED_FILE
 
 
-@dataclass(frozen=True)
-class IndexEntry:
-    """One index directory found under `--indexes`, with its manifest."""
-
-    directory: Path
-    manifest: Manifest
-
-    @property
-    def collection(self) -> str:
-        return self.manifest.collection["name"]
-
-    @property
-    def condition(self) -> str:
-        return str(self.manifest.condition["name"])
-
-    @property
-    def embedder_folder(self) -> str:
-        return self.directory.parent.name
-
-
 def find_indexes(
     indexes_dir: Path,
     collection: str | None = None,
     method: str | None = None,
     model: str | None = None,
-    damaged: dict[Path, IndexStoreError] | None = None,
+    damaged: dict[IndexLocation, IndexStoreError] | None = None,
 ) -> list[IndexEntry]:
     """Every index under `indexes_dir`, optionally only of one collection, method or model.
 
@@ -137,12 +118,7 @@ def find_indexes(
             if damaged is None:
                 raise
             damaged[path.parent] = exc
-    return [
-        e
-        for e in entries
-        if (method is None or e.manifest.embedder.method == method)
-        and (model is None or model in (e.manifest.embedder.model, e.embedder_folder))
-    ]
+    return [e for e in entries if e.matches(method, model)]
 
 
 def is_index_of(directory: Path, collection: str, condition: str) -> bool:

@@ -79,6 +79,16 @@ class Trained:
     bytes_per_vector: int
 
 
+@dataclass(frozen=True)
+class Database:
+    """An index kept in a database rather than in shard files: the database's kind and the
+    live rows as of the last commit (checked when the index is opened, so that rows the
+    database lost are noticed)."""
+
+    kind: str
+    rows: int
+
+
 @dataclass
 class Manifest:
     collection: dict[str, str]
@@ -114,6 +124,8 @@ class Manifest:
     # Whether every row carries the model's own answer (`stored`), or why not: `off` (not
     # asked for, or written before answers existed) or `not-last-layer`.
     answers: AnswerState = "off"
+    # Set for an index kept in a database (no shards); absent from a folder's manifest.
+    database: Database | None = None
 
     def __post_init__(self) -> None:
         self.index_spec = self.index_spec or self.index_type
@@ -121,6 +133,8 @@ class Manifest:
     @property
     def rows(self) -> int:
         """Live rows: every image the index answers with."""
+        if self.database is not None:
+            return self.database.rows
         return sum(s.live for s in self.shards)
 
     @property
@@ -142,6 +156,8 @@ class Manifest:
         """The manifest file's text, with the checksum of its own content."""
         data = asdict(self)
         data["embedder"] = self.embedder.to_fields()
+        if self.database is None:
+            del data["database"]  # a folder's manifest has no such field
         data[CHECKSUM] = content_checksum(data)
         return json.dumps(data, indent=2, sort_keys=True)
 
@@ -162,22 +178,32 @@ class Manifest:
         if not path.is_file():
             raise IndexStoreError(f"no index in {directory} (no {MANIFEST})")
         try:
-            data = json.loads(path.read_bytes())
+            text = path.read_bytes()
         except OSError as exc:
             raise IndexStoreError(f"unreadable manifest {path}: {exc.strerror or exc}") from None
+        manifest = cls.parse(text, str(path))
+        if manifest.database is not None:
+            raise IndexStoreError(f"damaged manifest {path}: an index folder has no database")
+        return manifest
+
+    @classmethod
+    def parse(cls, text: str | bytes, where: str) -> Manifest:
+        """A manifest from its JSON text, verified as `read` does; errors name `where`."""
+        try:
+            data = json.loads(text)
         except (ValueError, RecursionError) as exc:
-            raise IndexStoreError(f"damaged manifest {path}: not JSON ({exc})") from None
+            raise IndexStoreError(f"damaged manifest {where}: not JSON ({exc})") from None
         version = data.get("format_version") if isinstance(data, dict) else None
         if version not in READABLE_VERSIONS:
             raise IndexStoreError(
-                f"{path} has format version {version!r}; this dior-search reads versions "
+                f"{where} has format version {version!r}; this dior-search reads versions "
                 f"{READABLE_VERSIONS[0]} to {READABLE_VERSIONS[-1]}: rebuild the index with it, "
                 "or use the dior-search that wrote it"
             )
         try:
             return cls.from_fields(data)
         except (SchemaError, UsageError) as exc:
-            raise IndexStoreError(f"damaged manifest {path}: {exc}; rebuild the index") from None
+            raise IndexStoreError(f"damaged manifest {where}: {exc}; rebuild the index") from None
 
     @classmethod
     def from_fields(cls, data: dict[str, Any]) -> Manifest:
@@ -191,6 +217,8 @@ class Manifest:
         data["shards"] = [Shard(**s) for s in data["shards"]]
         if data.get("trained") is not None:
             data["trained"] = Trained(**data["trained"])
+        if "database" in data:
+            data["database"] = Database(**data["database"])
         data["embedder"] = EmbedderDescription.from_fields(data["embedder"])
         manifest = cls(**data)
         manifest.check_consistent()
@@ -231,13 +259,18 @@ def check_version_1(data: dict[str, Any]) -> None:
 def write_manifest(directory: Path, manifest: Manifest) -> None:
     """Publish `manifest` atomically as the next generation: readers see the old one or this
     one, never a mix. A version-1 manifest is written as the current version."""
+    advance(manifest)
+    with atomic_file(directory / MANIFEST) as tmp:
+        tmp.write_text(manifest.to_json())
+
+
+def advance(manifest: Manifest) -> None:
+    """Make `manifest` the next generation's, as every commit publishes it."""
     manifest.updated = now()
     manifest.generation += 1
     manifest.format_version = FORMAT_VERSION
     manifest.next_shard = next_shard_number(manifest)
     manifest.next_row_id = manifest.next_id
-    with atomic_file(directory / MANIFEST) as tmp:
-        tmp.write_text(manifest.to_json())
 
 
 Stamp = tuple[int, int, int]
@@ -256,12 +289,22 @@ def manifest_stamp(directory: Path) -> Stamp | None:
 
 
 def check_same_embedder(
-    directory: Path, stored: EmbedderDescription, wanted: EmbedderDescription
+    where: object, stored: EmbedderDescription, wanted: EmbedderDescription
 ) -> None:
-    """Refuse to mix vectors of different models or prompts in one index."""
+    """Refuse to mix vectors of different models or prompts in one index (`where`: the
+    index's directory or database collection, as messages name it)."""
     differences = stored.differences(wanted)
     if differences:
-        raise IndexStoreError(f"index {directory} was built with {'; '.join(differences)}")
+        raise IndexStoreError(f"index {where} was built with {'; '.join(differences)}")
+
+
+def check_same_index(where: object, stored: Manifest, wanted: Manifest) -> None:
+    """Refuse to write rows of another model, prompt or condition into an index."""
+    check_same_embedder(where, stored.embedder, wanted.embedder)
+    if stored.condition != wanted.condition:
+        raise IndexStoreError(
+            f"index {where} is for condition {stored.condition}, not {wanted.condition}"
+        )
 
 
 def content_checksum(data: dict[str, Any]) -> str:

@@ -144,6 +144,11 @@ TRAINED_FIELDS: dict[str, Field] = {
     "bytes_per_vector": integer(0),
 }
 
+DATABASE_FIELDS: dict[str, Field] = {
+    "kind": one_of("milvus"),
+    "rows": integer(0),
+}
+
 MANIFEST_FIELDS: dict[str, Field] = {
     "format_version": integer(1, 2),
     "tool_version": text(),
@@ -168,6 +173,8 @@ MANIFEST_FIELDS: dict[str, Field] = {
     "generation": integer(0, optional=True),
     "next_shard": integer(0, optional=True),
     "next_row_id": integer(0, optional=True),
+    # An index kept in a database (store.milvus): its kind and live rows as of the last commit.
+    "database": obj(DATABASE_FIELDS, optional=True),
     # Whether the rows carry the model's answers (absent: written before answers existed).
     "answers": one_of(*ANSWER_STATES, optional=True),
     # sha256 of the other fields (see manifest.content_checksum); absent before it was added.

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from dior_search.errors import IndexStoreError, UsageError
+from dior_search.store.backend import merge_top_k
 from dior_search.store.files import io_errors, verify_file
 from dior_search.store.index_types import (
     FLAT,
@@ -36,10 +37,9 @@ from dior_search.store.index_types import (
     parse_search_params,
     widened_search_params,
 )
+from dior_search.store.lookups import RowLookups
 from dior_search.store.manifest import Manifest, Shard, Stamp, manifest_stamp
 from dior_search.store.shards import (
-    PATH_BYTES,
-    Row,
     faiss_path,
     normalize,
     open_table,
@@ -48,12 +48,10 @@ from dior_search.store.shards import (
     read_tombstones,
     reconstruct_ids,
     reconstruct_rows,
-    stored_paths,
 )
 
 log = logging.getLogger(__name__)
 
-LABEL_PREFIX = "label_"
 # A reader that finds a file gone while it opens retries on the newer manifest this often.
 OPEN_ATTEMPTS = 5
 # Rows reconstructed at once by an exhaustive search of a shard.
@@ -148,7 +146,7 @@ def check_handle(handle: Any, path: Path, expected_sha256: str) -> None:
         raise IndexStoreError(f"index file damaged (checksum mismatch): {path}; rebuild the index")
 
 
-class IndexReader:
+class IndexReader(RowLookups):
     """A loaded index directory, as of one generation.
 
     `mmap`: map shard files instead of reading them (None: shards of 16 MiB or more).
@@ -230,6 +228,11 @@ class IndexReader:
     # -- generations ----------------------------------------------------------------------
 
     @property
+    def location(self) -> Path:
+        """Where the index is: its directory."""
+        return self.directory
+
+    @property
     def generation(self) -> int:
         """The manifest generation this reader holds (0: a version-1 index never rewritten)."""
         return self.manifest.generation
@@ -275,9 +278,6 @@ class IndexReader:
         return all(s.index_type == FLAT for s in self.manifest.shards)
 
     # -- search ---------------------------------------------------------------------------
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
     def search(
         self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
@@ -434,26 +434,6 @@ class IndexReader:
 
     # -- look-ups by id -------------------------------------------------------------------
 
-    def contains(self, row_id: int) -> bool:
-        position = int(np.searchsorted(self.ids, row_id))
-        return position < len(self.ids) and int(self.ids[position]) == row_id
-
-    def positions(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Each id's position in `ids` order (0 .. len - 1); IndexStoreError on an unknown or
-        deleted id."""
-        wanted = np.asarray(ids, dtype=np.int64)
-        positions = np.searchsorted(self.ids, wanted)
-        found = positions < len(self.ids)
-        found[found] = self.ids[positions[found]] == wanted[found]
-        if not found.all():
-            missing = int(wanted[np.argmin(found)])
-            if len(self) == 0:
-                raise IndexStoreError(f"no id {missing}: index {self.directory} is empty")
-            raise IndexStoreError(
-                f"no id {missing} in {self.directory} (ids {self.ids[0]}..{self.ids[-1]})"
-            )
-        return positions
-
     def vectors(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """The stored (normalised) vectors of `ids`: (len(ids), dim); reconstructed from codes
         unless the shards are Flat."""
@@ -465,10 +445,6 @@ class IndexReader:
             rows = np.flatnonzero(shards == shard)
             out[rows] = reconstruct_ids(self._shards[shard].index, wanted[rows])
         return out
-
-    def vector(self, row_id: int) -> np.ndarray:
-        found: np.ndarray = self.vectors([row_id])[0]
-        return found
 
     def column(self, name: str) -> list[Any]:
         """A Parquet column of every live row, in id order (None in shards without it); read
@@ -495,44 +471,6 @@ class IndexReader:
             for column in shard.parquet.schema_arrow:
                 types.setdefault(column.name, column.type)
         return types
-
-    def label_names(self) -> list[str]:
-        """The labels stored beside the vectors (the collection's label columns)."""
-        return [
-            name.removeprefix(LABEL_PREFIX)
-            for name in self.column_names()
-            if name.startswith(LABEL_PREFIX)
-        ]
-
-    def labels(self, name: str) -> list[str | None]:
-        """One label of every row, in id order (None where a row has none)."""
-        return [None if v is None else str(v) for v in self.column(LABEL_PREFIX + name)]
-
-    def content_hashes(self) -> list[str]:
-        """Every row's content hash, in id order."""
-        return self.column("content_hash")
-
-    def paths(self) -> list[str]:
-        """Every row's image path, in id order (exact, also where a name is not UTF-8)."""
-        exact = self.column(PATH_BYTES) if PATH_BYTES in self.column_names() else None
-        return stored_paths(self.column("path"), exact)
-
-    def rows(self, ids: Sequence[int] | np.ndarray) -> list[Row]:
-        """The metadata of `ids`, in the order given."""
-        positions = self.positions(ids).tolist()
-        paths, hashes = self.paths(), self.content_hashes()
-        labels = {name: self.labels(name) for name in self.label_names()}
-        return [
-            Row(
-                paths[p],
-                hashes[p],
-                {name: values[p] for name, values in labels.items() if values[p] is not None},
-            )
-            for p in positions
-        ]
-
-    def row(self, row_id: int) -> Row:
-        return self.rows([row_id])[0]
 
     def all_vectors(self, raw: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of every live row in id order: unit vectors, or raw embeddings if
@@ -590,9 +528,3 @@ def deletion_filter(dead: np.ndarray) -> tuple[Any, ...]:
     params = faiss.SearchParameters()
     params.sel = skip
     return params, skip, batch
-
-
-def merge_top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the k highest scores per row (inner product: higher is closer); ties by lower id."""
-    order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -scores), axis=1)[:, :k]
-    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)

@@ -29,6 +29,7 @@ from dior_search.models.answers import Answer
 from dior_search.store.files import sha256_file, verify_file
 from dior_search.store.manifest import Shard
 
+LABEL_PREFIX = "label_"
 PATH_BYTES = "path_bytes"
 
 # Shards at least this large are memory-mapped by default rather than read into RAM.
@@ -48,6 +49,14 @@ class Row:
     path: str
     content_hash: str
     labels: dict[str, str] = field(default_factory=dict)
+
+    def scalar_columns(self) -> dict[str, Any]:
+        """The row's columns beside its id, vector and norm, as every store writes them:
+        `path`, `content_hash` and `label_<name>` (only the labels it has)."""
+        columns: dict[str, Any] = {"path": self.path, "content_hash": self.content_hash}
+        for name, value in sorted(self.labels.items()):
+            columns[f"{LABEL_PREFIX}{name}"] = value
+        return columns
 
 
 def faiss_path(directory: Path, shard: Shard | str) -> Path:
@@ -209,6 +218,7 @@ def write_parquet(
     """A shard's table: a row per vector; the answer columns where `answers` are given."""
     import pyarrow as pa
 
+    scalars = [r.scalar_columns() for r in rows]
     columns: dict[str, Any] = {
         "id": pa.array(ids, type=pa.int64()),
         **path_columns([r.path for r in rows]),
@@ -216,8 +226,8 @@ def write_parquet(
         # The vector's length before normalisation: unit vector * norm is the raw embedding.
         "norm": pa.array(norms, type=pa.float32()),
     }
-    for name in sorted({name for r in rows for name in r.labels}):
-        columns[f"label_{name}"] = pa.array([r.labels.get(name) for r in rows], type=pa.string())
+    for name in sorted({name for r in scalars for name in r} - {"path", *columns}):
+        columns[name] = pa.array([r.get(name) for r in scalars], type=pa.string())
     if answers is not None:
         columns[ANSWER] = pa.array([a.word for a in answers], type=pa.string())
         columns[ANSWER_LOGPROB] = pa.array([a.logprob for a in answers], type=pa.float32())

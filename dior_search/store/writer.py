@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -39,7 +38,7 @@ from dior_search.store.manifest import (
     TRAINED,
     Manifest,
     Shard,
-    check_same_embedder,
+    check_same_index,
     listed_files,
     next_shard_number,
     now,
@@ -48,8 +47,8 @@ from dior_search.store.manifest import (
     write_manifest,
 )
 from dior_search.store.packing import change_index_type, pack_staged_shards
+from dior_search.store.pending import PendingRows
 from dior_search.store.shards import (
-    Row,
     faiss_path,
     normalize,
     parquet_path,
@@ -66,10 +65,8 @@ from dior_search.store.shards import (
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]
 
-
-class IndexWriter:
+class IndexWriter(PendingRows):
     """Adds and deletes rows of one index directory, a commit at a time; resumes where it
     stopped.
 
@@ -104,19 +101,16 @@ class IndexWriter:
             self.lock.close()
             raise
         self.next_id = self.manifest.next_id
-        self.vectors: list[np.ndarray] = []
-        self.rows: list[Row] = []
-        self.ids: list[int] = []
-        self.answers: list[Answer | None] = []
-        # Content hash -> position in the queue, for copies of a vector not written yet.
-        self.queued: dict[str, int] = {}
-        # Ids deleted since the last commit, to be published with the next one.
-        self.deleting: set[int] = set()
         self._open_shards: dict[str, tuple[Any, dict[int, float], dict[int, Answer]]] = {}
         # The index type and memory budget asked for (None: the index's own), and what
         # packing changed, for the run's report.
         self.asked: tuple[str | None, int | None] = (None, None)
         self.notes: list[str] = []
+
+    @property
+    def location(self) -> Path:
+        """Where the index is: its directory."""
+        return self.directory
 
     @classmethod
     def existing(cls, directory: Path, wait_for_lock: bool = False) -> IndexWriter:
@@ -128,31 +122,12 @@ class IndexWriter:
         directory = self.directory
         if (directory / MANIFEST).is_file():
             manifest = Manifest.read(directory)
-            check_same_embedder(directory, manifest.embedder, new_manifest.embedder)
-            if manifest.condition != new_manifest.condition:
-                raise IndexStoreError(
-                    f"index {directory} is for condition {manifest.condition}, "
-                    f"not {new_manifest.condition}"
-                )
+            check_same_index(directory, manifest, new_manifest)
             return manifest
         new_manifest.created = now()
         # Published at once, empty: the directory is an index from its first moment.
         write_manifest(directory, new_manifest)
         return new_manifest
-
-    def __enter__(self) -> IndexWriter:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        if error is None:
-            self.close()
-        else:
-            self.abort()
 
     def remove_leftovers(self) -> None:
         """Delete index files the manifest does not list (and temporaries): what a crash or a
@@ -170,11 +145,7 @@ class IndexWriter:
     def read_rows(self) -> None:
         """Every stored row's (path, content hash): the live ones by id and key, and a source
         id for each content hash whose vector is still stored (deleted rows included)."""
-        self.live: dict[int, Key] = {}
-        self.keys: dict[Key, int] = {}
-        self.sources: dict[str, int] = {}
-        # Content hashes whose stored vector has an answer beside it (a source with one).
-        self.answered: dict[str, int] = {}
+        self.start_rows()
         self.dead: dict[str, np.ndarray] = {}
         for shard in self.manifest.shards:
             found = read_keys(self.directory, shard)
@@ -182,43 +153,7 @@ class IndexWriter:
             live, answered = found.live.tolist(), found.answered.tolist()
             rows = zip(found.ids.tolist(), found.paths, found.hashes, live, answered, strict=True)
             for row_id, path, content_hash, is_live, has_answer in rows:
-                if is_live:
-                    self.live[row_id] = (path, content_hash)
-                    # A repeated (path, content) keeps its first id; sync deletes the others.
-                    self.keys.setdefault((path, content_hash), row_id)
-                    self.sources[content_hash] = row_id
-                else:
-                    self.sources.setdefault(content_hash, row_id)
-                if has_answer:
-                    self.answered.setdefault(content_hash, row_id)
-
-    def live_rows(self) -> dict[int, Key]:
-        """Live id -> (path, content hash), as of the last change (do not modify)."""
-        return self.live
-
-    def holds(self, path: str, content_hash: str) -> bool:
-        """Whether a live row has this path and content."""
-        return (path, content_hash) in self.keys
-
-    @property
-    def stores_answers(self) -> bool:
-        """Whether every row of this index carries the model's answer."""
-        return self.manifest.answers == "stored"
-
-    def can_copy(self, content_hash: str) -> bool:
-        """Whether a vector of this content is stored or queued (a row may copy it), with its
-        answer where the index stores answers."""
-        if self.stores_answers:
-            queued = self.queued.get(content_hash)
-            return content_hash in self.answered or (
-                queued is not None and self.answers[queued] is not None
-            )
-        return content_hash in self.queued or content_hash in self.sources
-
-    def store_answers(self) -> None:
-        """From now on every row carries the model's answer (`index --answers`): rows without
-        one must be embedded again, and are not copied."""
-        self.manifest.answers = "stored"
+                self.remember(row_id, path, content_hash, is_live, has_answer)
 
     # -- changes --------------------------------------------------------------------------
 
@@ -230,76 +165,9 @@ class IndexWriter:
         """
         self.asked = (None if spec is None else canonical_spec(spec), memory_budget)
 
-    def add(
-        self,
-        vector: np.ndarray,
-        row: Row,
-        row_id: int | None = None,
-        answer: Answer | None = None,
-    ) -> None:
-        """Queue one raw vector (with the next id, or `row_id`) and its answer (needed where
-        the index stores answers, else dropped); a full shard is written at once, with the
-        deletions made so far."""
-        floor = self.ids[-1] + 1 if self.ids else self.next_id
-        if row_id is None:
-            row_id = floor
-        elif row_id < floor:
-            raise IndexStoreError(f"id {row_id} is not above the ids already in {self.directory}")
-        if self.stores_answers and answer is None:
-            raise IndexStoreError(
-                f"index {self.directory} stores the model's answers, and {row.path} has none"
-            )
-        self.queued.setdefault(row.content_hash, len(self.rows))
-        self.live[row_id] = (row.path, row.content_hash)
-        self.keys.setdefault((row.path, row.content_hash), row_id)
-        self.vectors.append(vector)
-        self.rows.append(row)
-        self.ids.append(row_id)
-        self.answers.append(answer if self.stores_answers else None)
-        if len(self.rows) >= self.manifest.shard_size:
-            self.write_shard()
-
-    def add_copy(self, row: Row, row_id: int | None = None) -> None:
-        """Queue a row whose vector is the one already stored (or queued) for its content:
-        a renamed or copied image is not embedded again."""
-        queued = self.queued.get(row.content_hash)
-        source = self.answered.get(row.content_hash, self.sources.get(row.content_hash))
-        if queued is not None:
-            vector, answer = self.vectors[queued], self.answers[queued]
-        elif source is not None:
-            vector, answer = self.stored(source)
-        else:
-            raise IndexStoreError(f"no vector of {row.path}'s content in {self.directory}")
-        self.add(vector, row, row_id, answer)
-
-    def delete(self, ids: list[int]) -> None:
-        """Delete live rows; published with the next commit (`write_shard`)."""
-        gone = set(ids)
-        for row_id in gone:
-            key = self.live.pop(row_id, None)
-            if key is None:
-                raise IndexStoreError(f"no live row {row_id} in {self.directory} to delete")
-            if self.keys.get(key) == row_id:
-                del self.keys[key]
-        queued = gone.intersection(self.ids)
-        if queued:  # never written: leave them out of the queue
-            kept = [p for p, row_id in enumerate(self.ids) if row_id not in queued]
-            self.vectors = [self.vectors[p] for p in kept]
-            self.rows = [self.rows[p] for p in kept]
-            self.ids = [self.ids[p] for p in kept]
-            self.answers = [self.answers[p] for p in kept]
-            self.queued = {}
-            for position, row in enumerate(self.rows):
-                self.queued.setdefault(row.content_hash, position)
-        self.deleting |= gone - queued
-
-    def stored_vector(self, row_id: int) -> np.ndarray:
-        """The raw vector (unit vector x stored norm) of a row in a written shard, deleted
-        or not: what its shard's codes give back."""
-        return self.stored(row_id)[0]
-
     def stored(self, row_id: int) -> tuple[np.ndarray, Answer | None]:
-        """`stored_vector`, and the row's stored answer (None if it has none)."""
+        """The raw vector (unit vector x stored norm) of a row in a written shard, deleted or
+        not (what its shard's codes give back), and its stored answer (None if none)."""
         shard = self.shard_of(row_id)
         if shard.name not in self._open_shards:
             index = read_shard_index(faiss_path(self.directory, shard), mmap=True)
@@ -347,16 +215,8 @@ class IndexWriter:
             ) from None
         for shard in replaced:
             (self.directory / shard.tombstones).unlink(missing_ok=True)
-        if self.ids:
-            self.next_id = self.ids[-1] + 1
-            for row_id, row, answer in zip(self.ids, self.rows, self.answers, strict=True):
-                self.sources.setdefault(row.content_hash, row_id)
-                if answer is not None:
-                    self.answered.setdefault(row.content_hash, row_id)
         self.dead.update(dead)
-        self.vectors, self.rows, self.ids, self.queued = [], [], [], {}
-        self.answers = []
-        self.deleting = set()
+        self.committed()
 
     def with_tombstones(
         self, shard: Shard, generation: int, replaced: list[Shard], dead: dict[str, np.ndarray]

@@ -21,6 +21,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from PIL import Image
+from stores import opened
 from sync_helpers import (
     CachedEmbedder,
     assert_fresh_build,
@@ -37,10 +38,7 @@ from dior_search.indexing.run import index_collection
 from dior_search.models.dior import DiorEmbedder
 from dior_search.models.settings import DiorSettings
 from dior_search.search.searcher import Searcher, SearchRequest
-from dior_search.store.layout import IndexEntry
-from dior_search.store.manifest import Manifest
-from dior_search.store.reader import IndexReader
-from dior_search.store.writer import compact_index
+from dior_search.store.backend import IndexEntry, IndexLocation
 
 CONDITIONS = ("color", "background")
 NAMES = ("a.png", "b.png", "c.png", "d.png", "e.png", "f.png", "sub/g.png", "sub/h.png")
@@ -58,6 +56,8 @@ class FolderFollowing(RuleBasedStateMachine):
     hold as of its last index run (path -> content hash) and the ids it gave."""
 
     embedder: CachedEmbedder
+    # The store the indexes are in: folder or milvus-lite (one per example).
+    store_kind: ClassVar[str] = "folder"
     # Steps taken, and index runs and queries checked, over every example.
     ran: ClassVar[Counter[str]] = Counter()
 
@@ -66,11 +66,12 @@ class FolderFollowing(RuleBasedStateMachine):
         self.work = Path(tempfile.mkdtemp(prefix="sync-property-"))
         self.folder = self.work / "images"
         self.folder.mkdir()
+        self.store = opened(self.store_kind, self.work)
         self.files: dict[str, int] = {}
         self.indexed: dict[str, dict[str, str]] = {}
         self.ids: dict[str, dict[tuple[str, str], int]] = {}
         self.given: dict[str, set[int]] = {}
-        self.directories: dict[str, Path] = {}
+        self.directories: dict[str, IndexLocation] = {}
         self.searcher: Searcher | None = None
         self.searched: list[str] = []
 
@@ -79,6 +80,7 @@ class FolderFollowing(RuleBasedStateMachine):
         self.ran["steps"] += 1
 
     def teardown(self) -> None:
+        self.store.close()
         shutil.rmtree(self.work, ignore_errors=True)
 
     def write(self, name: str, content: int) -> None:
@@ -138,14 +140,19 @@ class FolderFollowing(RuleBasedStateMachine):
             open_folder(self.folder),
             conditions,
             self.embedder,
-            IndexSettings(indexes_dir=self.work / "indexes", shard_size=3, images_per_step=4),
+            IndexSettings(
+                indexes_dir=self.work / "indexes",
+                shard_size=3,
+                images_per_step=4,
+                store=self.store,
+            ),
             confirm_removal=lambda removals: True,
         )
         self.ran["index"] += 1
         expected = folder_state(self.folder)
         for condition in conditions:
             self.directories[condition] = report.directories[condition]
-            reader = IndexReader(report.directories[condition])
+            reader = self.store.reader(report.directories[condition])
             assert_fresh_build(reader, self.folder, expected, self.embedder, condition)
             # A row that stayed keeps its id; a new row never gets an id given before.
             ids = dict(zip(index_rows(reader), reader.ids.tolist(), strict=True))
@@ -161,8 +168,8 @@ class FolderFollowing(RuleBasedStateMachine):
     @rule(threshold=st.sampled_from([0.0, 0.2]))
     def compact(self, threshold):
         for condition, directory in self.directories.items():
-            compact_index(directory, threshold)
-            reader = IndexReader(directory)
+            self.store.compact(directory, threshold)
+            reader = self.store.reader(directory)
             assert sorted(index_rows(reader)) == sorted(self.indexed[condition].items())
             if threshold == 0:
                 assert reader.deleted == 0
@@ -173,7 +180,8 @@ class FolderFollowing(RuleBasedStateMachine):
         wanted = sorted(self.directories)
         if self.searcher is None or sorted(self.searched) != wanted:
             entries = [
-                IndexEntry(self.directories[c], Manifest.read(self.directories[c])) for c in wanted
+                IndexEntry(self.directories[c], self.store.manifest_at(self.directories[c]))
+                for c in wanted
             ]
             self.searcher = Searcher(entries, embedder=self.embedder)
             self.searched = wanted
@@ -208,14 +216,15 @@ class FolderFollowing(RuleBasedStateMachine):
             assert result.hits[0].score >= 0.9999
 
 
-@pytest.mark.slow
-def test_the_index_follows_the_folder(cached_tiny):
-    FolderFollowing.embedder = cached_tiny
+def follow(embedder, store_kind: str, examples: int) -> Counter[str]:
+    """Run the state machine on a store; what it did."""
+    FolderFollowing.embedder = embedder
+    FolderFollowing.store_kind = store_kind
     FolderFollowing.ran.clear()
     run_state_machine_as_test(
         FolderFollowing,
         settings=settings(
-            max_examples=25,
+            max_examples=examples,
             stateful_step_count=40,
             derandomize=True,
             deadline=None,
@@ -223,5 +232,16 @@ def test_the_index_follows_the_folder(cached_tiny):
             suppress_health_check=list(HealthCheck),
         ),
     )
-    ran = FolderFollowing.ran
+    return FolderFollowing.ran
+
+
+@pytest.mark.slow
+def test_the_index_follows_the_folder(cached_tiny):
+    ran = follow(cached_tiny, "folder", 40)
     assert ran["steps"] >= 200 and ran["index"] >= 40 and ran["query"] >= 20, ran
+
+
+@pytest.mark.slow
+def test_a_milvus_lite_index_follows_the_folder(cached_tiny):
+    ran = follow(cached_tiny, "milvus-lite", 20)
+    assert ran["steps"] >= 400 and ran["index"] >= 20 and ran["query"] >= 5, ran

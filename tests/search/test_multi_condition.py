@@ -134,8 +134,7 @@ def cli_query(served, *extra):
             "query",
             "--dataset",
             "synthetic",
-            "--indexes",
-            str(served.indexes),
+            *served.store_args,
             "--device",
             "cpu",
             "--json",
@@ -164,7 +163,7 @@ def test_cli_two_conditions_by_image_matches_by_id(served):
 
 
 def test_cli_refuses_repeated_condition_and_bad_weights(served, capsys):
-    base = ["query", "--id", "1", "--dataset", "synthetic", "--indexes", str(served.indexes)]
+    base = ["query", "--id", "1", "--dataset", "synthetic", *served.store_args]
     assert main([*base, "-c", "color", "-c", "color"]) == 2
     assert "repeated" in capsys.readouterr().err
     assert main([*base, "-c", "color", "-c", "background", "-w", "1"]) == 2

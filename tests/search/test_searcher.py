@@ -72,7 +72,7 @@ def check_same_hits(served, client):
     image = served.image(17)
     for conditions in (["color"], ["color", "background"]):
         args = ["query", str(image), "--dataset", "synthetic", "--json", "-k", "12"]
-        args += ["--indexes", str(served.indexes), "--device", "cpu"]
+        args += [*served.store_args, "--device", "cpu"]
         for condition in conditions:
             args += ["-c", condition]
         from_cli = cli_json(args)

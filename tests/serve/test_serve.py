@@ -4,6 +4,7 @@ import http.client
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -122,8 +123,7 @@ def test_query_by_id_equals_cli_query_by_id(client, served, condition):
                 condition,
                 "--dataset",
                 "synthetic",
-                "--indexes",
-                str(served.indexes),
+                *served.store_args,
                 "--json",
             ]
         )
@@ -404,7 +404,13 @@ def test_serve_command_serves(served, tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "dior_search", "serve", "--indexes", str(served.indexes)]
+    store = list(served.store_args)
+    if store[0] == "--store":
+        # Milvus Lite serves one process: the server gets a copy of the database.
+        copy = tmp_path / "copy.db"
+        shutil.copytree(served.root / "indexes.db", copy)
+        store = ["--store", f"milvus-lite:{copy}"]
+    command = [sys.executable, "-m", "dior_search", "serve", *store]
     process = subprocess.Popen(
         [*command, "--port", str(port), "--device", "cpu"],
         env=env,

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from dior_search.models.embedder import EmbedderDescription
-from dior_search.store.reader import IndexReader
+from dior_search.store.backend import Reader as IndexReader
 
 
 class CachedEmbedder:

@@ -1,0 +1,91 @@
+"""The folder store (the default): FAISS shards and Parquet tables in one directory per index
+under `--indexes` (see layout, reader, writer and docs/index-format.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dior_search.errors import IndexStoreError
+from dior_search.models.embedder import EmbedderDescription
+from dior_search.store import layout
+from dior_search.store.backend import IndexEntry, IndexLocation, SharedParts
+from dior_search.store.compaction import Compaction
+from dior_search.store.index_types import (
+    AUTO,
+    canonical_spec,
+    check_index_spec,
+    choose_index_type,
+)
+from dior_search.store.manifest import MANIFEST, Manifest
+from dior_search.store.reader import IndexReader
+from dior_search.store.writer import IndexWriter, compact_index
+
+
+class FolderStore:
+    """Indexes as folders under `root`: `<root>/<collection>/<embedder>/<condition>/`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def name(self) -> str:
+        return str(self.root)
+
+    def location(
+        self, collection: str, description: EmbedderDescription, condition: str
+    ) -> Path:
+        return layout.index_dir(self.root, collection, description, condition)
+
+    def manifest_at(self, location: IndexLocation) -> Manifest | None:
+        directory = directory_of(location)
+        return Manifest.read(directory) if (directory / MANIFEST).is_file() else None
+
+    def writer(
+        self, location: IndexLocation, manifest: Manifest, wait_for_lock: bool = False
+    ) -> IndexWriter:
+        return IndexWriter(directory_of(location), manifest, wait_for_lock=wait_for_lock)
+
+    def reader(
+        self,
+        location: IndexLocation,
+        mmap: bool | None = None,
+        search_params: str = "",
+        verify: bool = True,
+    ) -> IndexReader:
+        return IndexReader(directory_of(location), mmap, search_params, verify)
+
+    def find(
+        self,
+        collection: str | None = None,
+        method: str | None = None,
+        model: str | None = None,
+        damaged: dict[IndexLocation, IndexStoreError] | None = None,
+    ) -> list[IndexEntry]:
+        return layout.find_indexes(self.root, collection, method, model, damaged)
+
+    def compact(
+        self, location: IndexLocation, threshold: float, wait_for_lock: bool = False
+    ) -> Compaction:
+        return compact_index(directory_of(location), threshold, wait_for_lock)
+
+    def check_index_spec(
+        self, spec: str, dim: int, n_vectors: int, memory_budget: int, existing: Manifest
+    ) -> None:
+        spec = canonical_spec(spec)
+        if spec == AUTO:
+            choose_index_type(n_vectors, dim, memory_budget)  # raises if none fits
+        elif existing.trained is None or spec != existing.index_spec:
+            check_index_spec(spec, dim, n_vectors)
+
+    def shared_parts(self) -> SharedParts | None:
+        return None  # parts are folders of their own, merged (indexing.parts)
+
+    def close(self) -> None:
+        return None
+
+
+def directory_of(location: IndexLocation) -> Path:
+    """The directory of a folder-store index; IndexStoreError for a database's index."""
+    if not isinstance(location, Path):
+        raise IndexStoreError(f"{location} is a database's index, not an index folder")
+    return location

@@ -1,0 +1,62 @@
+"""Choosing a store: `--store` names one, and an index's location says which store opens it.
+
+    (no --store)                 the folder store under --indexes (store.folder)
+    milvus-lite:PATH.db          Milvus Lite, embedded in this process   (store.milvus)
+    milvus://HOST:PORT[/DB]      a Milvus server                         (store.milvus)
+    https://HOST[:PORT][/DB]     a Milvus server over TLS; the token in $DIOR_MILVUS_TOKEN
+
+The Milvus store needs the optional packages of `pip install 'dior-search[milvus]'`, imported
+only when such a store is opened.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dior_search.errors import UsageError
+from dior_search.store import layout
+from dior_search.store.backend import DatabaseIndex, IndexLocation, IndexStore, Reader
+from dior_search.store.folder import FolderStore
+from dior_search.store.reader import IndexReader
+
+DATABASE_PREFIXES = ("milvus-lite:", "milvus://", "http://", "https://")
+
+
+def open_store(spec: str | None, indexes_dir: Path, create: bool = False) -> IndexStore:
+    """The store `--store` names (None: the folder store under `indexes_dir`). `create`: a
+    Milvus Lite database that does not exist yet is made (for `index`)."""
+    if not spec:
+        return FolderStore(indexes_dir)
+    if not spec.startswith(DATABASE_PREFIXES):
+        raise UsageError(
+            f"--store {spec!r} is not a store: give milvus-lite:PATH.db, milvus://HOST:PORT or "
+            "https://HOST[:PORT] (omit --store for the index folders under --indexes)"
+        )
+    try:
+        import milvus_lite  # noqa: F401  (Milvus Lite's server, used for milvus-lite: stores)
+        import pymilvus  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            f"--store {spec}: the Milvus store needs pymilvus and milvus-lite: "
+            "pip install 'dior-search[milvus]'"
+        ) from None
+    from dior_search.store.milvus import MilvusStore
+
+    return MilvusStore(spec, create=create)
+
+
+def open_reader(
+    location: IndexLocation, mmap: bool | None = None, search_params: str = ""
+) -> Reader:
+    """The reader of the index at `location`, whichever store holds it."""
+    if isinstance(location, DatabaseIndex):
+        return location.store.reader(location, mmap, search_params)
+    return IndexReader(location, mmap, search_params)
+
+
+def is_index_of(location: IndexLocation, collection: str, condition: str) -> bool:
+    """Whether `location` is where the index of (collection, condition) is: by its names
+    alone (all that is known of an index whose manifest cannot be read)."""
+    if isinstance(location, DatabaseIndex):
+        return (location.collection, location.condition) == (collection, condition)
+    return layout.is_index_of(location, collection, condition)
