@@ -1,6 +1,8 @@
 """`--source first_output|mean_output`: DIOR vectors read from the decoded answer's tokens,
 checked against Hugging Face's own greedy `generate` on the bundled tiny model."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -85,9 +87,7 @@ def test_answer_sources_equal_generate(images, causal, layer):
         paths = [(True, True, 8), (True, False, 8), (False, True, 8), (True, True, 1)]
         for prefix_reuse, packed, batch_size in paths:
             embedder = DiorEmbedder(
-                settings.__class__(
-                    **{**settings.__dict__, "prefix_reuse": prefix_reuse, "batch_size": batch_size}
-                ),
+                replace(settings, prefix_reuse=prefix_reuse, batch_size=batch_size),
                 throughput=Throughput(packed_suffixes=packed, answer_rows=64 if packed else 1),
             )
             found[source, prefix_reuse, packed, batch_size] = embedder.embed(images, CONDITIONS)
