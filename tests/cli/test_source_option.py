@@ -7,10 +7,10 @@ from io import StringIO
 
 import numpy as np
 import pytest
+from cli_runs import synthetic_datasets
 from PIL import Image
 
 from dior_search.cli import main
-from dior_search.data.synthetic import write_dataset
 from dior_search.models.dior import DiorEmbedder
 from dior_search.models.settings import DiorSettings
 from dior_search.store.reader import IndexReader
@@ -20,9 +20,7 @@ N_IMAGES = 24
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("source_option")
-    write_dataset(root / "synthetic", {"test": N_IMAGES})
-    return root
+    return synthetic_datasets(tmp_path_factory.mktemp("source_option"), N_IMAGES)
 
 
 def common(datasets, indexes):
