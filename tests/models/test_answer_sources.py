@@ -135,3 +135,53 @@ def test_the_source_is_part_of_the_identity():
     for method in ("clip", "generative", "indirect"):
         with pytest.raises(UsageError, match="applies to the dior and dior-unconditional"):
             options.for_method(method)
+
+
+def full_pass_states(causal, embedder: DiorEmbedder, image, prompt: str, layer: int):
+    """(first_output, mean_output) by full forward passes of the causal LM over the prompt and
+    the answer so far, with the reference scheme's explicit sequential positions (which
+    `generate` would replace by the model's own)."""
+    batch = embedder.inputs.build([fit_within(image, embedder.settings.max_side)], [prompt])
+    inputs = dict(batch.inputs)
+    text, states = AnswerText(), []
+    stops = stop_tokens(embedder.inputs.tokenizer, embedder.config)
+    while True:
+        with torch.inference_mode():
+            out = causal(**inputs, output_hidden_states=True)
+        if text.tokens or text.done:  # the state of a token fed back
+            states.append(out.hidden_states[layer][0, -1].float().numpy())
+        token = int(out.logits[0, -1].argmax())
+        first = not text.tokens and not text.done
+        text.add(token, 0.0, embedder.inputs.tokenizer, stops)
+        if text.done and not first:
+            break
+        one = torch.tensor([[token]])
+        inputs["input_ids"] = torch.cat([inputs["input_ids"], one], dim=1)
+        inputs["attention_mask"] = torch.cat([inputs["attention_mask"], one * 0 + 1], dim=1)
+        last = inputs["position_ids"][..., -1:]
+        inputs["position_ids"] = torch.cat([inputs["position_ids"], last + 1], dim=-1)
+        if text.done:  # the first token closed the answer: fed back once, for its state
+            with torch.inference_mode():
+                out = causal(**inputs, output_hidden_states=True)
+            states.append(out.hidden_states[layer][0, -1].float().numpy())
+            break
+    return states[0], np.mean(states, axis=0)
+
+
+@pytest.mark.slow
+def test_answer_sources_with_reference_positions(images, causal):
+    """The paper's default position scheme: the same states as full passes given its
+    sequential positions, token by token."""
+    reference = DiorEmbedder(DiorSettings(model="tiny", device="cpu"))
+    for source in ("first_output", "mean_output"):
+        settings = DiorSettings(model="tiny", device="cpu", layer=-2, source=source)
+        vectors = DiorEmbedder(settings).embed(images, CONDITIONS)
+        for i, image in enumerate(images):
+            for c, condition in enumerate(CONDITIONS):
+                prompt = build_prompt("describe", condition)
+                first, mean = full_pass_states(causal, reference, image, prompt, -2)
+                expected = first if source == "first_output" else mean
+                # Layer -2 is before the final norm: large values, compared relative to them.
+                assert cosine(vectors[i, c], expected) >= 0.99999, (source, i, c)
+                scale = np.abs(expected).max()
+                np.testing.assert_allclose(vectors[i, c], expected, atol=1e-5 * scale)
