@@ -13,6 +13,9 @@ DEMO_COLLECTION = "synthetic"
 CPU_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
 DEFAULT_TEMPLATE = "describe"
 DEFAULT_LAYER = -1
+# Where a DIOR vector is read: the last input token (the paper's DIOR), or the generated answer's
+# tokens (the reference code's other sources; see models.dior).
+DEFAULT_SOURCE = "last_input"
 DEFAULT_POSITION_SCHEME = "reference"
 # The paper's code shrinks every image to at most 700 pixels on its longer side (Lanczos).
 REFERENCE_MAX_SIDE = 700

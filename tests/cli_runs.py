@@ -72,3 +72,9 @@ def deny_listing(monkeypatch, name: str) -> None:
         return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", scandir)
+
+
+def synthetic_datasets(root: Path, n_images: int) -> Path:
+    """A datasets folder at `root` holding the synthetic set's first `n_images` test images."""
+    write_dataset(root / "synthetic", {"test": n_images})
+    return root

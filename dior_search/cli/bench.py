@@ -27,7 +27,7 @@ from dior_search.cli.progress import progress_bar
 from dior_search.data.collections import check_conditions
 from dior_search.data.paths import shown
 from dior_search.errors import UsageError
-from dior_search.models.settings import EmbedderOptions
+from dior_search.models.settings import EmbedderOptions, check_source
 
 if TYPE_CHECKING:
     from dior_search.evaluation.bench import BenchResult
@@ -122,6 +122,7 @@ def bench(
     from dior_search.evaluation.metrics import DISTANCES
     from dior_search.indexing.job import IndexSettings
 
+    check_source(options.source)
     if distance not in DISTANCES:
         raise UsageError(f"unknown distance {distance!r}; valid: {', '.join(DISTANCES)}")
     if generative_answers not in ("generate", "stored"):
@@ -135,6 +136,9 @@ def bench(
     unknown = [m for m in chosen if m not in METHODS]
     if unknown:
         raise UsageError(f"unknown method {unknown[0]!r}; valid: {', '.join(METHODS)}")
+    for name in method or []:
+        if METHODS[name] != "dior":
+            options.only_dior_source(name)
     conditions = check_conditions(condition) if condition else None
     # Output files are checked before the run, not after it.
     if json_path is not None:

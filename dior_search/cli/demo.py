@@ -19,7 +19,7 @@ from dior_search.models.settings import EmbedderOptions
 
 
 @app.command()
-@with_embedder_options(batch_size=16, model=defaults.DEMO_MODEL)
+@with_embedder_options(exclude=("source",), batch_size=16, model=defaults.DEMO_MODEL)
 def demo(
     options: EmbedderOptions,
     data_dir: Annotated[

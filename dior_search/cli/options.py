@@ -88,6 +88,15 @@ EMBEDDER_PARAMETERS: dict[str, Any] = {
         str, typer.Option(help=f"Prompt template: {', '.join(PROMPT_TEMPLATES)}.")
     ],
     "layer": Annotated[int, typer.Option(help="Hidden-state index to read (-1: the last layer).")],
+    "source": Annotated[
+        str,
+        typer.Option(
+            help="Where a DIOR vector is read: last_input (the paper's DIOR: the prompt's last "
+            "token), first_output (the first token of the model's greedy answer, fed back) or "
+            "mean_output (the mean over the answer's tokens fed back); the output sources "
+            "decode the answer of every image and condition.",
+        ),
+    ],
     "dtype": Annotated[
         str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16 or float16.")
     ],

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dior_search import defaults
 from dior_search.data.collections import (
     DATASETS,
     UNCONDITIONAL,
@@ -119,8 +120,13 @@ class MethodModels:
         return len(self.layers) > 1
 
     def scored_as(self, method: str) -> list[str]:
-        """The result rows of a method: itself, or one per layer for a DIOR method."""
-        if METHODS.get(method) == "dior" and self.several_layers:
+        """The result rows of a method: itself, or one per layer for a DIOR method (named
+        with its source where that is not the last input)."""
+        if METHODS.get(method) != "dior":
+            return [method]
+        if self.options.source != defaults.DEFAULT_SOURCE:
+            method = f"{method} {self.options.source}"
+        if self.several_layers:
             return [layer_method(method, layer) for layer in self.layers]
         return [method]
 
@@ -215,6 +221,8 @@ def answer_metrics(
     if not pairs:
         return {}
     metrics = {"answer_accuracy": float(np.mean([a == label for a, label in pairs]))}
+    if not reader.manifest.embedder.reads_last_input:
+        return metrics  # a text query scores by last-input states: none here
     precisions = []
     for value in sorted({label for label in labels if label is not None}):
         try:
@@ -291,12 +299,15 @@ def run_bench(
             by_layer = index_layers(
                 collection, targets, embedder, index_settings, start, on_progress
             )
-            directories = {layer_method(method, layer): found for layer, found in by_layer.items()}
+            rows = models.scored_as(method)
+            directories = {
+                row: by_layer[layer] for row, layer in zip(rows, models.layers, strict=True)
+            }
         else:
             report = index_collection(
                 collection, targets, embedder, index_settings, start, on_progress
             )
-            directories = {method: report.directories}
+            directories = {models.scored_as(method)[0]: report.directories}
         for row, found in directories.items():
             searcher = Searcher.of_directories(list(found.values()))
             indexes = searcher.collection(collection.name)

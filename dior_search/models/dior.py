@@ -13,6 +13,26 @@ run, and the base model has no LM head.
 models.answers): the output head (only `lm_head.weight`, or the tied input embeddings) applied
 to the last layer's vector gives the first token, and the next ones are decoded greedily
 against the KV cache the embedding pass leaves, a token per (image, condition) a step.
+
+Where the vector is read (`DiorSettings.source`, the reference code's `first_output` and
+`mean_output` beside its default):
+
+- `last_input` (default, the paper's DIOR): the prompt's last token, as above; nothing is
+  decoded unless answers are asked for.
+- `first_output`: the state at the chosen layer where the answer's first greedy token is fed
+  back, what Hugging Face's `generate(..., do_sample=False, output_hidden_states=True)` returns
+  as `hidden_states[1][layer][:, -1]`. The first token is always fed back, even where it ends
+  the answer at once (a closing quote, the end of the turn).
+- `mean_output`: the mean of those states over the answer's tokens that are fed back:
+  `hidden_states[1..m]`, where the greedy tokens t_1, t_2, ... are decoded by the answer rule
+  (models.answers) and t_k (k > 1) counts while the answer is still open after it; the token
+  that closes it (a stop token, the quote, space or punctuation after the word, or the
+  `MAX_ANSWER_TOKENS`-th) is not fed back. Where t_1 already closes the answer, m = 1 and the
+  mean is `first_output`.
+
+Both come from the decoding that reads the stored answers (one decoding, no second
+generation), at every layer the pass reads; the last layer's states are read as well to pick
+each next token, so no layer is dropped. They cost the answer's decoding steps.
 """
 
 from __future__ import annotations
@@ -20,7 +40,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -154,6 +174,12 @@ class DiorEmbedder:
                     f"same for every image: use 1..{self.n_layers} (or -{self.n_layers}..-1)"
                 )
         indices = [layer % (self.n_layers + 1) for layer in self.layers]
+        self.embedding_source = settings.source
+        if self.reads_answer_tokens and self.n_layers not in indices:
+            # The answer is decoded from the last layer's states: read them too.
+            indices.append(self.n_layers)
+        # Where in the states of a pass (and of a decoding step) the last layer's are.
+        self._decode_position = indices.index(self.n_layers) if self.n_layers in indices else None
         deepest = max(indices)
         # Where the layers after the deepest chosen one can be dropped, the model's last hidden
         # state is that layer's; the others are read from the returned hidden states.
@@ -171,6 +197,11 @@ class DiorEmbedder:
     @property
     def dim(self) -> int:
         return self._dim
+
+    @property
+    def reads_answer_tokens(self) -> bool:
+        """Whether the vectors come from the decoded answer's tokens (not the last input)."""
+        return self.embedding_source != defaults.DEFAULT_SOURCE
 
     def describe(self, layer: int | None = None) -> EmbedderDescription:
         """What makes these embeddings (those of `layer`: default the settings' one)."""
@@ -274,10 +305,11 @@ class DiorEmbedder:
         if self.throughput.group_by_size:
             order = np.argsort([image.width * image.height for image in images], kind="stable")
         ordered = [images[i] for i in order]
+        decode = answers or self.reads_answer_tokens
         if self._prefix_reuse:
-            vectors, found = self.embed_by_prefix(ordered, prompts, on_progress, answers)
+            vectors, found = self.embed_by_prefix(ordered, prompts, on_progress, decode)
         else:
-            vectors, found = self.embed_full(ordered, prompts, on_progress, answers)
+            vectors, found = self.embed_full(ordered, prompts, on_progress, decode)
         out = np.empty_like(vectors)
         out[order] = vectors
         if not answers:
@@ -322,8 +354,18 @@ class DiorEmbedder:
         except PrefixReuseUnsupported as exc:
             self._stop_prefix_reuse(str(exc))
             out[done:], rest = self.embed_full(images[done:], prompts, on_progress, answers)
-            return out, [*decoding.finish(), *rest]
-        return out, decoding.finish()
+            found = decoding.finish()
+            self._place_outputs(out[:done], decoding.outputs())
+            return out, [*found, *rest]
+        found = decoding.finish()
+        self._place_outputs(out, decoding.outputs())
+        return out, found
+
+    def _place_outputs(self, out: np.ndarray, outputs: np.ndarray | None) -> None:
+        """Where the vectors come from the answer's tokens, put them in `out` (images,
+        prompts, layers, dim) in place of the last input's."""
+        if self.reads_answer_tokens and outputs is not None:
+            out[...] = outputs.reshape(out.shape)
 
     def _splits(
         self, chunks: Sequence[Sequence[Image.Image]], prompts: Sequence[str]
@@ -365,14 +407,18 @@ class DiorEmbedder:
         Packed (see `Throughput`), an image's suffixes run as one row against its own cache
         row; otherwise the cache is repeated per prompt and each suffix runs as its own row.
         """
-        return self.run_split(split, answers=False)[0]
+        vectors, to_decode = self.run_split(split, answers=False)
+        outputs = None if to_decode is None else self.decode_answers(*to_decode)[1]
+        return vectors if outputs is None else outputs
 
     @torch.inference_mode()
     def run_split(
         self, split: SplitBatch, answers: bool
     ) -> tuple[np.ndarray, tuple[torch.Tensor, Decoder] | None]:
-        """`embed_split`, and (if asked) what decodes its rows' answers against the same
+        """The last input's vectors of `embed_split`, and (if asked, and always where the
+        vectors come from the answer's tokens) what decodes its rows' answers against the same
         cache: the last layer's states and a decoder."""
+        answers = answers or self.reads_answer_tokens
         batch = split.to(self.device, self.dtype, non_blocking=split.suffix_ids.is_pinned())
         cache = self.prefix_pass(batch)
         if batch.prompts_per_image > 1 and self.throughput.packed_suffixes:
@@ -407,7 +453,7 @@ class DiorEmbedder:
         Prefixes of different lengths leave pad slots in the cache between a row's prefix and
         its suffix: the 2-D mask over (cache + suffix) hides them, and positions are explicit.
         """
-        return to_numpy(self._suffix_states(batch, cache)[0])
+        return to_numpy(self._suffix_states(batch, cache)[0][:, : len(self.layers)])
 
     def _suffix_states(self, batch: SplitBatch, cache: Any) -> tuple[torch.Tensor, Decoder]:
         """`suffix_pass`'s states on the device, and how to go on decoding from them."""
@@ -427,7 +473,7 @@ class DiorEmbedder:
         )
         states = self._last_states(hidden, last_token_index(batch.suffix_mask))
         lengths = batch.suffix_mask.long().sum(dim=1)
-        return states, RowDecoder(self.model, cache, mask, starts + lengths)
+        return states, RowDecoder(self._step_hidden, cache, mask, starts + lengths)
 
     @torch.inference_mode()
     def packed_suffix_pass(self, batch: SplitBatch, cache: Any) -> np.ndarray:
@@ -435,7 +481,7 @@ class DiorEmbedder:
         each image's suffixes packed into one row, each seeing its prefix and itself alone.
         float32 (rows, n_layers, dim), rows as `suffix_pass` gives them.
         """
-        return to_numpy(self._packed_suffix_states(batch, cache)[0])
+        return to_numpy(self._packed_suffix_states(batch, cache)[0][:, : len(self.layers)])
 
     def _packed_suffix_states(self, batch: SplitBatch, cache: Any) -> tuple[torch.Tensor, Decoder]:
         """`packed_suffix_pass`'s states on the device, and how to go on decoding from them."""
@@ -449,7 +495,7 @@ class DiorEmbedder:
         images = torch.arange(ends.shape[0], device=ends.device)
         states = self._last_states(hidden, ends.flatten(), images.repeat_interleave(ends.shape[1]))
         decoder = PackedDecoder.after_packing(
-            self.model,
+            self._step_hidden,
             cache,
             batch.prefix_inputs["attention_mask"],
             packed,
@@ -510,16 +556,26 @@ class DiorEmbedder:
 
         images = [fit_within(image, self.settings.max_side) for image in images]
         batch = self.inputs.build(images, prompts).to(self.device, self.dtype)
-        if not answers:
+        if not answers and not self.reads_answer_tokens:
             hidden = self._hidden(batch.inputs, use_cache=False)
             return to_numpy(self._last_states(hidden, batch.last_index)), []
         cache = DynamicCache(config=self.model.config)
         hidden = self._hidden(batch.inputs, cache=cache, use_cache=True)
         states = self._last_states(hidden, batch.last_index)
         starts = self.inputs.next_positions(self.model, batch)
-        decoder = RowDecoder(self.model, cache, batch.inputs["attention_mask"], starts)
+        decoder = RowDecoder(self._step_hidden, cache, batch.inputs["attention_mask"], starts)
         vectors, to_decode = self._finish(states, decoder)
-        return vectors, [] if to_decode is None else self.decode_answers(*to_decode)
+        if to_decode is None:
+            return vectors, []
+        found, outputs = self.decode_answers(*to_decode)
+        return (vectors if outputs is None else outputs), found if answers else []
+
+    def _step_hidden(self, inputs: dict[str, torch.Tensor], **options: Any) -> list[torch.Tensor]:
+        """What a decoding step reads: the last layer's states alone, or (where the vectors
+        come from the answer's tokens) every layer read, as `_hidden`."""
+        if self.reads_answer_tokens:
+            return self._hidden(inputs, **options)
+        return [self.model(**inputs, **options).last_hidden_state]
 
     def _hidden(self, inputs: dict[str, torch.Tensor], **options: Any) -> list[torch.Tensor]:
         """Each chosen layer's hidden states for `inputs`: (rows, tokens, dim) each."""
@@ -546,12 +602,12 @@ class DiorEmbedder:
     def _finish(
         self, states: torch.Tensor, decoder: Decoder | None
     ) -> tuple[np.ndarray, tuple[torch.Tensor, Decoder] | None]:
-        """The vectors as float32 numpy, and (where a decoder is given) the last layer's
-        states with it, to decode the answers from."""
-        vectors = to_numpy(states)
-        if decoder is None or self.answer_position is None:
+        """The chosen layers' vectors as float32 numpy, and (where a decoder is given) the
+        last layer's states with it, to decode the answers from."""
+        vectors = to_numpy(states[:, : len(self.layers)])
+        if decoder is None or self._decode_position is None:
             return vectors, None
-        return vectors, (states[:, self.answer_position], decoder)
+        return vectors, (states[:, self._decode_position], decoder)
 
     def head_matrix(self) -> torch.Tensor:
         """The output head W_U (vocabulary x hidden) on the device, in the model's dtype: the
@@ -565,10 +621,17 @@ class DiorEmbedder:
         return self._head
 
     @torch.inference_mode()
-    def decode_answers(self, states: torch.Tensor, decoder: Decoder) -> list[Answer]:
+    def decode_answers(
+        self, states: torch.Tensor, decoder: Decoder
+    ) -> tuple[list[Answer], np.ndarray | None]:
         """Greedy answers from the last layer's `states` (rows, dim): the first token from
         W_U h, the next ones by `decoder` steps against the cache, until each row's word is
-        complete or `MAX_ANSWER_TOKENS`. Finished rows leave the steps."""
+        complete or `MAX_ANSWER_TOKENS`. Finished rows leave the steps.
+
+        Where the vectors come from the answer's tokens, also those vectors: float32 (rows,
+        n_layers, dim), the chosen layers' states as each answer token is fed back (see the
+        module: the first token is always fed back; mean_output averages the fed ones).
+        """
         head = self.head_matrix()
         tokenizer = self.inputs.tokenizer
         if self._stops is None:
@@ -576,21 +639,29 @@ class DiorEmbedder:
         logits = (states @ head.T).float()
         log_partition = torch.logsumexp(logits, dim=-1)
         logprobs = logits - log_partition[:, None]
-        texts = [self.answer_text() for _ in range(states.shape[0])]
-        active = torch.ones(states.shape[0], dtype=torch.bool)
-        for _ in range(defaults.MAX_ANSWER_TOKENS):
+        rows = states.shape[0]
+        texts = [self.answer_text() for _ in range(rows)]
+        active = torch.ones(rows, dtype=torch.bool)
+        outputs = AnswerTokenStates(self.embedding_source, rows, len(self.layers))
+        for number in range(defaults.MAX_ANSWER_TOKENS):
             best, tokens = logprobs.max(dim=-1)
             for row in torch.nonzero(active).flatten().tolist():
                 texts[row].add(int(tokens[row]), float(best[row]), tokenizer, self._stops)
             active = torch.tensor([not text.done for text in texts])
-            if not active.any():
+            # The first answer token is fed back even where it ends the answer: its state is
+            # first_output (and all of mean_output).
+            fed = active | torch.tensor(number == 0 and self.reads_answer_tokens)
+            if not fed.any():
                 break
-            hidden = decoder.step(tokens, active.to(tokens.device))
-            logprobs = torch.log_softmax((hidden @ head.T).float(), dim=-1)
-        return [
+            hidden = decoder.step(tokens, fed.to(tokens.device))
+            outputs.add(hidden[:, : len(self.layers)], fed)
+            last = hidden[:, self._decode_position if self.reads_answer_tokens else 0]
+            logprobs = torch.log_softmax((last @ head.T).float(), dim=-1)
+        found = [
             Answer(text.word(), text.logprob, float(z))
             for text, z in zip(texts, log_partition.tolist(), strict=True)
         ]
+        return found, outputs.vectors() if self.reads_answer_tokens else None
 
     def _stop_packing(self, reason: str) -> None:
         self.throughput = replace(self.throughput, packed_suffixes=False)
@@ -668,6 +739,41 @@ def to_numpy(states: torch.Tensor) -> np.ndarray:
     return vectors
 
 
+# A forward pass that returns the hidden states a decoding step reads, one (rows, tokens, dim)
+# tensor per layer read (the embedder's `_step_hidden`).
+StepRun = Callable[..., list[torch.Tensor]]
+
+
+class AnswerTokenStates:
+    """The chosen layers' states as each row's answer tokens are fed back: the first one
+    (first_output) or their running sum and count (mean_output)."""
+
+    def __init__(self, source: str, rows: int, n_layers: int) -> None:
+        self.source, self.rows, self.n_layers = source, rows, n_layers
+        self.first: torch.Tensor | None = None
+        self.total: torch.Tensor | None = None
+        self.count = torch.zeros(rows)
+
+    def add(self, hidden: torch.Tensor, fed: torch.Tensor) -> None:
+        """`hidden` (rows, n_layers, dim): a step's states; `fed`: the rows it fed a token."""
+        if self.source == defaults.DEFAULT_SOURCE:
+            return
+        if self.first is None:
+            self.first = hidden.float()
+        if self.source == "mean_output":
+            kept = hidden.float() * fed.to(hidden.device)[:, None, None]
+            self.total = kept if self.total is None else self.total + kept
+            self.count += fed.float()
+
+    def vectors(self) -> np.ndarray:
+        """float32 (rows, n_layers, dim)."""
+        if self.first is None:
+            raise ValueError("no answer token was fed back")
+        if self.source == "first_output" or self.total is None:
+            return to_numpy(self.first)
+        return to_numpy(self.total / self.count.to(self.total.device)[:, None, None])
+
+
 class Decoder:
     """One greedy step for every (image, prompt) row still decoding, against the KV cache of
     the pass that made the vectors."""
@@ -675,8 +781,8 @@ class Decoder:
     cache: Any
 
     def step(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        """Run `tokens` (one per row) of the `active` rows; the last layer's state at each
-        row's new token (rows, dim; rows not active: zeros)."""
+        """Run `tokens` (one per row) of the `active` rows; the states the step reads at each
+        row's new token (rows, layers read, dim; rows not active: zeros)."""
         raise NotImplementedError
 
     @property
@@ -694,6 +800,8 @@ class AnswerDecoding:
         self.embedder = embedder
         self.waiting: list[tuple[torch.Tensor, Decoder]] = []
         self.answers: list[Answer] = []
+        # Where the vectors come from the answer's tokens: theirs, in the order of the rows.
+        self.states: list[np.ndarray] = []
 
     def add(self, states: torch.Tensor, decoder: Decoder) -> None:
         self.waiting.append((states, decoder))
@@ -705,15 +813,25 @@ class AnswerDecoding:
         joined = join_decoders(decoders) if len(decoders) > 1 else None
         if joined is not None:
             states = torch.cat([states for states, _ in self.waiting])
-            self.answers += self.embedder.decode_answers(states, joined)
+            self.take(*self.embedder.decode_answers(states, joined))
         else:
             for states, decoder in self.waiting:
-                self.answers += self.embedder.decode_answers(states, decoder)
+                self.take(*self.embedder.decode_answers(states, decoder))
         self.waiting = []
+
+    def take(self, answers: list[Answer], outputs: np.ndarray | None) -> None:
+        self.answers += answers
+        if outputs is not None:
+            self.states.append(outputs)
 
     def finish(self) -> list[Answer]:
         self.flush()
         return self.answers
+
+    def outputs(self) -> np.ndarray | None:
+        """The vectors read from the answers' tokens (rows, n_layers, dim), once finished;
+        None where none were read."""
+        return np.concatenate(self.states) if self.states else None
 
 
 def join_caches(caches: Sequence[Any]) -> Any | None:
@@ -751,7 +869,7 @@ def join_decoders(decoders: Sequence[Decoder]) -> Decoder | None:
         if cache is None:
             return None
         mask = torch.cat([pad_columns(d.mask, width, 0) for d in rows])
-        return RowDecoder(rows[0].model, cache, mask, torch.cat([d.next_position for d in rows]))
+        return RowDecoder(rows[0].run, cache, mask, torch.cat([d.next_position for d in rows]))
     if all(isinstance(d, PackedDecoder) for d in decoders):
         packed = [d for d in decoders if isinstance(d, PackedDecoder)]
         if len({d.n_prompts for d in packed}) > 1:
@@ -761,7 +879,7 @@ def join_decoders(decoders: Sequence[Decoder]) -> Decoder | None:
             return None
         owner = torch.cat([pad_columns(d.owner, width, HIDDEN) for d in packed])
         positions = torch.cat([d.next_position for d in packed])
-        return PackedDecoder(packed[0].model, cache, owner, positions, packed[0].mask_dtype)
+        return PackedDecoder(packed[0].run, cache, owner, positions, packed[0].mask_dtype)
     return None
 
 
@@ -771,9 +889,9 @@ class RowDecoder(Decoder):
     from the cache."""
 
     def __init__(
-        self, model: Any, cache: Any, mask: torch.Tensor, next_position: torch.Tensor
+        self, run: StepRun, cache: Any, mask: torch.Tensor, next_position: torch.Tensor
     ) -> None:
-        self.model, self.cache = model, cache
+        self.run, self.cache = run, cache
         self.mask, self.next_position = mask, next_position
         self.rows = torch.arange(mask.shape[0], device=mask.device)
 
@@ -786,18 +904,19 @@ class RowDecoder(Decoder):
             self.next_position = self.next_position[kept]
         ones = torch.ones((len(self.rows), 1), dtype=self.mask.dtype, device=self.mask.device)
         self.mask = torch.cat([self.mask, ones], dim=1)
-        hidden = self.model(
-            input_ids=tokens[self.rows][:, None],
-            attention_mask=self.mask,
-            position_ids=self.next_position[:, None],
+        hidden = self.run(
+            {
+                "input_ids": tokens[self.rows][:, None],
+                "attention_mask": self.mask,
+                "position_ids": self.next_position[:, None],
+            },
             cache=self.cache,
             use_cache=True,
-        ).last_hidden_state
-        self.next_position = self.next_position + 1
-        out = torch.zeros(
-            (tokens.shape[0], hidden.shape[-1]), dtype=hidden.dtype, device=hidden.device
         )
-        out[self.rows] = hidden[:, 0]
+        self.next_position = self.next_position + 1
+        states = torch.stack([layer[:, 0] for layer in hidden], dim=1)  # (kept, layers, dim)
+        out = states.new_zeros((tokens.shape[0], *states.shape[1:]))
+        out[self.rows] = states
         return out
 
 
@@ -813,7 +932,7 @@ class PackedDecoder(Decoder):
 
     def __init__(
         self,
-        model: Any,
+        run: StepRun,
         cache: Any,
         owner: torch.Tensor,
         next_position: torch.Tensor,
@@ -821,7 +940,7 @@ class PackedDecoder(Decoder):
     ) -> None:
         """`owner`: per image and cache column, SHARED, HIDDEN or the prompt it belongs to;
         `next_position`: per image and prompt, the position of its next token."""
-        self.model, self.cache, self.mask_dtype = model, cache, mask_dtype
+        self.run, self.cache, self.mask_dtype = run, cache, mask_dtype
         self.owner, self.next_position = owner, next_position
         self.images = torch.arange(owner.shape[0], device=owner.device)
         self.n_prompts = next_position.shape[1]
@@ -829,7 +948,7 @@ class PackedDecoder(Decoder):
     @classmethod
     def after_packing(
         cls,
-        model: Any,
+        run: StepRun,
         cache: Any,
         prefix_mask: torch.Tensor,
         packed: Packed,
@@ -840,7 +959,7 @@ class PackedDecoder(Decoder):
         prompt, each packed column by its own prompt."""
         prefix = torch.where(prefix_mask.bool(), SHARED, HIDDEN)
         owner = torch.cat([prefix, packed.owner], dim=1)
-        return cls(model, cache, owner, next_position[:, None] + packed.lengths, mask_dtype)
+        return cls(run, cache, owner, next_position[:, None] + packed.lengths, mask_dtype)
 
     def step(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         keep = active.reshape(-1, self.n_prompts)[self.images].any(dim=1)
@@ -855,21 +974,20 @@ class PackedDecoder(Decoder):
         seen = (self.owner[:, None, :] == SHARED) | (
             self.owner[:, None, :] == prompts[None, :, None]
         )
-        hidden = self.model(
-            input_ids=tokens.reshape(-1, self.n_prompts)[self.images],
-            attention_mask=attention_mask(seen[:, None], self.mask_dtype),
-            position_ids=self.next_position,
+        hidden = self.run(
+            {
+                "input_ids": tokens.reshape(-1, self.n_prompts)[self.images],
+                "attention_mask": attention_mask(seen[:, None], self.mask_dtype),
+                "position_ids": self.next_position,
+            },
             cache=self.cache,
             use_cache=True,
-        ).last_hidden_state
-        self.next_position = self.next_position + 1
-        out = torch.zeros(
-            (tokens.shape[0] // self.n_prompts, self.n_prompts, hidden.shape[-1]),
-            dtype=hidden.dtype,
-            device=hidden.device,
         )
-        out[self.images] = hidden
-        return out.reshape(tokens.shape[0], -1)
+        self.next_position = self.next_position + 1
+        states = torch.stack(hidden, dim=2)  # (kept images, prompts, layers, dim)
+        out = states.new_zeros((tokens.shape[0] // self.n_prompts, *states.shape[1:]))
+        out[self.images] = states
+        return out.reshape(tokens.shape[0], *states.shape[2:])
 
 
 def keep_first_layers(model: Any, n_layers: int) -> bool:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 from PIL import Image
 
+from dior_search import defaults
 from dior_search.errors import InputError, UsageError
 from dior_search.models.settings import SETTINGS_BY_METHOD, Method, ModelSettings
 
@@ -32,6 +33,7 @@ IDENTITY_SETTINGS = (
     "model",
     "template",
     "layer",
+    "source",
     "position_scheme",
     "max_pixels",
     "max_side",
@@ -65,6 +67,17 @@ class EmbedderDescription:
     @property
     def model(self) -> str:
         return self.settings.model
+
+    @property
+    def source(self) -> str:
+        """Where DIOR's vectors were read (see models.dior); the last input for the others."""
+        return str(getattr(self.settings, "source", defaults.DEFAULT_SOURCE))
+
+    @property
+    def reads_last_input(self) -> bool:
+        """Whether the vectors are states of the prompt's last token, from which the output
+        head gives the answer's first token (what a text query scores by)."""
+        return self.source == defaults.DEFAULT_SOURCE
 
     def to_fields(self) -> dict[str, Any]:
         """The flat form a manifest stores: `method`, the settings' fields, the model's."""

@@ -18,6 +18,17 @@ PositionScheme = Literal["reference", "native"]
 POSITION_SCHEMES: tuple[PositionScheme, ...] = ("reference", "native")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 Method = Literal["dior", "clip", "generative", "indirect"]
+# Where a DIOR vector is read (see models.dior): the last input token, or the greedy answer's
+# first generated token fed back, or the mean over the answer's tokens fed back.
+EmbeddingSource = Literal["last_input", "first_output", "mean_output"]
+SOURCES: tuple[EmbeddingSource, ...] = ("last_input", "first_output", "mean_output")
+# The methods that take a source: DIOR's (bench's dior and dior-unconditional).
+SOURCE_METHODS = ("dior", "dior-unconditional")
+
+
+def check_source(source: str) -> None:
+    if source not in SOURCES:
+        raise UsageError(f"unknown --source {source!r}; valid: {', '.join(SOURCES)}")
 
 
 def check_dtype(dtype: str) -> None:
@@ -88,9 +99,11 @@ class DiorSettings(ModelSettings):
     # Run each image's shared prompt prefix once and only the condition suffixes per condition;
     # False runs a full forward pass per (image, condition) row. Both give the same embeddings.
     prefix_reuse: bool = True
+    source: EmbeddingSource = "last_input"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_source(self.source)
         if self.position_scheme not in POSITION_SCHEMES:
             valid = ", ".join(POSITION_SCHEMES)
             raise UsageError(f"unknown position scheme {self.position_scheme!r}; valid: {valid}")
@@ -173,6 +186,7 @@ class EmbedderOptions:
     trust_remote_code: bool = False
     clip_model: str = defaults.DEFAULT_CLIP_MODEL
     text_encoder: str = defaults.DEFAULT_TEXT_ENCODER
+    source: str = defaults.DEFAULT_SOURCE
 
     def for_collections(self, collections: Sequence[str]) -> EmbedderOptions:
         """These options with the model filled in: as chosen, or the collections' default."""
@@ -187,6 +201,7 @@ class EmbedderOptions:
         if self.position_scheme not in POSITION_SCHEMES:
             valid = ", ".join(POSITION_SCHEMES)
             raise UsageError(f"unknown position scheme {self.position_scheme!r}; valid: {valid}")
+        check_source(self.source)
         return DiorSettings(
             model=self.vlm,
             revision=self.revision,
@@ -195,6 +210,7 @@ class EmbedderOptions:
             dtype=self.dtype,
             device=self.device,
             position_scheme=self.position_scheme,  # narrowed by the check above
+            source=self.source,  # type: ignore[arg-type]  # checked above
             max_pixels=self.max_pixels,
             max_side=self.max_side or None,
             batch_size=self.batch_size,
@@ -204,7 +220,17 @@ class EmbedderOptions:
     def clip(self) -> ClipSettings:
         return self.dual_encoder(ClipSettings)
 
+    def only_dior_source(self, method: str) -> None:
+        """UsageError where a source other than the last input is asked of a method that has
+        no generated answer to read it from."""
+        if self.source != defaults.DEFAULT_SOURCE:
+            raise UsageError(
+                f"--source {self.source} applies to the {' and '.join(SOURCE_METHODS)} methods "
+                f"only, not {method}"
+            )
+
     def generative(self) -> GenerativeSettings:
+        self.only_dior_source("generative")
         return GenerativeSettings(
             model=self.vlm,
             revision=self.revision,
@@ -223,6 +249,7 @@ class EmbedderOptions:
 
     def dual_encoder(self, kind: type[DualEncoder]) -> DualEncoder:
         """Settings of a method built on the CLIP model (`clip_model`)."""
+        self.only_dior_source(kind.method)
         return kind(
             model=self.clip_model,
             dtype=self.dtype,

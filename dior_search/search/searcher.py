@@ -281,9 +281,7 @@ class Searcher:
             indexes = indexes.root
         if isinstance(indexes, Path):
             if not indexes.is_dir():
-                raise IndexStoreError(
-                    f"no indexes folder {indexes}: run `dior-search index` first"
-                )
+                raise IndexStoreError(f"no indexes folder {indexes}: run `dior-search index` first")
             store: IndexStore = FolderStore(indexes)
         else:
             store = indexes
@@ -509,6 +507,17 @@ class Searcher:
                 )
             return self._word_head
 
+    def check_first_token_scores(self, condition: ConditionIndex) -> None:
+        """NoAnswers unless the condition's vectors are last-input states, whose output head
+        scores a word's first token (answer tokens' states score the token after them)."""
+        description = self.reader(condition).manifest.embedder
+        if not description.reads_last_input:
+            raise NoAnswers(
+                f"the index of {condition.name!r} holds {description.source} vectors: text "
+                "queries score by the last input token's (index with --source last_input); "
+                "--where filters on its answers work"
+            )
+
     def check_answers(self, collection: CollectionIndexes, condition: ConditionIndex) -> None:
         """NoAnswers, saying how to add them, unless the condition's index stores answers."""
         state = self.reader(condition).manifest.answers
@@ -645,6 +654,7 @@ class Searcher:
         for position, condition in enumerate(conditions):
             if condition.name in words:
                 self.check_answers(collection, condition)
+                self.check_first_token_scores(condition)
                 _, rows = self.word_head().word(words[condition.name])
                 found.append(WordCondition(condition.name, position, words[condition.name], rows))
         return found

@@ -190,7 +190,7 @@ async def collections(request: Request) -> Response:
         {
             "model": {
                 key: getattr(settings_used, key, None)
-                for key in ("model", "template", "layer", "position_scheme")
+                for key in ("model", "template", "layer", "source", "position_scheme")
             },
             "limits": {
                 "max_upload_bytes": settings.max_upload_bytes,

@@ -309,6 +309,16 @@ class IndexStore(Protocol):
     def close(self) -> None: ...
 
 
+def matching_entries(
+    entries: Sequence[IndexEntry], method: str | None, model: str | None
+) -> list[IndexEntry]:
+    """The entries of `method` and `model` (see `IndexEntry.matches`); where `model` is some
+    embedder's exact folder name (`tiny`, beside `tiny+layer-2`), that embedder's alone."""
+    found = [e for e in entries if e.matches(method, model)]
+    exact = [e for e in found if e.embedder_folder == model]
+    return exact or found
+
+
 def merge_top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Keep the k highest scores per row (inner product: higher is closer); ties by lower id."""
     order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -scores), axis=1)[:, :k]
@@ -333,9 +343,9 @@ def allowed_rows(reader: Reader, allowed_ids: np.ndarray | Sequence[int]) -> np.
     return wanted[np.isin(wanted, reader.ids, assume_unique=True)]
 
 
-def exact_scores(reader: Reader, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[
-    np.ndarray, np.ndarray
-]:
+def exact_scores(
+    reader: Reader, queries: np.ndarray, ids: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The exact top k of `ids` (live rows) per unit query, from their stored vectors."""
     scores = np.empty((len(queries), len(ids)), dtype=np.float32)
     for low in range(0, len(ids), SCORE_CHUNK):

@@ -22,7 +22,7 @@ from dior_search.data.paths import name_bytes
 from dior_search.errors import IndexStoreError
 from dior_search.models.embedder import EmbedderDescription
 from dior_search.models.settings import GenerativeSettings
-from dior_search.store.backend import IndexEntry, IndexLocation
+from dior_search.store.backend import IndexEntry, IndexLocation, matching_entries
 from dior_search.store.manifest import MANIFEST, Manifest
 
 SKIPPED_FILE = "skipped.tsv"
@@ -34,6 +34,7 @@ HASHED_NAME = re.compile(r".*-[0-9a-f]{8}")
 FOLDER_SETTINGS = {
     "template": defaults.DEFAULT_TEMPLATE,
     "layer": defaults.DEFAULT_LAYER,
+    "source": defaults.DEFAULT_SOURCE,
     "position_scheme": defaults.DEFAULT_POSITION_SCHEME,
     "components": defaults.INDIRECT_COMPONENTS,
 }
@@ -118,7 +119,7 @@ def find_indexes(
             if damaged is None:
                 raise
             damaged[path.parent] = exc
-    return [e for e in entries if e.matches(method, model)]
+    return matching_entries(entries, method, model)
 
 
 def is_index_of(directory: Path, collection: str, condition: str) -> bool:

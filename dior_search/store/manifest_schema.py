@@ -16,7 +16,12 @@ from typing import Any
 from dior_search import defaults
 from dior_search.models.embedder import ANSWER_STATES
 from dior_search.models.prompts import PROMPT_TEMPLATES
-from dior_search.models.settings import DTYPE_NAMES, POSITION_SCHEMES, SETTINGS_BY_METHOD
+from dior_search.models.settings import (
+    DTYPE_NAMES,
+    POSITION_SCHEMES,
+    SETTINGS_BY_METHOD,
+    SOURCES,
+)
 
 MAX_ID = defaults.MAX_STORED_INT
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -102,6 +107,8 @@ EMBEDDER_FIELDS: dict[str, Field] = {
     "template": one_of(*PROMPT_TEMPLATES, optional=True),
     "layer": integer(-(1 << 20), 1 << 20, optional=True),
     "position_scheme": one_of(*POSITION_SCHEMES, optional=True),
+    # DIOR's source (absent: written before sources existed, the last input token).
+    "source": one_of(*SOURCES, optional=True),
     "max_pixels": integer(1, optional=True, nullable=True),
     "prefix_reuse": flag(optional=True),
     "text_encoder": text(optional=True),

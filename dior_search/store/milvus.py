@@ -56,6 +56,7 @@ from dior_search.store.backend import (
     IndexLocation,
     allowed_rows,
     exact_scores,
+    matching_entries,
     merge_top_k,
     padded,
     search_allowed,
@@ -445,7 +446,7 @@ class MilvusStore:
                 )
             if collection is None or location.collection == collection:
                 entries.append(IndexEntry(location, manifest))
-        return [e for e in entries if e.matches(method, model)]
+        return matching_entries(entries, method, model)
 
     # -- readers and writers --------------------------------------------------------------
 

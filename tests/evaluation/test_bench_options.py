@@ -5,10 +5,10 @@ import json
 
 import numpy as np
 import pytest
+from cli_runs import synthetic_datasets
 from test_metrics import pml_metrics
 
 from dior_search.cli import main
-from dior_search.data.synthetic import write_dataset
 from dior_search.evaluation.metrics import leakage
 from dior_search.store.reader import IndexReader
 
@@ -17,9 +17,7 @@ N_IMAGES = 48
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench_options")
-    write_dataset(root / "synthetic", {"test": N_IMAGES})
-    return root
+    return synthetic_datasets(tmp_path_factory.mktemp("bench_options"), N_IMAGES)
 
 
 def bench(datasets, indexes, out, *extra):

@@ -227,6 +227,30 @@ def test_another_model_is_refused(store, tmp_path, tiny):
     assert len(store.reader(location)) == 2
 
 
+def test_vectors_of_another_source_are_refused(store, tmp_path, tiny):
+    """An index of last-input vectors never takes, nor is queried with, answer-token vectors
+    (same model and weights): the source is part of the embedder's identity, read back from
+    the manifest; a manifest without it means the last input."""
+    folder = tmp_path / "images"
+    write_images(folder, {"a.png": 0, "b.png": 1})
+    location = run(store, folder, tiny).directories["color"]
+    stored = store.manifest_at(location)
+    assert stored.embedder.source == "last_input"
+    other = OtherWeights(tiny)
+    settings = dataclasses.replace(stored.embedder.settings, source="first_output")
+    other.description = dataclasses.replace(stored.embedder, settings=settings)
+    with pytest.raises(IndexStoreError, match="source 'last_input' \\(asked: 'first_output'\\)"):
+        store.writer(location, dataclasses.replace(stored, embedder=other.describe()))
+    entries = store.find(collection=open_folder(folder).name)
+    with pytest.raises(IndexStoreError, match="was built with source"):
+        Searcher(entries, embedder=other)
+    fields = stored.embedder.to_fields()
+    assert fields["source"] == "last_input"
+    del fields["source"]  # a manifest written before sources existed
+    assert type(stored.embedder).from_fields(fields).differences(stored.embedder) == []
+    assert len(store.reader(location)) == 2
+
+
 def test_parts_run_one_after_another_give_the_single_run(store, tmp_path, tiny):
     folder = tmp_path / "images"
     write_images(folder, {f"{n:02d}.png": n for n in range(9)})
