@@ -29,3 +29,18 @@ def store_args(kind: str, root: Path) -> list[str]:
 def opened(kind: str, root: Path) -> IndexStore:
     """A store of `kind` under `root`, created if new."""
     return open_store(store_spec(kind, root), root / "indexes", create=True)
+
+
+def milvus_filters_sent(monkeypatch) -> list[str]:
+    """The filter expression of every search any Milvus client is asked for from now on."""
+    from pymilvus import MilvusClient
+
+    sent: list[str] = []
+    search = MilvusClient.search
+
+    def spy(self, *args, **kwargs):
+        sent.append(kwargs.get("filter", ""))
+        return search(self, *args, **kwargs)
+
+    monkeypatch.setattr(MilvusClient, "search", spy)
+    return sent

@@ -7,10 +7,15 @@ One syntax, two kinds:
   stripped);
 - `label:NAME=VALUE`: the collection's label NAME of the image is VALUE, exactly.
 
-Several filters must all hold. The search layer turns them into a mask over the first
-condition's rows (`passing`), which the stores receive as allowed ids per searched index.
-Labels are the collection's as its label table says now (`current_row_labels`: what query
-results show too), or, for a collection without a table, those stored beside the vectors.
+Several filters must all hold. Labels are the collection's as its label table says now
+(`current_row_labels`: what query results show too), or, for a collection without a table,
+those stored beside the vectors.
+
+Where one index decides every filter (one condition searched by image, its own answers, and
+labels stored beside its vectors: no label table), the filters go to its store as column
+equalities (`store_filter`, `Reader.search_where`; a Milvus store makes them a filter
+expression). Otherwise the search layer turns them into a mask over the first condition's
+rows (`passing_rows`), which the stores receive as allowed ids per searched index.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from dior_search.models.answers import normalize_word
 from dior_search.search.joined import JoinedIndexes
 from dior_search.store.backend import Reader
 from dior_search.store.shards import ANSWER, Row
+from dior_search.store.shards import LABEL_PREFIX as LABEL_COLUMN
 
 LABEL_PREFIX = "label:"
 
@@ -99,6 +105,39 @@ def label_names(reader: Reader, collection: str, root: Path) -> list[str]:
     return sorted(names)
 
 
+def check_label(reader: Reader, collection: str, root: Path, where: Filter) -> None:
+    """UsageError, listing the labels there are, unless a label filter names one."""
+    names = label_names(reader, collection, root)
+    if where.name not in names:
+        valid = ", ".join(names) or "none: an image folder has no labels"
+        raise UsageError(f"--where {where}: no label {where.name!r}; labels: {valid}")
+
+
+def store_filter(
+    joined: JoinedIndexes, filters: Sequence[Filter], collection: str, root: Path
+) -> list[tuple[str, str]] | None:
+    """The filters as equalities of the first index's columns (its answers, its stored
+    labels) for its store to decide (`Reader.search_where`), when that index alone decides
+    them all; None where one needs another index's answers or the label table (the labels
+    stored beside the vectors are then not the current ones): `passing_rows` then."""
+    if len(joined.readers) != 1:
+        return None
+    first = joined.readers[0]
+    condition = str(first.manifest.condition["name"])
+    equals = []
+    for where in filters:
+        if where.kind == "answer":
+            if where.name != condition:
+                return None
+            equals.append((ANSWER, where.value))
+        else:
+            if current_labels(collection, root) is not None:
+                return None
+            check_label(first, collection, root, where)
+            equals.append((LABEL_COLUMN + where.name, where.value))
+    return equals
+
+
 def passing_rows(
     joined: JoinedIndexes,
     filters: Sequence[Filter],
@@ -115,10 +154,7 @@ def passing_rows(
     first = joined.readers[0]
     for where in filters:
         if where.kind == "label":
-            names = label_names(first, collection, root)
-            if where.name not in names:
-                valid = ", ".join(names) or "none: an image folder has no labels"
-                raise UsageError(f"--where {where}: no label {where.name!r}; labels: {valid}")
+            check_label(first, collection, root, where)
             values = np.asarray(label_values(first, collection, root, where.name), dtype=object)
         else:
             values = joined.column(answer_readers[where.name], ANSWER)

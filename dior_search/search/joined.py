@@ -15,10 +15,10 @@ of the other indexes are only looked up, never assumed equal to positions. Not e
 index need be searched by similarity: a condition asked about in words, or one whose answers
 a filter reads, is joined for its columns (`column`). A search may be limited to the rows a
 filter passes (a mask over positions): each searched index is then searched among its ids of
-those rows only. Each condition's
-index is joined as of the generation its reader holds: an image counts where every one of
-them holds its content, whatever path each has it under, so conditions synced at different
-times never mix two contents of one path.
+those rows only; one index joined alone may leave the filter to its store (`search_where`).
+Each condition's index is joined as of the generation its reader holds: an image counts
+where every one of them holds its content, whatever path each has it under, so conditions
+synced at different times never mix two contents of one path.
 """
 
 from __future__ import annotations
@@ -95,6 +95,15 @@ def normalize_weights(weights: Sequence[float] | None, n_conditions: int) -> tup
         weights = [w / largest for w in weights]
         total = sum(weights)
     return tuple(w / total for w in weights)
+
+
+def alone(scores: np.ndarray, ids: np.ndarray) -> list[Ranked]:
+    """One index's hits (id -1: none) as rankings of their own."""
+    return [
+        Ranked(int(i), float(s), (float(s),))
+        for s, i in zip(scores.tolist(), ids.tolist(), strict=True)
+        if i >= 0
+    ]
 
 
 class JoinedIndexes:
@@ -210,11 +219,7 @@ class JoinedIndexes:
                 if len(allowed) == 0:
                     return []
             scores, ids = self.readers[0].search(np.asarray(vectors[0])[None, :], k, allowed)
-            return [
-                Ranked(int(i), float(s), (float(s),))
-                for s, i in zip(scores[0].tolist(), ids[0].tolist(), strict=True)
-                if i >= 0
-            ]
+            return alone(scores[0], ids[0])
         if not all(w > 0 for w in weights):
             raise UsageError(f"weights must be positive, got {list(weights)}")
         queries = [normalize(np.asarray(v)[None, :])[0] for v in vectors]
@@ -251,6 +256,16 @@ class JoinedIndexes:
             )
             for p in order.tolist()
         ]
+
+    def search_where(
+        self, vector: np.ndarray, k: int, equals: Sequence[tuple[str, str]]
+    ) -> list[Ranked]:
+        """The top k of the only joined index among the rows whose columns hold the values
+        `equals` names, filtered by its store (see search.filters.store_filter)."""
+        if len(self.readers) != 1:
+            raise ValueError("a store decides filters of one index searched alone")
+        scores, ids = self.readers[0].search_where(np.asarray(vector)[None, :], k, equals)
+        return alone(scores[0], ids[0])
 
     def candidates(
         self,

@@ -36,6 +36,7 @@ from dior_search.search.filters import (
     current_row_labels,
     parse_filters,
     passing_rows,
+    store_filter,
 )
 from dior_search.search.joined import JoinedIndexes, Ranked, normalize_weights
 from dior_search.search.words import WordCondition, WordRanking, WordScores
@@ -593,12 +594,15 @@ class Searcher:
         by_image = [i for i, c in enumerate(conditions) if c.name not in words]
         joined, answer_readers = self.joined_for(collection, conditions, filters)
         word_conditions = self.word_conditions(collection, conditions, words)
+        root = conditions[0].root
+        # Filters one index decides go to its store; the others become a mask of rows.
+        pushed = None
+        if filters and not words and len(conditions) == 1:
+            pushed = store_filter(joined, filters, collection.name, root)
         passing = None
-        if filters:
-            root = conditions[0].root
+        if filters and pushed is None:
             passing = passing_rows(joined, filters, answer_readers, collection.name, root)
         query = QueryImage()
-        root = conditions[0].root
         vectors: list[np.ndarray] = []
         if by_image and request.id is not None:
             first_id = self.first_id(joined, collection, conditions, request)
@@ -612,9 +616,13 @@ class Searcher:
             assert request.image is not None  # resolve() checked that one is given
             texts = [conditions[i].text for i in by_image]
             vectors = self.embed(request.image, texts, deadline)
-        ranked, scored = self.rank(
-            joined, vectors, weights, by_image, word_conditions, passing, request.k
-        )
+        scored: list[WordScores] = []
+        if pushed is not None:
+            ranked = joined.search_where(vectors[0], request.k, pushed)
+        else:
+            ranked, scored = self.rank(
+                joined, vectors, weights, by_image, word_conditions, passing, request.k
+            )
         hits, unlisted = self.hits(
             collection, joined, conditions, by_image, word_conditions, ranked, scored
         )

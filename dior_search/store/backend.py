@@ -138,6 +138,15 @@ class Reader(Protocol):
         rows (of `allowed_ids`, when given) exist."""
         ...
 
+    def search_where(
+        self, queries: np.ndarray, k: int, equals: Sequence[tuple[str, str]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`search` among the rows whose column `name` holds `value` for every (name, value)
+        of `equals` (columns such as `answer` or `label_<name>`): exactly k hits whenever k
+        rows pass. The store decides the filter as it can: the folder store by a mask over
+        its columns (`ids_where`), a database by its own filter expression."""
+        ...
+
     def contains(self, row_id: int) -> bool: ...
 
     def positions(self, ids: Sequence[int] | np.ndarray) -> np.ndarray: ...
@@ -341,6 +350,16 @@ def allowed_rows(reader: Reader, allowed_ids: np.ndarray | Sequence[int]) -> np.
     """The allowed ids that are live rows of the reader, ascending, without repeats."""
     wanted = np.unique(np.asarray(allowed_ids, dtype=np.int64))
     return wanted[np.isin(wanted, reader.ids, assume_unique=True)]
+
+
+def ids_where(reader: Reader, equals: Sequence[tuple[str, str]]) -> np.ndarray:
+    """The ids of the reader's rows whose column `name` holds `value` for every (name, value)
+    of `equals`, ascending (a column the index lacks holds no value)."""
+    passing = np.ones(len(reader), dtype=bool)
+    for name, value in equals:
+        passing &= np.asarray(reader.column(name), dtype=object) == value
+    found: np.ndarray = reader.ids[passing]
+    return found
 
 
 def exact_scores(

@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -56,6 +57,7 @@ from dior_search.store.backend import (
     IndexLocation,
     allowed_rows,
     exact_scores,
+    ids_where,
     matching_entries,
     merge_top_k,
     padded,
@@ -111,6 +113,10 @@ ID_BATCH = 4096
 MAX_LIMIT = 16_384
 # Allowed ids up to this many are a filter expression Milvus applies itself.
 FILTER_EXPRESSION_MAX = 16_384
+# A field an expression names as it is; filters on others are allowed ids.
+FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# What a string literal of an expression escapes (Milvus reads no other escape).
+STRING_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # Bytes of vectors per insert request (gRPC messages are bounded).
 INSERT_BYTES = 16 << 20
 # A process that claims the publishing of a distributed run's parts waits this long for a
@@ -673,6 +679,31 @@ def exact_path(row: dict[str, Any]) -> str:
     return str(row["path"]) if raw is None else from_bytes(bytes.fromhex(raw))
 
 
+def string_literal(value: str) -> str:
+    r"""`value` as a string literal of a Milvus expression: quotes, backslashes and line
+    breaks escaped (the only escapes Milvus reads), so whatever a user wrote stays one value
+    and never changes the expression.
+
+    >>> print(string_literal('red" or id >= 0 or answer == "x'))
+    "red\" or id >= 0 or answer == \"x"
+    >>> print(string_literal("a\\b\nc"))
+    "a\\b\nc"
+    """
+    return '"' + "".join(STRING_ESCAPES.get(char, char) for char in value) + '"'
+
+
+def fields_expression(equals: Sequence[tuple[str, str]]) -> str | None:
+    """A Milvus expression: every field equal to its value; None where a field's name is not
+    one an expression can name as it is (label names may hold any character).
+
+    >>> fields_expression([("answer", "red"), ("label_shape", "circle")])
+    'answer == "red" and label_shape == "circle"'
+    """
+    if not all(FIELD_NAME.fullmatch(name) for name, _ in equals):
+        return None
+    return " and ".join(f"{name} == {string_literal(value)}" for name, value in equals)
+
+
 def index_params(spec: str) -> Any:
     """pymilvus index parameters of type `spec` on `vector`, by inner product.
 
@@ -841,9 +872,41 @@ class MilvusReader(RowLookups):
             return search_allowed(self, queries, k, allowed)
         expression = f"id in [{','.join(str(i) for i in allowed.tolist())}]"
         scores, ids = self._search(queries, k, len(allowed), expression)
+        return self._fill_short(queries, k, allowed, scores, ids)
+
+    def search_where(
+        self, queries: np.ndarray, k: int, equals: Sequence[tuple[str, str]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`search` among the rows whose fields hold the values `equals` names, filtered by
+        Milvus itself: `id < next_id and answer == "red" and label_x == "v"` (values escaped:
+        `string_literal`). The rows that pass are counted in this reader's columns; a query
+        for which an approximate index finds fewer of them than k is searched among their
+        ids again. A field an expression cannot name, or more hits than one search returns,
+        take `search`'s allowed-ids path."""
+        queries = normalize(np.atleast_2d(queries))
+        k = max(1, k)
+        passing = ids_where(self, equals)
+        expression = fields_expression(equals)
+        if expression is None or min(k, len(passing)) > MAX_LIMIT:
+            return self.search(queries, k, passing)
+        expression = f"id < {self.manifest.next_id} and {expression}"
+        scores, ids = self._search(queries, k, len(passing), expression)
+        return self._fill_short(queries, k, passing, scores, ids)
+
+    def _fill_short(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray, scores: np.ndarray, ids: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each query whose filtered search found fewer than k of the `allowed` rows (an
+        approximate index's probes missed them) searched among them again: scored exactly
+        while they are few enough for one expression, else by over-fetching."""
         want = min(k, len(allowed))
         for row in np.flatnonzero((ids >= 0).sum(axis=1) < want).tolist():
-            scores[row], ids[row] = exact_scores(self, queries[row : row + 1], allowed, k)
+            one = queries[row : row + 1]
+            if len(allowed) <= FILTER_EXPRESSION_MAX:
+                found = exact_scores(self, one, allowed, k)
+            else:
+                found = search_allowed(self, one, k, allowed)
+            scores[row], ids[row] = found[0][0], found[1][0]
         return scores, ids
 
     def _search(

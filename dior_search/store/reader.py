@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from dior_search.errors import IndexStoreError, UsageError
-from dior_search.store.backend import merge_top_k
+from dior_search.store.backend import ids_where, merge_top_k
 from dior_search.store.files import io_errors, verify_file
 from dior_search.store.index_types import (
     FLAT,
@@ -309,6 +309,13 @@ class IndexReader(RowLookups):
             scores.append(shard_scores)
             ids.append(shard_ids)
         return merge_top_k(np.hstack(scores), np.hstack(ids), k)
+
+    def search_where(
+        self, queries: np.ndarray, k: int, equals: Sequence[tuple[str, str]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`search` among the rows whose columns hold the values `equals` names: a mask over
+        the columns, searched as allowed ids."""
+        return self.search(queries, k, ids_where(self, equals))
 
     def _search_shard(
         self, number: int, queries: np.ndarray, k: int

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from stores import STORE_KINDS, opened, store_args
+from stores import STORE_KINDS, milvus_filters_sent, opened, store_args
 from sync_helpers import CachedEmbedder
 
 from dior_search.cli import main
@@ -71,16 +71,78 @@ def test_exact_indexes_answer_alike_on_both_stores(indexed):
                 )
 
 
-def test_the_query_verb_prints_the_same_hits(indexed, capsys):
-    root, _ = indexed
+def printed_alike(root, capsys, args):
+    """The hits `query ... --json` prints on the folder store, the same (ids, and scores
+    within 1e-5) as those it prints on Milvus Lite."""
     printed = {}
     for kind in STORE_KINDS:
-        args = ["query", "--id", "17", "-c", "color", "-c", "background", "-w", "2", "-w", "1"]
-        args += ["--dataset", "synthetic", "--json", "-k", "15", *store_args(kind, root)]
-        assert main(args) == 0
+        assert main([*args, "--dataset", "synthetic", "--json", *store_args(kind, root)]) == 0
         printed[kind] = json.loads(capsys.readouterr().out)
     folder, database = printed["folder"], printed["milvus-lite"]
     assert [h["id"] for h in database] == [h["id"] for h in folder]
     np.testing.assert_allclose(
         [h["score"] for h in database], [h["score"] for h in folder], atol=1e-5
     )
+    return folder
+
+
+def test_the_query_verb_prints_the_same_hits(indexed, capsys):
+    root, _ = indexed
+    args = ["query", "--id", "17", "-c", "color", "-c", "background", "-w", "2", "-w", "1"]
+    assert len(printed_alike(root, capsys, [*args, "-k", "15"])) == 15
+
+
+class AnsweringCache(CachedEmbedder):
+    """A cached embedder that also gives the model's answers, computed once per image."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.answered: dict[bytes, tuple[np.ndarray, list]] = {}
+
+    def embed_with_answers(self, images, conditions, on_progress=None):
+        vectors = np.empty((len(images), len(conditions), self.dim), dtype=np.float32)
+        answers = []
+        for row, image in enumerate(images):
+            key = image.tobytes() + repr((image.size, list(conditions))).encode()
+            if key not in self.answered:
+                found, said = self.inner.embed_with_answers([image], conditions)
+                self.answered[key] = (found[0], said[0])
+            vectors[row], said = self.answered[key]
+            answers.append(list(said))
+        return vectors, answers
+
+
+@pytest.fixture(scope="module")
+def answered(tmp_path_factory):
+    """60 synthetic images under `color`, with the model's answers, indexed exactly into each
+    store from the same vectors and answers."""
+    root = tmp_path_factory.mktemp("answered")
+    write_dataset(root / "datasets" / "synthetic", {"test": 60})
+    collection = open_dataset("synthetic", root / "datasets")
+    embedder = AnsweringCache(DiorEmbedder(DiorSettings(model="tiny", device="cpu")))
+    stores = {}
+    for kind in STORE_KINDS:
+        store = opened(kind, root)
+        settings = IndexSettings(indexes_dir=root / "indexes", store=store, index_type="flat")
+        index_collection(collection, ("color",), embedder, settings)
+        stores[kind] = store
+    yield root, stores
+    for store in stores.values():
+        store.close()
+
+
+def test_a_filter_on_the_searched_condition_is_a_milvus_expression(answered, capsys, monkeypatch):
+    """`query -c color --where color=WORD`: Milvus filters by the answer field itself (no
+    `id in [...]`), with the folder store's hits: k of them, or every image that passes."""
+    root, stores = answered
+    sent = milvus_filters_sent(monkeypatch)
+    counts = Searcher.open(stores["folder"], collection="synthetic").facets(None, "color").counts
+    assert len(counts) >= 2
+    for word, passing in (counts[0], counts[-1]):
+        for row_id in (5, 44):
+            args = ["query", "--id", str(row_id), "-c", "color", "--where", f"color={word}"]
+            folder = printed_alike(root, capsys, [*args, "-k", "12"])
+            assert len(folder) == min(12, passing)
+            assert {h["answers"]["color"] for h in folder} == {word}
+        assert any(f'answer == "{word}"' in s for s in sent), sent
+    assert sent and all("id in [" not in s for s in sent), sent
