@@ -467,8 +467,7 @@ def embed_slice(
     start, stop = bounds
     positions = {item.path: start + offset for offset, item in enumerate(work[start:stop])}
     row_ids = [
-        {path: state.next_id + position for path, position in positions.items()}
-        for state in states
+        {path: state.next_id + position for path, position in positions.items()} for state in states
     ]
     embed_items(job, runs, work[start:stop], report, on_progress, row_ids)
 

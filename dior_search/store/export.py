@@ -140,8 +140,7 @@ def export_collection(
         )
     chosen = list(conditions) if conditions else sorted(by_condition)
     return [
-        export_index(store.reader(by_condition[c].location), out_dir, export_format)
-        for c in chosen
+        export_index(store.reader(by_condition[c].location), out_dir, export_format) for c in chosen
     ]
 
 

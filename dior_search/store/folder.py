@@ -31,9 +31,7 @@ class FolderStore:
     def name(self) -> str:
         return str(self.root)
 
-    def location(
-        self, collection: str, description: EmbedderDescription, condition: str
-    ) -> Path:
+    def location(self, collection: str, description: EmbedderDescription, condition: str) -> Path:
         return layout.index_dir(self.root, collection, description, condition)
 
     def manifest_at(self, location: IndexLocation) -> Manifest | None:
