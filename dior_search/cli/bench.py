@@ -27,7 +27,7 @@ from dior_search.cli.progress import progress_bar
 from dior_search.data.collections import check_conditions
 from dior_search.data.paths import shown
 from dior_search.errors import UsageError
-from dior_search.models.settings import EmbedderOptions, check_source
+from dior_search.models.settings import EmbedderOptions
 
 if TYPE_CHECKING:
     from dior_search.evaluation.bench import BenchResult
@@ -122,7 +122,6 @@ def bench(
     from dior_search.evaluation.metrics import DISTANCES
     from dior_search.indexing.job import IndexSettings
 
-    check_source(options.source)
     if distance not in DISTANCES:
         raise UsageError(f"unknown distance {distance!r}; valid: {', '.join(DISTANCES)}")
     if generative_answers not in ("generate", "stored"):

@@ -30,7 +30,7 @@ from dior_search.cli.progress import progress_bar
 from dior_search.data.collections import check_conditions
 from dior_search.data.paths import shown
 from dior_search.errors import UsageError
-from dior_search.models.settings import EmbedderOptions, check_at_most, check_source
+from dior_search.models.settings import EmbedderOptions, check_at_most
 
 if TYPE_CHECKING:
     from dior_search.indexing.job import IndexReport
@@ -127,7 +127,6 @@ def index(
     from dior_search.models import load_embedder
     from dior_search.store.index_types import canonical_spec, parse_size
 
-    check_source(options.source)
     if shard_size is not None and shard_size < 1:
         raise UsageError("--shard-size must be at least 1")
     check_at_most("--shard-size", shard_size)

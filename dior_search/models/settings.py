@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar, cast
 
 from dior_search import defaults
 from dior_search.errors import UsageError
@@ -29,6 +29,12 @@ SOURCE_METHODS = ("dior", "dior-unconditional")
 def check_source(source: str) -> None:
     if source not in SOURCES:
         raise UsageError(f"unknown --source {source!r}; valid: {', '.join(SOURCES)}")
+
+
+def check_position_scheme(scheme: str) -> None:
+    if scheme not in POSITION_SCHEMES:
+        valid = ", ".join(POSITION_SCHEMES)
+        raise UsageError(f"unknown position scheme {scheme!r}; valid: {valid}")
 
 
 def check_dtype(dtype: str) -> None:
@@ -104,9 +110,7 @@ class DiorSettings(ModelSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_source(self.source)
-        if self.position_scheme not in POSITION_SCHEMES:
-            valid = ", ".join(POSITION_SCHEMES)
-            raise UsageError(f"unknown position scheme {self.position_scheme!r}; valid: {valid}")
+        check_position_scheme(self.position_scheme)
         build_prompt(self.template, None)  # raises on an unknown template
         check_max_pixels(self.max_pixels)
 
@@ -188,6 +192,11 @@ class EmbedderOptions:
     text_encoder: str = defaults.DEFAULT_TEXT_ENCODER
     source: str = defaults.DEFAULT_SOURCE
 
+    def __post_init__(self) -> None:
+        # Unknown values are refused when the options are made, before anything loads.
+        check_position_scheme(self.position_scheme)
+        check_source(self.source)
+
     def for_collections(self, collections: Sequence[str]) -> EmbedderOptions:
         """These options with the model filled in: as chosen, or the collections' default."""
         return replace(self, model=self.model or defaults.default_model(collections))
@@ -198,10 +207,6 @@ class EmbedderOptions:
         return self.model or defaults.DEFAULT_MODEL
 
     def dior(self) -> DiorSettings:
-        if self.position_scheme not in POSITION_SCHEMES:
-            valid = ", ".join(POSITION_SCHEMES)
-            raise UsageError(f"unknown position scheme {self.position_scheme!r}; valid: {valid}")
-        check_source(self.source)
         return DiorSettings(
             model=self.vlm,
             revision=self.revision,
@@ -209,8 +214,8 @@ class EmbedderOptions:
             layer=self.layer,
             dtype=self.dtype,
             device=self.device,
-            position_scheme=self.position_scheme,  # narrowed by the check above
-            source=self.source,  # type: ignore[arg-type]  # checked above
+            position_scheme=cast(PositionScheme, self.position_scheme),  # checked when made
+            source=cast(EmbeddingSource, self.source),  # checked when made
             max_pixels=self.max_pixels,
             max_side=self.max_side or None,
             batch_size=self.batch_size,
