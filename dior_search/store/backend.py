@@ -96,13 +96,6 @@ class IndexEntry:
             model is None or model in (embedder.model, self.embedder_folder)
         )
 
-    @property
-    def directory(self) -> Path:
-        """The index directory of a folder-store entry."""
-        if not isinstance(self.location, Path):
-            raise TypeError(f"{self.location} is not an index directory")
-        return self.location
-
 
 class Reader(Protocol):
     """One index as of one commit: live rows only, ids ascending."""
@@ -348,8 +341,14 @@ def padded(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.
 
 def allowed_rows(reader: Reader, allowed_ids: np.ndarray | Sequence[int]) -> np.ndarray:
     """The allowed ids that are live rows of the reader, ascending, without repeats."""
-    wanted = np.unique(np.asarray(allowed_ids, dtype=np.int64))
-    return wanted[np.isin(wanted, reader.ids, assume_unique=True)]
+    wanted = np.asarray(allowed_ids, dtype=np.int64)
+    if len(wanted) > 1 and (np.diff(wanted) <= 0).any():  # the search layer's are sorted
+        wanted = np.unique(wanted)
+    positions = np.searchsorted(reader.ids, wanted)
+    live = positions < len(reader.ids)
+    live[live] = reader.ids[positions[live]] == wanted[live]
+    found: np.ndarray = wanted[live]
+    return found
 
 
 def ids_where(reader: Reader, equals: Sequence[tuple[str, str]]) -> np.ndarray:
@@ -411,7 +410,6 @@ def search_allowed(
             out_ids[pending[row], :want] = found_ids[row, taken]
         pending = pending[~(enough | exhausted)]
         fetch = min(total, fetch * 4)
-    for row in short:
-        scores, ids = exact_scores(reader, queries[row : row + 1], allowed, k)
-        out_scores[row], out_ids[row] = scores[0], ids[0]
+    if short:  # one exact pass for all of them: the allowed vectors are read once
+        out_scores[short], out_ids[short] = exact_scores(reader, queries[short], allowed, k)
     return out_scores, out_ids

@@ -45,7 +45,7 @@ from dior_search.store.shards import (
     read_tombstones,
     reconstruct_ids,
     reconstruct_rows,
-    tombstones_path,
+    remove_shard_files,
     write_faiss,
     write_index_file,
     write_table,
@@ -122,10 +122,7 @@ def rewrite_shard(
         done.shards_rewritten += 1
     write_manifest(directory, manifest)
     done.rows_dropped += len(dead)
-    faiss_path(directory, shard).unlink(missing_ok=True)
-    parquet_path(directory, shard).unlink(missing_ok=True)
-    if shard.tombstones:
-        tombstones_path(directory, shard).unlink(missing_ok=True)
+    remove_shard_files(directory, shard)
 
 
 def write_flat(path: Path, index: Any, keep: np.ndarray, live: np.ndarray) -> None:

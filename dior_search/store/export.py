@@ -153,9 +153,10 @@ def export_schema(reader: Reader, dim: int, with_vectors: bool) -> Any:
     """The export's columns: the tables' (types as stored), source and key, and the vector."""
     import pyarrow as pa
 
+    types = reader.column_types()
     fields = []
     for name in exported_columns(reader):
-        fields.append(pa.field(name, reader.column_types()[name]))
+        fields.append(pa.field(name, types[name]))
         if name == "path" and has_members(reader):
             fields += [pa.field("source", pa.string()), pa.field("key", pa.string())]
     if with_vectors:

@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import tempfile
 import threading
 import time
@@ -76,6 +75,7 @@ from dior_search.store.manifest import (
 )
 from dior_search.store.milvus_types import (
     FLAT,
+    NAME,
     canonical_milvus_spec,
     choose_milvus_type,
     default_search_params,
@@ -113,8 +113,6 @@ ID_BATCH = 4096
 MAX_LIMIT = 16_384
 # Allowed ids up to this many are a filter expression Milvus applies itself.
 FILTER_EXPRESSION_MAX = 16_384
-# A field an expression names as it is; filters on others are allowed ids.
-FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # What a string literal of an expression escapes (Milvus reads no other escape).
 STRING_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # Bytes of vectors per insert request (gRPC messages are bounded).
@@ -699,7 +697,7 @@ def fields_expression(equals: Sequence[tuple[str, str]]) -> str | None:
     >>> fields_expression([("answer", "red"), ("label_shape", "circle")])
     'answer == "red" and label_shape == "circle"'
     """
-    if not all(FIELD_NAME.fullmatch(name) for name, _ in equals):
+    if not all(NAME.fullmatch(name) for name, _ in equals):
         return None
     return " and ".join(f"{name} == {string_literal(value)}" for name, value in equals)
 
@@ -819,8 +817,8 @@ class MilvusReader(RowLookups):
         types: dict[str, Any] = {**fixed, "norm": pa.float32()}
         for name, values in self._columns.items():
             if name not in types:
-                present = [v for v in values if v is not None]
-                types[name] = pa.array(present[:1]).type if present else pa.string()
+                first = next((v for v in values if v is not None), None)
+                types[name] = pa.array([first]).type if first is not None else pa.string()
         return types
 
     # -- vectors ----------------------------------------------------------------------------
@@ -899,14 +897,14 @@ class MilvusReader(RowLookups):
         """Each query whose filtered search found fewer than k of the `allowed` rows (an
         approximate index's probes missed them) searched among them again: scored exactly
         while they are few enough for one expression, else by over-fetching."""
-        want = min(k, len(allowed))
-        for row in np.flatnonzero((ids >= 0).sum(axis=1) < want).tolist():
-            one = queries[row : row + 1]
-            if len(allowed) <= FILTER_EXPRESSION_MAX:
-                found = exact_scores(self, one, allowed, k)
-            else:
-                found = search_allowed(self, one, k, allowed)
-            scores[row], ids[row] = found[0][0], found[1][0]
+        short = np.flatnonzero((ids >= 0).sum(axis=1) < min(k, len(allowed)))
+        if len(short) == 0:
+            return scores, ids
+        # All of them at once, so the allowed rows' vectors are fetched once.
+        if len(allowed) <= FILTER_EXPRESSION_MAX:
+            scores[short], ids[short] = exact_scores(self, queries[short], allowed, k)
+        else:
+            scores[short], ids[short] = search_allowed(self, queries[short], k, allowed)
         return scores, ids
 
     def _search(

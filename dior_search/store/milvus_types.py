@@ -58,6 +58,7 @@ SERVER_TYPES = (
 )
 # The FAISS store's names of search parameters that Milvus calls otherwise.
 SEARCH_ALIASES = {"efSearch": "ef"}
+# A parameter's or field's name: what an index spec and a filter expression take as it is.
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 VALUE = re.compile(r"[A-Za-z0-9_.+-]+")
 

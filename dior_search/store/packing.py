@@ -69,6 +69,7 @@ from dior_search.store.shards import (
     read_table,
     read_tombstones,
     reconstruct_ids,
+    remove_shard_files,
     staged_vectors,
     write_faiss,
     write_index_file,
@@ -258,8 +259,7 @@ def pack_group(directory: Path, manifest: Manifest, trained: Any, group: list[Sh
     manifest.shards[position : position + len(group)] = packed
     write_manifest(directory, manifest)
     for shard in group:
-        for file_name in shard.files():
-            (directory / file_name).unlink(missing_ok=True)
+        remove_shard_files(directory, shard)
     log.info(
         "packed %d staged shards (%d vectors) into %s in %.1f s",
         len(group),
@@ -355,8 +355,7 @@ def unpack(directory: Path, manifest: Manifest) -> int:
     manifest.search_params = ""
     write_manifest(directory, manifest)
     for shard in retired:
-        for file_name in shard.files():
-            (directory / file_name).unlink(missing_ok=True)
+        remove_shard_files(directory, shard)
     if trained is not None:
         (directory / trained.name).unlink(missing_ok=True)
     return unpacked

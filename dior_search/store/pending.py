@@ -26,7 +26,7 @@ Self = TypeVar("Self", bound="PendingRows")
 
 class PendingRows:
     """The rows a writer holds and queues; subclasses commit them (`write_shard`) and read a
-    stored vector back (`stored_vector`)."""
+    stored row back (`stored`)."""
 
     manifest: Manifest
     next_id: int
@@ -41,10 +41,6 @@ class PendingRows:
     def stored(self, row_id: int) -> tuple[np.ndarray, Answer | None]:
         """A stored row's raw vector (unit vector x norm) and its answer (None if none)."""
         raise NotImplementedError
-
-    def stored_vector(self, row_id: int) -> np.ndarray:
-        """The raw vector (unit vector x stored norm) of a stored row."""
-        return self.stored(row_id)[0]
 
     def close(self) -> object:
         raise NotImplementedError

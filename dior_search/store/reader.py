@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from dior_search.errors import IndexStoreError, UsageError
-from dior_search.store.backend import ids_where, merge_top_k
+from dior_search.store.backend import OVER_FETCH_MARGIN, allowed_rows, ids_where, merge_top_k
 from dior_search.store.files import io_errors, verify_file
 from dior_search.store.index_types import (
     FLAT,
@@ -56,8 +56,6 @@ log = logging.getLogger(__name__)
 OPEN_ATTEMPTS = 5
 # Rows reconstructed at once by an exhaustive search of a shard.
 SCAN_CHUNK = 16_384
-# Over-fetching asks for this many times the live hits expected among the nearest rows.
-OVER_FETCH_MARGIN = 1.2
 # A search of a shard that few rows pass (a filter; deletions) scores them exactly (from their
 # stored vectors) rather than searching the shard: where at most this many pass, or this share.
 EXACT_FILTER_ROWS = 2048
@@ -185,11 +183,11 @@ class IndexReader(RowLookups):
                     )
         self.manifest = manifest
         self._stamp: Stamp | None = stamp
-        self._shards, self._dead, new = opened
-        self.open_shards: list[OpenShard] = self._shards
+        self.open_shards: list[OpenShard]
+        self.open_shards, self._dead, new = opened
         self._live_masks = [
             None if len(dead) == 0 else ~np.isin(shard.ids, dead)
-            for shard, dead in zip(self._shards, self._dead, strict=True)
+            for shard, dead in zip(self.open_shards, self._dead, strict=True)
         ]
         self._selectors = [
             deletion_filter(dead) if len(dead) and entry.index_type == FLAT else None
@@ -203,7 +201,7 @@ class IndexReader(RowLookups):
         self._first_ids = np.array([s.first_id for s in manifest.shards], dtype=np.int64)
         live_ids = [
             shard.ids if mask is None else shard.ids[mask]
-            for shard, mask in zip(self._shards, self._live_masks, strict=True)
+            for shard, mask in zip(self.open_shards, self._live_masks, strict=True)
         ]
         self.ids: np.ndarray = np.concatenate(live_ids) if live_ids else np.empty(0, dtype=np.int64)
         self._columns: dict[str, list[Any]] = {}
@@ -252,14 +250,6 @@ class IndexReader(RowLookups):
         return IndexReader(self.directory, self.mmap, self.asked_params, self.verify, previous=self)
 
     # -- search parameters ----------------------------------------------------------------
-
-    def set_search_params(self, text: str, strict: bool = True) -> None:
-        """Apply `name=value,...` search parameters to every non-Flat shard.
-
-        Flat shards (exact search) take none: `strict` makes asking for one on an index of
-        Flat shards only an error rather than a no-op.
-        """
-        self._apply_search_params(self._shards, text, strict)
 
     def _apply_search_params(self, shards: Sequence[OpenShard], text: str, strict: bool) -> None:
         if strict and parse_search_params(text) and self.exact:
@@ -320,7 +310,7 @@ class IndexReader(RowLookups):
     def _search_shard(
         self, number: int, queries: np.ndarray, k: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        index = self._shards[number].index
+        index = self.open_shards[number].index
         selector = self._selectors[number]
         if len(self._dead[number]) == 0:
             found: tuple[np.ndarray, np.ndarray] = index.search(queries, k)
@@ -340,9 +330,7 @@ class IndexReader(RowLookups):
         self, queries: np.ndarray, k: int, allowed: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """`search` among the live ids of `allowed` only."""
-        if len(allowed) > 1 and (np.diff(allowed) <= 0).any():
-            allowed = np.unique(allowed)
-        passing = allowed[self._live_positions(allowed)]
+        passing = allowed_rows(self, allowed)
         if len(passing) == 0:  # nothing passes: no hits at all
             return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
         k = min(k, len(passing))
@@ -359,7 +347,9 @@ class IndexReader(RowLookups):
                 found = self._scan_ids(number, queries, mine, shard_k)
             elif entry.index_type == FLAT:
                 params = id_filter(mine)
-                found = search_with_params(self._shards[number].index, queries, shard_k, params[0])
+                found = search_with_params(
+                    self.open_shards[number].index, queries, shard_k, params[0]
+                )
             else:
                 blocked = np.ones(entry.last - entry.first_id + 1, dtype=bool)
                 blocked[mine - entry.first_id] = False
@@ -369,13 +359,6 @@ class IndexReader(RowLookups):
             scores.append(found[0])
             ids.append(found[1])
         return merge_top_k(np.hstack(scores), np.hstack(ids), k)
-
-    def _live_positions(self, ids: np.ndarray) -> np.ndarray:
-        """Which of `ids` are live rows of this index (a boolean mask)."""
-        positions = np.searchsorted(self.ids, ids)
-        found = positions < len(self.ids)
-        found[found] = self.ids[positions[found]] == ids[found]
-        return found
 
     def _search_over_fetched(
         self,
@@ -389,7 +372,7 @@ class IndexReader(RowLookups):
         """The shard's top k among rows not `blocked` (a lookup by id - first_id), `passing`
         of them: over-fetched and filtered, and scanned exactly (`passing_ids`, default the
         live rows) where the approximate search runs out of candidates."""
-        shard, entry = self._shards[number], self.manifest.shards[number]
+        shard, entry = self.open_shards[number], self.manifest.shards[number]
         total = shard.index.ntotal
         # Blocked rows are as likely as any among the nearest: fetch enough for k passing
         # ones, with a margin; a shortfall (blocked rows near the query) is fetched again.
@@ -429,7 +412,7 @@ class IndexReader(RowLookups):
         """The exact top k of a shard's rows `ids` (default: its live rows), from their
         stored vectors: where few rows pass a filter, or an approximate search cannot give k
         passing hits."""
-        shard, mask = self._shards[number], self._live_masks[number]
+        shard, mask = self.open_shards[number], self._live_masks[number]
         if ids is None:
             ids = shard.ids if mask is None else shard.ids[mask]
         scores = np.empty((len(queries), len(ids)), dtype=np.float32)
@@ -450,7 +433,7 @@ class IndexReader(RowLookups):
         shards = np.searchsorted(self._first_ids, wanted, side="right") - 1
         for shard in np.unique(shards).tolist():
             rows = np.flatnonzero(shards == shard)
-            out[rows] = reconstruct_ids(self._shards[shard].index, wanted[rows])
+            out[rows] = reconstruct_ids(self.open_shards[shard].index, wanted[rows])
         return out
 
     def column(self, name: str) -> list[Any]:
@@ -459,7 +442,7 @@ class IndexReader(RowLookups):
         with self._columns_lock:
             if name not in self._columns:
                 values: list[Any] = []
-                for shard, mask in zip(self._shards, self._live_masks, strict=True):
+                for shard, mask in zip(self.open_shards, self._live_masks, strict=True):
                     stored = shard.column(name)
                     if mask is not None:
                         stored = [v for v, keep in zip(stored, mask.tolist(), strict=True) if keep]
@@ -474,7 +457,7 @@ class IndexReader(RowLookups):
     def column_types(self) -> dict[str, Any]:
         """Every column any shard's table has, with its Arrow type (the first shard's)."""
         types: dict[str, Any] = {}
-        for shard in self._shards:
+        for shard in self.open_shards:
             for column in shard.parquet.schema_arrow:
                 types.setdefault(column.name, column.type)
         return types
@@ -489,7 +472,7 @@ class IndexReader(RowLookups):
 
         # The wrapped index holds the vectors in insertion order, which is id order here.
         parts = []
-        for shard, mask in zip(self._shards, self._live_masks, strict=True):
+        for shard, mask in zip(self.open_shards, self._live_masks, strict=True):
             stored = reconstruct_rows(faiss.downcast_index(shard.index.index), 0, len(shard.ids))
             parts.append(stored if mask is None else stored[mask])
         vectors = np.vstack(parts) if parts else np.empty((0, self.manifest.dim), np.float32)

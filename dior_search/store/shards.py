@@ -87,6 +87,12 @@ def tombstones_path(directory: Path, shard: Shard) -> Path:
     return directory / shard.tombstones
 
 
+def remove_shard_files(directory: Path, shard: Shard) -> None:
+    """Delete a shard's files (once the manifest no longer lists it); gone ones are fine."""
+    for name in shard.files():
+        (directory / name).unlink(missing_ok=True)
+
+
 def write_tombstones(path: Path, ids: np.ndarray) -> None:
     """A Parquet table of one int64 column `id`: the shard's deleted rows, ascending."""
     import pyarrow as pa
@@ -260,11 +266,6 @@ def table_paths(table: Any) -> list[str]:
     return stored_paths(table.column("path").to_pylist(), exact)
 
 
-def read_paths(path: Path) -> list[str]:
-    """The image paths of one shard's table, in row order."""
-    return table_paths(read_table(path, ["path"], optional=[PATH_BYTES]))
-
-
 def write_table(table: Any, path: Path) -> None:
     """Write a Parquet table to `path`, whatever bytes its folder's name holds."""
     import pyarrow.parquet as pq
@@ -303,14 +304,6 @@ def column_names(path: Path) -> list[str]:
 
     with path.open("rb") as handle:
         return list(pq.read_schema(handle).names)
-
-
-def row_count(path: Path) -> int:
-    import pyarrow.parquet as pq
-
-    with path.open("rb") as handle:
-        rows: int = pq.read_metadata(handle).num_rows
-        return rows
 
 
 def read_shard_index(path: Path, mmap: bool | None = None) -> Any:
