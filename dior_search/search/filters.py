@@ -22,12 +22,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from dior_search.data.collections import current_labels
+from dior_search.data.collections import LabelSource
 from dior_search.errors import UsageError
 from dior_search.models.answers import normalize_word
 from dior_search.search.joined import JoinedIndexes
@@ -73,12 +72,12 @@ def parse_filters(texts: Sequence[str]) -> tuple[Filter, ...]:
 
 
 def current_row_labels(
-    collection: str, root: Path, rows: Sequence[Row]
+    source: LabelSource | None, rows: Sequence[Row]
 ) -> tuple[list[dict[str, str]], list[str]]:
-    """Each row's labels as the collection's label table says now (not as stored when it was
-    indexed), and the paths the table no longer lists (their labels: none). A collection
-    without a label table (an image folder) keeps the stored labels."""
-    source = current_labels(collection, root)
+    """Each row's labels as the collection's label table says now (`source`, from
+    `current_labels`; not as stored when it was indexed), and the paths the table no longer
+    lists (their labels: none). A collection without a label table (an image folder, `source`
+    None) keeps the stored labels."""
     if source is None:
         return [row.labels for row in rows], []
     found = [source.labels(row.path) for row in rows]
@@ -86,35 +85,33 @@ def current_row_labels(
     return [labels or {} for labels in found], unlisted
 
 
-def label_values(reader: Reader, collection: str, root: Path, name: str) -> list[str | None]:
+def label_values(reader: Reader, source: LabelSource | None, name: str) -> list[str | None]:
     """Label `name` of every row of `reader` (in id order), from the same source as
     `current_row_labels`: what label filters compare, so they agree with the labels results
     show."""
-    source = current_labels(collection, root)
     if source is None:
         return reader.labels(name)
     return [(source.labels(path) or {}).get(name) for path in reader.paths()]
 
 
-def label_names(reader: Reader, collection: str, root: Path) -> list[str]:
+def label_names(reader: Reader, source: LabelSource | None) -> list[str]:
     """The labels a filter may name: the label table's, else those stored."""
-    source = current_labels(collection, root)
     if source is None:
         return reader.label_names()
     names = {name for path in reader.paths() for name in (source.labels(path) or {})}
     return sorted(names)
 
 
-def check_label(reader: Reader, collection: str, root: Path, where: Filter) -> None:
+def check_label(reader: Reader, source: LabelSource | None, where: Filter) -> None:
     """UsageError, listing the labels there are, unless a label filter names one."""
-    names = label_names(reader, collection, root)
+    names = label_names(reader, source)
     if where.name not in names:
         valid = ", ".join(names) or "none: an image folder has no labels"
         raise UsageError(f"--where {where}: no label {where.name!r}; labels: {valid}")
 
 
 def store_filter(
-    joined: JoinedIndexes, filters: Sequence[Filter], collection: str, root: Path
+    joined: JoinedIndexes, filters: Sequence[Filter], source: LabelSource | None
 ) -> list[tuple[str, str]] | None:
     """The filters as equalities of the first index's columns (its answers, its stored
     labels) for its store to decide (`Reader.search_where`), when that index alone decides
@@ -131,9 +128,9 @@ def store_filter(
                 return None
             equals.append((ANSWER, where.value))
         else:
-            if current_labels(collection, root) is not None:
+            if source is not None:
                 return None
-            check_label(first, collection, root, where)
+            check_label(first, source, where)
             equals.append((LABEL_COLUMN + where.name, where.value))
     return equals
 
@@ -142,20 +139,19 @@ def passing_rows(
     joined: JoinedIndexes,
     filters: Sequence[Filter],
     answer_readers: dict[str, int],
-    collection: str,
-    root: Path,
+    source: LabelSource | None,
 ) -> np.ndarray:
     """Which first-condition positions pass every filter (and are in every joined index).
 
     `answer_readers`: the joined index (its position) holding each answer filter's condition;
-    `collection` and `root`: whose labels the label filters read.
+    `source`: the collection's labels now (`current_labels`), which label filters read.
     """
     passing: np.ndarray = joined.complete.copy()
     first = joined.readers[0]
     for where in filters:
         if where.kind == "label":
-            check_label(first, collection, root, where)
-            values = np.asarray(label_values(first, collection, root, where.name), dtype=object)
+            check_label(first, source, where)
+            values = np.asarray(label_values(first, source, where.name), dtype=object)
         else:
             values = joined.column(answer_readers[where.name], ANSWER)
         passing &= values == where.value

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from dior_search import defaults
-from dior_search.data.collections import DATASETS
+from dior_search.data.collections import DATASETS, LabelSource, current_labels
 from dior_search.errors import IndexStoreError, InputError, UsageError, first_line
 from dior_search.models.answers import WordHead, query_word
 from dior_search.models.embedder import Embedder, EmbedderDescription
@@ -546,7 +546,7 @@ class Searcher:
         """Each row's labels as the collection's label table says now (not as stored when it
         was indexed), and the paths the table no longer lists (their labels: none); see
         search.filters.current_row_labels, which label filters read too."""
-        return current_row_labels(collection, root, rows)
+        return current_row_labels(current_labels(collection, root), rows)
 
     # -- queries --------------------------------------------------------------------------
 
@@ -594,21 +594,22 @@ class Searcher:
         by_image = [i for i, c in enumerate(conditions) if c.name not in words]
         joined, answer_readers = self.joined_for(collection, conditions, filters)
         word_conditions = self.word_conditions(collection, conditions, words)
-        root = conditions[0].root
+        # The label table is read once a request: filters and results see the same labels.
+        labels_now = current_labels(collection.name, conditions[0].root)
         # Filters one index decides go to its store; the others become a mask of rows.
         pushed = None
         if filters and not words and len(conditions) == 1:
-            pushed = store_filter(joined, filters, collection.name, root)
+            pushed = store_filter(joined, filters, labels_now)
         passing = None
         if filters and pushed is None:
-            passing = passing_rows(joined, filters, answer_readers, collection.name, root)
+            passing = passing_rows(joined, filters, answer_readers, labels_now)
         query = QueryImage()
         vectors: list[np.ndarray] = []
         if by_image and request.id is not None:
             first_id = self.first_id(joined, collection, conditions, request)
             vectors = joined.stored_query(first_id, by_image)
             row = joined.readers[0].row(first_id)
-            (labels,), _ = self.labels(collection.name, root, [row])
+            (labels,), _ = current_row_labels(labels_now, [row])
             query = QueryImage(first_id, conditions[0].name, row.path, labels)
         elif by_image and request.vectors is not None:
             vectors = list(request.vectors)
@@ -624,7 +625,7 @@ class Searcher:
                 joined, vectors, weights, by_image, word_conditions, passing, request.k
             )
         hits, unlisted = self.hits(
-            collection, joined, conditions, by_image, word_conditions, ranked, scored
+            labels_now, joined, conditions, by_image, word_conditions, ranked, scored
         )
         return SearchResult(
             collection, conditions, weights, query, hits, words, filters, tuple(unlisted)
@@ -703,7 +704,7 @@ class Searcher:
 
     def hits(
         self,
-        collection: CollectionIndexes,
+        labels_now: LabelSource | None,
         joined: JoinedIndexes,
         conditions: Sequence[ConditionIndex],
         by_image: Sequence[int],
@@ -716,7 +717,7 @@ class Searcher:
         table gives now; and the paths it no longer lists."""
         first = joined.readers[0]
         rows = first.rows([r.id for r in ranked])
-        labels, unlisted = self.labels(collection.name, conditions[0].root, rows)
+        labels, unlisted = current_row_labels(labels_now, rows)
         positions = first.positions([r.id for r in ranked])
         answers = {
             c.name: joined.column(j, ANSWER)[positions]
@@ -766,7 +767,8 @@ class Searcher:
         self.check_answers(collection, condition)
         filters = parse_filters(where)
         joined, answer_readers = self.joined_for(collection, [condition], filters)
-        passing = passing_rows(joined, filters, answer_readers, collection.name, condition.root)
+        labels_now = current_labels(collection.name, condition.root)
+        passing = passing_rows(joined, filters, answer_readers, labels_now)
         images, unanswered, counts, distinct = count_answers(joined, 0, passing, top)
         return Facets(collection.name, condition.name, images, unanswered, counts, distinct)
 
