@@ -16,6 +16,7 @@ from dior_search.models.dior import DiorEmbedder, Throughput
 from dior_search.models.loading import BUNDLED_MODELS
 from dior_search.models.prompts import build_prompt
 from dior_search.models.settings import DiorSettings, EmbedderOptions
+from dior_search.store.layout import embedder_folder
 
 CONDITIONS = ["object color", None, "background"]
 # fp32 on a CPU: the cached steps and generate's differ in the last bits only.
@@ -126,10 +127,20 @@ def test_answers_and_vectors_from_one_decoding(images):
 
 
 def test_the_source_is_part_of_the_identity():
-    first = DiorSettings(model="tiny", source="first_output")
-    assert first.source == "first_output"
+    # Another source is another embedder: its own index folder, never the last input's.
+    folders = {
+        source: embedder_folder(DiorEmbedder(DiorSettings(model="tiny", source=source)).describe())
+        for source in ("last_input", "first_output", "mean_output")
+    }
+    assert folders == {
+        "last_input": "tiny",
+        "first_output": "tiny+source-first_output",
+        "mean_output": "tiny+source-mean_output",
+    }
     with pytest.raises(UsageError, match="unknown --source 'last'; valid: last_input"):
         DiorSettings(model="tiny", source="last")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="unknown --source 'last'; valid: last_input"):
+        EmbedderOptions(model="tiny", source="last")  # refused before anything loads
     options = EmbedderOptions(model="tiny", source="first_output")
     assert options.dior().source == "first_output"
     for method in ("clip", "generative", "indirect"):
