@@ -202,14 +202,12 @@ class HeadRows:
             return np.empty((0, 0), dtype=np.float32)
         return np.concatenate(rows).astype(np.float32)
 
+    def matrix(self) -> Any:
+        """The whole head (a torch tensor), for a model whose head is not its input embeddings."""
+        from safetensors import safe_open
 
-def load_head_matrix(source: str, revision: str | None, config: Any) -> Any:
-    """The untied output head's whole matrix (a torch tensor), read from the checkpoint alone."""
-    from safetensors import safe_open
-
-    path, key = find_head_tensor(checkpoint_files(model_folder(source, revision)), config)
-    with safe_open(str(path), framework="pt") as handle:
-        return handle.get_tensor(key)
+        with safe_open(str(self.path), framework="pt") as handle:
+            return handle.get_tensor(self.key)
 
 
 # -- query words ------------------------------------------------------------------------------

@@ -56,8 +56,8 @@ from dior_search.errors import ModelError, UsageError, first_line
 from dior_search.models.answers import (
     Answer,
     AnswerText,
+    HeadRows,
     is_tied,
-    load_head_matrix,
     stop_tokens,
 )
 from dior_search.models.embedder import AnswerState, EmbedderDescription, ProgressCallback
@@ -252,11 +252,17 @@ class DiorEmbedder:
     ) -> tuple[np.ndarray, list[list[Answer | None]]]:
         """`embed`, and the model's answer to every (image, condition): `answers[i][c]`, None
         everywhere if the first of `layers` is not the last layer."""
-        vectors, answers = self.embed_layers_with_answers(images, conditions, on_progress)
-        first = np.ascontiguousarray(vectors[:, :, 0])
-        if self.answer_position != 0:
-            return first, [[None] * len(conditions) for _ in images]
-        return first, [list(row) for row in answers]
+        return self.layer_of(0, *self.embed_layers_with_answers(images, conditions, on_progress))
+
+    def layer_of(
+        self, position: int, vectors: np.ndarray, answers: list[list[Answer | None]]
+    ) -> tuple[np.ndarray, list[list[Answer | None]]]:
+        """One of `layers` (by position) out of `embed_layers_with_answers`: its vectors, and
+        the answers where it is the last layer (None everywhere else)."""
+        layer = np.ascontiguousarray(vectors[:, :, position])
+        if self.answer_position != position:
+            return layer, [[None] * vectors.shape[1] for _ in range(len(vectors))]
+        return layer, answers
 
     def embed_layers(
         self,
@@ -616,7 +622,7 @@ class DiorEmbedder:
             if is_tied(self.config):
                 self._head = self.model.get_input_embeddings().weight
             else:
-                matrix = load_head_matrix(self.source, self.settings.revision, self.config)
+                matrix = HeadRows(self.source, self.settings.revision, self.config).matrix()
                 self._head = matrix.to(self.device, self.dtype)
         return self._head
 
@@ -642,11 +648,15 @@ class DiorEmbedder:
         rows = states.shape[0]
         texts = [self.answer_text() for _ in range(rows)]
         active = torch.ones(rows, dtype=torch.bool)
-        outputs = AnswerTokenStates(self.embedding_source, rows, len(self.layers))
+        outputs = (
+            AnswerTokenStates(self.embedding_source, rows) if self.reads_answer_tokens else None
+        )
         for number in range(defaults.MAX_ANSWER_TOKENS):
             best, tokens = logprobs.max(dim=-1)
+            # One copy to the host a step, not two per row.
+            best_host, tokens_host = best.tolist(), tokens.tolist()
             for row in torch.nonzero(active).flatten().tolist():
-                texts[row].add(int(tokens[row]), float(best[row]), tokenizer, self._stops)
+                texts[row].add(tokens_host[row], best_host[row], tokenizer, self._stops)
             active = torch.tensor([not text.done for text in texts])
             # The first answer token is fed back even where it ends the answer: its state is
             # first_output (and all of mean_output).
@@ -654,14 +664,15 @@ class DiorEmbedder:
             if not fed.any():
                 break
             hidden = decoder.step(tokens, fed.to(tokens.device))
-            outputs.add(hidden[:, : len(self.layers)], fed)
+            if outputs is not None:
+                outputs.add(hidden[:, : len(self.layers)], fed)
             last = hidden[:, self._decode_position if self.reads_answer_tokens else 0]
             logprobs = torch.log_softmax((last @ head.T).float(), dim=-1)
         found = [
             Answer(text.word(), text.logprob, float(z))
             for text, z in zip(texts, log_partition.tolist(), strict=True)
         ]
-        return found, outputs.vectors() if self.reads_answer_tokens else None
+        return found, None if outputs is None else outputs.vectors()
 
     def _stop_packing(self, reason: str) -> None:
         self.throughput = replace(self.throughput, packed_suffixes=False)
@@ -748,16 +759,14 @@ class AnswerTokenStates:
     """The chosen layers' states as each row's answer tokens are fed back: the first one
     (first_output) or their running sum and count (mean_output)."""
 
-    def __init__(self, source: str, rows: int, n_layers: int) -> None:
-        self.source, self.rows, self.n_layers = source, rows, n_layers
+    def __init__(self, source: str, rows: int) -> None:
+        self.source = source
         self.first: torch.Tensor | None = None
         self.total: torch.Tensor | None = None
         self.count = torch.zeros(rows)
 
     def add(self, hidden: torch.Tensor, fed: torch.Tensor) -> None:
         """`hidden` (rows, n_layers, dim): a step's states; `fed`: the rows it fed a token."""
-        if self.source == defaults.DEFAULT_SOURCE:
-            return
         if self.first is None:
             self.first = hidden.float()
         if self.source == "mean_output":

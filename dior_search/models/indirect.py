@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
@@ -118,16 +118,7 @@ class IndirectEmbedder:
 
     def describe(self) -> EmbedderDescription:
         """What makes these embeddings, for the index manifest."""
-        clip = self.clip.describe()
-        return EmbedderDescription(
-            settings=self.settings,
-            model_type=clip.model_type,
-            commit=clip.commit,
-            weights_fingerprint=clip.weights_fingerprint,
-            dtype=clip.dtype,
-            dim=self.dim,
-            image_size_policy=clip.image_size_policy,
-        )
+        return replace(self.clip.describe(), settings=self.settings, dim=self.dim)
 
     def embed(
         self,

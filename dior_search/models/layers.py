@@ -53,11 +53,8 @@ class LayerView:
         on_progress: ProgressCallback | None = None,
     ) -> tuple[np.ndarray, list[list[Answer | None]]]:
         """`embed`, and the answers where this layer is the last (else None)."""
-        layers, answers = self.embedder.embed_layers_with_answers(images, conditions, on_progress)
-        vectors = np.ascontiguousarray(layers[:, :, self.position])
-        if self.embedder.answer_position != self.position:
-            return vectors, [[None] * len(conditions) for _ in images]
-        return vectors, answers
+        found = self.embedder.embed_layers_with_answers(images, conditions, on_progress)
+        return self.embedder.layer_of(self.position, *found)
 
 
 class LayerStack:
