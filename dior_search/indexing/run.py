@@ -46,12 +46,10 @@ def index_collection(
         report = index_shared(
             job, part, shared, settings.part is None, on_start, on_progress, confirm_removal
         )
-        report.skipped[:0] = collection.unreadable
     elif part is not None and part.parts > 1:
         report = index_part(job, part, on_start, on_progress, confirm_removal)
-        report.skipped[:0] = collection.unreadable
     else:
-        report = IndexReport(skipped=list(collection.unreadable))
+        report = IndexReport()
         for target in job.targets if shared is None else ():
             parts = parts_dir(directory_of(target.location))
             if parts.is_dir():
@@ -62,6 +60,8 @@ def index_collection(
                 )
         job.check_index_types(len(collection.items))
         sync_targets(job, job.targets, report, on_start, on_progress, confirm_removal)
+    # Files that could not even be listed come first, whichever way the run went.
+    report.skipped[:0] = collection.unreadable
     report.skipped_listing = write_skipped(
         skipped_listing(settings.indexes_dir, collection.name, job.description), report
     )

@@ -246,6 +246,8 @@ class AnswerTextEncoder:
     def embed_answers(self, condition: str | None, answers: Sequence[str]) -> np.ndarray:
         """Float32 (len(answers), dim): each answer under `condition`, as the baseline embeds
         a generated one."""
-        texts = [self.text(condition, answer) for answer in answers]
-        encoded = self.encoder.encode_each(texts)
-        return np.array([encoded[t] for t in texts], np.float32).reshape(len(texts), -1)
+        # Answers repeat (one word per image): each distinct one is templated and encoded once.
+        texts = {answer: self.text(condition, answer) for answer in dict.fromkeys(answers)}
+        encoded = self.encoder.encode_each(list(texts.values()))
+        rows = [encoded[texts[answer]] for answer in answers]
+        return np.array(rows, np.float32).reshape(len(answers), -1)
