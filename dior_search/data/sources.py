@@ -40,6 +40,7 @@ from typing import Any
 from dior_search.data import collections
 from dior_search.data.collections import Collection, Item, folder_collection_name, slug
 from dior_search.data.images import IMAGE_SUFFIXES
+from dior_search.data.parquet import ParquetTable
 from dior_search.data.paths import name_bytes
 from dior_search.errors import DiorError, InputError, UsageError, first_line
 
@@ -291,24 +292,20 @@ def cached_parquet_listing(
     path: Path, column: str | None, _mtime_ns: int, _size: int
 ) -> ParquetListing:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     try:
         # Arrow gets an open file: it cannot open a name that is not UTF-8 itself.
         with path.open("rb") as handle:
-            parquet = pq.ParquetFile(handle)
-            chosen = image_column(path, parquet.schema_arrow, column)
-            groups = range(parquet.num_row_groups)
-            counts = [parquet.metadata.row_group(g).num_rows for g in groups]
+            parquet = ParquetTable(handle)
+            chosen = image_column(path, parquet.schema, column)
+            counts = parquet.group_rows()
             positions = [(g, r) for g, count in enumerate(counts) for r in range(count)]
             keys = [str(n) for n in range(len(positions))]
             field_type = (
-                parquet.schema_arrow.field(KEY_COLUMN).type
-                if KEY_COLUMN in parquet.schema_arrow.names
-                else None
+                parquet.schema.field(KEY_COLUMN).type if KEY_COLUMN in parquet.names else None
             )
             if field_type is not None and not pa.types.is_nested(field_type):
-                values = parquet.read(columns=[KEY_COLUMN]).column(KEY_COLUMN).to_pylist()
+                values = parquet.read([KEY_COLUMN]).column(KEY_COLUMN).to_pylist()
                 named = [str(v) for v in values]
                 # Keys name rows only where they are given and unique; row numbers otherwise.
                 if None not in values and len(set(named)) == len(named):
@@ -387,8 +384,6 @@ class RowGroups:
         self.lock = threading.Lock()
 
     def column(self, path: Path, group: int, column: str) -> Any:
-        import pyarrow.parquet as pq
-
         key = (path, path.stat().st_mtime_ns, column, group)
         with self.lock:
             if key in self.groups:
@@ -396,8 +391,7 @@ class RowGroups:
                 return self.groups[key]
             # Read under the lock: the threads wanting this group wait for one read of it.
             with path.open("rb") as handle:
-                parquet = pq.ParquetFile(handle)
-                values = parquet.read_row_group(group, columns=[column]).column(column)
+                values = ParquetTable(handle).read_row_group(group, [column]).column(column)
             self.groups[key] = values
             while len(self.groups) > self.kept:
                 self.groups.popitem(last=False)

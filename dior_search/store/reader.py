@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from dior_search.data.parquet import ParquetTable
 from dior_search.errors import IndexStoreError, UsageError
 from dior_search.store.backend import OVER_FETCH_MARGIN, allowed_rows, ids_where, merge_top_k
 from dior_search.store.files import io_errors, verify_file
@@ -70,8 +71,6 @@ class OpenShard:
     def __init__(
         self, directory: Path, entry: Shard, dim: int, mmap: bool | None, verify: bool
     ) -> None:
-        import pyarrow.parquet as pq
-
         self.key = shard_key(entry)
         self.index_type = entry.index_type
         table_path = parquet_path(directory, entry)
@@ -90,21 +89,21 @@ class OpenShard:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
             raise IndexStoreError(f"cannot read {index_path}: {reason}") from None
         self.lock = threading.Lock()
-        self.parquet = pq.ParquetFile(self.table)
-        ids = self.parquet.read(columns=["id"]).column("id").to_numpy()
+        self.parquet = ParquetTable(self.table)
+        ids = self.parquet.read(["id"]).column("id").to_numpy()
         self.ids = np.asarray(ids, dtype=np.int64)
         check_shard(directory, entry, dim, self.index, self.ids)
 
     def column(self, name: str) -> list[Any]:
         """A column of every stored row (None where the table lacks it), read once per call."""
         with self.lock:
-            if name not in self.parquet.schema_arrow.names:
+            if name not in self.parquet.names:
                 return [None] * len(self.ids)
-            values: list[Any] = self.parquet.read(columns=[name]).column(name).to_pylist()
+            values: list[Any] = self.parquet.read([name]).column(name).to_pylist()
             return values
 
     def column_names(self) -> list[str]:
-        return list(self.parquet.schema_arrow.names)
+        return self.parquet.names
 
 
 def search_with_params(index: Any, queries: np.ndarray, k: int, params: Any) -> Any:
@@ -458,7 +457,7 @@ class IndexReader(RowLookups):
         """Every column any shard's table has, with its Arrow type (the first shard's)."""
         types: dict[str, Any] = {}
         for shard in self.open_shards:
-            for column in shard.parquet.schema_arrow:
+            for column in shard.parquet.schema:
                 types.setdefault(column.name, column.type)
         return types
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from dior_search.data.parquet import ParquetTable
 from dior_search.data.paths import from_bytes, fs_path, is_text, name_bytes, readable
 from dior_search.errors import IndexStoreError
 from dior_search.models.answers import Answer
@@ -279,14 +280,12 @@ def read_table(
 ) -> Any:
     """A Parquet table from `path`: every column, or `columns` and those of `optional` that
     the table has."""
-    import pyarrow.parquet as pq
-
     with path.open("rb") as handle:
+        parquet = ParquetTable(handle)
         if columns is None:
-            return pq.read_table(handle)
-        parquet = pq.ParquetFile(handle)
-        present = set(parquet.schema_arrow.names)
-        return parquet.read(columns=[*columns, *(c for c in optional if c in present)])
+            return parquet.read()
+        present = set(parquet.names)
+        return parquet.read([*columns, *(c for c in optional if c in present)])
 
 
 def open_table(path: Path) -> Any:
