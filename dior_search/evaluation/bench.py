@@ -154,13 +154,17 @@ def layer_method(method: str, layer: int) -> str:
 
 
 def evaluate_index(
-    reader: Reader, collection: Collection, condition: str, distance: Distance = "cosine"
+    reader: Reader,
+    rows: Sequence[dict[str, str]],
+    condition: str,
+    distance: Distance = "cosine",
 ) -> Metrics:
     """Metrics of one index by one condition's labels, exact search over its vectors (unit
     vectors for cosine, raw ones for Euclidean); `leakage` where there are other labels.
 
-    Labels are the collection's as its label table says now, not as they were stored when
-    the index was built; indexed images the table no longer lists are left out.
+    `rows`: each indexed image's labels in the reader's id order, as `current_rows` gives
+    them (the label table now, not the labels stored at index time); images without a label
+    for `condition` are left out.
     """
     if not reader.exact:
         log.warning(
@@ -169,7 +173,7 @@ def evaluate_index(
             reader.manifest.index_type,
         )
     _, vectors = reader.all_vectors(raw=distance == "euclidean")
-    return evaluate_vectors(vectors, current_rows(reader, collection), condition, distance)
+    return evaluate_vectors(vectors, rows, condition, distance)
 
 
 def current_rows(reader: Reader, collection: Collection) -> list[dict[str, str]]:
@@ -208,14 +212,18 @@ def evaluate_vectors(
 
 
 def answer_metrics(
-    searcher: Searcher, reader: Reader, collection: Collection, condition: str
+    searcher: Searcher,
+    reader: Reader,
+    rows: Sequence[dict[str, str]],
+    collection: str,
+    condition: str,
 ) -> Metrics:
     """The model as a tagger and a text search engine under `condition` (none where its index
     stores no answers): `answer_accuracy`, and `text_precision@10` of each one-word label value
-    asked as a word (mean, and `text_precision@10_min`)."""
+    asked as a word (mean, and `text_precision@10_min`). `rows` as for `evaluate_index`."""
     if reader.manifest.answers != "stored":
         return {}
-    labels = [row.get(condition) for row in current_rows(reader, collection)]
+    labels = [row.get(condition) for row in rows]
     answers = reader.column(ANSWER)
     pairs = [(a, normalize_word(label)) for a, label in zip(answers, labels, strict=True) if label]
     if not pairs:
@@ -230,7 +238,7 @@ def answer_metrics(
         except UsageError:
             continue  # a phrase: no one-word answer can be it
         found = searcher.search(
-            SearchRequest(conditions=(condition,), collection=collection.name, words=(value,), k=10)
+            SearchRequest(conditions=(condition,), collection=collection, words=(value,), k=10)
         )
         precisions.append(np.mean([hit.labels.get(condition) == value for hit in found.hits]))
     if precisions:
@@ -314,9 +322,10 @@ def run_bench(
             for condition in conditions:
                 indexed = UNCONDITIONAL if method in CONDITION_BLIND else condition
                 reader = searcher.reader(searcher.condition(indexes, indexed))
-                results[condition][row] = evaluate_index(reader, collection, condition, distance)
+                labels = current_rows(reader, collection)
+                results[condition][row] = evaluate_index(reader, labels, condition, distance)
                 if METHODS[method] == "dior" and indexed == condition:
-                    answered = answer_metrics(searcher, reader, collection, condition)
+                    answered = answer_metrics(searcher, reader, labels, collection.name, condition)
                     results[condition][row].update(answered)
     return results
 

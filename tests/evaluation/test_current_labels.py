@@ -11,7 +11,7 @@ from cli_runs import error_line, run_cli
 
 from dior_search.data.collections import open_dataset
 from dior_search.data.synthetic import write_dataset
-from dior_search.evaluation.bench import evaluate_index
+from dior_search.evaluation.bench import current_rows, evaluate_index
 from dior_search.evaluation.metrics import retrieval_metrics
 from dior_search.store.reader import IndexReader
 
@@ -97,7 +97,7 @@ def test_images_the_table_no_longer_lists(workspace, capsys, caplog, tmp_path):
     ]
     # Metrics of the index as it is leave them out, with a warning.
     collection = open_dataset("synthetic", workspace / "datasets")
-    metrics = evaluate_index(reader, collection, "color")
+    metrics = evaluate_index(reader, current_rows(reader, collection), "color")
     assert {name: metrics[name] for name in expected} == pytest.approx(expected)
     assert "12 of the 24 images indexed in" in caplog.text
     # bench first syncs the index, which drops them: the same metrics.
