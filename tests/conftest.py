@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+from hypothesis import settings
 from PIL import Image
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -16,6 +17,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from tiny_models import BASELINE_BUILDERS, BUILDERS
+
+# Property tests check results, never time: on a busy 2-core machine one example can take
+# longer than Hypothesis's default 200 ms deadline, which would fail a correct run.
+settings.register_profile("dior", deadline=None)
+settings.load_profile("dior")
 
 if TYPE_CHECKING:
     from dior_search.serve.service import SearchService

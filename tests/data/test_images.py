@@ -167,7 +167,7 @@ def test_the_budget_is_never_exceeded_and_a_flood_delays_only_itself():
     budget = DecodeBudget(100 * MIB, large_slots=2)
     log: list = []
     flood = [
-        threading.Thread(target=hold, args=(budget, 40 * MIB, 0.2, log, f"big{n}"))
+        threading.Thread(target=hold, args=(budget, 40 * MIB, 0.5, log, f"big{n}"))
         for n in range(8)
     ]
     for thread in flood:
@@ -187,7 +187,9 @@ def test_the_budget_is_never_exceeded_and_a_flood_delays_only_itself():
         running += 1 if kind == "in" else -1
         most = max(most, running)
     assert most == 2
-    assert max(waits) < 0.05, waits
+    # Queued behind the flood, a small decode would wait 0.45 s or more (a large one holds
+    # 0.5 s); the margin below that is for a busy machine's scheduling.
+    assert max(waits) < 0.15, waits
     assert budget.in_use == 0 and budget.large_running == 0
 
 
