@@ -1,5 +1,6 @@
 import importlib
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -257,3 +258,20 @@ def test_store_comparison_runs_small(capsys):
     # Exact on both: every query finds its exact top 10.
     assert all(r["recall@10"] == 1.0 and r["insert_per_s"] > 0 for r in rows)
     assert "| milvus-lite | `FLAT` |" in capsys.readouterr().out
+
+
+def test_parquet_read_benchmark_runs_small():
+    # In a child: the comparison reads through a Python file with Arrow's threads, which may
+    # abort the process that did it at exit (see dior_search/data/parquet.py).
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "parquet_reads.py"), "--rows", "300", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| 300 |")]
+    assert len(rows) == 6  # three reads, each from a native file and a Python file
+    for row in rows:
+        ours, theirs, ratio = (cell.strip() for cell in row.split("|")[4:7])
+        assert float(ours) > 0 and float(theirs) > 0 and ratio.endswith("x")

@@ -1,13 +1,13 @@
 """Parquet files read on the calling thread: the one way this package reads Parquet.
 
 Arrow decodes columns and prefetches byte ranges on its own thread pools. A file opened as
-a Python object (how a name that is not UTF-8 is read, and every shard table's bytes go
-through one) leaves Python-owned buffers with those threads; a thread that drops the last
-of them while the interpreter exits can no longer take the GIL, and the process aborts with
+a Python object (as the store opens shard tables it rewrites, and any file whose name is not
+UTF-8) leaves Python-owned buffers with those threads; a thread that drops the last of them
+while the interpreter exits can no longer take the GIL, and the process aborts with
 "terminate called without an active exception" (apache/arrow#34314). A resumed
 `dior-search index` ended that way, exit 134 after a complete run, about one run in four.
-Tables here are a shard's rows or one image column of a row group, so reading them on the
-calling thread costs nothing measurable.
+The tables read here are a shard's rows or one image column of a row group; for what reading
+them on the calling thread costs, see `benchmarks/parquet_reads.py`.
 """
 
 from collections.abc import Sequence

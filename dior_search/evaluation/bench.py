@@ -322,10 +322,12 @@ def run_bench(
             for condition in conditions:
                 indexed = UNCONDITIONAL if method in CONDITION_BLIND else condition
                 reader = searcher.reader(searcher.condition(indexes, indexed))
-                labels = current_rows(reader, collection)
-                results[condition][row] = evaluate_index(reader, labels, condition, distance)
+                labels_now = current_rows(reader, collection)
+                results[condition][row] = evaluate_index(reader, labels_now, condition, distance)
                 if METHODS[method] == "dior" and indexed == condition:
-                    answered = answer_metrics(searcher, reader, labels, collection.name, condition)
+                    answered = answer_metrics(
+                        searcher, reader, labels_now, collection.name, condition
+                    )
                     results[condition][row].update(answered)
     return results
 

@@ -299,10 +299,8 @@ def open_table(path: Path) -> Any:
 
 
 def column_names(path: Path) -> list[str]:
-    import pyarrow.parquet as pq
-
     with path.open("rb") as handle:
-        return list(pq.read_schema(handle).names)
+        return ParquetTable(handle).names
 
 
 def read_shard_index(path: Path, mmap: bool | None = None) -> Any:
