@@ -5,7 +5,17 @@ rich live only here.
 """
 
 # Importing each verb's module registers it on the app.
-from dior_search.cli import bench, compact, demo, export, facets, index, query, serve  # noqa: F401
+from dior_search.cli import (  # noqa: F401
+    bench,
+    compact,
+    demo,
+    export,
+    facets,
+    groups,
+    index,
+    query,
+    serve,
+)
 from dior_search.cli.app import app, main, run
 
 __all__ = ["app", "main", "run"]

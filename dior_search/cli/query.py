@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dior_search import defaults
-from dior_search.cli.app import app, command_line, console, err_console
+from dior_search.cli.app import app, console, err_console
 from dior_search.cli.options import (
     DatasetOpt,
     DeviceOpt,
@@ -32,11 +32,8 @@ from dior_search.errors import UsageError
 
 if TYPE_CHECKING:
     from dior_search.search.searcher import Searcher, SearchOptions, SearchResult
+    from dior_search.search.terms import Term
     from dior_search.store.backend import IndexStore
-
-
-TEXT_OPTIONS = ("--text",)
-CONDITION_OPTIONS = ("--condition", "-c")
 
 
 @app.command()
@@ -54,8 +51,54 @@ def query(
         list[str] | None,
         typer.Option(
             "--text",
-            help="A word to ask the model about under the --condition that follows it "
-            "(--text red -c color): images it answered that word rank first.",
+            help="CONDITION=WORD: ask the model about WORD under CONDITION: images it answered "
+            "that word rank first (a bare WORD pairs with the -c options when there are as "
+            "many and no query image).",
+        ),
+    ] = None,
+    example: Annotated[
+        list[str] | None,
+        typer.Option("--example", help="CONDITION=IMAGE: more like IMAGE under CONDITION."),
+    ] = None,
+    example_id: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--example-id", help="CONDITION=ID: more like the indexed image ID under CONDITION."
+        ),
+    ] = None,
+    word: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--word",
+            help="CONDITION=WORD: more like the images whose stored answer under CONDITION "
+            "is WORD.",
+        ),
+    ] = None,
+    not_image: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--not",
+            help="[CONDITION=]IMAGE: less like IMAGE under CONDITION (default: under every "
+            "condition searched by example).",
+        ),
+    ] = None,
+    not_id: Annotated[
+        list[str] | None,
+        typer.Option("--not-id", help="[CONDITION=]ID: less like the indexed image ID."),
+    ] = None,
+    not_word: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--not-word",
+            help="CONDITION=WORD: less like the images whose stored answer is WORD.",
+        ),
+    ] = None,
+    distinct: Annotated[
+        float | None,
+        typer.Option(
+            "--distinct",
+            help="Hide a result whose similarity to a better-ranked one is at least this "
+            "(near-copies; judged under the unconditional index when there is one).",
         ),
     ] = None,
     where: WhereOpt = None,
@@ -117,22 +160,29 @@ def query(
     model answered that word first (then by the word's probability); --where keeps only the
     images that pass every filter.
     """
-    from dior_search.data.images import load_image
+    from dior_search.cli.query_terms import ImageLoader, TermOptions, query_parts
     from dior_search.data.reading import load_item_image
     from dior_search.search.searcher import SearchOptions, SearchRequest, check_k
     from dior_search.store.index_types import parse_search_params, search_params_of
 
     conditions = tuple(condition or ())
-    if index_path is not None and not conditions and text:
-        if len(text) > 1:
+    term_options = TermOptions(
+        *(tuple(v or ()) for v in (example, example_id, word, not_image, not_id, not_word))
+    )
+    texts = tuple(text or ())
+    load = ImageLoader()
+    if index_path is not None and not conditions and texts and not term_options.given:
+        if len(texts) > 1:
             raise UsageError("--index searches one condition: give one --text")
-        words: tuple[str | None, ...] | None = (text[0],)
+        words: tuple[str | None, ...] | None = (texts[0].rpartition("=")[2],)
+        terms: tuple[Term, ...] = ()
     else:
-        words = pair_words(command_line.get(), conditions, tuple(text or ()))
-    by_image = words is None or None in words
+        parts = query_parts(conditions, texts, term_options, image, row_id, load)
+        conditions, words, terms = parts.conditions, parts.words, parts.terms
+    by_image = not terms and (words is None or None in words)
     if by_image and (image is None) == (row_id is None):
-        raise UsageError("give a query IMAGE or --id ID (one of them)")
-    if not by_image and (image is not None or row_id is not None):
+        raise UsageError("give a query IMAGE or --id ID (one of them), or --example terms")
+    if not by_image and not terms and (image is not None or row_id is not None):
         raise UsageError(
             "every --condition has a --text word: give no IMAGE or --id (or a condition "
             "without a word, searched by the image)"
@@ -145,7 +195,7 @@ def query(
     if sheet is not None:
         check_output(sheet, "--sheet")
     # The cheapest check first: a missing image is an input error whatever the index.
-    query_image = load_image(image) if image is not None else None
+    query_image = load(image) if image is not None and not terms else None
     options = SearchOptions(
         device=device,
         dtype=dtype,
@@ -166,23 +216,36 @@ def query(
                 weights=tuple(weight) if weight else None,
                 k=k,
                 image=query_image,
-                id=row_id,
+                id=None if terms else row_id,
                 words=words,
                 where=tuple(where or ()),
+                terms=terms,
+                distinct=distinct,
             )
         )
     if sheet is not None:
         from dior_search.cli.contact_sheet import write_contact_sheet
 
-        if query_image is None:
-            query_image = load_item_image(result.root, str(result.query.path))
         caption = image.name if image is not None else f"id {row_id}"
+        if terms:  # the first positive image example, else the top hit
+            shown_term = next((t for t in terms if t.positive and t.image is not None), None)
+            query_image = None if shown_term is None else shown_term.image
+            caption = "examples" if shown_term is None else shown_term.example
+        if query_image is None and result.query.path is not None:
+            query_image = load_item_image(result.root, str(result.query.path))
         write_contact_sheet(sheet, result.title, query_image, caption, result.hits, result.root)
     if result.unlisted:
         err_console.print(
             f"warning: {len(result.unlisted)} of the results are no longer in the label table "
             f"of {shown(result.collection.name)} (shown without labels; `dior-search index` "
             "drops them)",
+            markup=False,
+            highlight=False,
+        )
+    if result.hidden:
+        err_console.print(
+            f"{result.hidden} near-copies of better-ranked results hidden (--distinct "
+            f"{distinct:g})",
             markup=False,
             highlight=False,
         )
@@ -194,49 +257,6 @@ def query(
         err_console.print(f"no results: {shown(result.title)}: {why}", markup=False)
         return
     console.print(result_table(result))
-
-
-def pair_words(
-    arguments: tuple[str, ...], conditions: tuple[str, ...], texts: tuple[str, ...]
-) -> tuple[str | None, ...] | None:
-    """Each condition's --text word (None: none), from the order of the command line: a
-    --text asks about the --condition that follows it. None where no --text was given."""
-    if not texts:
-        return None
-    words: list[str | None] = []
-    found_conditions: list[str] = []
-    pending: str | None = None
-    values = iter(arguments)
-    for argument in values:
-        if argument == "--":
-            break
-        name, equals, value = argument.partition("=")
-        if name in TEXT_OPTIONS or name in CONDITION_OPTIONS:
-            value = value if equals else next(values, "")
-        elif argument.startswith("-c") and argument != "-c":
-            name, value = "-c", argument[2:]
-        else:
-            continue
-        if name in TEXT_OPTIONS:
-            if pending is not None:
-                raise UsageError(
-                    f"--text {pending!r} asks about no condition: write --text WORD -c CONDITION"
-                )
-            pending = value
-        else:
-            found_conditions.append(value)
-            words.append(pending)
-            pending = None
-    if pending is not None:
-        raise UsageError(
-            f"--text {pending!r} asks about no condition: write --text WORD -c CONDITION (the "
-            "word goes right before the condition it asks about)"
-        )
-    if tuple(found_conditions) != conditions or tuple(w for w in words if w is not None) != texts:
-        raise UsageError(
-            "cannot tell which condition each --text asks about: write --text WORD -c CONDITION"
-        )
-    return tuple(words)
 
 
 def open_searcher(

@@ -26,10 +26,12 @@ import numpy as np
 from PIL import Image
 
 from dior_search import defaults
-from dior_search.data.collections import DATASETS, LabelSource, current_labels
+from dior_search.data.collections import DATASETS, UNCONDITIONAL, LabelSource, current_labels
 from dior_search.errors import IndexStoreError, InputError, UsageError, first_line
 from dior_search.models.answers import WordHead, query_word
 from dior_search.models.embedder import Embedder, EmbedderDescription
+from dior_search.search.distinct import check_distinct, distinct_ranking
+from dior_search.search.examples import check_example_conditions, example_vectors
 from dior_search.search.facets import Facets, count_answers
 from dior_search.search.filters import (
     Filter,
@@ -39,6 +41,7 @@ from dior_search.search.filters import (
     store_filter,
 )
 from dior_search.search.joined import JoinedIndexes, Ranked, normalize_weights
+from dior_search.search.terms import ComposedQuery, Term, check_terms, compose, term_conditions
 from dior_search.search.words import WordCondition, WordRanking, WordScores
 from dior_search.store.backend import DatabaseIndex, IndexEntry, IndexLocation, IndexStore, Reader
 from dior_search.store.folder import FolderStore
@@ -117,7 +120,7 @@ class SearchRequest:
     """What to search for: under each condition, a word to ask the model about, or (for the
     conditions without one) exactly one of an image, its vectors, or an indexed image's id."""
 
-    conditions: tuple[str, ...]
+    conditions: tuple[str, ...] = ()
     # None: the searcher's only collection.
     collection: str | None = None
     # One per condition searched by image (those without a word).
@@ -133,9 +136,19 @@ class SearchRequest:
     words: tuple[str | None, ...] | None = None
     # Filters: `CONDITION=WORD` (an answer) or `label:NAME=VALUE` (see search.filters).
     where: tuple[str, ...] = ()
+    # A composed query (search.terms): examples, positive or negative, per condition; then
+    # no image, vectors or id. The single-image query is one positive term per condition.
+    terms: tuple[Term, ...] = ()
+    # Hide a hit whose similarity to a better-ranked one is at least this (near-copies).
+    distinct: float | None = None
 
     def word_of(self, position: int) -> str | None:
         return None if self.words is None else self.words[position]
+
+    @property
+    def searched_conditions(self) -> tuple[str, ...]:
+        """The conditions named, or (none named) those of the terms in order."""
+        return self.conditions or term_conditions(self.terms)
 
 
 @dataclass(frozen=True)
@@ -192,6 +205,9 @@ class SearchResult:
     filters: tuple[Filter, ...] = ()
     # Paths of hits that the collection's label table no longer lists (their labels: none).
     unlisted: tuple[str, ...] = ()
+    terms: tuple[Term, ...] = ()
+    # Near-copies of better-ranked hits left out (`distinct`).
+    hidden: int = 0
 
     @property
     def root(self) -> Path:
@@ -206,6 +222,12 @@ class SearchResult:
             for name, w in zip(names, self.weights, strict=True)
         ]
         parts += [f"'{name}' = {word!r}" for name, word in self.words.items()]
+        if self.terms:
+            parts = [
+                f"{'+' if t.positive else '-'}'{t.condition}' {t.example}"
+                + (f" ({t.weight:g})" if t.weight != 1 else "")
+                for t in self.terms
+            ] + [f"'{name}' = {word!r}" for name, word in self.words.items()]
         where = f" where {', '.join(map(str, self.filters))}" if self.filters else ""
         return f"{self.collection.name} under " + " + ".join(parts) + where
 
@@ -555,17 +577,24 @@ class Searcher:
     ) -> tuple[CollectionIndexes, tuple[ConditionIndex, ...], tuple[float, ...]]:
         """The collection, conditions and normalised weights (of the conditions searched by
         image) a request names, all checked."""
-        if not request.conditions:
+        names = request.searched_conditions
+        if not names:
             raise UsageError("give at least one condition")
-        if len(set(request.conditions)) != len(request.conditions):
-            raise UsageError(f"a condition is repeated in {list(request.conditions)}")
-        if request.words is not None and len(request.words) != len(request.conditions):
+        if len(set(names)) != len(names):
+            raise UsageError(f"a condition is repeated in {list(names)}")
+        if request.words is not None and len(request.words) != len(names):
             raise UsageError("give one word (or none) per condition")
         check_k(request.k, self.options.max_k or MAX_K)
         if request.id is not None and not 0 <= request.id <= MAX_ID:
             raise UsageError(f"an id must be between 0 and {MAX_ID}")
-        by_image = sum(request.word_of(i) is None for i in range(len(request.conditions)))
+        check_distinct(request.distinct)
+        by_image = sum(request.word_of(i) is None for i in range(len(names)))
         given = [request.image is not None, request.vectors is not None, request.id is not None]
+        if request.terms:
+            collection = self.collection(request.collection)
+            self.check_terms(request, collection, names)
+            conditions = tuple(self.condition(collection, c) for c in names)
+            return collection, conditions, normalize_weights(request.weights, by_image)
         if by_image and sum(given) != 1:
             raise UsageError("give a query image or an id (one of them)")
         if not by_image and any(given):
@@ -576,9 +605,34 @@ class Searcher:
         if request.vectors is not None and len(request.vectors) != by_image:
             raise UsageError("give one query vector per condition searched by image")
         collection = self.collection(request.collection)
-        conditions = tuple(self.condition(collection, c) for c in request.conditions)
+        conditions = tuple(self.condition(collection, c) for c in names)
         weights = normalize_weights(request.weights, by_image) if by_image else ()
         return collection, conditions, weights
+
+    def check_terms(
+        self, request: SearchRequest, collection: CollectionIndexes, names: Sequence[str]
+    ) -> None:
+        """UsageError (or NotIndexed) for terms that cannot make a query with the rest."""
+        if request.image is not None or request.vectors is not None or request.id is not None:
+            raise UsageError(
+                "conflicting terms: give the examples as terms, with no separate image or id"
+            )
+        check_terms(request.terms)
+        check_example_conditions(self, collection, request.terms)
+        worded = {n for i, n in enumerate(names) if request.word_of(i) is not None}
+        for term in request.terms:
+            if term.condition not in names:
+                raise UsageError(
+                    f"a term is under {term.condition!r}, which is not among the conditions "
+                    f"searched ({', '.join(names)})"
+                )
+            if term.condition in worded:
+                raise UsageError(
+                    f"conflicting terms: {term.condition!r} is asked about in words (--text) "
+                    "and also given examples"
+                )
+        if not any(t.positive for t in request.terms if t.condition not in worded):
+            raise UsageError("a query needs at least one positive example")
 
     def search(self, request: SearchRequest, deadline: float | None = None) -> SearchResult:
         """Rank a collection's images by (weighted) similarity under the conditions searched
@@ -605,7 +659,16 @@ class Searcher:
             passing = passing_rows(joined, filters, answer_readers, labels_now)
         query = QueryImage()
         vectors: list[np.ndarray] = []
-        if by_image and request.id is not None:
+        composed: ComposedQuery | None = None
+        if request.terms:
+            composed = compose(
+                [conditions[i].name for i in by_image],
+                weights,
+                request.terms,
+                example_vectors(self, collection, request.terms, deadline),
+            )
+            vectors, weights = composed.directions, composed.weights
+        elif by_image and request.id is not None:
             first_id = self.first_id(joined, collection, conditions, request)
             vectors = joined.stored_query(first_id, by_image)
             row = joined.readers[0].row(first_id)
@@ -617,19 +680,52 @@ class Searcher:
             assert request.image is not None  # resolve() checked that one is given
             texts = [conditions[i].text for i in by_image]
             vectors = self.embed(request.image, texts, deadline)
-        scored: list[WordScores] = []
-        if pushed is not None:
-            ranked = joined.search_where(vectors[0], request.k, pushed)
+
+        def ranking(k: int) -> tuple[list[Ranked], list[WordScores]]:
+            if pushed is not None:
+                return joined.search_where(vectors[0], k, pushed), []
+            return self.rank(joined, vectors, weights, by_image, word_conditions, passing, k)
+
+        hidden = 0
+        if request.distinct is None:
+            ranked, scored = ranking(request.k)
         else:
-            ranked, scored = self.rank(
-                joined, vectors, weights, by_image, word_conditions, passing, request.k
+            ranked, scored, hidden = distinct_ranking(
+                self.near_copy_reader(collection, conditions, by_image),
+                joined.readers[0],
+                ranking,
+                request.k,
+                request.distinct,
             )
+        if composed is not None:
+            ranked, weights = composed.rescaled(ranked), composed.condition_weights
         hits, unlisted = self.hits(
             labels_now, joined, conditions, by_image, word_conditions, ranked, scored
         )
         return SearchResult(
-            collection, conditions, weights, query, hits, words, filters, tuple(unlisted)
+            collection,
+            conditions,
+            weights,
+            query,
+            hits,
+            words,
+            filters,
+            tuple(unlisted),
+            request.terms,
+            hidden,
         )
+
+    def near_copy_reader(
+        self,
+        collection: CollectionIndexes,
+        conditions: Sequence[ConditionIndex],
+        by_image: Sequence[int],
+    ) -> Reader:
+        """The index near-copies are judged in: the unconditional one when the collection has
+        it, else the first condition searched by example (else the first searched)."""
+        if UNCONDITIONAL in collection.conditions:
+            return self.reader(collection.conditions[UNCONDITIONAL])
+        return self.reader(conditions[by_image[0] if by_image else 0])
 
     def joined_for(
         self,

@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from functools import cache, partial
 from importlib.resources import files
 from typing import Any, TypeVar
@@ -37,6 +38,7 @@ from dior_search.errors import DiorError, InputError, UsageError
 from dior_search.search.searcher import DeadlineExceeded, NotIndexed, SearchRequest, SearchResult
 from dior_search.serve.protocol import KEEP_ALIVE_S, MAX_HEADER_BYTES, TimedH11Protocol
 from dior_search.serve.service import NotFound, SearchService, TooLarge, Upload
+from dior_search.serve.terms_json import parse_distinct, parse_terms, resolve_terms
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,8 @@ QUERY_FIELDS = (
     "id_condition",
     "words",
     "where",
+    "terms",
+    "distinct",
 )
 # Facets shown per condition at most.
 MAX_FACETS = 100
@@ -313,8 +317,13 @@ def parse_query(fields: Mapping[str, Any]) -> tuple[SearchRequest, str | None]:
     conditions = fields.get("conditions")
     if conditions is None and "condition" in fields:
         conditions = [fields["condition"]]
+    composed = "terms" in fields
+    if conditions is None and composed:
+        conditions = []  # the terms' conditions
     if not (
-        isinstance(conditions, list) and conditions and all(isinstance(c, str) for c in conditions)
+        isinstance(conditions, list)
+        and (conditions or composed)
+        and all(isinstance(c, str) for c in conditions)
     ):
         raise UsageError("conditions must be a non-empty list of condition names")
     weights = fields.get("weights")
@@ -345,14 +354,16 @@ def parse_query(fields: Mapping[str, Any]) -> tuple[SearchRequest, str | None]:
     words = fields.get("words") or {}
     if not (isinstance(words, dict) and all(isinstance(w, str) for w in words.values())):
         raise UsageError("words must be an object: condition name -> a word to ask about")
-    unknown_words = sorted(set(words) - set(conditions))
+    unknown_words = sorted(set(words) - set(conditions)) if conditions else []
     if unknown_words:
         raise UsageError(f"words names {unknown_words[0]!r}, which is not among the conditions")
     where = fields.get("where") or []
     if not (isinstance(where, list) and all(isinstance(w, str) for w in where)):
         raise UsageError("where must be a list of filters: CONDITION=WORD or label:NAME=VALUE")
     by_image = any(c not in words for c in conditions)
-    if by_image and (upload is None) == (row_id is None):
+    if composed and (upload is not None or row_id is not None):
+        raise UsageError("conflicting terms: give the examples as terms, with no upload or id")
+    if by_image and not composed and (upload is None) == (row_id is None):
         raise UsageError("give exactly one of upload (an uploaded image) or id (an indexed one)")
     request = SearchRequest(
         collection=collection,
@@ -361,9 +372,12 @@ def parse_query(fields: Mapping[str, Any]) -> tuple[SearchRequest, str | None]:
         k=k,
         id=row_id,
         id_condition=id_condition,
-        words=tuple(words.get(c) for c in conditions) if words else None,
+        words=tuple(words.get(c) for c in conditions) if words and conditions else None,
         where=tuple(where),
+        distinct=parse_distinct(fields.get("distinct")),
     )
+    if composed and words and not conditions:
+        raise UsageError("a query with terms and words names its conditions in conditions")
     return request, upload
 
 
@@ -420,6 +434,10 @@ async def query(request: Request) -> Response:
         if not isinstance(fields, dict):
             raise UsageError("the body must be a JSON object")
     asked, upload_id = parse_query(fields)
+    if "terms" in fields:
+        pending = parse_terms(fields["terms"])
+        terms = await in_thread(resolve_terms, service, asked.collection, pending, deadline)
+        asked = replace(asked, terms=terms)
     outcome = await in_thread(service.query, asked, deadline, held or upload_id)
     return JSONResponse(outcome_json(outcome, upload_id, time.perf_counter() - started))
 
@@ -456,6 +474,8 @@ def outcome_json(outcome: SearchResult, upload: str | None, seconds: float) -> d
             {**hit.to_json(), "thumbnail": thumbnail_url(collection, first, hit.id)}
             for hit in outcome.hits
         ],
+        "terms": [term.to_json() for term in outcome.terms],
+        "hidden": outcome.hidden,
         "took_ms": round(1000 * seconds, 1),
     }
 

@@ -1,0 +1,206 @@
+"""Composed queries (search.terms): the scoring rule against brute force over the stored
+vectors on both stores, the single-image query as its simplest case, and its errors."""
+
+import numpy as np
+import pytest
+from stores import STORE_KINDS, opened
+
+from dior_search.data.collections import open_dataset
+from dior_search.data.synthetic import write_dataset
+from dior_search.errors import UsageError
+from dior_search.indexing.job import IndexSettings
+from dior_search.indexing.run import index_collection
+from dior_search.models.dior import DiorEmbedder
+from dior_search.models.settings import DiorSettings
+from dior_search.search.searcher import NotIndexed, Searcher, SearchRequest
+from dior_search.search.terms import NEGATIVE_SCALE, Term
+from dior_search.store.shards import ANSWER
+
+CONDITIONS = ("color", "pattern")
+N = 90
+
+
+@pytest.fixture(scope="module")
+def searchers(tmp_path_factory):
+    """90 synthetic images under color and pattern (answers stored), exact indexes in each
+    store; a searcher per store kind."""
+    root = tmp_path_factory.mktemp("terms")
+    write_dataset(root / "datasets" / "synthetic", {"test": N})
+    collection = open_dataset("synthetic", root / "datasets")
+    embedder = DiorEmbedder(DiorSettings(model="tiny", device="cpu", batch_size=16))
+    found, stores = {}, []
+    for kind in STORE_KINDS:
+        try:
+            store = opened(kind, root)
+        except pytest.skip.Exception:
+            continue
+        stores.append(store)
+        settings = IndexSettings(
+            indexes_dir=root / "indexes", store=store, index_type="flat", shard_size=40
+        )
+        index_collection(collection, CONDITIONS, embedder, settings)
+        found[kind] = Searcher(Searcher.open(store, collection="synthetic").entries, None, embedder)
+    yield found
+    for store in stores:
+        store.close()
+
+
+def stored(searcher, condition):
+    """(ids, unit vectors, answers) of a condition's index, in id order."""
+    reader = searcher.reader(searcher.condition(searcher.collection("synthetic"), condition))
+    ids, vectors = reader.all_vectors()
+    answers = np.asarray(reader.column(ANSWER), dtype=object)
+    return ids, vectors.astype(np.float64), answers
+
+
+def brute_force(searcher, terms, weights, k):
+    """Top k ids and scores by the rule, computed over every stored vector with numpy."""
+    names = list(dict.fromkeys(t.condition for t in terms))
+    weights = np.asarray(weights or [1.0] * len(names), dtype=np.float64)
+    weights = weights / weights.sum()
+    total = None
+    for name, weight in zip(names, weights, strict=True):
+        ids, vectors, answers = stored(searcher, name)
+        score = np.zeros(len(ids))
+        for positive, scale in ((True, 1.0), (False, -NEGATIVE_SCALE)):
+            side = [t for t in terms if t.condition == name and t.positive == positive]
+            if not side:
+                continue
+            sims = []
+            for t in side:
+                if t.id is not None:
+                    sims.append(vectors @ vectors[np.searchsorted(ids, t.id)])
+                else:
+                    sims.append((vectors @ vectors[answers == t.word].T).mean(axis=1))
+            w = np.asarray([t.weight for t in side])
+            score += scale * (w @ np.stack(sims)) / w.sum()
+        total = weight * score if total is None else total + weight * score
+    order = np.argsort(-total, kind="stable")[:k]
+    return ids[order].tolist(), total[order]
+
+
+def random_terms(rng, answers):
+    """A few positive and negative terms by id and by word over both conditions; at least
+    one positive."""
+    terms = []
+    for condition in CONDITIONS:
+        for _ in range(int(rng.integers(1, 4))):
+            positive = bool(rng.random() < 0.6) or not terms
+            weight = float(rng.choice([0.5, 1.0, 2.0]))
+            if rng.random() < 0.25:
+                word = str(rng.choice(sorted(set(answers[condition]) - {None})))
+                terms.append(Term(condition, word=word, positive=positive, weight=weight))
+            else:
+                row_id = int(rng.integers(N))
+                terms.append(Term(condition, id=row_id, positive=positive, weight=weight))
+    keys = {}
+    return [t for t in terms if keys.setdefault(t.key(), t.positive) == t.positive]
+
+
+@pytest.mark.parametrize("kind", STORE_KINDS)
+def test_scores_equal_brute_force_on_each_store(searchers, kind):
+    if kind not in searchers:
+        pytest.skip(f"{kind} store not available")
+    searcher = searchers[kind]
+    answers = {c: stored(searcher, c)[2] for c in CONDITIONS}
+    rng = np.random.default_rng(3)
+    for trial in range(12):
+        terms = random_terms(rng, answers)
+        names = tuple(dict.fromkeys(t.condition for t in terms))
+        weights = None if trial % 2 else tuple(float(w) for w in rng.uniform(0.2, 2, len(names)))
+        k = int(rng.choice([1, 7, 25]))
+        result = searcher.search(SearchRequest(terms=tuple(terms), weights=weights, k=k))
+        want_ids, want_scores = brute_force(searcher, terms, weights, k)
+        got = [h.score for h in result.hits]
+        np.testing.assert_allclose(got, want_scores, atol=1e-5)
+        # Ties within float noise may swap places; anything else must be in the same order.
+        assert [h.id for h in result.hits] == want_ids or np.allclose(got, want_scores, atol=1e-6)
+        for hit in result.hits:
+            total = sum(w * hit.scores[n] for w, n in zip(result.weights, names, strict=True))
+            assert hit.score == pytest.approx(total, abs=1e-6)
+
+
+def test_one_positive_term_per_condition_is_the_plain_query(searchers):
+    searcher = searchers["folder"]
+    for row_id in (0, 17, 55):
+        plain = searcher.search(SearchRequest(CONDITIONS, id=row_id, weights=(0.3, 0.7), k=12))
+        terms = tuple(Term(c, id=row_id) for c in CONDITIONS)
+        composed = searcher.search(SearchRequest(terms=terms, weights=(0.3, 0.7), k=12))
+        assert [h.id for h in composed.hits] == [h.id for h in plain.hits]
+        np.testing.assert_allclose(
+            [h.score for h in composed.hits], [h.score for h in plain.hits], atol=1e-6
+        )
+
+
+def test_an_image_term_equals_its_embedding(searchers, tmp_path):
+    from PIL import Image
+
+    searcher = searchers["folder"]
+    root = searcher.collection("synthetic").conditions["color"].root
+    image = Image.open(root / "test" / "00004.png").convert("RGB")
+    by_image = searcher.search(SearchRequest(("color",), image=image, k=5))
+    composed = searcher.search(SearchRequest(terms=(Term("color", image=image),), k=5))
+    assert [h.id for h in composed.hits] == [h.id for h in by_image.hits]
+
+
+def test_a_negative_term_pushes_its_label_down(searchers):
+    searcher = searchers["folder"]
+    _, _, answers = stored(searcher, "color")
+    labels = [searcher.search(SearchRequest(("color",), id=i, k=1)).hits[0].labels for i in (0,)]
+    colour = labels[0]["color"]
+    # Positive: image 0's pattern; negative: image 0's own colour.
+    terms = (Term("pattern", id=0), Term("color", id=0, positive=False))
+    hits = searcher.search(SearchRequest(terms=terms, k=10)).hits
+    without = searcher.search(SearchRequest(terms=terms[:1], k=10)).hits
+    assert sum(h.labels["color"] == colour for h in hits) < sum(
+        h.labels["color"] == colour for h in without
+    )
+
+
+@pytest.mark.parametrize(
+    ("terms", "error", "message"),
+    [
+        ((Term("color", id=1, positive=False),), UsageError, "at least one positive"),
+        ((Term("color", id=1), Term("color", id=1, positive=False)), UsageError, "conflicting"),
+        ((Term("color", word="chartreuse"),), UsageError, "no image's answer under 'color'"),
+        ((Term("shape", id=1),), NotIndexed, "no index for condition 'shape'"),
+        ((Term("color", id=1, weight=-1),), UsageError, "positive finite"),
+        ((Term("color", id=10_000),), NotIndexed, "no id 10000"),
+        ((Term("color"),), UsageError, "exactly one example"),
+    ],
+)
+def test_bad_terms_are_one_line_errors(searchers, terms, error, message):
+    with pytest.raises(error, match=message) as caught:
+        searchers["folder"].search(SearchRequest(terms=terms))
+    assert "\n" not in str(caught.value)
+
+
+def test_terms_with_an_image_or_id_conflict(searchers):
+    with pytest.raises(UsageError, match="conflicting terms"):
+        searchers["folder"].search(SearchRequest(terms=(Term("color", id=1),), id=2))
+    with pytest.raises(UsageError, match="not among the conditions searched"):
+        searchers["folder"].search(
+            SearchRequest(conditions=("color",), terms=(Term("pattern", id=1),))
+        )
+
+
+def test_distinct_hides_near_copies_of_better_hits(searchers):
+    searcher = searchers["folder"]
+    ids, vectors, _ = stored(searcher, "color")
+    for threshold in (0.999, 0.99, 0.95):
+        result = searcher.search(SearchRequest(("color",), id=3, k=10, distinct=threshold))
+        plain = searcher.search(SearchRequest(("color",), id=3, k=N)).hits
+        # Brute force: walk the full ranking, keep what is not that close to a kept one.
+        kept, hidden = [], 0
+        for hit in plain:
+            v = vectors[np.searchsorted(ids, hit.id)]
+            if kept and max(vectors[np.searchsorted(ids, i)] @ v for i in kept) >= threshold:
+                hidden += 1
+                continue
+            kept.append(hit.id)
+            if len(kept) == 10:
+                break
+        assert [h.id for h in result.hits] == kept
+        assert result.hidden == hidden
+    with pytest.raises(UsageError, match="similarity in"):
+        searcher.search(SearchRequest(("color",), id=3, distinct=1.5))
