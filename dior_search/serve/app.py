@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dior_search.data.decode_budget import DecodeQueueTimeout
 from dior_search.data.images import ImageTooLarge
 from dior_search.errors import DiorError, InputError, UsageError
+from dior_search.search.groups import group_images
 from dior_search.search.searcher import DeadlineExceeded, NotIndexed, SearchRequest, SearchResult
 from dior_search.serve.protocol import KEEP_ALIVE_S, MAX_HEADER_BYTES, TimedH11Protocol
 from dior_search.serve.service import NotFound, SearchService, TooLarge, Upload
@@ -74,6 +75,8 @@ QUERY_FIELDS = (
     "terms",
     "distinct",
 )
+# Groups one request may ask for.
+MAX_GROUPS = 100
 # Facets shown per condition at most.
 MAX_FACETS = 100
 PAGE_HEADERS = {
@@ -495,6 +498,25 @@ async def facets(request: Request) -> Response:
 
 
 @api
+async def groups(request: Request) -> Response:
+    """A condition's images in named groups (search.groups), members with thumbnails."""
+    service = service_of(request)
+    collection = request.path_params["collection"]
+    condition = request.query_params.get("condition")
+    if condition is None:
+        raise UsageError("give ?condition=NAME: the condition to group the images under")
+    k = request.query_params.get("k")
+    chosen = None if k is None else int_param(request, "k", 0, 1, MAX_GROUPS)
+    members = int_param(request, "members", 12, 0, MAX_PAGE)
+    found = await in_thread(group_images, service.searcher, collection, condition, chosen)
+    body = found.to_json(members)
+    for group in body["groups"]:
+        for member in group["members"]:
+            member["thumbnail"] = thumbnail_url(found.collection, found.condition, member["id"])
+    return JSONResponse(body)
+
+
+@api
 async def thumbnail(request: Request) -> Response:
     params = request.path_params
     data = await in_thread(
@@ -524,6 +546,7 @@ def create_app(service: SearchService) -> Starlette:
         Route("/api/collections", collections),
         Route("/api/collections/{collection}/images", images),
         Route("/api/collections/{collection}/facets", facets),
+        Route("/api/collections/{collection}/groups", groups),
         Route("/api/uploads", upload, methods=["POST"]),
         Route("/api/query", query, methods=["POST"]),
         # A condition name is free text and may hold a slash; the id always ends the path.

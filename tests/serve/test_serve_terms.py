@@ -106,3 +106,34 @@ def test_distinct_reports_what_it_hid(client):
 )
 def test_bad_terms_are_one_line_errors(client, body, status, fragment):
     assert_one_line_error(query(client, **body), status, fragment)
+
+
+def test_groups_endpoint_equals_the_library(client, served):
+    from dior_search.search.groups import group_images
+
+    response = client.get("/api/collections/synthetic/groups?condition=color&members=3")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    want = group_images(served.service.searcher, "synthetic", "color")
+    assert body["k"] == want.k and body["k_chosen_by"] == "answers"
+    assert [(g["name"], g["size"]) for g in body["groups"]] == [
+        (g.name, g.size) for g in want.groups
+    ]
+    first = body["groups"][0]["members"]
+    assert [m["id"] for m in first] == want.groups[0].ids[:3]
+    assert first[0]["thumbnail"].startswith("/api/thumbnail/synthetic/color/")
+    assert client.get(first[0]["thumbnail"]).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("query_string", "status", "fragment"),
+    [
+        ("", 400, "give ?condition=NAME"),
+        ("?condition=shape", 404, "no index for condition 'shape'"),
+        ("?condition=color&k=0", 400, "k must be between 1 and"),
+        ("?condition=color&k=x", 400, "k must be an integer"),
+    ],
+)
+def test_bad_groups_requests(client, query_string, status, fragment):
+    response = client.get("/api/collections/synthetic/groups" + query_string)
+    assert_one_line_error(response, status, fragment)
