@@ -1,9 +1,11 @@
 """Groups by aspect: a collection's images clustered under one condition, each group named.
 
 The stored unit vectors of one condition's index are clustered with FAISS spherical k-means
-(cosine, ten restarts keeping the best, seeded: three restarts missed one of four well-separated clusters in 6 of 20 generated cases, ten in none). Each group is named by the model's most common stored
-answer among its members; where no member has one, by the answer word whose images' mean
-vector is nearest the group's centroid; with no answers stored at all, "group N".
+(cosine, seeded, ten restarts keeping the best: three missed one of four well-separated
+clusters in 6 of 20 generated cases, ten in none). Each group is named by the model's most
+common stored answer among its members; where no member has one, by the answer word whose
+images' mean vector is nearest the group's centroid; with no answers stored at all,
+"group N".
 
 k, unless given: the number of distinct answers the model gave under the condition to at
 least MIN_ANSWER_SHARE of the images (the values the model itself tells apart; rare answers
