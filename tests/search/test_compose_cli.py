@@ -101,7 +101,7 @@ def test_text_condition_equals_word_form(workspace, capsys):
 
 
 def test_distinct_says_how_many_it_hid(workspace, capsys):
-    code, out, err = query(workspace, capsys, "--id", "5", "-c", "color", "--distinct", "0.9")
+    code, _, err = query(workspace, capsys, "--id", "5", "-c", "color", "--distinct", "0.9")
     assert code == 0
     assert "near-copies of better-ranked results hidden (--distinct 0.9)" in err
 

@@ -145,9 +145,7 @@ def test_an_image_term_equals_its_embedding(searchers, tmp_path):
 
 def test_a_negative_term_pushes_its_label_down(searchers):
     searcher = searchers["folder"]
-    _, _, answers = stored(searcher, "color")
-    labels = [searcher.search(SearchRequest(("color",), id=i, k=1)).hits[0].labels for i in (0,)]
-    colour = labels[0]["color"]
+    colour = searcher.search(SearchRequest(("color",), id=0, k=1)).hits[0].labels["color"]
     # Positive: image 0's pattern; negative: image 0's own colour.
     terms = (Term("pattern", id=0), Term("color", id=0, positive=False))
     hits = searcher.search(SearchRequest(terms=terms, k=10)).hits

@@ -142,3 +142,87 @@ def test_upload_switch_condition_and_see_the_grid_follow(browser, live_url, tmp_
     assert "on" not in (chip(page, "background", item.background).get_attribute("class") or "")
     assert set(top_labels(page, "color")) == {word}
     page.close()
+
+
+def test_per_condition_examples_feedback_marks_and_albums(browser, live_url, tmp_path, served):
+    """The colour of one image and the background of another, each dropped on its condition;
+    feedback marks re-rank in one request without a model call; albums open as result lists."""
+    colour_item, colour_image = make_item(1, "extra", 21)
+    background_item, background_image = make_item(2, "extra", 22)
+    colour_file, background_file = tmp_path / "colour.png", tmp_path / "background.png"
+    colour_image.save(colour_file)
+    background_image.save(background_file)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    queries: list[str] = []
+    page.on(
+        "request", lambda r: queries.append(r.post_data or "") if "/api/query" in r.url else None
+    )
+    page.goto(live_url)
+    page.wait_for_selector("body[data-ready=true]")
+    # Word boxes suggest an answer of their condition, never its name.
+    wait_until(page, "document.body.dataset.facets", "facets did not load")
+    placeholder = page.get_attribute("input[data-word=color]", "placeholder") or ""
+    assert placeholder.startswith("a word, e.g. ") and "color" not in placeholder
+
+    page.check("#combine")
+    page.click("#conditions button[data-condition=color]")  # background is the first one on
+    page.click("#conditions .slot[data-slot=color]")
+    page.set_input_files("#slot-file", str(colour_file))
+    page.wait_for_selector("#terms .term[data-term='example:color']")
+    page.click("#conditions .slot[data-slot=background]")
+    page.set_input_files("#slot-file", str(background_file))
+    page.wait_for_selector("#terms .term[data-term='example:background']")
+    page.wait_for_selector("#results[data-state=ready][data-conditions='background+color'] .hit")
+    both = zip(top_labels(page, "color"), top_labels(page, "background"), strict=True)
+    wanted = (colour_item.color, background_item.background)
+    assert sum((c, b) == wanted for c, b in both) >= 3
+    body = json.loads(queries[-1])
+    assert {(t["condition"], "upload" in t) for t in body["terms"]} == {
+        ("color", True),
+        ("background", True),
+    }
+    # File names are on the cards, not only in a tooltip.
+    first = page.locator("#results .hit").first
+    assert first.locator(".name").inner_text().endswith(".png")
+
+    # "Less like this" on the top card: one request of id terms, the card drops out of the top.
+    top_id = first.get_attribute("data-id")
+    sent = len(queries)
+    first.locator(".mark-less").click()
+    page.wait_for_selector(f"#terms .term.negative[data-term='mark:{top_id}']")
+    page.wait_for_selector("#results[data-state=ready] .hit")
+    wait_until(page, f"document.querySelector('#results .hit').dataset.id !== '{top_id}'", "rerank")
+    assert len(queries) == sent + 1
+    marked = [t for t in json.loads(queries[-1])["terms"] if t.get("id") == int(top_id)]
+    assert {t["polarity"] for t in marked} == {"negative"} and len(marked) == 2
+    # Removing the mark brings the ranking back.
+    page.click(f"#terms .term[data-term='mark:{top_id}'] button")
+    wait_until(page, f"document.querySelector('#results .hit').dataset.id === '{top_id}'", "undo")
+    assert page.locator("#terms .term.negative").count() == 0
+
+    # Albums: the groups of the first selected condition, each opening its members.
+    page.click("#groups-button")
+    page.wait_for_selector("#albums .album")
+    counts = dict(served.service.searcher.facets("synthetic", "background").counts)
+    album = page.locator("#albums .album").first
+    name = album.get_attribute("data-group")
+    assert name in counts
+    album.click()
+    page.wait_for_selector(f"#results[data-album='{name}'] .hit")
+    answers = [
+        json.loads(c.get_attribute("data-labels") or "{}")
+        for c in page.locator("#results .hit").all()
+    ]
+    assert len(answers) > 0
+    page.close()
+
+
+def test_the_header_follows_a_word_search(browser, live_url):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(live_url)
+    page.wait_for_selector("body[data-ready=true]")
+    page.fill("input[data-word=color]", "red")
+    page.press("input[data-word=color]", "Enter")
+    page.wait_for_selector("#results[data-state=ready][data-conditions=color] .hit")
+    assert "on" in (page.get_attribute("#conditions button[data-condition=color]", "class") or "")
+    page.close()
