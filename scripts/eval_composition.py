@@ -217,6 +217,17 @@ def normalised_negatives(
 
 
 def feedback(searcher: Searcher, labels: Labels, rng: np.random.Generator) -> dict[str, Any]:
+    """The page's marks (a wrong card is "less like this" under both conditions), and the same
+    person saying which condition a wrong card is wrong under (a per-condition mark)."""
+    state = rng.bit_generator.state
+    page = simulate_feedback(searcher, labels, rng, per_condition=False)
+    rng.bit_generator.state = state  # the same people, starts and wishes
+    return {**page, "per_condition_marks": simulate_feedback(searcher, labels, rng, True)}
+
+
+def simulate_feedback(
+    searcher: Searcher, labels: Labels, rng: np.random.Generator, per_condition: bool
+) -> dict[str, Any]:
     ids = sorted(labels)
     colours = sorted({v["color"] for v in labels.values()})
     patterns = sorted({v["pattern"] for v in labels.values()})
@@ -247,7 +258,11 @@ def feedback(searcher: Searcher, labels: Labels, rng: np.random.Generator) -> di
                 if i in marked:
                     continue
                 marked.add(i)
+                wished = {"color": colour, "pattern": pattern}
                 for condition in ("color", "pattern"):
+                    right = labels[i][condition] == wished[condition]
+                    if per_condition and not good(i) and right:
+                        continue  # not "less like this" under a condition it is right under
                     terms.append(Term(condition, id=i, positive=good(i)))
     return {
         "people": people,
@@ -302,7 +317,19 @@ def distinct(work: Path, n_images: int, model: str, threshold: float) -> dict[st
             pairs_seen[kind] += len(shown) - len(set(shown)) > 0
             same = [labels[i]["color"] == labels[query]["color"] for i in ids[:10]]
             recall[kind].append(float(any(same)))
+    judge = searcher.reader(searcher.collection("synthetic").conditions["unconditional"])
+    judge_paths = judge.paths()
+    _, unit = judge.all_vectors()
+    position = {p: n for n, p in enumerate(judge_paths)}
+    copy_similarity: dict[str, list[float]] = {"jpeg": [], "resize": [], "crop": []}
+    for path in (p for p in judge_paths if "-copy" in p):
+        kind = ("jpeg", "resize", "crop")[int(path.split("/")[-1][:5]) % 3]
+        a, b = position[path], position[path.replace("-copy", "")]
+        copy_similarity[kind].append(float(unit[a] @ unit[b]))
     return {
+        "copy_similarity_min_median": {
+            k: [min(v), float(np.median(v))] for k, v in copy_similarity.items() if v
+        },
         "threshold": threshold,
         "copies": 50,
         "queries": len(originals),
