@@ -14,8 +14,10 @@ call at query time):
   @10 (A's pattern and not C's colour) with and without the negative, for several negative
   scales and the normalised alternative (cosine to each condition's query vector);
 - feedback: 100 simulated people who want (colour X, pattern Y), start from an image of colour
-  X and, twice, mark the top 20 by the labels (wanted: more like this, else less like this,
-  under both conditions); precision@20 at the start and after each round;
+  X (under colour) and, twice, mark the top 20 by the labels (wanted: more like this under
+  both conditions; else less like this under the condition it is wrong under); precision@20
+  at the start and after each round; with card-wide marks and a start under both conditions
+  as alternatives;
 - groups: ARI between `groups` (automatic k) and the labels per condition, and the share of
   groups whose name is their majority label;
 - distinct: the set plus re-encoded, resized and cropped copies of 50 images, indexed under
@@ -174,7 +176,7 @@ def negatives(searcher: Searcher, labels: Labels, rng: np.random.Generator) -> d
 
     by_scale = {}
     default = term_rule.NEGATIVE_SCALE
-    for scale in (0.5, 1.0, 2.0):
+    for scale in (0.25, 0.5, 1.0, 2.0):
         term_rule.NEGATIVE_SCALE = scale
         by_scale[str(scale)] = precision(True)
     term_rule.NEGATIVE_SCALE = default
@@ -217,16 +219,29 @@ def normalised_negatives(
 
 
 def feedback(searcher: Searcher, labels: Labels, rng: np.random.Generator) -> dict[str, Any]:
-    """The page's marks (a wrong card is "less like this" under both conditions), and the same
-    person saying which condition a wrong card is wrong under (a per-condition mark)."""
+    """A person who wants (colour X, pattern Y) starts from an image of colour X searched
+    under colour (what it is known to be right about) and marks each round's top 20: a wanted
+    card "more like this" under colour and pattern, a wrong one "less like this" under the
+    condition(s) it is wrong under (the page's per-condition marks). Alternatives: every
+    mark under both conditions (the page's card-wide marks), and the start under both."""
     state = rng.bit_generator.state
-    page = simulate_feedback(searcher, labels, rng, per_condition=False)
-    rng.bit_generator.state = state  # the same people, starts and wishes
-    return {**page, "per_condition_marks": simulate_feedback(searcher, labels, rng, True)}
+    found = simulate_feedback(searcher, labels, rng, per_condition=True, start_under_both=False)
+    for name, per_condition, both in (
+        ("card_wide_marks", False, False),
+        ("start_under_both", True, True),
+        ("card_wide_marks_start_under_both", False, True),
+    ):
+        rng.bit_generator.state = state  # the same people, starts and wishes
+        found[name] = simulate_feedback(searcher, labels, rng, per_condition, both)
+    return found
 
 
 def simulate_feedback(
-    searcher: Searcher, labels: Labels, rng: np.random.Generator, per_condition: bool
+    searcher: Searcher,
+    labels: Labels,
+    rng: np.random.Generator,
+    per_condition: bool,
+    start_under_both: bool,
 ) -> dict[str, Any]:
     ids = sorted(labels)
     colours = sorted({v["color"] for v in labels.values()})
@@ -243,11 +258,14 @@ def simulate_feedback(
             continue
         people += 1
         start = int(rng.choice(starts))
-        terms = [Term("color", id=start), Term("pattern", id=start)]
+        terms = [Term("color", id=start)]
+        if start_under_both:
+            terms.append(Term("pattern", id=start))
         marked: set[int] = {start}
+        wished = {"color": colour, "pattern": pattern}
 
-        def good(i: int, colour: str = colour, pattern: str = pattern) -> bool:
-            return labels[i]["color"] == colour and labels[i]["pattern"] == pattern
+        def good(i: int, wished: dict[str, str] = wished) -> bool:
+            return all(labels[i][c] == v for c, v in wished.items())
 
         for round_number in range(3):
             hits = top(searcher, terms, 20)
@@ -258,7 +276,6 @@ def simulate_feedback(
                 if i in marked:
                     continue
                 marked.add(i)
-                wished = {"color": colour, "pattern": pattern}
                 for condition in ("color", "pattern"):
                     right = labels[i][condition] == wished[condition]
                     if per_condition and not good(i) and right:

@@ -33,9 +33,11 @@ from PIL import Image
 from dior_search.errors import UsageError
 from dior_search.search.joined import Ranked
 
-# How much a negative example's mean similarity weighs against the positives' (see the docs
-# for the scales measured).
-NEGATIVE_SCALE = 1.0
+# How much the negative examples' mean similarity weighs against the positives'. Measured
+# (scripts/eval_composition.py, docs/composition.md): 0.5 beat 1 and 2 on "pattern of A, not
+# the colour of C" and on simulated feedback, where at 1 a single negative outweighs all the
+# positives it is set against.
+NEGATIVE_SCALE = 0.5
 # Below this, a condition's positives and negatives cancel: no direction is left to rank by.
 MIN_QUERY_NORM = 1e-6
 

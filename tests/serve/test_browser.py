@@ -199,6 +199,16 @@ def test_per_condition_examples_feedback_marks_and_albums(browser, live_url, tmp
     page.click(f"#terms .term[data-term='mark:{top_id}'] button")
     wait_until(page, f"document.querySelector('#results .hit').dataset.id === '{top_id}'", "undo")
     assert page.locator("#terms .term.negative").count() == 0
+    # "Less like this" under one condition only: one negative term, under that condition.
+    second = page.locator("#results .hit").nth(1)
+    second_id = second.get_attribute("data-id")
+    second.locator(".mark-less-one[data-condition=color]").click()
+    page.wait_for_selector(f"#terms .term.negative[data-term='mark:{second_id}:color']")
+    wait_until(page, "!!document.querySelector('#results[data-state=ready] .hit')", "rerank")
+    marked = [t for t in json.loads(queries[-1])["terms"] if t.get("id") == int(second_id)]
+    assert [(t["condition"], t["polarity"]) for t in marked] == [("color", "negative")]
+    page.click(f"#terms .term[data-term='mark:{second_id}:color'] button")
+    page.wait_for_selector("#results[data-state=ready] .hit")
 
     # Albums: the groups of the first selected condition, each opening its members.
     page.click("#groups-button")
