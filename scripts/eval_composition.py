@@ -343,7 +343,17 @@ def distinct(work: Path, n_images: int, model: str, threshold: float) -> dict[st
         kind = ("jpeg", "resize", "crop")[int(path.split("/")[-1][:5]) % 3]
         a, b = position[path], position[path.replace("-copy", "")]
         copy_similarity[kind].append(float(unit[a] @ unit[b]))
+    similarities = unit @ unit.T
+    np.fill_diagonal(similarities, -1.0)
+    for path in judge_paths:
+        if "-copy" in path:
+            a, b = position[path], position[path.replace("-copy", "")]
+            similarities[a, b] = similarities[b, a] = -1.0
+    originals_rows = [position[p] for p in judge_paths if "-copy" not in p]
     return {
+        "nearest_other_similarity_median": float(
+            np.median(similarities[originals_rows].max(axis=1))
+        ),
         "copy_similarity_min_median": {
             k: [min(v), float(np.median(v))] for k, v in copy_similarity.items() if v
         },
