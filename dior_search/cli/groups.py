@@ -12,7 +12,15 @@ from rich.table import Table
 
 from dior_search import defaults
 from dior_search.cli.app import app, console
-from dior_search.cli.options import DatasetOpt, ImagesOpt, IndexesOpt, PickModelOpt, collection_name
+from dior_search.cli.options import (
+    DatasetOpt,
+    ImagesOpt,
+    IndexesOpt,
+    PickModelOpt,
+    StoreOpt,
+    collection_name,
+    opened_store,
+)
 from dior_search.data.paths import shown
 from dior_search.errors import UsageError
 
@@ -37,6 +45,7 @@ def groups(
     as_json: Annotated[bool, typer.Option("--json", help="Print the groups as JSON.")] = False,
     model: PickModelOpt = None,
     indexes: IndexesOpt = defaults.DEFAULT_INDEXES_DIR,
+    store: StoreOpt = None,
 ) -> None:
     """Cluster a collection's images under one condition (k-means on the stored vectors) and
     name each group by the model's most common answer in it. Loads no model."""
@@ -50,8 +59,9 @@ def groups(
     name = collection_name(dataset, images)
     if name is None:
         raise UsageError("give one of --dataset NAME or --images DIR")
-    searcher = Searcher.open(indexes, collection=name, model=model)
-    found = group_images(searcher, name, condition, k, seed)
+    with opened_store(store, indexes) as index_store:
+        searcher = Searcher.open(index_store, collection=name, model=model)
+        found = group_images(searcher, name, condition, k, seed)
     if as_json:
         print(json.dumps(found.to_json(members), indent=2))
         return

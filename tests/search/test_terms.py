@@ -202,3 +202,18 @@ def test_distinct_hides_near_copies_of_better_hits(searchers):
         assert result.hidden == hidden
     with pytest.raises(UsageError, match="similarity in"):
         searcher.search(SearchRequest(("color",), id=3, distinct=1.5))
+
+
+def test_groups_are_the_same_on_each_store(searchers):
+    from dior_search.search.groups import group_images
+
+    found = {
+        kind: group_images(searcher, "synthetic", "color") for kind, searcher in searchers.items()
+    }
+    if len(found) < 2:
+        pytest.skip("one store only")
+    folder, database = found["folder"], found["milvus-lite"]
+    assert folder.k == database.k
+    assert [(g.name, sorted(g.ids)) for g in folder.groups] == [
+        (g.name, sorted(g.ids)) for g in database.groups
+    ]
