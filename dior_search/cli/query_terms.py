@@ -144,7 +144,11 @@ def query_parts(
             else:
                 assert image_id is not None
                 terms.append(Term(condition, id=image_id, id_condition=first))
-    searched = list(dict.fromkeys([*conditions, *(t.condition for t in terms), *words]))
+    # The -c conditions as given (a repeated one is the searcher's error), then the others.
+    searched = [*conditions]
+    for name in [*(t.condition for t in terms), *words]:
+        if name not in searched:
+            searched.append(name)
     example_conditions = [c for c in searched if c not in words]
     for option, values in (("--not", options.not_images), ("--not-id", options.not_ids)):
         for value in values:
@@ -164,7 +168,7 @@ def query_parts(
                 if name not in searched:
                     searched.append(name)
     if not options.given:
-        ordered = tuple(dict.fromkeys([*conditions, *words]))
+        ordered = (*conditions, *(w for w in words if w not in conditions))
         found_words = tuple(words.get(c) for c in ordered) if words else None
         return QueryParts(ordered, found_words, ())
     if not terms:

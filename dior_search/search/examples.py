@@ -102,16 +102,6 @@ def answer_centroid(
     return np.asarray(vectors.mean(axis=0), dtype=np.float32)
 
 
-def answer_words(searcher: Searcher, collection: CollectionIndexes, condition: str) -> list[str]:
-    """The distinct stored answers under a condition, most common first."""
-    reader = searcher.reader(searcher.condition(collection, condition))
-    counted: dict[str, int] = {}
-    for answer in reader.column(ANSWER):
-        if answer is not None:
-            counted[answer] = counted.get(answer, 0) + 1
-    return sorted(counted, key=lambda a: (-counted[a], a))
-
-
 def check_example_conditions(
     searcher: Searcher, collection: CollectionIndexes, terms: Sequence[Term]
 ) -> None:
