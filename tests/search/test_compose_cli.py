@@ -77,8 +77,12 @@ def test_per_condition_examples_and_negatives_equal_the_library(workspace, capsy
     ]
     assert ids_of(out) == library(workspace, want, k=7)
     # --not without a condition: less like C under every condition searched by example.
-    code, out, _ = query(workspace, capsys, str(a), "-c", "pattern", "-c", "color", "--not", str(c))
-    assert code == 0
+    code, out, _ = query(
+        workspace, capsys, str(a), "-c", "pattern", "-c", "color", "--not", str(c), "--json"
+    )
+    want = [Term("pattern", id=1), Term("color", id=1)]
+    want += [Term("pattern", id=3, positive=False), Term("color", id=3, positive=False)]
+    assert code == 0 and ids_of(out) == library(workspace, want)
     code, out, _ = query(
         workspace, capsys, "--id", "1", "-c", "pattern", "-c", "color", "--not-id", "3", "--json"
     )
