@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from embed_throughput import BEFORE, CONDITIONS, load_embedder, parse
+from embed_throughput import BEFORE, CONDITIONS, LOADED, load_embedder, parse
 from PIL import Image
 
 from dior_search.models.dior import DiorEmbedder, Throughput
@@ -103,6 +103,7 @@ def embed_with(
         if not np.isfinite(out[name]).all():
             raise SystemExit(f"{dtype} {name}: embeddings that are not finite")
     del embedder
+    LOADED.clear()  # load_embedder keeps a --model-dir's model: free it before the next dtype
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
