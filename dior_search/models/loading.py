@@ -26,8 +26,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # Without them torch emulates bf16 by converting to fp32, slower than fp32 itself.
 BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16", "bf16"})
 # On a CPU, bf16 pays only where matrix products dominate the time: measured (docs/cpu.md), a
-# hidden size of 512 ran 0.8-1.3x fp32's speed and the bundled 64-wide model no faster, while
-# 2048 (Qwen2.5-VL-3B) ran several times faster. Narrower models stay fp32 under `auto`.
+# model 512 wide ran 0.95x to 1.3x fp32's speed and the bundled 128-wide one no faster, while
+# Qwen2.5-VL-3B's shapes (2048) ran 3.2x to 3.5x. Narrower models stay fp32 under `auto`.
 CPU_BF16_MIN_WIDTH = 1024
 # Set to 0 or 1 to override the detection (the test suite sets 0: its equalities are fp32's).
 CPU_BF16_VARIABLE = "DIOR_SEARCH_CPU_BF16"
