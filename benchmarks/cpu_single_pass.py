@@ -44,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--write", action="store_true", help="write benchmarks/results JSON")
+    parser.add_argument("--tag", default="", help="added to the results file's name")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     transformers.utils.logging.set_verbosity_error()
@@ -67,7 +68,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     if args.write:
         from results_file import write_results
 
-        write_results("cpu_single_pass", figures, tag=args.dtype)
+        write_results(
+            "cpu_single_pass", figures, tag="-".join(filter(None, [args.dtype, args.tag]))
+        )
     return figures
 
 
