@@ -4,9 +4,9 @@
     python benchmarks/embed_throughput.py --model-size 7b --device cuda --dtype bfloat16
     python benchmarks/embed_throughput.py --model-dir /tmp/m7b ...   # build once, reuse after
 
-`--model-size 7b` takes Qwen2.5-VL-7B-Instruct's layer shapes (random weights, a small
-vocabulary: with no LM head the vocabulary costs one embedding lookup), for real-size figures
-on a GPU.
+`--model-size 7b` (or 3b) takes Qwen2.5-VL-7B-Instruct's (3B's) layer shapes (random weights,
+a small vocabulary: with no LM head the vocabulary costs one embedding lookup), for real-size
+figures (benchmarks/cpu_throughput.py runs them on a CPU).
 
 Paths, each over the same images under the first C conditions:
   naive         a full forward pass per (image, condition), one at a time
@@ -80,23 +80,31 @@ ALL_PATHS = [*PATHS[:3], "ours-before", "ours+answers", PATHS[3]]
 BEFORE = Throughput(image_threads=1, pin_memory=False, packed_suffixes=False, group_by_size=False)
 
 
+# Qwen2.5-VL's released shapes: (language hidden, layers, attention heads, key-value heads,
+# MLP width). The vision tower is the same in both (32 layers of 1280, MLP 3420, 16 heads).
+RELEASED_SHAPES = {"3b": (2048, 36, 16, 2, 11008), "7b": (3584, 28, 28, 4, 18944)}
+MODEL_SIZES = ["mid", *RELEASED_SHAPES]
+
+
 def model_config(tokenizer: Any, model_size: str) -> Any:
     """A Qwen2.5-VL config of `model_size`: "mid" (6 vision and 6 language layers, language
-    hidden size 512) or "7b" (Qwen2.5-VL-7B's shapes), its token ids from `tokenizer`."""
+    hidden size 512), "3b" or "7b" (Qwen2.5-VL-3B's or 7B's shapes), its token ids from
+    `tokenizer`."""
     if model_size == "mid":
         return qwen25_config(
             tokenizer, hidden=512, layers=6, vision_hidden=256, vision_layers=6, intermediate=1536
         )
+    hidden, layers, heads, kv_heads, intermediate = RELEASED_SHAPES[model_size]
     config = qwen25_config(
         tokenizer,
-        hidden=3584,
-        layers=28,
+        hidden=hidden,
+        layers=layers,
         vision_hidden=1280,
         vision_layers=32,
-        intermediate=18944,
+        intermediate=intermediate,
     )
-    config.text_config.num_attention_heads = 28
-    config.text_config.num_key_value_heads = 4
+    config.text_config.num_attention_heads = heads
+    config.text_config.num_key_value_heads = kv_heads
     config.text_config.rope_parameters["mrope_section"] = [16, 24, 24]
     config.vision_config.num_heads = 16
     config.vision_config.intermediate_size = 3420
@@ -120,7 +128,10 @@ def build_model(
     torch.set_default_dtype(dtype)
     try:
         with device:
-            Qwen2_5_VLForConditionalGeneration(config).save_pretrained(folder)
+            # Shards of 2 GB: safetensors copies a shard's tensors into bytes to write them.
+            model = Qwen2_5_VLForConditionalGeneration(config)
+            model.save_pretrained(folder, max_shard_size="2GB")
+            del model
     finally:
         torch.set_default_dtype(default)
     tokenizer.save_pretrained(folder)
@@ -274,7 +285,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     # One thread by default: where other work shares the cores, a descheduled OpenMP thread
     # stalls every parallel region and timings swing tenfold; one thread keeps them steady.
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--model-size", choices=["mid", "7b"], default="mid")
+    parser.add_argument("--model-size", choices=MODEL_SIZES, default="mid")
     parser.add_argument(
         "--model-dir", type=Path, help="keep the built model here; reuse it if it is there"
     )

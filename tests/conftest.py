@@ -10,6 +10,9 @@ from hypothesis import settings
 from PIL import Image
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# auto means bf16 on a CPU with bf16 instructions; the equality tests compare fp32 runs, so the
+# suite runs in fp32 unless a test asks for bf16 (tests/models/test_cpu_dtype.py checks auto).
+os.environ.setdefault("DIOR_SEARCH_CPU_BF16", "0")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # As `dior-search` sets it before any model library is imported: no load progress on stderr,

@@ -98,7 +98,11 @@ EMBEDDER_PARAMETERS: dict[str, Any] = {
         ),
     ],
     "dtype": Annotated[
-        str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16 or float16.")
+        str,
+        typer.Option(
+            help="auto (bf16 on CUDA and, for models 1024 wide or more, on a CPU with bf16 "
+            "instructions; fp32 otherwise), float32, bfloat16 or float16."
+        ),
     ],
     "device": DeviceOpt,
     "position_scheme": Annotated[

@@ -36,8 +36,8 @@ class ClipEmbedder:
 
         self.settings = settings
         self.device = resolve_device(settings.device)
-        self.dtype = resolve_dtype(settings.dtype, self.device)
         self.config = load_model_config(settings.model, settings.revision, False)
+        self.dtype = resolve_dtype(settings.dtype, self.device, self.config)
         if self.config.model_type not in DUAL_ENCODERS:
             raise ModelError(
                 f"{settings.model!r} is a {self.config.model_type} model, not an image-text "

@@ -131,10 +131,10 @@ class DiorEmbedder:
 
         self.settings = settings
         self.device = resolve_device(settings.device)
-        self.dtype = resolve_dtype(settings.dtype, self.device)
         self.throughput = throughput or Throughput.for_device(self.device)
         source = resolve_model_source(settings.model)
         self.config = load_model_config(source, settings.revision, settings.trust_remote_code)
+        self.dtype = resolve_dtype(settings.dtype, self.device, self.config)
         self.inputs: InputBuilder = load_input_builder(
             self.config,
             source,

@@ -61,9 +61,9 @@ class GenerativeEmbedder:
 
         self.settings = settings
         self.device = resolve_device(settings.device)
-        self.dtype = resolve_dtype(settings.dtype, self.device)
         self.source = resolve_model_source(settings.model)
         self.config = load_model_config(self.source, settings.revision, settings.trust_remote_code)
+        self.dtype = resolve_dtype(settings.dtype, self.device, self.config)
         # The model's own positions: the paper's code passes no position ids to `generate`.
         self.inputs: InputBuilder = load_input_builder(
             self.config,

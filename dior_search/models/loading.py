@@ -6,7 +6,10 @@ remote code not allowed, no config).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,16 @@ from dior_search.models.settings import ModelSettings
 
 BUNDLED_MODELS = {"tiny": Path(__file__).parent / "tiny_model"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# /proc/cpuinfo flags (x86) or Features (ARM) of a CPU with bf16 multiply instructions: AMX and
+# AVX512-BF16 on Xeons since Cooper Lake, FEAT_BF16 on ARMv8.6+ (Graviton 3, Neoverse V1/N2).
+# Without them torch emulates bf16 by converting to fp32, slower than fp32 itself.
+BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16", "bf16"})
+# On a CPU, bf16 pays only where matrix products dominate the time: measured (docs/cpu.md), a
+# model 512 wide ran 0.95x to 1.3x fp32's speed and the bundled 128-wide one no faster, while
+# Qwen2.5-VL-3B's shapes (2048) ran 3.2x to 3.5x. Narrower models stay fp32 under `auto`.
+CPU_BF16_MIN_WIDTH = 1024
+# Set to 0 or 1 to override the detection (the test suite sets 0: its equalities are fp32's).
+CPU_BF16_VARIABLE = "DIOR_SEARCH_CPU_BF16"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -44,11 +57,53 @@ def resolve_device(device: str) -> torch.device:
     return chosen
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """bf16 on CUDA and fp32 elsewhere unless asked otherwise."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return DTYPES[dtype]
+def resolve_dtype(dtype: str, device: torch.device, config: Any = None) -> torch.dtype:
+    """`auto`: bf16 on CUDA, and on a CPU that multiplies bf16 natively for a model (`config`)
+    wide enough for bf16 to pay there; fp32 elsewhere."""
+    if dtype != "auto":
+        return DTYPES[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16
+    wide = config is None or model_width(config) >= CPU_BF16_MIN_WIDTH
+    return (
+        torch.bfloat16 if device.type == "cpu" and wide and cpu_multiplies_bf16() else torch.float32
+    )
+
+
+def model_width(config: Any) -> int:
+    """The widest hidden size of a model's config and its text and vision parts."""
+    parts = [config, config.get_text_config(), getattr(config, "vision_config", None)]
+    return max(int(getattr(part, "hidden_size", 0) or 0) for part in parts)
+
+
+def cpu_multiplies_bf16() -> bool:
+    """Whether this CPU has bf16 multiply instructions (read from the flags the kernel reports,
+    not guessed from the processor's name); `DIOR_SEARCH_CPU_BF16=0/1` overrides it."""
+    chosen = os.environ.get(CPU_BF16_VARIABLE, "").strip()
+    if chosen in ("0", "1"):
+        return chosen == "1"
+    return cpuinfo_has_bf16(read_cpuinfo(), platform.machine())
+
+
+@functools.cache
+def read_cpuinfo() -> str:
+    """/proc/cpuinfo, or "" where there is none (macOS, Windows: fp32 there)."""
+    try:
+        return Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def cpuinfo_has_bf16(cpuinfo: str, machine: str) -> bool:
+    """Whether /proc/cpuinfo text lists a bf16 multiply flag on every processor it describes
+    (x86 `flags`, ARM `Features`); `machine` is `platform.machine()`."""
+    keys = ("features",) if machine.lower() in ("aarch64", "arm64") else ("flags",)
+    lines = [
+        value
+        for key, _, value in (line.partition(":") for line in cpuinfo.splitlines())
+        if key.strip().lower() in keys
+    ]
+    return bool(lines) and all(BF16_CPU_FLAGS & set(value.split()) for value in lines)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
