@@ -144,7 +144,8 @@ def test_media_types_are_case_insensitive(client, served):
     boundary = "b0undary"
     body = (
         (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="collection"\r\n\r\nsynthetic\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="collection"\r\n\r\n'
+            "synthetic\r\n"
             f'--{boundary}\r\nContent-Disposition: form-data; name="condition"\r\n\r\ncolor\r\n'
             f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.png"\r\n'
             "Content-Type: image/png\r\n\r\n"

@@ -306,7 +306,9 @@ def test_thumbnails_come_only_from_index_rows_inside_the_root(tmp_path, served):
 def test_oversize_uploads_get_413(served, client):
     # Declared too large: refused before the body is read.
     big = client.post(
-        "/api/uploads", content=b"\0" * (20 * MIB + 65 * 1024), headers={"content-type": "image/png"}
+        "/api/uploads",
+        content=b"\0" * (20 * MIB + 65 * 1024),
+        headers={"content-type": "image/png"},
     )
     assert_one_line_error(big, 413, "over the limit")
     small = with_settings(served.service, max_upload_bytes=10_000, max_pixels=5_000)
