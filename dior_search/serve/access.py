@@ -71,6 +71,11 @@ def shown(text: str) -> str:
     return repr(text if len(text) <= 100 else text[:97] + "...")
 
 
+def sent_as(kind: str) -> str:
+    """The end of a 415 message: what the request sent instead."""
+    return f", not {shown(kind)}" if kind else "; the request gives no Content-Type"
+
+
 def media_type(content_type: str) -> str:
     """A Content-Type's media type without parameters, in lower case (they are
     case-insensitive: `Multipart/Form-Data` is multipart)."""

@@ -36,7 +36,13 @@ from dior_search.data.decode_budget import DecodeQueueTimeout
 from dior_search.data.images import ImageTooLarge
 from dior_search.errors import DiorError, InputError, UsageError
 from dior_search.search.searcher import DeadlineExceeded, NotIndexed, SearchRequest, SearchResult
-from dior_search.serve.access import AccessGuard, AccessPolicy, UnsupportedMediaType, media_type
+from dior_search.serve.access import (
+    AccessGuard,
+    AccessPolicy,
+    UnsupportedMediaType,
+    media_type,
+    sent_as,
+)
 from dior_search.serve.protocol import KEEP_ALIVE_S, MAX_HEADER_BYTES, TimedH11Protocol
 from dior_search.serve.service import NotFound, SearchService, TooLarge, Upload
 
@@ -277,8 +283,8 @@ async def image_bytes(request: Request) -> bytes:
             return data
     if not (kind.startswith("image/") or kind == "application/octet-stream"):
         raise UnsupportedMediaType(
-            f"an upload is a multipart form with a file 'image', or the image's bytes sent as "
-            f"image/* or application/octet-stream, not {kind or 'a body without a type'}"
+            "an upload is a multipart form with a file 'image', or the image's bytes sent as "
+            f"image/* or application/octet-stream{sent_as(kind)}"
         )
     return await request.body()
 
@@ -424,9 +430,7 @@ async def query(request: Request) -> Response:
     deadline = deadline_of(request)
     kind = media_type(request.headers.get("content-type", ""))
     if kind not in (JSON_TYPE, MULTIPART):
-        raise UnsupportedMediaType(
-            f"a query is sent as {JSON_TYPE} or {MULTIPART}, not {kind or 'a body without a type'}"
-        )
+        raise UnsupportedMediaType(f"a query is sent as {JSON_TYPE} or {MULTIPART}{sent_as(kind)}")
     # The image of a one-shot query: held by this request, whatever the cache evicts.
     held: Upload | None = None
     if kind == MULTIPART:

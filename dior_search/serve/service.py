@@ -414,7 +414,9 @@ class SearchService:
         try:
             root = condition.root.resolve()
             # The file holding the image: itself, or its shard or Parquet file.
-            path = item_file(root, row.path).resolve()
+            holder = item_file(root, row.path)
+            member = holder != root / row.path
+            path = holder.resolve()
             stat = os.stat(path) if path.is_relative_to(root) and path.is_file() else None
         except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Path.resolve)
             stat = None
@@ -426,7 +428,7 @@ class SearchService:
         return self.thumbnail_flights.run(
             (row.content_hash, path),
             lambda: self._make_thumbnail(
-                f"image {row_id} of {condition.name!r}", root, row, path, stat, deadline
+                f"image {row_id} of {condition.name!r}", root, row, path, stat, deadline, member
             ),
             deadline,
         )
@@ -439,9 +441,11 @@ class SearchService:
         path: Path,
         stat: os.stat_result,
         deadline: float | None,
+        member: bool,
     ) -> bytes:
-        """Check the file's content against the row's hash and make (or reuse) its thumbnail."""
-        if path == root / row.path:
+        """Check the file's content against the row's hash and make (or reuse) its thumbnail
+        (`member`: the image is a member of the shard or Parquet file at `path`)."""
+        if not member:
             jpeg = self._thumbnail_of_file(name, row, path, stat, deadline)
         else:  # a shard member or Parquet row (the member's own size cap applies)
             try:
