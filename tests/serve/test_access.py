@@ -17,6 +17,7 @@ from serving import assert_one_line_error, fresh_image, running
 from starlette.testclient import TestClient
 
 from dior_search.cli import main
+from dior_search.data.images import ImageTooLarge, load_image
 from dior_search.serve.access import AccessPolicy
 from dior_search.serve.app import create_app
 
@@ -191,6 +192,14 @@ def test_a_png_declaring_2_to_the_31_pixels_a_side_is_413(client):
         "the uploaded image is too large: 2147483647x2147483647 = 4611686014132420609 pixels is "
         "over the limit of",
     )
+
+
+def test_indexing_such_a_png_skips_it_with_the_pixel_limit(tmp_path):
+    """`index` reads images through the same header check: the reason, not MemoryError."""
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_declaring(2147483647, 2147483647))
+    with pytest.raises(ImageTooLarge, match=r"2147483647x2147483647 = .* over the limit of"):
+        load_image(path)
 
 
 def test_an_unreadable_upload_says_so_in_words(client):
