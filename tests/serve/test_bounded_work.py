@@ -348,3 +348,38 @@ def test_counts_after_a_sync_and_a_filter_on_a_condition_synced_later(tmp_path):
     assert answer.json()["hits"] and all(
         hit["path"] in {p.name for p in pool[:12]} for hit in answer.json()["hits"]
     )
+
+
+@pytest.mark.slow
+def test_a_deleted_data_file_on_milvus_lite_is_404(tmp_path):
+    from stores import opened, store_spec
+
+    from dior_search.data.collections import open_dataset
+    from dior_search.store.stores import open_store
+
+    write_dataset(tmp_path / "datasets" / "synthetic", {"test": 12})
+    embedder = DiorEmbedder(DiorSettings(model="tiny", device="cpu", batch_size=16))
+    store = opened("milvus-lite", tmp_path)
+    settings = IndexSettings(indexes_dir=tmp_path / "indexes", store=store)
+    index_collection(
+        open_dataset("synthetic", tmp_path / "datasets"), ["color"], embedder, settings
+    )
+    store.close()
+    next((tmp_path / "indexes.db").rglob("data_*.parquet")).unlink()
+    serve_settings = ServeSettings(
+        indexes_dir=tmp_path / "indexes", store=store_spec("milvus-lite", tmp_path), device="cpu"
+    )
+    searcher = searcher_module.Searcher.open(
+        open_store(serve_settings.store, serve_settings.indexes_dir),
+        options=serve_settings.search_options(),
+    )
+    with client_of(SearchService(searcher, serve_settings)) as client:
+        answers = [
+            client.get("/api/collections/synthetic/images"),
+            client.get("/api/thumbnail/synthetic/color/1"),
+            client.post(
+                "/api/query", json={"collection": "synthetic", "conditions": ["color"], "id": 1}
+            ),
+        ]
+    for answer in answers:
+        assert_one_line_error(answer, 404, "is damaged: the database holds 0 of its 12 rows")
