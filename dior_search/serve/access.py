@@ -12,7 +12,8 @@ So every request is checked here before any route sees it:
 - an `Origin`, where a browser sends one, must be the request's own (its host and port are
   the `Host` header's) or one given with `serve --allow-origin`. Otherwise 403;
 - its request line and headers together are at most MAX_HEADER_BYTES, else 431 (uvicorn's
-  limit holds only for headers that arrive in pieces).
+  limit holds only for headers that arrive in pieces); its body at most the upload limit and
+  the form's framing, else 413 (`Guard`, which also marks every answer's type as final).
 
 The POST routes accept only their real media types (`media_type`), so a cross-site page can
 send nothing to them that a browser would not first ask permission for (CORS preflight),
@@ -27,10 +28,11 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dior_search.errors import DiorError, UsageError
 from dior_search.serve.protocol import MAX_HEADER_BYTES
+from dior_search.serve.service import TooLarge
 
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 
@@ -163,3 +165,44 @@ class AccessGuard:
             return
         response = JSONResponse({"error": message}, status_code=status)
         await response(scope, receive, send)
+
+
+class Guard:
+    """ASGI middleware: caps request bodies and marks every response's content type as final."""
+
+    def __init__(self, app: ASGIApp, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_guarded(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-content-type-options", b"nosniff"),
+                ]
+            await send(message)
+
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+            response = JSONResponse(
+                {"error": f"request body over the limit of {self.max_body} bytes"}, status_code=413
+            )
+            await response(scope, receive, send_guarded)
+            return
+        received = 0
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise TooLarge(f"request body over the limit of {self.max_body} bytes")
+            return message
+
+        await self.app(scope, receive_limited, send_guarded)

@@ -30,7 +30,6 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dior_search.data.decode_budget import DecodeQueueTimeout
 from dior_search.data.images import ImageTooLarge
@@ -39,6 +38,7 @@ from dior_search.search.searcher import DeadlineExceeded, NotIndexed, SearchRequ
 from dior_search.serve.access import (
     AccessGuard,
     AccessPolicy,
+    Guard,
     UnsupportedMediaType,
     media_type,
     sent_as,
@@ -111,45 +111,6 @@ def error(status: int, message: str) -> JSONResponse:
     if len(line) > MAX_ERROR_CHARS:
         line = line[: MAX_ERROR_CHARS - 3] + "..."
     return JSONResponse({"error": line}, status_code=status)
-
-
-class Guard:
-    """ASGI middleware: caps request bodies and marks every response's content type as final."""
-
-    def __init__(self, app: ASGIApp, max_body: int) -> None:
-        self.app = app
-        self.max_body = max_body
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_guarded(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"x-content-type-options", b"nosniff"),
-                ]
-            await send(message)
-
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
-            response = error(413, f"request body over the limit of {self.max_body} bytes")
-            await response(scope, receive, send_guarded)
-            return
-        received = 0
-
-        async def receive_limited() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body:
-                    raise TooLarge(f"request body over the limit of {self.max_body} bytes")
-            return message
-
-        await self.app(scope, receive_limited, send_guarded)
 
 
 def service_of(request: Request) -> SearchService:
