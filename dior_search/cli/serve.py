@@ -65,8 +65,25 @@ def serve(
             "for this machine: an eighth of its memory, 1 GiB per core, at least 1 GiB)."
         ),
     ] = None,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="NAME",
+            help="Also answer requests for this host name (repeatable), e.g. the name a "
+            "reverse proxy forwards; by default only localhost, loopback addresses and --host.",
+        ),
+    ] = None,
+    allow_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="ORIGIN",
+            help="Also answer requests from pages of this origin (repeatable), e.g. "
+            "https://photos.example.org behind a proxy; by default only the server's own.",
+        ),
+    ] = None,
 ) -> None:
     """Serve a web page and a JSON API for (multi-)conditional search over built indexes."""
+    from dior_search.serve.access import AccessPolicy
     from dior_search.serve.app import make_server
     from dior_search.serve.service import SearchService, ServeSettings
 
@@ -79,6 +96,7 @@ def serve(
     ):
         if not (math.isfinite(value) and value > 0):
             raise UsageError(f"{option} must be a positive number, not {value:g}")
+    access = AccessPolicy.of(host, allow_host or (), allow_origin or ())
     settings = ServeSettings(
         indexes_dir=indexes,
         store=store,
@@ -99,7 +117,7 @@ def serve(
     )
     service = SearchService.open(settings)
     verbose = logging.getLogger().isEnabledFor(logging.INFO)
-    server = make_server(service, host, port, "info" if verbose else "warning")
+    server = make_server(service, host, port, "info" if verbose else "warning", access)
     for served in service.searcher.collections.values():
         names = ", ".join(served.conditions)
         console.print(
@@ -113,3 +131,5 @@ def serve(
         highlight=False,
     )
     server.run()
+    if server.terminated:
+        console.print("stopped (SIGTERM): requests in flight were answered", highlight=False)

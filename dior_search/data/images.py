@@ -190,6 +190,16 @@ def _open(source: bytes | Path) -> Image.Image:
     return Image.open(fp, formats=FORMATS)
 
 
+def exif_of(opened: Image.Image) -> Image.Exif:
+    """An opened image's EXIF, read without decoding it: Pillow's PNG reader decodes the
+    whole image to look for an EXIF chunk after the pixels (a PNG declaring 2^31 x 2^31
+    pixels was a MemoryError, and any large one a decode outside the budget); only one
+    before them is read here."""
+    if opened.format == "PNG":
+        return Image.Image.getexif(opened)
+    return opened.getexif()
+
+
 def read_header(source: bytes | Path, name: str) -> ImageHeader:
     """The header of an image file or its bytes; ImageReadError if it is not a readable image."""
     try:
@@ -197,7 +207,7 @@ def read_header(source: bytes | Path, name: str) -> ImageHeader:
         if webp is not None:
             return webp
         with _open(source) as opened:
-            orientation = opened.getexif().get(ExifTags.Base.Orientation, 1)
+            orientation = exif_of(opened).get(ExifTags.Base.Orientation, 1)
             kind = str(opened.format)
             is_jpeg = kind in ("JPEG", "MPO")
             return ImageHeader(

@@ -16,12 +16,15 @@ labels stored beside its vectors: no label table), the filters go to its store a
 equalities (`store_filter`, `Reader.search_where`; a Milvus store makes them a filter
 expression). Otherwise the search layer turns them into a mask over the first condition's
 rows (`passing_rows`), which the stores receive as allowed ids per searched index.
+
+A request holds at most MAX_FILTERS filters; the labels they compare are read once per
+request (`RowLabels`), and the request's deadline is checked between filters.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -29,12 +32,16 @@ import numpy as np
 from dior_search.data.collections import LabelSource
 from dior_search.errors import UsageError
 from dior_search.models.answers import normalize_word
+from dior_search.search.deadline import check_deadline
 from dior_search.search.joined import JoinedIndexes
 from dior_search.store.backend import Reader
 from dior_search.store.shards import ANSWER, Row
 from dior_search.store.shards import LABEL_PREFIX as LABEL_COLUMN
 
 LABEL_PREFIX = "label:"
+# Filters one request may give: each is a pass over every row, and a handful is all a search
+# needs (the server's JSON body would hold tens of thousands).
+MAX_FILTERS = 64
 
 FilterKind = Literal["answer", "label"]
 
@@ -68,6 +75,9 @@ def parse_filter(text: str) -> Filter:
 
 
 def parse_filters(texts: Sequence[str]) -> tuple[Filter, ...]:
+    """The filters of a request, repeats dropped; UsageError over MAX_FILTERS of them."""
+    if len(texts) > MAX_FILTERS:
+        raise UsageError(f"{len(texts)} filters (--where) is over the limit of {MAX_FILTERS}")
     return tuple(dict.fromkeys(parse_filter(text) for text in texts))
 
 
@@ -85,29 +95,49 @@ def current_row_labels(
     return [labels or {} for labels in found], unlisted
 
 
-def label_values(reader: Reader, source: LabelSource | None, name: str) -> list[str | None]:
-    """Label `name` of every row of `reader` (in id order), from the same source as
-    `current_row_labels`: what label filters compare, so they agree with the labels results
-    show."""
-    if source is None:
-        return reader.labels(name)
-    return [(source.labels(path) or {}).get(name) for path in reader.paths()]
+@dataclass
+class RowLabels:
+    """The labels of every row of one index (in id order), read once for one request, from
+    the same source as `current_row_labels` (the label table now, else those stored): what
+    label filters compare, so they agree with the labels results show."""
 
+    reader: Reader
+    source: LabelSource | None
+    _table_rows: list[dict[str, str]] | None = None
+    _names: list[str] | None = None
+    _values: dict[str, np.ndarray] = field(default_factory=dict)
 
-def label_names(reader: Reader, source: LabelSource | None) -> list[str]:
-    """The labels a filter may name: the label table's, else those stored."""
-    if source is None:
-        return reader.label_names()
-    names = {name for path in reader.paths() for name in (source.labels(path) or {})}
-    return sorted(names)
+    def table_rows(self) -> list[dict[str, str]]:
+        if self._table_rows is None:
+            source = self.source
+            listed = [source.labels(p) if source else None for p in self.reader.paths()]
+            self._table_rows = [labels or {} for labels in listed]
+        return self._table_rows
 
+    def names(self) -> list[str]:
+        """The labels a filter may name: the label table's, else those stored."""
+        if self._names is None:
+            if self.source is None:
+                self._names = self.reader.label_names()
+            else:
+                self._names = sorted({name for row in self.table_rows() for name in row})
+        return self._names
 
-def check_label(reader: Reader, source: LabelSource | None, where: Filter) -> None:
-    """UsageError, listing the labels there are, unless a label filter names one."""
-    names = label_names(reader, source)
-    if where.name not in names:
-        valid = ", ".join(names) or "none: an image folder has no labels"
-        raise UsageError(f"--where {where}: no label {where.name!r}; labels: {valid}")
+    def values(self, where: Filter) -> np.ndarray:
+        """Label `where.name` of every row; UsageError, listing the labels there are, unless
+        the index has that label."""
+        names = self.names()
+        if where.name not in names:
+            valid = ", ".join(names) or "none: an image folder has no labels"
+            raise UsageError(f"--where {where}: no label {where.name!r}; labels: {valid}")
+        found = self._values.get(where.name)
+        if found is None:
+            if self.source is None:
+                listed: list[str | None] = self.reader.labels(where.name)
+            else:
+                listed = [row.get(where.name) for row in self.table_rows()]
+            found = self._values[where.name] = np.asarray(listed, dtype=object)
+        return found
 
 
 def store_filter(
@@ -121,6 +151,7 @@ def store_filter(
         return None
     first = joined.readers[0]
     condition = str(first.manifest.condition["name"])
+    labels = RowLabels(first, source)
     equals = []
     for where in filters:
         if where.kind == "answer":
@@ -130,7 +161,8 @@ def store_filter(
         else:
             if source is not None:
                 return None
-            check_label(first, source, where)
+            if where.name not in labels.names():
+                labels.values(where)  # the UsageError listing the labels there are
             equals.append((LABEL_COLUMN + where.name, where.value))
     return equals
 
@@ -140,19 +172,26 @@ def passing_rows(
     filters: Sequence[Filter],
     answer_readers: dict[str, int],
     source: LabelSource | None,
+    deadline: float | None = None,
 ) -> np.ndarray:
     """Which first-condition positions pass every filter (and are in every joined index).
 
     `answer_readers`: the joined index (its position) holding each answer filter's condition;
-    `source`: the collection's labels now (`current_labels`), which label filters read.
+    `source`: the collection's labels now (`current_labels`), which label filters read;
+    `deadline`: checked before each filter (DeadlineExceeded once it has passed).
     """
     passing: np.ndarray = joined.complete.copy()
-    first = joined.readers[0]
+    labels = RowLabels(joined.readers[0], source)
+    # Each index's answers, read once for all the filters on them.
+    answers: dict[int, np.ndarray] = {}
     for where in filters:
+        check_deadline(deadline, "filtering")
         if where.kind == "label":
-            check_label(first, source, where)
-            values = np.asarray(label_values(first, source, where.name), dtype=object)
+            values = labels.values(where)
         else:
-            values = joined.column(answer_readers[where.name], ANSWER)
+            j = answer_readers[where.name]
+            if j not in answers:
+                answers[j] = joined.column(j, ANSWER)
+            values = answers[j]
         passing &= values == where.value
     return passing

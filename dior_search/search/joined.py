@@ -168,18 +168,27 @@ class JoinedIndexes:
         first = self.readers[0]
         return first.contains(first_id) and bool(self.complete[first.positions([first_id])[0]])
 
+    def absent_under(self, first_id: int, among: Sequence[int]) -> list[int]:
+        """Which of the joined indexes `among` lack the image with this first-condition id."""
+        first = self.readers[0]
+        if not first.contains(first_id):
+            return [0, *(j for j in among if j != 0)]
+        position = int(first.positions([first_id])[0])
+        return [j for j in among if self.from_first[j][position] < 0]
+
     def stored_query(
         self, first_id: int, searched: Sequence[int] | None = None
     ) -> list[np.ndarray]:
         """An indexed image's stored vector under each searched condition (default: all), to
         query with."""
         position = int(self.readers[0].positions([first_id])[0])  # raises on an unknown id
-        if not self.complete[position]:
+        chosen = range(len(self.readers)) if searched is None else searched
+        # Only the searched indexes need it: a filter's index may lack the query image.
+        if any(self.from_first[j][position] < 0 for j in chosen):
             raise IndexStoreError(
                 f"id {first_id} of {self.readers[0].location} is not indexed under every "
                 "condition asked for"
             )
-        chosen = range(len(self.readers)) if searched is None else searched
         return [self.readers[j].vector(int(self.from_first[j][position])) for j in chosen]
 
     def column(self, j: int, name: str) -> np.ndarray:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -30,6 +31,10 @@ from dior_search.data.collections import DATASETS, UNCONDITIONAL, LabelSource, c
 from dior_search.errors import IndexStoreError, InputError, UsageError, first_line
 from dior_search.models.answers import WordHead, query_word
 from dior_search.models.embedder import Embedder, EmbedderDescription
+
+# DeadlineExceeded: re-exported, where callers have always found it.
+from dior_search.search.deadline import DeadlineExceeded as DeadlineExceeded
+from dior_search.search.deadline import check_deadline
 from dior_search.search.distinct import check_distinct, distinct_ranking
 from dior_search.search.examples import check_example_conditions, example_vectors
 from dior_search.search.facets import Facets, count_answers
@@ -45,7 +50,8 @@ from dior_search.search.terms import ComposedQuery, Term, check_terms, compose, 
 from dior_search.search.words import WordCondition, WordRanking, WordScores
 from dior_search.store.backend import DatabaseIndex, IndexEntry, IndexLocation, IndexStore, Reader
 from dior_search.store.folder import FolderStore
-from dior_search.store.manifest import Manifest, check_same_embedder
+from dior_search.store.manifest import Manifest, check_same_embedder, manifest_stamp
+from dior_search.store.manifest import Stamp as ManifestStamp
 from dior_search.store.shards import ANSWER, Row
 from dior_search.store.stores import is_index_of, open_reader
 
@@ -61,12 +67,36 @@ class NotIndexed(IndexStoreError):
     """A collection, condition or id that the searched indexes do not hold."""
 
 
-class DeadlineExceeded(UsageError):
-    """A request ran out of time before its work started."""
+class DamagedIndex(NotIndexed):
+    """An index whose files were found damaged (or gone) when it was opened."""
 
 
 class NoAnswers(NotIndexed):
     """A condition asked about in words (or filtered by answer) whose index stores none."""
+
+
+Stamp = tuple[tuple[str, int, int, int], ...]
+
+
+def files_stamp(location: IndexLocation) -> Stamp | None:
+    """What changes when any file of a folder index does (stats, no reads); None for a
+    database's index, or a folder that cannot be listed."""
+    if isinstance(location, DatabaseIndex):
+        return None
+    try:
+        with os.scandir(location) as entries:
+            found = [(e.name, *_stat_of(e)) for e in entries]
+    except OSError:
+        return None
+    return tuple(sorted(found))
+
+
+def _stat_of(entry: os.DirEntry[str]) -> tuple[int, int, int]:
+    try:
+        status = entry.stat(follow_symlinks=False)
+    except OSError:
+        return (-1, -1, -1)
+    return status.st_ino, status.st_size, status.st_mtime_ns
 
 
 def check_k(k: int, max_k: int = MAX_K) -> None:
@@ -280,6 +310,11 @@ class Searcher:
         self._joined_lock = threading.Lock()
         self._word_head: WordHead | None = None
         self._word_head_lock = threading.Lock()
+        # Indexes found damaged when opened: the error, until their files change (so a
+        # request after it does not re-open and re-hash the whole index).
+        self._damage: dict[IndexLocation, tuple[Stamp, str]] = {}
+        # Each folder index's manifest stamp when the catalog last read it.
+        self._manifest_stamps: dict[IndexLocation, ManifestStamp] = {}
 
     @classmethod
     def open(
@@ -453,15 +488,28 @@ class Searcher:
         with lock:
             with self._readers_lock:
                 reader = self._readers.get(location)
-            if reader is None:
-                reader = open_reader(
-                    location, mmap=self.options.mmap, search_params=self.options.search_params
-                )
-            elif not reader.is_current():
-                log.info("%s: switching to generation %s", location, reader.manifest.generation)
-                reader = reader.reopen()
-            else:
+            if reader is not None and reader.is_current():
                 return reader
+            stamp = files_stamp(location)
+            remembered = self._damage.get(location)
+            if remembered is not None and stamp is not None and remembered[0] == stamp:
+                raise DamagedIndex(remembered[1])  # a new one: a raised one keeps its frames
+            try:
+                if reader is None:
+                    reader = open_reader(
+                        location, mmap=self.options.mmap, search_params=self.options.search_params
+                    )
+                else:
+                    log.info("%s: switching to a newer generation", location)
+                    reader = reader.reopen()
+            except NotIndexed:
+                raise
+            except IndexStoreError as exc:
+                message = first_line(exc)
+                if stamp is not None:
+                    self._damage[location] = (stamp, message)
+                raise DamagedIndex(message) from None
+            self._damage.pop(location, None)
             with self._readers_lock:
                 self._readers[location] = reader
                 self._update_catalog(IndexEntry(location, reader.manifest))
@@ -480,6 +528,26 @@ class Searcher:
         """Row counts (and the rest of the catalog) as of a newly opened generation."""
         self.entries = [entry if e.location == entry.location else e for e in self.entries]
         self.collections = self._catalog(self.entries)
+
+    def refresh_catalog(self) -> dict[str, CollectionIndexes]:
+        """The collections with each index's row count as of its latest commit, without
+        opening any index: a folder index's manifest is read again only when a stat says it
+        was replaced; a database's is looked up. An unreadable one keeps its last counts."""
+        for entry in list(self.entries):
+            location = entry.location
+            stamp = None if isinstance(location, DatabaseIndex) else manifest_stamp(location)
+            if stamp is not None and stamp == self._manifest_stamps.get(location):
+                continue
+            try:
+                manifest = manifest_of(location)
+            except (IndexStoreError, OSError, ValueError):
+                continue
+            if stamp is not None:
+                self._manifest_stamps[location] = stamp
+            if manifest != entry.manifest:
+                with self._readers_lock:
+                    self._update_catalog(IndexEntry(location, manifest))
+        return self.collections
 
     def joined(self, conditions: Sequence[ConditionIndex]) -> JoinedIndexes:
         """The conditions' indexes joined, each as of its latest generation: one request
@@ -646,17 +714,19 @@ class Searcher:
         }
         filters = parse_filters(request.where)
         by_image = [i for i, c in enumerate(conditions) if c.name not in words]
+        check_deadline(deadline)
         joined, answer_readers = self.joined_for(collection, conditions, filters)
         word_conditions = self.word_conditions(collection, conditions, words)
         # The label table is read once a request: filters and results see the same labels.
         labels_now = current_labels(collection.name, conditions[0].root)
+        check_deadline(deadline)
         # Filters one index decides go to its store; the others become a mask of rows.
         pushed = None
         if filters and not words and len(conditions) == 1:
             pushed = store_filter(joined, filters, labels_now)
         passing = None
         if filters and pushed is None:
-            passing = passing_rows(joined, filters, answer_readers, labels_now)
+            passing = passing_rows(joined, filters, answer_readers, labels_now, deadline)
         query = QueryImage()
         vectors: list[np.ndarray] = []
         composed: ComposedQuery | None = None
@@ -680,6 +750,7 @@ class Searcher:
             assert request.image is not None  # resolve() checked that one is given
             texts = [conditions[i].text for i in by_image]
             vectors = self.embed(request.image, texts, deadline)
+        check_deadline(deadline)
 
         def ranking(k: int) -> tuple[list[Ranked], list[WordScores]]:
             if pushed is not None:
@@ -699,6 +770,7 @@ class Searcher:
             )
         if composed is not None:
             ranked, weights = composed.rescaled(ranked), composed.condition_weights
+        check_deadline(deadline)
         hits, unlisted = self.hits(
             labels_now, joined, conditions, by_image, word_conditions, ranked, scored
         )
@@ -855,16 +927,19 @@ class Searcher:
         condition_name: str,
         where: Sequence[str] = (),
         top: int | None = None,
+        deadline: float | None = None,
     ) -> Facets:
         """The model's answers under a condition with their counts, over the images that pass
-        `where`; NoAnswers (saying how to add them) if its index stores none."""
+        `where`; NoAnswers (saying how to add them) if its index stores none. `deadline`: see
+        search.deadline."""
         collection = self.collection(collection_name)
         condition = self.condition(collection, condition_name)
         self.check_answers(collection, condition)
         filters = parse_filters(where)
         joined, answer_readers = self.joined_for(collection, [condition], filters)
         labels_now = current_labels(collection.name, condition.root)
-        passing = passing_rows(joined, filters, answer_readers, labels_now)
+        passing = passing_rows(joined, filters, answer_readers, labels_now, deadline)
+        check_deadline(deadline, "counting")
         images, unanswered, counts, distinct = count_answers(joined, 0, passing, top)
         return Facets(collection.name, condition.name, images, unanswered, counts, distinct)
 
@@ -886,9 +961,13 @@ class Searcher:
             first_id: int | None = row_id
         else:
             first_id = joined.first_id_of_hash(reader.row(row_id).content_hash)
-        if first_id is None or not joined.is_complete(first_id):
-            asked = ", ".join(c.name for c in conditions)
-            raise NotIndexed(f"image {row_id} of {named_in.name!r} is not indexed under {asked}")
+        # The query image must be held under the conditions searched by image (not under a
+        # filter's condition: filters choose among the results, not the query).
+        searched_by_image = [j for j in range(len(conditions)) if request.word_of(j) is None]
+        absent = [0] if first_id is None else joined.absent_under(first_id, searched_by_image)
+        if first_id is None or absent:
+            missing = ", ".join(conditions[j].name for j in absent)
+            raise NotIndexed(f"image {row_id} of {named_in.name!r} is not indexed under {missing}")
         return first_id
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,13 +31,20 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dior_search.data.decode_budget import DecodeQueueTimeout
 from dior_search.data.images import ImageTooLarge
 from dior_search.errors import DiorError, InputError, UsageError
 from dior_search.search.groups import group_images
 from dior_search.search.searcher import DeadlineExceeded, NotIndexed, SearchRequest, SearchResult
+from dior_search.serve.access import (
+    AccessGuard,
+    AccessPolicy,
+    Guard,
+    UnsupportedMediaType,
+    media_type,
+    sent_as,
+)
 from dior_search.serve.protocol import KEEP_ALIVE_S, MAX_HEADER_BYTES, TimedH11Protocol
 from dior_search.serve.service import NotFound, SearchService, TooLarge, Upload
 from dior_search.serve.terms_json import parse_distinct, parse_terms, resolve_terms
@@ -51,11 +59,16 @@ MAX_JSON_BYTES = 1024 * 1024
 # Error messages quote what was asked (names, values): never more than this of it.
 MAX_ERROR_CHARS = 300
 MAX_PAGE = 200
+# Conditions one query may name: a collection has a handful; more is no search.
+MAX_CONDITIONS = 32
+MULTIPART = "multipart/form-data"
+JSON_TYPE = "application/json"
 STATUS: tuple[tuple[type[DiorError], int], ...] = (
     (NotFound, 404),
     (NotIndexed, 404),
     (TooLarge, 413),
     (ImageTooLarge, 413),
+    (UnsupportedMediaType, 415),
     (DeadlineExceeded, 504),
     (DecodeQueueTimeout, 504),
     (UsageError, 400),
@@ -107,45 +120,6 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": line}, status_code=status)
 
 
-class Guard:
-    """ASGI middleware: caps request bodies and marks every response's content type as final."""
-
-    def __init__(self, app: ASGIApp, max_body: int) -> None:
-        self.app = app
-        self.max_body = max_body
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_guarded(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"x-content-type-options", b"nosniff"),
-                ]
-            await send(message)
-
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
-            response = error(413, f"request body over the limit of {self.max_body} bytes")
-            await response(scope, receive, send_guarded)
-            return
-        received = 0
-
-        async def receive_limited() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body:
-                    raise TooLarge(f"request body over the limit of {self.max_body} bytes")
-            return message
-
-        await self.app(scope, receive_limited, send_guarded)
-
-
 def service_of(request: Request) -> SearchService:
     service: SearchService = request.app.state.service
     return service
@@ -193,6 +167,8 @@ async def collections(request: Request) -> Response:
     service = service_of(request)
     settings = service.settings
     settings_used = service.searcher.description.settings
+    # Row counts as of each index's latest commit (a sync since the server started).
+    catalog = await in_thread(service.searcher.refresh_catalog)
     return JSONResponse(
         {
             "model": {
@@ -215,7 +191,7 @@ async def collections(request: Request) -> Response:
                         for c in collection.conditions.values()
                     ],
                 }
-                for collection in service.searcher.collections.values()
+                for collection in catalog.values()
             ],
         }
     )
@@ -263,15 +239,21 @@ async def images(request: Request) -> Response:
 
 
 async def image_bytes(request: Request) -> bytes:
-    """The uploaded image: a multipart form's `image` file, or the raw request body."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
+    """The uploaded image: a multipart form's `image` file, or the raw request body (sent as
+    an image/* or application/octet-stream); UnsupportedMediaType for any other body."""
+    kind = media_type(request.headers.get("content-type", ""))
+    if kind == MULTIPART:
         async with request.form(max_files=1, max_fields=16) as form:
             part = form.get("image")
             if not isinstance(part, UploadFile):
                 raise UsageError("the form has no file field 'image'")
             data: bytes = await part.read()
             return data
+    if not (kind.startswith("image/") or kind == "application/octet-stream"):
+        raise UnsupportedMediaType(
+            "an upload is a multipart form with a file 'image', or the image's bytes sent as "
+            f"image/* or application/octet-stream{sent_as(kind)}"
+        )
     return await request.body()
 
 
@@ -329,6 +311,8 @@ def parse_query(fields: Mapping[str, Any]) -> tuple[SearchRequest, str | None]:
         and all(isinstance(c, str) for c in conditions)
     ):
         raise UsageError("conditions must be a non-empty list of condition names")
+    if len(conditions) > MAX_CONDITIONS:
+        raise UsageError(f"a query names at most {MAX_CONDITIONS} conditions")
     weights = fields.get("weights")
     if weights is not None and not (
         isinstance(weights, list)
@@ -422,10 +406,12 @@ async def query(request: Request) -> Response:
     started = time.perf_counter()
     service = service_of(request)
     deadline = deadline_of(request)
-    content_type = request.headers.get("content-type", "")
+    kind = media_type(request.headers.get("content-type", ""))
+    if kind not in (JSON_TYPE, MULTIPART):
+        raise UnsupportedMediaType(f"a query is sent as {JSON_TYPE} or {MULTIPART}{sent_as(kind)}")
     # The image of a one-shot query: held by this request, whatever the cache evicts.
     held: Upload | None = None
-    if content_type.startswith("multipart/form-data"):
+    if kind == MULTIPART:
         fields, data = await form_query(request)
         if data is not None:
             if "upload" in fields or "id" in fields:
@@ -492,7 +478,12 @@ async def facets(request: Request) -> Response:
     top = int_param(request, "top", 20, 1, MAX_FACETS)
     where = tuple(request.query_params.getlist("where"))
     counted = await in_thread(
-        service.searcher.facets, request.path_params["collection"], condition, where, top
+        service.searcher.facets,
+        request.path_params["collection"],
+        condition,
+        where,
+        top,
+        deadline_of(request),
     )
     return JSONResponse({**counted.to_json(), "where": list(where)})
 
@@ -539,8 +530,9 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     return error(500, "internal error")
 
 
-def create_app(service: SearchService) -> Starlette:
-    """The ASGI app: the page at `/` and the JSON API under `/api/`."""
+def create_app(service: SearchService, access: AccessPolicy | None = None) -> Starlette:
+    """The ASGI app: the page at `/` and the JSON API under `/api/`, answering the hosts and
+    origins `access` allows (by default: this machine's loopback names only)."""
     routes = [
         Route("/", page),
         Route("/api/collections", collections),
@@ -554,19 +546,42 @@ def create_app(service: SearchService) -> Starlette:
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(Guard, max_body=service.settings.max_upload_bytes + FORM_OVERHEAD)],
+        middleware=[
+            Middleware(Guard, max_body=service.settings.max_upload_bytes + FORM_OVERHEAD),
+            Middleware(AccessGuard, policy=access or AccessPolicy()),
+        ],
         exception_handlers={HTTPException: http_error, Exception: internal_error},
     )
     app.state.service = service
     return app
 
 
+class Server(uvicorn.Server):
+    """uvicorn's server, which after a graceful stop on SIGTERM does not raise the signal
+    again (uvicorn does, to end the process as the signal would: here that is the exit
+    status 0 of a clean stop); Ctrl+C is raised again and ends the CLI as an interrupt."""
+
+    terminated = False
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if sig == signal.SIGTERM:
+            self.terminated = True
+            self.should_exit = True
+            return
+        super().handle_exit(sig, frame)
+
+
 def make_server(
-    service: SearchService, host: str, port: int, log_level: str = "warning"
-) -> uvicorn.Server:
-    """A uvicorn server for the app; `.run()` serves until interrupted."""
+    service: SearchService,
+    host: str,
+    port: int,
+    log_level: str = "warning",
+    access: AccessPolicy | None = None,
+) -> Server:
+    """A uvicorn server for the app; `.run()` serves until interrupted or terminated
+    (SIGTERM: the requests in flight are answered first, within the request time limit)."""
     config = uvicorn.Config(
-        create_app(service),
+        create_app(service, access or AccessPolicy.of(host)),
         host=host,
         port=port,
         log_level=log_level,
@@ -577,5 +592,6 @@ def make_server(
         timeout_keep_alive=KEEP_ALIVE_S,
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         server_header=False,
+        timeout_graceful_shutdown=int(service.settings.timeout_s) + 1,
     )
-    return uvicorn.Server(config)
+    return Server(config)

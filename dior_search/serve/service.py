@@ -7,6 +7,12 @@ kept in a bounded cache under its content hash together with its embedding under
 condition asked so far, so re-ranking it under another condition needs no new upload and no
 repeated forward pass; and thumbnails of indexed images, found through their index rows and
 re-checked against the file on disk before a cached one is served.
+
+A thumbnail is made once per image content (whatever the condition it is asked under) and
+kept in a cache bounded in entries and bytes. Making one reads the whole file, so the file's
+size and its decode are reserved in the decode budget before it is read; concurrent requests
+for the same thumbnail wait for one to make it (`SingleFlight`), and a request that fails
+keeps no reference to the bytes it read.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ import io
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -26,11 +33,20 @@ import numpy as np
 from PIL import Image
 
 from dior_search import defaults
-from dior_search.data.decode_budget import DecodeBudget, process_budget
-from dior_search.data.images import decode_image, read_header
-from dior_search.data.reading import item_file, read_item
+from dior_search.data.decode_budget import DecodeBudget, OverBudget, process_budget
+from dior_search.data.images import (
+    MAX_FILE_BYTES,
+    ImageHeader,
+    ImageReadError,
+    ImageTooLarge,
+    check_pixels,
+    decode_image,
+    read_header,
+)
+from dior_search.data.reading import item_file, open_file, read_item
 from dior_search.data.sources import ItemReadError
 from dior_search.errors import DiorError, InputError, UsageError
+from dior_search.search.deadline import DeadlineExceeded
 from dior_search.search.searcher import (
     ConditionIndex,
     Searcher,
@@ -38,12 +54,16 @@ from dior_search.search.searcher import (
     SearchRequest,
     SearchResult,
 )
-from dior_search.store.backend import IndexLocation
+from dior_search.store.shards import Row
 from dior_search.store.stores import open_store
 
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
+# What messages call an uploaded image.
+UPLOAD = "the uploaded image"
+# A thumbnail's JPEG quality: small files, no visible blocks at 256 px.
+THUMBNAIL_QUALITY = 88
 
 
 class NotFound(DiorError):
@@ -77,6 +97,8 @@ class ServeSettings:
     upload_cache_bytes: int = 512 * MIB
     thumbnail_size: int = 256
     thumbnail_cache_entries: int = 4096
+    # A 256 px JPEG is 10-20 KB: 64 MiB holds several thousand.
+    thumbnail_cache_bytes: int = 64 * MIB
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_pixels", "max_k", "thumbnail_size"):
@@ -129,14 +151,16 @@ class Upload:
 
 @dataclass(frozen=True)
 class Thumbnail:
-    """A thumbnail and what its file looked like when it was checked against its hash."""
+    """A thumbnail of one image content, and the file last checked to hold that content:
+    its path, size and modification time then."""
 
     jpeg: bytes
+    path: Path
     size: int
     mtime_ns: int
 
-    def matches(self, stat: os.stat_result) -> bool:
-        return (self.size, self.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    def matches(self, path: Path, stat: os.stat_result) -> bool:
+        return (self.path, self.size, self.mtime_ns) == (path, stat.st_size, stat.st_mtime_ns)
 
 
 K = TypeVar("K")
@@ -186,6 +210,56 @@ class BoundedCache(Generic[K, V]):
         return len(self.items)
 
 
+def twin(error: DiorError) -> DiorError:
+    """A new exception of `error`'s class and message, without its traceback (whose frames
+    hold the failed request's data): what the requests that waited for it raise."""
+    copy = DiorError.__new__(type(error))
+    copy.args = (str(error),)
+    return copy
+
+
+@dataclass
+class _Flight:
+    done: threading.Event = field(default_factory=threading.Event)
+    result: bytes | None = None
+    error: DiorError | None = None
+
+
+class SingleFlight(Generic[K]):
+    """Concurrent calls for one key do the work once: the first does it, the others wait
+    (until their deadline) and get its result, or an error like its own."""
+
+    def __init__(self) -> None:
+        self.flights: dict[K, _Flight] = {}
+        self.lock = threading.Lock()
+
+    def run(self, key: K, work: Callable[[], bytes], deadline: float | None) -> bytes:
+        with self.lock:
+            flight = self.flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self.flights[key] = _Flight()
+        if leader:
+            try:
+                flight.result = work()
+            except DiorError as exc:
+                flight.error = twin(exc)
+                raise
+            finally:
+                with self.lock:
+                    del self.flights[key]
+                flight.done.set()
+            return flight.result
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not flight.done.wait(wait):
+            raise DeadlineExceeded("the request ran out of time waiting for its thumbnail")
+        if flight.error is not None:
+            raise twin(flight.error)
+        if flight.result is None:  # the leader failed otherwise (a bug): try on its own
+            return work()
+        return flight.result
+
+
 class SearchService:
     """A `Searcher` with its model loaded, the decode budget, the upload and thumbnail caches."""
 
@@ -202,9 +276,14 @@ class SearchService:
         self.uploads: BoundedCache[str, Upload] = BoundedCache(
             settings.upload_cache_entries, settings.upload_cache_bytes
         )
-        self.thumbnails: BoundedCache[tuple[IndexLocation, int], Thumbnail] = BoundedCache(
-            settings.thumbnail_cache_entries
+        # Thumbnails by content hash: one per image, whichever condition shows it.
+        self.thumbnails: BoundedCache[str, Thumbnail] = BoundedCache(
+            settings.thumbnail_cache_entries, settings.thumbnail_cache_bytes
         )
+        self.thumbnail_flights: SingleFlight[tuple[str, Path]] = SingleFlight()
+        # The decode of a thumbnail runs inside its request's own reservation (the file's
+        # bytes and its decode, reserved together before the file is read).
+        self.reserved = DecodeBudget(1 << 62)
         self.upload_lock = threading.Lock()
 
     @classmethod
@@ -238,17 +317,23 @@ class SearchService:
         cached = self.uploads.get(digest)
         if cached is not None:
             return cached
-        header = read_header(data, "the upload")
-        width, height = header.upright_size
-        self.searcher.check_size(width, height)  # before decoding: a refused image never is
-        image = decode_image(
-            data,
-            "the upload",
-            max_side=self.max_side,
-            max_pixels=self.settings.max_pixels,
-            budget=self.budget,
-            deadline=deadline,
-        )
+        try:
+            header = read_header(data, UPLOAD)
+            check_pixels(header, self.settings.max_pixels, UPLOAD)
+            width, height = header.upright_size
+            self.searcher.check_size(width, height)  # before decoding: a refused image never is
+            image = decode_image(
+                data,
+                UPLOAD,
+                max_side=self.max_side,
+                max_pixels=self.settings.max_pixels,
+                budget=self.budget,
+                deadline=deadline,
+            )
+        except ImageTooLarge as exc:
+            raise TooLarge(f"the uploaded image is too large: {exc.reason}") from None
+        except ImageReadError as exc:
+            raise InputError(f"cannot read the uploaded image: {exc.reason}") from None
         upload = Upload(digest, image, len(data), width, height)
         self.uploads.put(digest, upload, cost=upload.cost)
         return upload
@@ -316,51 +401,119 @@ class SearchService:
     ) -> bytes:
         """A JPEG thumbnail of an indexed image, read through its index row, never a path.
 
-        The file is found and checked on every request: a path outside the collection's root
-        or a file whose content is no longer the indexed one is NotFound. A cached thumbnail is
-        served while the file's size and modification time are those seen when its content
-        was last checked; otherwise the file is hashed again.
+        The file is found and checked on every request: a path outside the collection's root,
+        a file gone (or a link that loops) or one whose content is no longer the indexed one
+        is NotFound. A cached thumbnail of that content is served while the file's path, size
+        and modification time are those seen when its content was last checked.
         """
         collection = self.searcher.collection(collection_name)
         condition = self.searcher.condition(collection, condition_name)
-        # Checked first: an id deleted since its thumbnail was cached is not served (ids are
-        # never given to another image, so a cached thumbnail is never another image's).
+        # Checked first: an id deleted since its thumbnail was cached is not served.
         row = self.searcher.reader_with_id(condition, row_id).row(row_id)
-        root = condition.root.resolve()
-        # The file holding the image: itself, or its shard or Parquet file.
-        path = item_file(root, row.path).resolve()
-        key = (condition.location, row_id)
+        gone = NotFound(f"image {row_id} of {condition.name!r} is not on disk")
         try:
-            stat = os.stat(path) if path.is_relative_to(root) else None
-        except OSError:
+            root = condition.root.resolve()
+            # The file holding the image: itself, or its shard or Parquet file.
+            holder = item_file(root, row.path)
+            member = holder != root / row.path
+            path = holder.resolve()
+            stat = os.stat(path) if path.is_relative_to(root) and path.is_file() else None
+        except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Path.resolve)
             stat = None
-        if stat is None or not path.is_file():
-            self.thumbnails.discard(key)
-            raise NotFound(f"image {row_id} of {condition.name!r} is not on disk")
-        cached = self.thumbnails.get(key)
-        if cached is not None and (cached.size, cached.mtime_ns) == (
-            stat.st_size,
-            stat.st_mtime_ns,
-        ):
+        if stat is None:
+            raise gone
+        cached = self.thumbnails.get(row.content_hash)
+        if cached is not None and cached.matches(path, stat):
             return cached.jpeg
+        return self.thumbnail_flights.run(
+            (row.content_hash, path),
+            lambda: self._make_thumbnail(
+                f"image {row_id} of {condition.name!r}", root, row, path, stat, deadline, member
+            ),
+            deadline,
+        )
+
+    def _make_thumbnail(
+        self,
+        name: str,
+        root: Path,
+        row: Row,
+        path: Path,
+        stat: os.stat_result,
+        deadline: float | None,
+        member: bool,
+    ) -> bytes:
+        """Check the file's content against the row's hash and make (or reuse) its thumbnail
+        (`member`: the image is a member of the shard or Parquet file at `path`)."""
+        if not member:
+            jpeg = self._thumbnail_of_file(name, row, path, stat, deadline)
+        else:  # a shard member or Parquet row (the member's own size cap applies)
+            try:
+                data = read_item(root, row.path)
+            except ItemReadError:
+                raise NotFound(f"{name} is not readable") from None
+            try:
+                if hashlib.sha256(data).hexdigest() != row.content_hash:
+                    raise NotFound(f"{name} changed since it was indexed")
+                jpeg = self._encode(row, data, self.budget, deadline)
+            finally:
+                del data
+        thumb = Thumbnail(jpeg, path, stat.st_size, stat.st_mtime_ns)
+        self.thumbnails.put(row.content_hash, thumb, cost=len(jpeg))
+        return jpeg
+
+    def _thumbnail_of_file(
+        self, name: str, row: Row, path: Path, stat: os.stat_result, deadline: float | None
+    ) -> bytes:
+        """An image file's thumbnail, its bytes and decode reserved together before it is
+        read (the size from a stat, the decode from its header)."""
+        if stat.st_size > MAX_FILE_BYTES:
+            raise NotFound(f"{name} is not readable: over the {MAX_FILE_BYTES >> 20} MiB cap")
         try:
-            data = read_item(root, row.path)
-        except ItemReadError:
-            self.thumbnails.discard(key)
-            raise NotFound(f"image {row_id} of {condition.name!r} is not readable") from None
-        if hashlib.sha256(data).hexdigest() != row.content_hash:
-            self.thumbnails.discard(key)
-            raise NotFound(f"image {row_id} of {condition.name!r} changed since it was indexed")
-        # Shrunk as it is decoded (small images keep their pixels), within the decode budget.
+            header = read_header(path, row.path)
+        except InputError:
+            raise NotFound(f"{name} is not readable") from None
+        cost = stat.st_size + header.decode_bytes(self.settings.thumbnail_size)
+        try:
+            with self.budget.reserve(cost, deadline):
+                return self._read_and_encode(name, row, path, stat.st_size, header, deadline)
+        except OverBudget as exc:
+            raise TooLarge(f"{name}: {exc}") from None
+
+    def _read_and_encode(
+        self,
+        name: str,
+        row: Row,
+        path: Path,
+        size: int,
+        header: ImageHeader,
+        deadline: float | None,
+    ) -> bytes:
+        data = b""
+        try:
+            try:
+                with open_file(path) as handle:
+                    data = handle.read(size + 1)
+            except OSError:
+                raise NotFound(f"{name} is not readable") from None
+            changed = NotFound(f"{name} changed since it was indexed")
+            if len(data) != size or hashlib.sha256(data).hexdigest() != row.content_hash:
+                raise changed
+            cached = self.thumbnails.get(row.content_hash)
+            if cached is not None:  # the same content at another path: no new decode
+                return cached.jpeg
+            if read_header(data, row.path) != header:  # replaced between the two reads
+                raise changed
+            return self._encode(row, data, self.reserved, deadline)
+        finally:
+            del data  # a failed request's traceback keeps this frame: not its bytes
+
+    def _encode(self, row: Row, data: bytes, budget: DecodeBudget, deadline: float | None) -> bytes:
+        """The JPEG thumbnail of an image's bytes."""
+        # Shrunk as it is decoded (small images keep their pixels).
         image = decode_image(
-            data,
-            row.path,
-            max_side=self.settings.thumbnail_size,
-            budget=self.budget,
-            deadline=deadline,
+            data, row.path, max_side=self.settings.thumbnail_size, budget=budget, deadline=deadline
         )
         out = io.BytesIO()
-        image.save(out, format="JPEG", quality=88)
-        thumb = Thumbnail(out.getvalue(), stat.st_size, stat.st_mtime_ns)
-        self.thumbnails.put(key, thumb)
-        return thumb.jpeg
+        image.save(out, format="JPEG", quality=THUMBNAIL_QUALITY)
+        return out.getvalue()

@@ -177,7 +177,7 @@ def test_odd_names_through_the_http_api(odd_workspace, capsys):
     folder, indexes = odd_workspace
     assert index(capsys, folder, indexes, "color").code in (0,)
     service = SearchService.open(ServeSettings(indexes_dir=indexes, device="cpu"))
-    with TestClient(create_app(service)) as client:
+    with TestClient(create_app(service), base_url="http://localhost") as client:
         (collection,) = client.get("/api/collections").json()["collections"]
         page = client.get(f"/api/collections/{collection['name']}/images?limit=50")
         assert page.status_code == 200

@@ -64,7 +64,7 @@ def test_query_and_serve_give_the_same_hits(served):
 
     from dior_search.serve.app import create_app
 
-    with TestClient(create_app(served.service)) as client:
+    with TestClient(create_app(served.service), base_url="http://localhost") as client:
         check_same_hits(served, client)
 
 

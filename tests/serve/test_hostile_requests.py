@@ -34,7 +34,7 @@ MIB = 1 << 20
 
 @pytest.fixture(scope="module")
 def client(served):
-    with TestClient(create_app(served.service)) as test_client:
+    with TestClient(create_app(served.service), base_url="http://localhost") as test_client:
         yield test_client
 
 
@@ -49,7 +49,7 @@ def test_an_image_the_model_refuses_is_400_before_any_model_call(served):
     counting = CountingEmbedder(served.service.searcher.load_embedder())
     service = with_settings(served.service, embedder=counting)
     wide = png_bytes(Image.new("RGB", (10000, 1), "red"))
-    with TestClient(create_app(service)) as test_client:
+    with TestClient(create_app(service), base_url="http://localhost") as test_client:
         uploaded = test_client.post("/api/uploads", files={"image": ("w.png", wide, "image/png")})
         one_shot = test_client.post(
             "/api/query",
@@ -160,7 +160,7 @@ def test_a_one_shot_query_holds_its_own_upload(served):
             return super().embed(images, conditions, on_progress)
 
     service = with_settings(service, embedder=EvictingEmbedder(inner))
-    with TestClient(create_app(service)) as test_client:
+    with TestClient(create_app(service), base_url="http://localhost") as test_client:
         response = test_client.post(
             "/api/query",
             data={"collection": "synthetic", "condition": "color", "k": "3"},
@@ -195,7 +195,7 @@ def test_uploads_are_kept_as_the_model_sees_them(served):
 
 def test_the_decode_budget_bounds_uploads(served):
     service = with_settings(served.service, max_decode_bytes=8 * MIB)
-    with TestClient(create_app(service)) as test_client:
+    with TestClient(create_app(service), base_url="http://localhost") as test_client:
         assert test_client.get("/api/collections").json()["limits"]["max_decode_bytes"] == 8 * MIB
         big = png_bytes(Image.new("RGB", (2000, 2000), "white"))
         response = test_client.post("/api/uploads", files={"image": ("b.png", big, "image/png")})
@@ -278,7 +278,7 @@ def test_idle_and_slow_connections_are_closed(served, monkeypatch):
             assert read_until_closed(idle, 10)[0] == b""
 
         with socket.create_connection(("127.0.0.1", port)) as trickle:
-            trickle.sendall(b"GET /api/collections HTTP/1.1\r\nHost: x\r\n")
+            trickle.sendall(b"GET /api/collections HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             started, closed = time.monotonic(), False
             while time.monotonic() - started < 10 and not closed:
                 try:
@@ -292,12 +292,13 @@ def test_idle_and_slow_connections_are_closed(served, monkeypatch):
 
         with socket.create_connection(("127.0.0.1", port)) as slow_body:
             slow_body.sendall(
-                b"POST /api/uploads HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc"
+                b"POST /api/uploads HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+                b"Content-Length: 1000\r\n\r\nabc"
             )
             answer, seconds = read_until_closed(slow_body, 10)
             assert answer.startswith(b"HTTP/1.1 504") and seconds < 5, answer
 
         with socket.create_connection(("127.0.0.1", port)) as keep_alive:
-            keep_alive.sendall(b"GET /api/collections HTTP/1.1\r\nHost: x\r\n\r\n")
+            keep_alive.sendall(b"GET /api/collections HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             answer, seconds = read_until_closed(keep_alive, 10)
             assert answer.startswith(b"HTTP/1.1 200") and seconds < 5

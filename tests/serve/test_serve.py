@@ -43,7 +43,7 @@ MIB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def client(served):
-    with TestClient(create_app(served.service)) as test_client:
+    with TestClient(create_app(served.service), base_url="http://localhost") as test_client:
         yield test_client
 
 
@@ -149,7 +149,7 @@ def test_upload_query_finds_the_label_and_reranks_without_new_upload(client):
 def test_an_upload_is_embedded_once_per_condition(served):
     counting = CountingEmbedder(served.service.searcher.load_embedder())
     service = with_settings(served.service, embedder=counting)
-    with TestClient(create_app(service)) as test_client:
+    with TestClient(create_app(service), base_url="http://localhost") as test_client:
         digest = upload(test_client, fresh_image(4)[1])
         assert upload(test_client, fresh_image(4)[1]) == digest
         query(test_client, conditions=["color"], upload=digest)
@@ -162,7 +162,7 @@ def test_an_upload_is_embedded_once_per_condition(served):
 
 def test_expired_upload_asks_for_the_image_again(served):
     service = with_settings(served.service, upload_cache_entries=1)
-    with TestClient(create_app(service)) as test_client:
+    with TestClient(create_app(service), base_url="http://localhost") as test_client:
         first = upload(test_client, fresh_image(5)[1])
         upload(test_client, fresh_image(6)[1])
         response = query(test_client, conditions=["color"], upload=first)
@@ -229,12 +229,16 @@ def test_bad_queries_get_one_line_errors(client, body, status, fragment):
 
 
 def test_other_bad_requests_get_one_line_errors(client):
-    assert_one_line_error(client.post("/api/query", content=b"{not json"), 400, "JSON")
+    not_json = client.post(
+        "/api/query", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert_one_line_error(not_json, 400, "JSON")
     assert_one_line_error(client.get("/api/query"), 405)
     assert_one_line_error(client.get("/api/nothing"), 404, "not found")
     not_image = client.post("/api/uploads", files={"image": ("x.png", b"GIF89a-nope", "image/png")})
     assert_one_line_error(not_image, 400, "not an image")
-    assert_one_line_error(client.post("/api/uploads", content=b""), 400, "empty")
+    empty = client.post("/api/uploads", content=b"", headers={"content-type": "image/png"})
+    assert_one_line_error(empty, 400, "empty")
     assert_one_line_error(client.get("/api/collections/synthetic/images?limit=x"), 400, "integer")
 
 
@@ -301,13 +305,20 @@ def test_thumbnails_come_only_from_index_rows_inside_the_root(tmp_path, served):
 
 def test_oversize_uploads_get_413(served, client):
     # Declared too large: refused before the body is read.
-    big = client.post("/api/uploads", content=b"\0" * (20 * MIB + 65 * 1024))
+    big = client.post(
+        "/api/uploads",
+        content=b"\0" * (20 * MIB + 65 * 1024),
+        headers={"content-type": "image/png"},
+    )
     assert_one_line_error(big, 413, "over the limit")
     small = with_settings(served.service, max_upload_bytes=10_000, max_pixels=5_000)
-    with TestClient(create_app(small)) as test_client:
+    with TestClient(create_app(small), base_url="http://localhost") as test_client:
         # Streamed without a length: refused once the count passes the limit.
         chunks = (b"\0" * 8192 for _ in range(20))
-        assert_one_line_error(test_client.post("/api/uploads", content=chunks), 413, "limit")
+        response = test_client.post(
+            "/api/uploads", content=chunks, headers={"content-type": "application/octet-stream"}
+        )
+        assert_one_line_error(response, 413, "limit")
         # A multipart image within the body allowance but over the upload limit.
         noisy = np.random.default_rng(0).integers(0, 256, (60, 60, 3), dtype=np.uint8)
         data = png_bytes(Image.fromarray(noisy))
@@ -329,7 +340,7 @@ def test_oversize_uploads_get_413(served, client):
 def test_slow_requests_time_out_with_504(served):
     slow = CountingEmbedder(served.service.searcher.load_embedder(), delay=3.0)
     service = with_settings(served.service, embedder=slow, timeout_s=0.5)
-    with TestClient(create_app(service)) as test_client:
+    with TestClient(create_app(service), base_url="http://localhost") as test_client:
         digest = upload(test_client, fresh_image(7)[1])
         started = time.monotonic()
         response = query(test_client, conditions=["color"], upload=digest)

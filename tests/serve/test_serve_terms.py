@@ -12,7 +12,7 @@ from dior_search.serve.app import create_app
 
 @pytest.fixture(scope="module")
 def client(served):
-    with TestClient(create_app(served.service)) as test_client:
+    with TestClient(create_app(served.service), base_url="http://localhost") as test_client:
         yield test_client
 
 

@@ -189,7 +189,7 @@ def test_serve_leaves_a_damaged_collection_out_and_serves_the_others(
         f"not serving {path.parent}: damaged manifest {path}: field 'shards[0].rows' must be "
         "an integer >= 0, got 'eight'; rebuild the index"
     ]
-    with TestClient(create_app(service)) as client:
+    with TestClient(create_app(service), base_url="http://localhost") as client:
         served = client.get("/api/collections").json()["collections"]
         by_name = {c["name"]: [x["name"] for x in c["conditions"]] for c in served}
         assert by_name["synthetic"] == ["background"]
