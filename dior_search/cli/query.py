@@ -22,7 +22,9 @@ from dior_search.cli.options import (
     StoreOpt,
     TrustOpt,
     WhereOpt,
+    check_device,
     collection_name,
+    given_path,
     opened_store,
 )
 from dior_search.cli.outputs import check_output
@@ -71,7 +73,10 @@ def query(
     dataset: DatasetOpt = None,
     images: ImagesOpt = None,
     index_path: Annotated[
-        Path | None, typer.Option("--index", help="An index directory (instead of a collection).")
+        Path | None,
+        typer.Option(
+            "--index", parser=given_path, help="An index directory (instead of a collection)."
+        ),
     ] = None,
     k: Annotated[int, typer.Option("-k", help="Number of results.")] = defaults.DEFAULT_K,
     row_id: Annotated[
@@ -119,6 +124,8 @@ def query(
     """
     from dior_search.data.images import load_image
     from dior_search.data.reading import load_item_image
+    from dior_search.models.settings import check_dtype
+    from dior_search.search.filters import parse_filters
     from dior_search.search.searcher import SearchOptions, SearchRequest, check_k
     from dior_search.store.index_types import parse_search_params, search_params_of
 
@@ -137,9 +144,18 @@ def query(
             "every --condition has a --text word: give no IMAGE or --id (or a condition "
             "without a word, searched by the image)"
         )
+    if weight and not by_image:
+        raise UsageError(
+            "--weight weighs the conditions searched by the image; every --condition here has "
+            "a --text word (give no --weight)"
+        )
     check_k(k)  # before anything is loaded
     for name in condition or ():
         check_condition(name)
+    check_device(device)
+    if dtype is not None:
+        check_dtype(dtype)
+    parse_filters(where or ())
     params = search_params_of(search_params, nprobe, ef_search)
     parse_search_params(params)  # values in range, before anything is loaded
     if sheet is not None:
@@ -220,7 +236,7 @@ def pair_words(
         if name in TEXT_OPTIONS:
             if pending is not None:
                 raise UsageError(
-                    f"--text {pending!r} asks about no condition: write --text WORD -c CONDITION"
+                    f"--text '{pending}' asks about no condition: write --text WORD -c CONDITION"
                 )
             pending = value
         else:
@@ -229,7 +245,7 @@ def pair_words(
             pending = None
     if pending is not None:
         raise UsageError(
-            f"--text {pending!r} asks about no condition: write --text WORD -c CONDITION (the "
+            f"--text '{pending}' asks about no condition: write --text WORD -c CONDITION (the "
             "word goes right before the condition it asks about)"
         )
     if tuple(found_conditions) != conditions or tuple(w for w in words if w is not None) != texts:
@@ -249,7 +265,7 @@ def open_searcher(
     options: SearchOptions,
 ) -> tuple[Searcher, tuple[str, ...]]:
     """The searcher over what the options name, and the conditions to search under."""
-    from dior_search.search.searcher import Searcher
+    from dior_search.search.searcher import NotIndexed, Searcher
 
     if index_path is not None:
         if dataset is not None or images is not None:
@@ -260,7 +276,13 @@ def open_searcher(
                 "with --dataset NAME or --images DIR"
             )
         searcher = Searcher.of_directories([index_path], options)
-        return searcher, (searcher.entries[0].condition,)
+        indexed = searcher.entries[0].condition
+        if conditions and conditions[0] != indexed:
+            raise NotIndexed(
+                f"--index {index_path} is the index of condition '{indexed}', not "
+                f"'{conditions[0]}' (give -c {indexed}, or no -c)"
+            )
+        return searcher, (indexed,)
     name = collection_name(dataset, images)
     if not conditions:
         raise UsageError("--condition is required (or give --index DIR)")

@@ -17,10 +17,11 @@ from dior_search.cli.options import (
     IndexesOpt,
     StoreOpt,
     TrustOpt,
+    check_device,
     collection_name,
     positive_number,
 )
-from dior_search.errors import UsageError
+from dior_search.errors import UsageError, number_text
 
 MIB = 1024 * 1024
 
@@ -67,6 +68,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve a web page and a JSON API for (multi-)conditional search over built indexes."""
+    from dior_search.models.settings import check_dtype
     from dior_search.serve.app import make_server
     from dior_search.serve.service import SearchService, ServeSettings
 
@@ -78,7 +80,10 @@ def serve(
         ("--timeout", timeout),
     ):
         if not (math.isfinite(value) and value > 0):
-            raise UsageError(f"{option} must be a positive number, not {value:g}")
+            raise UsageError(f"{option} must be a positive number, not {number_text(value)}")
+    check_device(device)
+    if dtype is not None:
+        check_dtype(dtype)
     settings = ServeSettings(
         indexes_dir=indexes,
         store=store,

@@ -27,7 +27,7 @@ from PIL import Image
 
 from dior_search import defaults
 from dior_search.data.collections import DATASETS, LabelSource, current_labels
-from dior_search.errors import IndexStoreError, InputError, UsageError, first_line
+from dior_search.errors import DiorError, IndexStoreError, InputError, UsageError, first_line
 from dior_search.models.answers import WordHead, query_word
 from dior_search.models.embedder import Embedder, EmbedderDescription
 from dior_search.search.facets import Facets, count_answers
@@ -57,9 +57,13 @@ MAX_K = 1_000_000
 class NotIndexed(IndexStoreError):
     """A collection, condition or id that the searched indexes do not hold."""
 
+    http_status = 404
 
-class DeadlineExceeded(UsageError):
+
+class DeadlineExceeded(DiorError):
     """A request ran out of time before its work started."""
+
+    http_status = 504
 
 
 class NoAnswers(NotIndexed):

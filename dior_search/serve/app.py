@@ -31,12 +31,10 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dior_search.data.decode_budget import DecodeQueueTimeout
-from dior_search.data.images import ImageTooLarge
-from dior_search.errors import DiorError, InputError, UsageError
-from dior_search.search.searcher import DeadlineExceeded, NotIndexed, SearchRequest, SearchResult
+from dior_search.errors import DiorError, UsageError
+from dior_search.search.searcher import SearchRequest, SearchResult
 from dior_search.serve.protocol import KEEP_ALIVE_S, MAX_HEADER_BYTES, TimedH11Protocol
-from dior_search.serve.service import NotFound, SearchService, TooLarge, Upload
+from dior_search.serve.service import SearchService, TooLarge, Upload
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +46,6 @@ MAX_JSON_BYTES = 1024 * 1024
 # Error messages quote what was asked (names, values): never more than this of it.
 MAX_ERROR_CHARS = 300
 MAX_PAGE = 200
-STATUS: tuple[tuple[type[DiorError], int], ...] = (
-    (NotFound, 404),
-    (NotIndexed, 404),
-    (TooLarge, 413),
-    (ImageTooLarge, 413),
-    (DeadlineExceeded, 504),
-    (DecodeQueueTimeout, 504),
-    (UsageError, 400),
-    (InputError, 400),
-)
 QUERY_FIELDS = (
     "collection",
     "conditions",
@@ -160,7 +148,7 @@ def api(handler: Handler) -> Handler:
         except TimeoutError:
             return error(504, f"the request took longer than the limit of {timeout:g} s")
         except DiorError as exc:
-            status = next((code for kind, code in STATUS if isinstance(exc, kind)), 500)
+            status = exc.http_status  # each error class carries its own (see errors.py)
             if status == 500:
                 log.error("%s: %s", request.url.path, exc)
             return error(status, str(exc))

@@ -49,9 +49,15 @@ MIB = 1024 * 1024
 class NotFound(DiorError):
     """An upload asked for is not (or no longer) held."""
 
+    exit_code = 3
+    http_status = 404
+
 
 class TooLarge(DiorError):
     """An upload is over the size or pixel limit."""
+
+    exit_code = 3
+    http_status = 413
 
 
 @dataclass(frozen=True)
