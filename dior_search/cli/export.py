@@ -61,31 +61,32 @@ def export(
 ) -> None:
     """Write indexed vectors with their ids, paths, content hashes and labels to files that
     pyarrow, pandas, DuckDB or a vector database read directly."""
+    for asked in condition or ():
+        check_condition(asked)
+    if index_path is not None:
+        if dataset is not None or images is not None or condition or store is not None:
+            raise UsageError(
+                "--index names one index folder: give no --dataset, --images, -c or --store"
+            )
+    elif collection_name(dataset, images) is None:
+        raise UsageError("give one of --dataset NAME, --images DIR or --index DIR")
+    check_out_folder(out)
+    # Only now the store's libraries (torch, FAISS): every usage error above answers at once.
     from dior_search.store.export import EXPORT_FORMATS, export_collection, export_index
     from dior_search.store.reader import IndexReader
 
     if export_format not in EXPORT_FORMATS:
         valid = ", ".join(EXPORT_FORMATS)
         raise UsageError(f"unknown format '{export_format}'; valid: {valid}")
-    for asked in condition or ():
-        check_condition(asked)
-    check_out_folder(out)
     if index_path is not None:
-        if dataset is not None or images is not None or condition or store is not None:
-            raise UsageError(
-                "--index names one index folder: give no --dataset, --images, -c or --store"
-            )
         reader = IndexReader(index_path)
         with output_errors(out):
             exported = [export_index(reader, out, export_format)]
     else:
-        name = collection_name(dataset, images)
-        if name is None:
-            raise UsageError("give one of --dataset NAME, --images DIR or --index DIR")
         with opened_store(store, indexes) as index_store, output_errors(out):
             exported = export_collection(
                 index_store,
-                name,
+                str(collection_name(dataset, images)),  # one of them, checked above
                 out,
                 export_format,
                 condition,

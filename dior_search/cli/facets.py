@@ -43,7 +43,6 @@ def facets(
     """List the model's answers under each condition with their counts: the collection's
     automatic tags (an unlabelled folder's colours, seasons, ...). Loads no model."""
     from dior_search.search.filters import parse_filters
-    from dior_search.search.searcher import Searcher
 
     if not condition:
         raise UsageError("--condition is required: the condition whose answers to count")
@@ -55,6 +54,8 @@ def facets(
     name = collection_name(dataset, images)
     if name is None:
         raise UsageError("give one of --dataset NAME or --images DIR")
+    from dior_search.search.searcher import Searcher  # torch: after every check
+
     with opened_store(store, indexes) as index_store:
         searcher = Searcher.open(index_store, collection=name, model=model)
         found = [searcher.facets(name, c, tuple(where or ()), top) for c in condition]

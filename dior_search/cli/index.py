@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from dior_search import defaults
 from dior_search.cli.app import app, console, err_console
+from dior_search.cli.hub import settle_hub_access
 from dior_search.cli.options import (
     DatasetOpt,
     DatasetsDirOpt,
@@ -20,7 +21,9 @@ from dior_search.cli.options import (
     ImagesOpt,
     IndexesOpt,
     StoreOpt,
+    check_store,
     choose_model,
+    collection_name,
     default_model_hint,
     open_collection,
     opened_store,
@@ -122,10 +125,8 @@ def index(
     vanished ones are removed; resumable. Under `accelerate launch` every process embeds its
     own part and the last one to finish merges the parts into the index.
     """
-    from dior_search.indexing.job import IndexSettings
-    from dior_search.indexing.parts import launched_part, process_device, requested_part
-    from dior_search.indexing.run import index_collection
-    from dior_search.models import load_embedder
+    # Light modules only until every option is checked: a usage error answers at once,
+    # before torch and the model libraries load.
     from dior_search.store.index_types import canonical_spec, parse_size
 
     if shard_size is not None and shard_size < 1:
@@ -137,11 +138,23 @@ def index(
     check_at_most("--memory-budget", budget)
     asked = check_conditions(condition or [])
     check_dataset_conditions(dataset, asked)
+    if (dataset is None) == (images is None):
+        raise UsageError("give exactly one of --dataset NAME or --images DIR")
+    index_spec = canonical_spec(index_type) if index_type is not None else None
+    check_store(store)
+    options.dior()  # every embedding option checked: batch size, dtype, template, ...
+    named = collection_name(dataset, images) or ""
+    settle_hub_access([options.model or defaults.default_model([named])])
+    from dior_search.indexing.job import IndexSettings
+    from dior_search.indexing.parts import launched_part, process_device, requested_part
+    from dior_search.indexing.run import index_collection
+    from dior_search.models import load_embedder
+
     spec = requested_part(part, parts)
     settings = IndexSettings(
         indexes_dir=indexes,
         shard_size=shard_size,
-        index_type=canonical_spec(index_type) if index_type is not None else None,
+        index_type=index_spec,
         memory_budget=budget,
         part=spec,
         keep_missing=keep_missing,

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from dior_search import defaults
 from dior_search.cli.app import app, command_line, console, err_console
+from dior_search.cli.hub import settle_hub_access
 from dior_search.cli.options import (
     DatasetOpt,
     DeviceOpt,
@@ -122,11 +123,11 @@ def query(
     model answered that word first (then by the word's probability); --where keeps only the
     images that pass every filter.
     """
+    # Light modules only until every option is checked: a usage error answers at once,
+    # before torch and the model libraries load (see test_usage_errors_load_no_model_library).
     from dior_search.data.images import load_image
-    from dior_search.data.reading import load_item_image
     from dior_search.models.settings import check_dtype
     from dior_search.search.filters import parse_filters
-    from dior_search.search.searcher import SearchOptions, SearchRequest, check_k
     from dior_search.store.index_types import parse_search_params, search_params_of
 
     conditions = tuple(condition or ())
@@ -149,7 +150,6 @@ def query(
             "--weight weighs the conditions searched by the image; every --condition here has "
             "a --text word (give no --weight)"
         )
-    check_k(k)  # before anything is loaded
     for name in condition or ():
         check_condition(name)
     check_device(device)
@@ -158,8 +158,14 @@ def query(
     parse_filters(where or ())
     params = search_params_of(search_params, nprobe, ef_search)
     parse_search_params(params)  # values in range, before anything is loaded
+    check_target(conditions, dataset, images, index_path, store)
     if sheet is not None:
         check_output(sheet, "--sheet")
+    if image is not None or words is not None:  # a model is loaded: its files may be asked
+        settle_hub_access([None])
+    from dior_search.search.searcher import SearchOptions, SearchRequest, check_k
+
+    check_k(k)
     # The cheapest check first: a missing image is an input error whatever the index.
     query_image = load_image(image) if image is not None else None
     options = SearchOptions(
@@ -169,8 +175,6 @@ def query(
         search_params=params,
         mmap=mmap,
     )
-    if index_path is not None and store is not None:
-        raise UsageError("--index names an index folder; give it without --store")
     with opened_store(store, indexes) as index_store:
         searcher, conditions = open_searcher(
             conditions, dataset, images, index_path, index_store, model, options
@@ -189,6 +193,7 @@ def query(
         )
     if sheet is not None:
         from dior_search.cli.contact_sheet import write_contact_sheet
+        from dior_search.data.reading import load_item_image
 
         if query_image is None:
             query_image = load_item_image(result.root, str(result.query.path))
@@ -268,13 +273,6 @@ def open_searcher(
     from dior_search.search.searcher import NotIndexed, Searcher
 
     if index_path is not None:
-        if dataset is not None or images is not None:
-            raise UsageError("give one of --dataset NAME, --images DIR or --index DIR")
-        if len(conditions) > 1:
-            raise UsageError(
-                "--index takes one condition; combine conditions of a collection "
-                "with --dataset NAME or --images DIR"
-            )
         searcher = Searcher.of_directories([index_path], options)
         indexed = searcher.entries[0].condition
         if conditions and conditions[0] != indexed:
@@ -284,11 +282,34 @@ def open_searcher(
             )
         return searcher, (indexed,)
     name = collection_name(dataset, images)
+    return Searcher.open(indexes, collection=name, model=model, options=options), conditions
+
+
+def check_target(
+    conditions: tuple[str, ...],
+    dataset: str | None,
+    images: Path | None,
+    index_path: Path | None,
+    store: str | None,
+) -> None:
+    """UsageError unless the options name one thing to search: an index folder (and at most
+    its condition), or a collection and its conditions."""
+    if index_path is not None:
+        if store is not None:
+            raise UsageError("--index names an index folder; give it without --store")
+        if dataset is not None or images is not None:
+            raise UsageError("give one of --dataset NAME, --images DIR or --index DIR")
+        if len(conditions) > 1:
+            raise UsageError(
+                "--index takes one condition; combine conditions of a collection "
+                "with --dataset NAME or --images DIR"
+            )
+        return
+    name = collection_name(dataset, images)
     if not conditions:
         raise UsageError("--condition is required (or give --index DIR)")
     if name is None:
         raise UsageError("give one of --dataset NAME, --images DIR or --index DIR")
-    return Searcher.open(indexes, collection=name, model=model, options=options), conditions
 
 
 def result_table(result: SearchResult) -> Table:

@@ -11,6 +11,7 @@ import typer
 
 from dior_search import defaults
 from dior_search.cli.app import app, console
+from dior_search.cli.hub import settle_hub_access
 from dior_search.cli.options import (
     DeviceOpt,
     DtypeOverrideOpt,
@@ -69,8 +70,6 @@ def serve(
 ) -> None:
     """Serve a web page and a JSON API for (multi-)conditional search over built indexes."""
     from dior_search.models.settings import check_dtype
-    from dior_search.serve.app import make_server
-    from dior_search.serve.service import SearchService, ServeSettings
 
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be between 0 and 65535, not {port}")
@@ -84,11 +83,17 @@ def serve(
     check_device(device)
     if dtype is not None:
         check_dtype(dtype)
+    collection = collection_name(dataset, images)
+    settle_hub_access([model])
+    # Only now the server's and the model's libraries: the usage errors above answer at once.
+    from dior_search.serve.app import make_server
+    from dior_search.serve.service import SearchService, ServeSettings
+
     settings = ServeSettings(
         indexes_dir=indexes,
         store=store,
         model=model,
-        collection=collection_name(dataset, images),
+        collection=collection,
         device=device,
         dtype=dtype,
         trust_remote_code=trust_remote_code,
