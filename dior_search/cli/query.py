@@ -44,7 +44,9 @@ CONDITION_OPTIONS = ("--condition", "-c")
 
 @app.command()
 def query(
-    image: Annotated[Path | None, typer.Argument(help="Query image (or use --id).")] = None,
+    image: Annotated[
+        Path | None, typer.Argument(parser=given_path, help="Query image (or use --id).")
+    ] = None,
     condition: Annotated[
         list[str] | None,
         typer.Option(

@@ -20,6 +20,7 @@ from dior_search.cli.options import (
     TrustOpt,
     check_device,
     collection_name,
+    given_path,
     positive_number,
 )
 from dior_search.errors import UsageError, number_text
@@ -37,7 +38,8 @@ def serve(
         str | None, typer.Option(help="Serve only this named dataset's indexes.")
     ] = None,
     images: Annotated[
-        Path | None, typer.Option(help="Serve only the indexes of this image folder.")
+        Path | None,
+        typer.Option(parser=given_path, help="Serve only the indexes of this image folder."),
     ] = None,
     indexes: IndexesOpt = defaults.DEFAULT_INDEXES_DIR,
     store: StoreOpt = None,

@@ -110,6 +110,7 @@ CASES = [
     (["query", "{col}", "-c", "color", "--id", "0", "--store", "milvus://localhost:99999"], 2,
      "--store milvus://localhost:99999"),
     (["query", "{col}", "-c", "", "--id", "0"], 2, "cannot be empty"),
+    (["query", "", "{col}", "-c", "color"], 2, "empty path"),
     (["query", "{col}", "-c", "color ", "--id", "0"], 2, "begins or ends with a space"),
     (["query", "{col}", "-c", "color", "--id", "0", "--where", "color=two words"], 2, "one word"),
     (["query", "{col}", "--text", "small", "-c", "color", "--weight", "1"], 2, "--weight"),
@@ -151,6 +152,7 @@ CASES = [
     (["demo", "--model", "{root}/no-model", "--data-dir", "{root}/demo"], 4, "no-model"),
     # serve
     (["serve", "--port", "70000"], 2, "--port"),
+    (["serve", "--images", ""], 2, "empty path"),
     (["serve", "--device", "banana", "--indexes", "{root}/indexes"], 2, "unknown device"),
     (["serve", "--indexes", "{root}/empty"], 5, "empty"),
     # no verb of that name
