@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
 import sys
+import threading
 from contextvars import ContextVar
 from typing import Annotated
 
@@ -13,10 +16,10 @@ from rich.console import Console
 from rich.markup import escape
 
 # typer vendors click and exports no base class of its command-line errors.
-from typer._click.exceptions import ClickException
+from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
 from dior_search import interrupts
-from dior_search.data.paths import shown
+from dior_search.data.paths import shown_character
 from dior_search.errors import DiorError
 
 app = typer.Typer(
@@ -61,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         code = app(args=argv, prog_name="dior-search", standalone_mode=False)
     except DiorError as exc:
         return error_line(str(exc), exc.exit_code)
+    except NoArgsIsHelpError as exc:  # no verb: the help was printed, and it is no error
+        if exc.format_message().strip():
+            err_console.print(exc.format_message(), markup=False, highlight=False)
+        return exc.exit_code
     except ClickException as exc:
         return error_line(exc.format_message(), exc.exit_code)
     except typer.Exit as exc:
@@ -84,8 +91,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def error_line(message: str, code: int) -> int:
     """Print `message` as one `error:` line on stderr (escaped: never markup, never two
-    lines, never a character that cannot print) and return `code`."""
-    err_console.print(f"[red]error:[/red] {escape(shown(message.strip()))}", highlight=False)
+    lines, never a character that cannot print) and return `code`.
+
+    Only what cannot print is escaped: a backslash the user typed shows as one backslash
+    (`--text '\\t'` is quoted as `'\\t'`, not doubled), since messages quote values as given.
+    """
+    text = message.strip() or "failed (no reason given)"
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else shown_character(c) for c in text)
+    err_console.print(f"[red]error:[/red] {escape(text)}", highlight=False)
     return code
 
 
@@ -94,7 +108,30 @@ def run() -> None:
     interrupts.install()
     try:
         code = main()
+        flush_outputs()
     except KeyboardInterrupt:  # in the instant after main's own handling
-        code = interrupts.exit_code()
+        code = error_line(interrupts.message(), interrupts.exit_code())
     interrupts.ignore()
-    sys.exit(code)
+    end_process(code)
+
+
+def flush_outputs() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        # A closed pipe (`| head`): nothing more can be shown.
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+
+
+def end_process(code: int) -> None:
+    """Exit with `code` now that the run is over and every store is closed.
+
+    The interpreter's own teardown after a Milvus Lite run takes seconds in native code
+    (its server's threads), in which no Ctrl+C can end the run: it used to exit 0 after a
+    Ctrl+C there. So the exit handlers run (logging's flush, finalizers) and the process ends
+    at once, unless a thread is still running, which the normal exit waits for.
+    """
+    if threading.active_count() > 1:
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    flush_outputs()
+    os._exit(code)

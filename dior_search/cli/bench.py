@@ -13,6 +13,7 @@ from rich.table import Table
 
 from dior_search import defaults
 from dior_search.cli.app import app, console, err_console
+from dior_search.cli.hub import settle_hub_access
 from dior_search.cli.options import (
     DatasetsDirOpt,
     IndexesOpt,
@@ -113,14 +114,7 @@ def bench(
     store: StoreOpt = None,
 ) -> None:
     """Evaluate retrieval per dataset and condition: recall@k, MAP@R, precision@1."""
-    from dior_search.evaluation.bench import (
-        METHODS,
-        MethodModels,
-        open_bench_datasets,
-        run_benches,
-    )
     from dior_search.evaluation.metrics import DISTANCES
-    from dior_search.indexing.job import IndexSettings
 
     if distance not in DISTANCES:
         raise UsageError(f"unknown distance {distance!r}; valid: {', '.join(DISTANCES)}")
@@ -130,6 +124,23 @@ def bench(
         )
     layers = list(layer or [defaults.DEFAULT_LAYER])
     options = replace(options, layer=layers[0])
+    options.dior()  # every embedding option checked: batch size, dtype, template, ...
+    conditions = check_conditions(condition) if condition else None
+    # Output files are checked before the run, not after it.
+    if json_path is not None:
+        check_output(json_path, "--json")
+    if plot is not None:
+        check_output(plot, "--plot")
+    vlm = options.model or defaults.default_model(dataset or [])
+    settle_hub_access([vlm, clip_model, text_encoder])
+    # Only now the model libraries (torch): the usage errors above answer at once.
+    from dior_search.evaluation.bench import (
+        METHODS,
+        MethodModels,
+        open_bench_datasets,
+        run_benches,
+    )
+    from dior_search.indexing.job import IndexSettings
 
     chosen = method or list(METHODS)
     unknown = [m for m in chosen if m not in METHODS]
@@ -138,12 +149,6 @@ def bench(
     for name in method or []:
         if METHODS[name] != "dior":
             options.only_dior_source(name)
-    conditions = check_conditions(condition) if condition else None
-    # Output files are checked before the run, not after it.
-    if json_path is not None:
-        check_output(json_path, "--json")
-    if plot is not None:
-        check_output(plot, "--plot")
     collections, problems = open_bench_datasets(dataset, datasets_dir)
     for problem in problems:
         err_console.print(f"[yellow]{escape(shown(problem))}[/yellow]", highlight=False)

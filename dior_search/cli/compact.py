@@ -15,9 +15,11 @@ from dior_search.cli.options import (
     IndexesOpt,
     StoreOpt,
     collection_name,
+    given_path,
     opened_store,
 )
-from dior_search.errors import UsageError
+from dior_search.data.collections import check_condition
+from dior_search.errors import IndexStoreError, UsageError
 
 if TYPE_CHECKING:
     from dior_search.store.backend import IndexLocation
@@ -35,7 +37,10 @@ def compact(
         str | None, typer.Option(help="Only the indexes built with this model.")
     ] = None,
     index_path: Annotated[
-        Path | None, typer.Option("--index", help="One index directory (instead of a search).")
+        Path | None,
+        typer.Option(
+            "--index", parser=given_path, help="One index directory (instead of a search)."
+        ),
     ] = None,
     indexes: IndexesOpt = defaults.DEFAULT_INDEXES_DIR,
     store: StoreOpt = None,
@@ -50,6 +55,8 @@ def compact(
     """Rewrite the shards whose deleted rows pass --threshold (an `index` run does this at
     its end): searches get faster and the files smaller; nothing searchable changes. On a
     Milvus store it asks the database to compact."""
+    for asked in condition or ():
+        check_condition(asked)
     if not 0 <= threshold < 1:
         raise UsageError(f"--threshold must be at least 0 and below 1, got {threshold}")
     if index_path is not None and (dataset is not None or images is not None or condition):
@@ -62,8 +69,16 @@ def compact(
         else:
             entries = index_store.find(collection_name(dataset, images), model=model)
             locations = [e.location for e in entries if not condition or e.condition in condition]
+            indexed = {e.condition for e in entries}
+            missing = [c for c in condition or () if c not in indexed]
+            if missing:  # as query and facets say it: an index error, not a usage error
+                valid = ", ".join(sorted(indexed))
+                raise IndexStoreError(
+                    f"no index for condition '{missing[0]}' in {index_store.name}; conditions "
+                    f"with an index: {valid}"
+                )
             if not locations:
-                raise UsageError(f"no index to compact in {index_store.name} with these options")
+                raise IndexStoreError(f"no index to compact in {index_store.name}")
         for location in locations:
             done = index_store.compact(location, threshold)
             if done.rows_dropped:

@@ -37,12 +37,13 @@ def demo(
     ] = 400,
 ) -> None:
     """Offline demo: embed the synthetic test split under each condition and score retrieval."""
+    settings = options.dior()  # every option checked before torch loads
     from dior_search.evaluation.demo import run_demo
 
     started = time.perf_counter()
     with progress_bar("embedding", "emb", err_console) as bar:
         result = run_demo(
-            options.dior(), data_dir, n_images=n_images, on_start=bar.start, on_progress=bar.advance
+            settings, data_dir, n_images=n_images, on_start=bar.start, on_progress=bar.advance
         )
     table = Table(
         title=escape(f"recall@1 on {result.n_images} synthetic test images, model {options.model}")

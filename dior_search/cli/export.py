@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -18,14 +23,16 @@ from dior_search.cli.options import (
     PickModelOpt,
     StoreOpt,
     collection_name,
+    given_path,
     opened_store,
 )
-from dior_search.errors import UsageError
+from dior_search.data.collections import check_condition
+from dior_search.errors import OutputError, UsageError
 
 
 @app.command()
 def export(
-    out: Annotated[Path, typer.Argument(help="Folder to write the files into.")],
+    out: Annotated[Path, typer.Argument(parser=given_path, help="Folder to write the files into.")],
     condition: Annotated[
         list[str] | None,
         typer.Option(
@@ -35,7 +42,10 @@ def export(
     dataset: DatasetOpt = None,
     images: ImagesOpt = None,
     index_path: Annotated[
-        Path | None, typer.Option("--index", help="One index directory (instead of a collection).")
+        Path | None,
+        typer.Option(
+            "--index", parser=given_path, help="One index directory (instead of a collection)."
+        ),
     ] = None,
     export_format: Annotated[
         str,
@@ -51,26 +61,32 @@ def export(
 ) -> None:
     """Write indexed vectors with their ids, paths, content hashes and labels to files that
     pyarrow, pandas, DuckDB or a vector database read directly."""
-    from dior_search.store.export import EXPORT_FORMATS, export_collection, export_index
-    from dior_search.store.reader import IndexReader
-
-    if export_format not in EXPORT_FORMATS:
-        valid = ", ".join(EXPORT_FORMATS)
-        raise UsageError(f"unknown format {export_format!r}; valid: {valid}")
+    for asked in condition or ():
+        check_condition(asked)
     if index_path is not None:
         if dataset is not None or images is not None or condition or store is not None:
             raise UsageError(
                 "--index names one index folder: give no --dataset, --images, -c or --store"
             )
-        exported = [export_index(IndexReader(index_path), out, export_format)]
+    elif collection_name(dataset, images) is None:
+        raise UsageError("give one of --dataset NAME, --images DIR or --index DIR")
+    check_out_folder(out)
+    # Only now the store's libraries (torch, FAISS): every usage error above answers at once.
+    from dior_search.store.export import EXPORT_FORMATS, export_collection, export_index
+    from dior_search.store.reader import IndexReader
+
+    if export_format not in EXPORT_FORMATS:
+        valid = ", ".join(EXPORT_FORMATS)
+        raise UsageError(f"unknown format '{export_format}'; valid: {valid}")
+    if index_path is not None:
+        reader = IndexReader(index_path)
+        with output_errors(out):
+            exported = [export_index(reader, out, export_format)]
     else:
-        name = collection_name(dataset, images)
-        if name is None:
-            raise UsageError("give one of --dataset NAME, --images DIR or --index DIR")
-        with opened_store(store, indexes) as index_store:
+        with opened_store(store, indexes) as index_store, output_errors(out):
             exported = export_collection(
                 index_store,
-                name,
+                str(collection_name(dataset, images)),  # one of them, checked above
                 out,
                 export_format,
                 condition,
@@ -83,3 +99,34 @@ def export(
         files = ", ".join(path.name for path in done.files)
         table.add_row(escape(done.condition), str(done.rows), str(done.dim), escape(files))
     console.print(table)
+
+
+def check_out_folder(out: Path) -> None:
+    """OutputError now, before any index is read, where `out` is not a folder (a file, a
+    device) or cannot be made or written in."""
+    try:
+        info = out.stat()
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:
+        raise OutputError(f"cannot write into {out}: {exc.strerror}") from None
+    if info is not None and not stat.S_ISDIR(info.st_mode):
+        raise OutputError(f"{out} is not a folder: give a folder to write the files into")
+    ancestor = out.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"cannot make folder {out}: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write into {out}: {os.strerror(errno.EACCES)}")
+
+
+@contextmanager
+def output_errors(out: Path) -> Iterator[None]:
+    """What a failed write into `out` raises: one OutputError line (exit 7) naming the file
+    and the reason (a folder that cannot be made, a full disk)."""
+    try:
+        yield
+    except OSError as exc:
+        named = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(out) else ""
+        raise OutputError(f"cannot write into {out}{named}: {exc.strerror or exc}") from None

@@ -16,9 +16,12 @@ from dior_search.cli.options import (
     ImagesOpt,
     IndexesOpt,
     PickModelOpt,
+    StoreOpt,
     WhereOpt,
     collection_name,
+    opened_store,
 )
+from dior_search.data.collections import check_condition
 from dior_search.errors import UsageError
 
 
@@ -35,20 +38,27 @@ def facets(
     as_json: Annotated[bool, typer.Option("--json", help="Print the counts as JSON.")] = False,
     model: PickModelOpt = None,
     indexes: IndexesOpt = defaults.DEFAULT_INDEXES_DIR,
+    store: StoreOpt = None,
 ) -> None:
     """List the model's answers under each condition with their counts: the collection's
     automatic tags (an unlabelled folder's colours, seasons, ...). Loads no model."""
-    from dior_search.search.searcher import Searcher
+    from dior_search.search.filters import parse_filters
 
     if not condition:
         raise UsageError("--condition is required: the condition whose answers to count")
     if top < 1:
         raise UsageError("--top must be at least 1")
+    for asked in condition:
+        check_condition(asked)
+    parse_filters(where or ())
     name = collection_name(dataset, images)
     if name is None:
         raise UsageError("give one of --dataset NAME or --images DIR")
-    searcher = Searcher.open(indexes, collection=name, model=model)
-    found = [searcher.facets(name, c, tuple(where or ()), top) for c in condition]
+    from dior_search.search.searcher import Searcher  # torch: after every check
+
+    with opened_store(store, indexes) as index_store:
+        searcher = Searcher.open(index_store, collection=name, model=model)
+        found = [searcher.facets(name, c, tuple(where or ()), top) for c in condition]
     if as_json:
         print(json.dumps({f.condition: f.to_json() for f in found}, indent=2))
         return

@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from dior_search import defaults
 from dior_search.cli.app import app, console, err_console
+from dior_search.cli.hub import settle_hub_access
 from dior_search.cli.options import (
     DatasetOpt,
     DatasetsDirOpt,
@@ -20,14 +21,16 @@ from dior_search.cli.options import (
     ImagesOpt,
     IndexesOpt,
     StoreOpt,
+    check_store,
     choose_model,
+    collection_name,
     default_model_hint,
     open_collection,
     opened_store,
     with_embedder_options,
 )
 from dior_search.cli.progress import progress_bar
-from dior_search.data.collections import check_conditions
+from dior_search.data.collections import DATASETS, UNCONDITIONAL, check_conditions
 from dior_search.data.paths import shown
 from dior_search.errors import UsageError
 from dior_search.models.settings import EmbedderOptions, check_at_most
@@ -35,6 +38,7 @@ from dior_search.models.settings import EmbedderOptions, check_at_most
 if TYPE_CHECKING:
     from dior_search.indexing.job import IndexReport
     from dior_search.indexing.sync import ConfirmRemoval, Removal
+    from dior_search.models.embedder import Embedder
 
 SUMMARY = ("added", "changed", "moved", "removed", "unchanged")
 
@@ -121,10 +125,8 @@ def index(
     vanished ones are removed; resumable. Under `accelerate launch` every process embeds its
     own part and the last one to finish merges the parts into the index.
     """
-    from dior_search.indexing.job import IndexSettings
-    from dior_search.indexing.parts import launched_part, process_device, requested_part
-    from dior_search.indexing.run import index_collection
-    from dior_search.models import load_embedder
+    # Light modules only until every option is checked: a usage error answers at once,
+    # before torch and the model libraries load.
     from dior_search.store.index_types import canonical_spec, parse_size
 
     if shard_size is not None and shard_size < 1:
@@ -135,11 +137,24 @@ def index(
         raise UsageError(f"--memory-budget must be more than 0 bytes, not {memory_budget!r}")
     check_at_most("--memory-budget", budget)
     asked = check_conditions(condition or [])
+    check_dataset_conditions(dataset, asked)
+    if (dataset is None) == (images is None):
+        raise UsageError("give exactly one of --dataset NAME or --images DIR")
+    index_spec = canonical_spec(index_type) if index_type is not None else None
+    check_store(store)
+    options.dior()  # every embedding option checked: batch size, dtype, template, ...
+    named = collection_name(dataset, images) or ""
+    settle_hub_access([options.model or defaults.default_model([named])])
+    from dior_search.indexing.job import IndexSettings
+    from dior_search.indexing.parts import launched_part, process_device, requested_part
+    from dior_search.indexing.run import index_collection
+    from dior_search.models import load_embedder
+
     spec = requested_part(part, parts)
     settings = IndexSettings(
         indexes_dir=indexes,
         shard_size=shard_size,
-        index_type=canonical_spec(index_type) if index_type is not None else None,
+        index_type=index_spec,
         memory_budget=budget,
         part=spec,
         keep_missing=keep_missing,
@@ -153,6 +168,8 @@ def index(
     chosen = choose_model(options, [collection.name])
     with default_model_hint(options):
         embedder = load_embedder(replace(chosen, device=process_device(options.device)).dior())
+    if answers is True:  # refused now, before any index folder is made (not by the first sync)
+        check_answers(embedder, conditions)
     running = spec or launched_part()
     label = f"indexing {collection.name}" + (f" ({running.name})" if running else "")
     # Under accelerate launch, one bar (the first process's) rather than one per process.
@@ -188,6 +205,36 @@ def index(
     ]
     for line in lines:
         console.print(shown(line), markup=False, highlight=False, soft_wrap=True)
+
+
+def check_dataset_conditions(dataset: str | None, conditions: Sequence[str]) -> None:
+    """UsageError for a condition that a named dataset does not have: its images are indexed
+    under its own conditions (free text is for --images folders), so an unknown name is a typo,
+    not 400 images embedded under it."""
+    if dataset not in DATASETS:
+        return  # no dataset, or an unknown one (open_collection says which exist)
+    known = DATASETS[dataset].conditions
+    for name in conditions:
+        if name != UNCONDITIONAL and name not in known:
+            valid = ", ".join([*known, UNCONDITIONAL])
+            raise UsageError(
+                f"'{name}' is not a condition of the {dataset} dataset; valid: {valid} (free "
+                "text conditions are for --images folders)"
+            )
+
+
+def check_answers(embedder: Embedder, conditions: Sequence[str]) -> None:
+    """UsageError where `--answers` cannot be honoured by this embedder (its layer is not
+    the last, or it reads no answers at all)."""
+    state = embedder.describe().answers if hasattr(embedder, "embed_with_answers") else "off"
+    if state == "stored":
+        return
+    reason = (
+        "its vectors are not the last layer's, which the output head reads"
+        if state == "not-last-layer"
+        else "this embedder gives no answers"
+    )
+    raise UsageError(f"--answers: the index of '{conditions[0]}' cannot have answers: {reason}")
 
 
 def removal_confirmation(yes: bool) -> ConfirmRemoval | None:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_type_hints
+from urllib.parse import urlsplit
 
 import typer
 
@@ -21,20 +23,29 @@ from dior_search import defaults
 from dior_search.cli.app import err_console
 from dior_search.data import collections, sources
 from dior_search.data.collections import DATASETS, Collection
-from dior_search.errors import ModelError, UsageError
+from dior_search.errors import ModelError, UsageError, number_text
 from dior_search.models.prompts import PROMPT_TEMPLATES
 from dior_search.models.settings import EmbedderOptions
 
 if TYPE_CHECKING:
     from dior_search.store.backend import IndexStore
 
+
+def given_path(text: str) -> Path:
+    """A path option's value; an empty one is refused (it would mean the working folder)."""
+    if not text:
+        raise typer.BadParameter("an empty path: give a file or folder name ('.' for this folder)")
+    return Path(text)
+
+
 DatasetOpt = Annotated[str | None, typer.Option(help=f"A named dataset: {', '.join(DATASETS)}.")]
 ImagesOpt = Annotated[
     Path | None,
     typer.Option(
+        parser=given_path,
         help="Unlabelled images: a folder of image files, a WebDataset .tar shard, a brace "
         "pattern of shards (shards/{00000..00099}.tar), a folder of shards, or Parquet "
-        "file(s) of image bytes (img2dataset's layout)."
+        "file(s) of image bytes (img2dataset's layout).",
     ),
 ]
 ImageColumnOpt = Annotated[
@@ -45,9 +56,12 @@ ImageColumnOpt = Annotated[
     ),
 ]
 DatasetsDirOpt = Annotated[
-    Path, typer.Option(help="Where named datasets live: DIR/NAME/ holds NAME's images.")
+    Path,
+    typer.Option(
+        parser=given_path, help="Where named datasets live: DIR/NAME/ holds NAME's images."
+    ),
 ]
-IndexesOpt = Annotated[Path, typer.Option(help="Root folder of the indexes.")]
+IndexesOpt = Annotated[Path, typer.Option(parser=given_path, help="Root folder of the indexes.")]
 StoreOpt = Annotated[
     str | None,
     typer.Option(
@@ -160,6 +174,7 @@ def with_embedder_options(
         @functools.wraps(command)
         def wrapper(**kwargs: Any) -> Any:
             chosen = {name: kwargs.pop(name) for name in embedding}
+            check_device(chosen.get("device", "auto"))
             return command(options=EmbedderOptions(**chosen), **kwargs)
 
         parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + added
@@ -173,8 +188,31 @@ def with_embedder_options(
 def positive_number(value: float, option: str) -> float:
     """`value` if it is a finite positive number; UsageError naming `option` otherwise."""
     if not (math.isfinite(value) and value > 0):
-        raise UsageError(f"{option} must be a positive number, got {value}")
+        raise UsageError(f"{option} must be a positive number, not {number_text(value)}")
     return value
+
+
+# What --device may name (whether that device exists is checked when a model loads).
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(device: str) -> None:
+    """UsageError unless `device` is auto, cpu, mps, cuda or cuda:N: checked before anything
+    is loaded, also where no model is (`query --id`)."""
+    if not DEVICE_PATTERN.fullmatch(device):
+        raise UsageError(f"unknown device '{device}'; valid: auto, cpu, cuda or cuda:N")
+
+
+def check_store(spec: str | None) -> None:
+    """UsageError for a --store URI whose port is not a port (before anything is opened)."""
+    if spec is None or "://" not in spec:
+        return
+    try:
+        port = urlsplit(spec).port
+    except ValueError as exc:
+        raise UsageError(f"--store {spec}: {exc}") from None
+    if port == 0:
+        raise UsageError(f"--store {spec}: port 0 is no server's port")
 
 
 def open_collection(
@@ -217,6 +255,7 @@ def opened_store(spec: str | None, indexes: Path, create: bool = False) -> Itera
     """The store `--store` names (the folders under --indexes without it), closed after."""
     from dior_search.store.stores import open_store
 
+    check_store(spec)
     store = open_store(spec, indexes, create=create)
     try:
         yield store
@@ -232,8 +271,9 @@ def default_model_hint(options: EmbedderOptions) -> Iterator[None]:
     except ModelError as exc:
         if options.model is not None:
             raise
+        reason = str(exc).rstrip(".")  # a sentence of its own may end in a full stop
         raise ModelError(
-            f"{exc}; it is the default model: name another with --model, e.g. --model "
+            f"{reason}; it is the default model: name another with --model, e.g. --model "
             f"{defaults.CPU_MODEL} (smaller, for a CPU) or --model {defaults.DEMO_MODEL} "
             "(the demo model)"
         ) from None

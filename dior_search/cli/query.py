@@ -13,6 +13,7 @@ from rich.table import Table
 
 from dior_search import defaults
 from dior_search.cli.app import app, console, err_console
+from dior_search.cli.hub import settle_hub_access
 from dior_search.cli.options import (
     DatasetOpt,
     DeviceOpt,
@@ -22,7 +23,9 @@ from dior_search.cli.options import (
     StoreOpt,
     TrustOpt,
     WhereOpt,
+    check_device,
     collection_name,
+    given_path,
     opened_store,
 )
 from dior_search.cli.outputs import check_output
@@ -38,7 +41,9 @@ if TYPE_CHECKING:
 
 @app.command()
 def query(
-    image: Annotated[Path | None, typer.Argument(help="Query image (or use --id).")] = None,
+    image: Annotated[
+        Path | None, typer.Argument(parser=given_path, help="Query image (or use --id).")
+    ] = None,
     condition: Annotated[
         list[str] | None,
         typer.Option(
@@ -114,7 +119,10 @@ def query(
     dataset: DatasetOpt = None,
     images: ImagesOpt = None,
     index_path: Annotated[
-        Path | None, typer.Option("--index", help="An index directory (instead of a collection).")
+        Path | None,
+        typer.Option(
+            "--index", parser=given_path, help="An index directory (instead of a collection)."
+        ),
     ] = None,
     k: Annotated[int, typer.Option("-k", help="Number of results.")] = defaults.DEFAULT_K,
     row_id: Annotated[
@@ -160,9 +168,11 @@ def query(
     model answered that word first (then by the word's probability); --where keeps only the
     images that pass every filter.
     """
+    # Light modules only until every option is checked: a usage error answers at once,
+    # before torch and the model libraries load (see test_usage_errors_load_no_model_library).
     from dior_search.cli.query_terms import ImageLoader, TermOptions, query_parts
-    from dior_search.data.reading import load_item_image
-    from dior_search.search.searcher import SearchOptions, SearchRequest, check_k
+    from dior_search.models.settings import check_dtype
+    from dior_search.search.filters import parse_filters
     from dior_search.store.index_types import parse_search_params, search_params_of
 
     conditions = tuple(condition or ())
@@ -187,13 +197,27 @@ def query(
             "every --condition has a --text word: give no IMAGE or --id (or a condition "
             "without a word, searched by the image)"
         )
-    check_k(k)  # before anything is loaded
+    if weight and not by_image:
+        raise UsageError(
+            "--weight weighs the conditions searched by the image; every --condition here has "
+            "a --text word (give no --weight)"
+        )
     for name in condition or ():
         check_condition(name)
+    check_device(device)
+    if dtype is not None:
+        check_dtype(dtype)
+    parse_filters(where or ())
     params = search_params_of(search_params, nprobe, ef_search)
     parse_search_params(params)  # values in range, before anything is loaded
+    check_target(conditions, dataset, images, index_path, store)
     if sheet is not None:
         check_output(sheet, "--sheet")
+    if image is not None or words is not None:  # a model is loaded: its files may be asked
+        settle_hub_access([None])
+    from dior_search.search.searcher import SearchOptions, SearchRequest, check_k
+
+    check_k(k)
     # The cheapest check first: a missing image is an input error whatever the index.
     query_image = load(image) if image is not None and not terms else None
     options = SearchOptions(
@@ -203,8 +227,6 @@ def query(
         search_params=params,
         mmap=mmap,
     )
-    if index_path is not None and store is not None:
-        raise UsageError("--index names an index folder; give it without --store")
     with opened_store(store, indexes) as index_store:
         searcher, conditions = open_searcher(
             conditions, dataset, images, index_path, index_store, model, options
@@ -225,6 +247,7 @@ def query(
         )
     if sheet is not None:
         from dior_search.cli.contact_sheet import write_contact_sheet
+        from dior_search.data.reading import load_item_image
 
         caption = image.name if image is not None else f"id {row_id}"
         if terms:  # the first positive image example, else the top hit
@@ -269,9 +292,33 @@ def open_searcher(
     options: SearchOptions,
 ) -> tuple[Searcher, tuple[str, ...]]:
     """The searcher over what the options name, and the conditions to search under."""
-    from dior_search.search.searcher import Searcher
+    from dior_search.search.searcher import NotIndexed, Searcher
 
     if index_path is not None:
+        searcher = Searcher.of_directories([index_path], options)
+        indexed = searcher.entries[0].condition
+        if conditions and conditions[0] != indexed:
+            raise NotIndexed(
+                f"--index {index_path} is the index of condition '{indexed}', not "
+                f"'{conditions[0]}' (give -c {indexed}, or no -c)"
+            )
+        return searcher, (indexed,)
+    name = collection_name(dataset, images)
+    return Searcher.open(indexes, collection=name, model=model, options=options), conditions
+
+
+def check_target(
+    conditions: tuple[str, ...],
+    dataset: str | None,
+    images: Path | None,
+    index_path: Path | None,
+    store: str | None,
+) -> None:
+    """UsageError unless the options name one thing to search: an index folder (and at most
+    its condition), or a collection and its conditions."""
+    if index_path is not None:
+        if store is not None:
+            raise UsageError("--index names an index folder; give it without --store")
         if dataset is not None or images is not None:
             raise UsageError("give one of --dataset NAME, --images DIR or --index DIR")
         if len(conditions) > 1:
@@ -279,14 +326,12 @@ def open_searcher(
                 "--index takes one condition; combine conditions of a collection "
                 "with --dataset NAME or --images DIR"
             )
-        searcher = Searcher.of_directories([index_path], options)
-        return searcher, (searcher.entries[0].condition,)
+        return
     name = collection_name(dataset, images)
     if not conditions:
         raise UsageError("--condition is required (or give --index DIR)")
     if name is None:
         raise UsageError("give one of --dataset NAME, --images DIR or --index DIR")
-    return Searcher.open(indexes, collection=name, model=model, options=options), conditions
 
 
 def result_table(result: SearchResult) -> Table:

@@ -69,16 +69,16 @@ def named(option: str, value: str, *, optional: bool = False) -> tuple[str | Non
     if not equals:
         if optional:
             return None, value
-        raise UsageError(f"{option} takes CONDITION=VALUE, got {value!r}")
+        raise UsageError(f"{option} takes CONDITION=VALUE, got '{value}'")
     if not rest:
-        raise UsageError(f"{option} {value!r} names no value after '='")
+        raise UsageError(f"{option} '{value}' names no value after '='")
     return check_condition(condition), rest
 
 
 def row_id(option: str, text: str) -> int:
     if not text.isdigit():
         raise UsageError(
-            f"{option} takes an indexed image's id (a non-negative integer), got {text!r}"
+            f"{option} takes an indexed image's id (a non-negative integer), got '{text}'"
         )
     return int(text)
 
@@ -91,12 +91,12 @@ def text_words(
     words: dict[str, str] = {}
     bare = [t for t in texts if "=" not in t]
     if bare and (by_example or len(bare) != len(conditions) or len(bare) != len(texts)):
-        raise UsageError(f"--text {bare[0]!r} asks about no condition: write --text CONDITION=WORD")
+        raise UsageError(f"--text '{bare[0]}' asks about no condition: write --text CONDITION=WORD")
     pairs = zip(conditions, bare, strict=True) if bare else (named("--text", t) for t in texts)
     for condition, word in pairs:
         assert condition is not None  # named() without optional always names one
         if condition in words:
-            raise UsageError(f"conflicting terms: two --text words under {condition!r}")
+            raise UsageError(f"conflicting terms: two --text words under '{condition}'")
         words[condition] = word
     return words
 
@@ -156,7 +156,7 @@ def query_parts(
             condition, example = (None, value) if optional else named(option, value, optional=True)
             under = [condition] if condition is not None else example_conditions
             if not under:
-                raise UsageError(f"{option} {value!r}: name its condition (CONDITION=...)")
+                raise UsageError(f"{option} '{value}': name its condition (CONDITION=...)")
             for name in under:
                 if option == "--not":
                     example_term = Term(

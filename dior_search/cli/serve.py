@@ -11,16 +11,19 @@ import typer
 
 from dior_search import defaults
 from dior_search.cli.app import app, console
+from dior_search.cli.hub import settle_hub_access
 from dior_search.cli.options import (
     DeviceOpt,
     DtypeOverrideOpt,
     IndexesOpt,
     StoreOpt,
     TrustOpt,
+    check_device,
     collection_name,
+    given_path,
     positive_number,
 )
-from dior_search.errors import UsageError
+from dior_search.errors import UsageError, number_text
 
 MIB = 1024 * 1024
 
@@ -35,7 +38,8 @@ def serve(
         str | None, typer.Option(help="Serve only this named dataset's indexes.")
     ] = None,
     images: Annotated[
-        Path | None, typer.Option(help="Serve only the indexes of this image folder.")
+        Path | None,
+        typer.Option(parser=given_path, help="Serve only the indexes of this image folder."),
     ] = None,
     indexes: IndexesOpt = defaults.DEFAULT_INDEXES_DIR,
     store: StoreOpt = None,
@@ -83,9 +87,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve a web page and a JSON API for (multi-)conditional search over built indexes."""
-    from dior_search.serve.access import AccessPolicy
-    from dior_search.serve.app import make_server
-    from dior_search.serve.service import SearchService, ServeSettings
+    from dior_search.models.settings import check_dtype
 
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be between 0 and 65535, not {port}")
@@ -95,13 +97,24 @@ def serve(
         ("--timeout", timeout),
     ):
         if not (math.isfinite(value) and value > 0):
-            raise UsageError(f"{option} must be a positive number, not {value:g}")
+            raise UsageError(f"{option} must be a positive number, not {number_text(value)}")
+    check_device(device)
+    if dtype is not None:
+        check_dtype(dtype)
+    collection = collection_name(dataset, images)
+    from dior_search.serve.access import AccessPolicy
+
     access = AccessPolicy.of(host, allow_host or (), allow_origin or ())
+    settle_hub_access([model])
+    # Only now the server's and the model's libraries: the usage errors above answer at once.
+    from dior_search.serve.app import make_server
+    from dior_search.serve.service import SearchService, ServeSettings
+
     settings = ServeSettings(
         indexes_dir=indexes,
         store=store,
         model=model,
-        collection=collection_name(dataset, images),
+        collection=collection,
         device=device,
         dtype=dtype,
         trust_remote_code=trust_remote_code,

@@ -86,6 +86,11 @@ def check_condition(condition: str) -> str:
             f"a condition is at most {MAX_CONDITION_CHARS} characters (a short phrase such as "
             f"'object color'); got {len(condition)}"
         )
+    if condition != condition.strip():  # "color " would be an index apart from "color"
+        raise UsageError(
+            f"condition '{condition}' begins or ends with a space: give it without "
+            f"('{condition.strip()}')"
+        )
     if not condition.isprintable():
         raise UsageError(
             f"condition {condition!r} holds a control or invisible character: give one line "

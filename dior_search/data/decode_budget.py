@@ -46,6 +46,8 @@ M_MMAP_THRESHOLD = -3
 class DecodeQueueTimeout(DiorError):
     """A decode waited for memory until its request's time was up."""
 
+    http_status = 504
+
 
 class OverBudget(DiorError):
     """A decode that costs more than the whole budget; it could never start."""

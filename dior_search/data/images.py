@@ -74,6 +74,8 @@ class ImageReadError(InputError):
 class ImageTooLarge(ImageReadError):
     """An image over the pixel cap or the decode budget, refused before decoding."""
 
+    http_status = 413
+
 
 @dataclass(frozen=True)
 class ImageHeader:

@@ -136,6 +136,8 @@ class MethodModels:
         for method in methods:
             try:
                 self.get(method)
+            except UsageError:
+                raise  # an option out of range (a --layer the model lacks): the user's to fix
             except DiorError as exc:
                 problems.append(f"skipping method {method}: {exc}")
                 continue

@@ -26,7 +26,6 @@ import numpy as np
 
 from dior_search import defaults
 from dior_search.errors import ModelError, UsageError
-from dior_search.models.loading import model_folder
 
 # Characters that may start an answer without being part of it: the model may open its own
 # quote, or its first token may carry a leading space (" red").
@@ -186,6 +185,8 @@ class HeadRows:
     words), without loading the model."""
 
     def __init__(self, source: str, revision: str | None, config: Any) -> None:
+        from dior_search.models.loading import model_folder  # torch: only where a model is
+
         files = checkpoint_files(model_folder(source, revision))
         if not files:
             raise ModelError(f"model {source!r} has no safetensors checkpoint to read its head")

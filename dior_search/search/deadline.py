@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import time
 
-from dior_search.errors import UsageError
+from dior_search.errors import DiorError
 
 
-class DeadlineExceeded(UsageError):
+class DeadlineExceeded(DiorError):
     """A request ran out of time (before or during its work)."""
+
+    http_status = 504
 
 
 def check_deadline(deadline: float | None, doing: str = "searching") -> None:

@@ -74,7 +74,7 @@ def stored_example(searcher: Searcher, collection: CollectionIndexes, term: Term
     for row_id, stored_hash in zip(reader.ids.tolist(), reader.content_hashes(), strict=True):
         if stored_hash == content_hash:
             return reader.vector(int(row_id))
-    raise NotIndexed(f"image {term.id} of {named.name!r} is not indexed under {condition.name!r}")
+    raise NotIndexed(f"image {term.id} of '{named.name}' is not indexed under '{condition.name}'")
 
 
 def answer_centroid(
@@ -95,7 +95,7 @@ def answer_centroid(
                 counted[answer] = counted.get(answer, 0) + 1
         common = sorted(counted, key=lambda a: (-counted[a], a))[:SHOWN_ANSWERS]
         raise UsageError(
-            f"no image's answer under {condition_name!r} is {word!r}; its answers: "
+            f"no image's answer under '{condition_name}' is '{word}'; its answers: "
             + ", ".join(common)
         )
     vectors = normalize(reader.vectors(reader.ids[chosen]))

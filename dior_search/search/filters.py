@@ -71,6 +71,11 @@ def parse_filter(text: str) -> Filter:
             f"--where {text!r}: write CONDITION=WORD (the model's answer under a condition) "
             "or label:NAME=VALUE (a label of the collection)"
         )
+    if kind == "answer" and len(value.split()) > 1:  # an answer is one word: never matched
+        raise UsageError(
+            f"--where {text!r}: the answer after '=' is one word (the model answers in one), "
+            f"not {len(value.split())}"
+        )
     return Filter(kind, name, value)
 
 

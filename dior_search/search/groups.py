@@ -158,7 +158,7 @@ def group_images(
     ids, vectors = reader.all_vectors()
     n = len(ids)
     if n < 2:
-        raise UsageError(f"the index of {condition.name!r} holds {n} image(s): nothing to group")
+        raise UsageError(f"the index of '{condition.name}' holds {n} image(s): nothing to group")
     if k is not None and not 1 <= k <= min(n, MAX_K):
         raise UsageError(f"--k must be between 1 and {min(n, MAX_K)}")
     answers = reader.column(ANSWER) if ANSWER in reader.column_names() else None

@@ -66,9 +66,12 @@ MAX_K = 1_000_000
 class NotIndexed(IndexStoreError):
     """A collection, condition or id that the searched indexes do not hold."""
 
+    http_status = 404
 
 class DamagedIndex(NotIndexed):
     """An index whose files were found damaged (or gone) when it was opened."""
+
+    http_status = 504
 
 
 class NoAnswers(NotIndexed):

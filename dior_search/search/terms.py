@@ -66,7 +66,7 @@ class Term:
         given += [self.id is not None, self.word is not None]
         if sum(given) != 1:
             raise UsageError(
-                f"a term under {self.condition!r} needs exactly one example: an image, an id "
+                f"a term under '{self.condition}' needs exactly one example: an image, an id "
                 "or a word"
             )
         if self.id is not None and not 0 <= self.id < 1 << 63:
@@ -78,7 +78,7 @@ class Term:
     def example(self) -> str:
         """The example as the result's title shows it."""
         if self.id is not None:
-            where = f" of {self.id_condition!r}" if self.id_condition else ""
+            where = f" of '{self.id_condition}'" if self.id_condition else ""
             return f"id {self.id}{where}"
         if self.word is not None:
             return repr(self.word)
@@ -117,7 +117,7 @@ def check_terms(terms: Sequence[Term]) -> None:
         if polarity.setdefault(key, term.positive) != term.positive:
             raise UsageError(
                 f"conflicting terms: {term.example} is both a positive and a negative example "
-                f"under {term.condition!r}"
+                f"under '{term.condition}'"
             )
 
 
@@ -180,12 +180,12 @@ def compose(
     for name, weight in zip(names, condition_weights, strict=True):
         mine = [(example_vector(t), t) for t in terms if t.condition == name]
         if not mine:
-            raise UsageError(f"condition {name!r} has no example: give it a term or a word")
+            raise UsageError(f"condition '{name}' has no example: give it a term or a word")
         query = condition_query(mine, scale)
         norm = float(np.linalg.norm(query))
         if norm < MIN_QUERY_NORM:
             raise UsageError(
-                f"conflicting terms: under {name!r} the negative examples cancel the positive ones"
+                f"conflicting terms: under '{name}' the negative examples cancel the positive ones"
             )
         directions.append((query / norm).astype(np.float32))
         weights.append(weight * norm)

@@ -40,6 +40,9 @@ WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 class UnsupportedMediaType(DiorError):
     """A POST body of a media type its route does not take (HTTP 415)."""
 
+    exit_code = 2
+    http_status = 415
+
 
 def host_name(netloc: str) -> str:
     """The host of `host[:port]` or `[v6]:port`, lower case, brackets and final dot removed."""

@@ -32,11 +32,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from dior_search.data.decode_budget import DecodeQueueTimeout
-from dior_search.data.images import ImageTooLarge
-from dior_search.errors import DiorError, InputError, UsageError
+from dior_search.errors import DiorError, UsageError
 from dior_search.search.groups import group_images
-from dior_search.search.searcher import DeadlineExceeded, NotIndexed, SearchRequest, SearchResult
+from dior_search.search.searcher import SearchRequest, SearchResult
 from dior_search.serve.access import (
     AccessGuard,
     AccessPolicy,
@@ -46,7 +44,7 @@ from dior_search.serve.access import (
     sent_as,
 )
 from dior_search.serve.protocol import KEEP_ALIVE_S, MAX_HEADER_BYTES, TimedH11Protocol
-from dior_search.serve.service import NotFound, SearchService, TooLarge, Upload
+from dior_search.serve.service import SearchService, TooLarge, Upload
 from dior_search.serve.terms_json import parse_distinct, parse_terms, resolve_terms
 
 log = logging.getLogger(__name__)
@@ -63,17 +61,6 @@ MAX_PAGE = 200
 MAX_CONDITIONS = 32
 MULTIPART = "multipart/form-data"
 JSON_TYPE = "application/json"
-STATUS: tuple[tuple[type[DiorError], int], ...] = (
-    (NotFound, 404),
-    (NotIndexed, 404),
-    (TooLarge, 413),
-    (ImageTooLarge, 413),
-    (UnsupportedMediaType, 415),
-    (DeadlineExceeded, 504),
-    (DecodeQueueTimeout, 504),
-    (UsageError, 400),
-    (InputError, 400),
-)
 QUERY_FIELDS = (
     "collection",
     "conditions",
@@ -141,7 +128,7 @@ def api(handler: Handler) -> Handler:
         except TimeoutError:
             return error(504, f"the request took longer than the limit of {timeout:g} s")
         except DiorError as exc:
-            status = next((code for kind, code in STATUS if isinstance(exc, kind)), 500)
+            status = exc.http_status  # each error class carries its own (see errors.py)
             if status == 500:
                 log.error("%s: %s", request.url.path, exc)
             return error(status, str(exc))

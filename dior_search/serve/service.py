@@ -69,9 +69,15 @@ THUMBNAIL_QUALITY = 88
 class NotFound(DiorError):
     """An upload asked for is not (or no longer) held."""
 
+    exit_code = 3
+    http_status = 404
+
 
 class TooLarge(DiorError):
     """An upload is over the size or pixel limit."""
+
+    exit_code = 3
+    http_status = 413
 
 
 @dataclass(frozen=True)

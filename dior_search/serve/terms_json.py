@@ -47,14 +47,14 @@ def parse_term(fields: Any) -> TermField:
         raise UsageError("each term must be an object with a condition and an example")
     unknown = sorted(set(fields) - set(TERM_FIELDS))
     if unknown:
-        raise UsageError(f"unknown term field {unknown[0]!r}; valid: {', '.join(TERM_FIELDS)}")
+        raise UsageError(f"unknown term field '{unknown[0]}'; valid: {', '.join(TERM_FIELDS)}")
     condition = fields.get("condition")
     if not isinstance(condition, str) or not condition:
         raise UsageError("a term's condition must be a condition name")
     examples = [name for name in ("upload", "id", "word") if fields.get(name) is not None]
     if len(examples) != 1:
         raise UsageError(
-            f"a term under {condition!r} needs exactly one example: upload, id or word"
+            f"a term under '{condition}' needs exactly one example: upload, id or word"
         )
     polarity = fields.get("polarity", "positive")
     if polarity not in ("positive", "negative"):

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from dior_search import defaults
-from dior_search.errors import UsageError
+from dior_search.errors import UsageError, number_text
 
 AUTO = "auto"
 FLAT = "Flat"
@@ -339,7 +339,8 @@ def check_param_value(name: str, value: float) -> None:
     if not in_range or (whole and not value.is_integer()):
         kind = "a whole number" if whole else "a finite number"
         bounds = f" from {int(low)} to {int(high)}" if math.isfinite(high) else ""
-        raise UsageError(f"search parameter {name} must be {kind}{bounds}, not {value:g}")
+        shown = number_text(value)  # every digit: 2097152, not 2.09715e+06
+        raise UsageError(f"search parameter {name} must be {kind}{bounds}, not {shown}")
 
 
 def merge_search_params(*texts: str) -> str:

@@ -192,13 +192,14 @@ def write_faiss(path: Path, vectors: np.ndarray, ids: np.ndarray, index_type: st
 
 
 def write_index_file(index: Any, path: Path) -> None:
-    """Write a FAISS index to `path`, whatever bytes its folder's name holds."""
+    """Write a FAISS index to `path`, whatever bytes its folder's name holds.
+
+    Always through a Python file: FAISS's own writer only prints a failed close (a full disk)
+    on stderr and returns as if it had written, leaving an empty or cut file behind; Python's
+    close raises the OSError, so the write fails and nothing is renamed into place.
+    """
     import faiss
 
-    name = fs_path(path)
-    if name is not None:
-        faiss.write_index(index, name)
-        return
     with path.open("wb") as handle:
         faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))  # type: ignore[attr-defined]
 
