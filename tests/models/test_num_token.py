@@ -164,3 +164,7 @@ def test_recorded_in_the_manifest_and_read_back_by_a_query(tmp_path, capsys):
     assert top["path"].endswith(image.name) and top["score"] > 0.99999
     bad = run_cli(capsys, "index", *common, "-c", "color", "--num_token", "1")
     assert "got 1" in error_line(bad, 2)
+    # Words score by the last token's output head: not by another token's vectors.
+    words = run_cli(capsys, "query", "--text", "red", "-c", "color", "--indexes", tmp_path / "ix",
+                    "--dataset", "synthetic")  # fmt: skip
+    assert "holds prompt token -2's vectors" in error_line(words, 5)
