@@ -1,7 +1,7 @@
 """The model's own answers on the synthetic test split, under both position schemes.
 
     python scripts/eval_answers.py [--n-images 400] [--model tiny] [--work DIR]
-        [--timing-images 64] [--no-write]
+        [--timing-images 32] [--timing-rounds 5] [--no-write]
 
 For each position scheme (`reference`, sequential positions as the paper's code and the
 default index; `native`, the model's own multimodal positions, as it was trained), the split
@@ -10,7 +10,8 @@ indexes). Prints, per scheme and condition, the answer accuracy (the stored answ
 label), the worst text-to-image precision@10 (each label value asked as a word) and how far
 the answers' facet counts are off the label counts; then on how many (image, condition) pairs
 the two schemes answer differently; then what answers cost: seconds to embed
-`--timing-images` images under the four conditions without answers, with answers, and the
+`--timing-images` images under the four conditions without answers, with answers (best of
+`--timing-rounds`, the runs interleaved), and the
 cost of reference vectors with native answers (a reference pass for the vectors plus a native
 pass that decodes the answers). Writes the figures to
 `benchmarks/results/eval_answers-MODEL.json`. A few minutes on 2 CPU cores with the tiny model.
@@ -81,27 +82,29 @@ def scheme_figures(work: Path, model: str, scheme: str) -> tuple[dict[str, Any],
     return figures, every_answer
 
 
-def timings(work: Path, model: str, n_images: int) -> dict[str, float]:
+def timings(work: Path, model: str, n_images: int, rounds: int) -> dict[str, float]:
     """Seconds to embed `n_images` test images under the four conditions, per scheme, without
-    and with answers (each the best of two runs, the first also warming up)."""
+    and with answers: the best of `rounds`, the four runs interleaved in each round so that a
+    busy machine slows them alike (one warm-up run each first)."""
     collection = open_dataset("synthetic", work / "datasets")
     images = [load_image(collection.root / item.path) for item in collection.items[:n_images]]
     conditions = list(CONDITIONS.values())
-    out: dict[str, float] = {}
+    runs = {}
     for scheme in POSITION_SCHEMES:
         embedder = DiorEmbedder(
             DiorSettings(model=model, batch_size=BATCH_SIZE, position_scheme=scheme)
         )
-        for kind, run in (
-            ("vectors", embedder.embed),
-            ("vectors_and_answers", embedder.embed_with_answers),
-        ):
-            seconds = []
-            for _ in range(2):
-                start = time.perf_counter()
-                run(images, conditions)
-                seconds.append(time.perf_counter() - start)
-            out[f"{scheme}_{kind}_s"] = min(seconds)
+        runs[f"{scheme}_vectors_s"] = embedder.embed
+        runs[f"{scheme}_vectors_and_answers_s"] = embedder.embed_with_answers
+    for run in runs.values():
+        run(images[:2], conditions)
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run(images, conditions)
+            seconds[name].append(time.perf_counter() - start)
+    out = {name: min(values) for name, values in seconds.items()}
     # Reference vectors with native answers: the reference pass for the vectors, and a native
     # pass (its vectors thrown away) whose cache decodes the answers.
     out["reference_vectors_native_answers_s"] = (
@@ -118,7 +121,8 @@ def main() -> None:
     parser.add_argument("--n-images", type=int, default=400)
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--work", type=Path, default=None, help="Where data and indexes go.")
-    parser.add_argument("--timing-images", type=int, default=64)
+    parser.add_argument("--timing-images", type=int, default=32)
+    parser.add_argument("--timing-rounds", type=int, default=5)
     parser.add_argument("--no-write", action="store_true", help="Print only; no results file.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -140,8 +144,9 @@ def main() -> None:
     differ = sum(a != b for a, b in pairs)
     total = len(answers["reference"])
     print(f"\nthe two schemes answer differently on {differ} of {total} (image, condition) pairs")
-    cost = timings(work, args.model, min(args.timing_images, args.n_images))
-    print(f"\nseconds to embed {args.timing_images} images x {len(CONDITIONS)} conditions:")
+    n_timed = min(args.timing_images, args.n_images)
+    cost = timings(work, args.model, n_timed, args.timing_rounds)
+    print(f"\nseconds to embed {n_timed} images x {len(CONDITIONS)} conditions:")
     for name, value in cost.items():
         print(f"  {name}: {value:.3f}")
     if not args.no_write:
@@ -151,7 +156,8 @@ def main() -> None:
             "by_scheme": by_scheme,
             "pairs_answered_differently": differ,
             "pairs": total,
-            "timing_images": min(args.timing_images, args.n_images),
+            "timing_images": n_timed,
+            "timing_rounds": args.timing_rounds,
             "timing": cost,
         }
         write_results("eval_answers", figures, tag=args.model)
