@@ -4,7 +4,7 @@
         [--timing-images 32] [--timing-rounds 5] [--no-write]
 
 For each position scheme (`reference`, sequential positions as the paper's code and the
-default index; `native`, the model's own multimodal positions, as it was trained), the split
+default index; `native`, the model's own multimodal positions, as Qwen-VL was trained), the split
 is indexed under its four conditions (answers stored; resumable: a second run reuses the
 indexes). Prints, per scheme and condition, the answer accuracy (the stored answer is the
 label), the worst text-to-image precision@10 (each label value asked as a word) and how far
