@@ -42,7 +42,9 @@ def kmeans_assignments(vectors: np.ndarray, k: int) -> np.ndarray:
     if k < 1 or len(vectors) < k:
         raise InputError(f"cannot cluster {len(vectors)} vectors into {k} clusters")
     data = np.ascontiguousarray(vectors, dtype=np.float32)
-    kmeans = faiss.Kmeans(data.shape[1], k, niter=KMEANS_ITERATIONS)
+    # min_points_per_centroid only sets when FAISS warns on stderr that the sample is small
+    # (PML's call warns below 39 points per cluster); the clustering is the same.
+    kmeans = faiss.Kmeans(data.shape[1], k, niter=KMEANS_ITERATIONS, min_points_per_centroid=1)
     kmeans.train(data)
     _, nearest = kmeans.index.search(data, 1)
     assignments: np.ndarray = nearest[:, 0].astype(np.int64)

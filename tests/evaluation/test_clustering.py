@@ -75,6 +75,10 @@ def test_kmeans_assigns_as_pytorch_metric_learning():
     vectors[np.arange(300), labels] += 2.5
     expected = FaissKMeans(niter=20)(torch.from_numpy(vectors), 5).numpy()
     np.testing.assert_array_equal(kmeans_assignments(vectors, 5), expected)
+    # Below FAISS's 39 points per cluster, where it warns: the same clusters all the same.
+    few = vectors[:60]
+    expected = FaissKMeans(niter=20)(torch.from_numpy(few), 5).numpy()
+    np.testing.assert_array_equal(kmeans_assignments(few, 5), expected)
 
 
 @pytest.mark.parametrize(
