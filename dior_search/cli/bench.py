@@ -42,6 +42,8 @@ METRIC_COLUMNS = {
     # Where the collection has other labels: how much they still drive the neighbours.
     "leakage": "leak",
 }
+# Clustering as the reference evaluation scores it (k-means, as many clusters as labels).
+CLUSTER_COLUMNS = {"ami": "AMI", "nmi": "NMI"}
 # Where an index stores the model's answers: the model as a tagger and a text search engine.
 ANSWER_COLUMNS = {
     "answer_accuracy": "answer = label",
@@ -113,7 +115,7 @@ def bench(
     indexes: IndexesOpt = defaults.DEFAULT_INDEXES_DIR,
     store: StoreOpt = None,
 ) -> None:
-    """Evaluate retrieval per dataset and condition: recall@k, MAP@R, precision@1."""
+    """Evaluate retrieval per dataset and condition: recall@k, MAP@R, precision@1, AMI, NMI."""
     from dior_search.evaluation.metrics import DISTANCES
 
     if distance not in DISTANCES:
@@ -195,12 +197,13 @@ def bench(
 
 def bench_tables(result: BenchResult, methods: list[str]) -> list[Table]:
     """Per dataset, a table of retrieval metrics (a row per condition and method, at most
-    eight columns, which fit an 80-column terminal whatever the number of methods), and one
-    of the model's answers where any index stores them."""
+    eight columns, which fit an 80-column terminal whatever the number of methods), one of
+    clustering (AMI, NMI), and one of the model's answers where any index stores them."""
     tables = []
     for dataset_name, conditions in result.items():
         titles = {
             "retrieval by condition (exact search, query excluded)": METRIC_COLUMNS,
+            "clustering by condition (k-means, k = the number of labels)": CLUSTER_COLUMNS,
             "the model's answers: as tags, and as text search (each label value asked)": (
                 ANSWER_COLUMNS
             ),

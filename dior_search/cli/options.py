@@ -111,6 +111,15 @@ EMBEDDER_PARAMETERS: dict[str, Any] = {
             "decode the answer of every image and condition.",
         ),
     ],
+    "num_token": Annotated[
+        int,
+        typer.Option(
+            "--num-token",
+            "--num_token",
+            help="Which prompt token a DIOR vector is read at, from the end: -1 (the last, the "
+            "paper's DIOR), -2, ... (the reference's --num_token).",
+        ),
+    ],
     "dtype": Annotated[
         str,
         typer.Option(

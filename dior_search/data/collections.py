@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dior_search.data import synthetic_cars
 from dior_search.data.images import os_reason, scan_images
 from dior_search.data.paths import is_text, name_bytes
 from dior_search.data.synthetic import CONDITIONS as SYNTHETIC_CONDITIONS
@@ -215,6 +216,27 @@ def read_synthetic(root: Path, metadata: Path) -> Listing:
     return Listing(items_of(synthetic_labels(root, metadata)))
 
 
+def synthetic_cars_labels(root: Path, _metadata: Path) -> LabelRows:
+    """The first `TABLE_ROWS` rows of the user's table, each naming its image by its first
+    column (the frame, pandas' `index_col=0` in the reference), colours named from HSV."""
+    path = root / synthetic_cars.TABLE_FILE
+    rows = read_table(path, ",", synthetic_cars.COLUMNS)
+    frame = next(iter(rows[0]))
+    labelled = []
+    # Line 1 is the header.
+    for line, row in enumerate(rows[: synthetic_cars.TABLE_ROWS], start=2):
+        try:
+            labelled.append((synthetic_cars.image_name(row[frame]), synthetic_cars.row_labels(row)))
+        except ValueError as exc:
+            raise LabelTableError(f"label table {path}, line {line}: {exc}") from None
+    return rows_by_path(path, labelled)
+
+
+def read_synthetic_cars(root: Path, metadata: Path) -> Listing:
+    require_images(root, "synthetic_cars")
+    return Listing(items_of(synthetic_cars_labels(root, metadata)))
+
+
 DEEPFASHION_COLUMNS = {
     "category": "clothing_category",
     "texture": "texture",
@@ -307,6 +329,13 @@ DATASETS: dict[str, DatasetSpec] = {
         read_synthetic,
         "generated on first use",
         label_table=synthetic_labels,
+    ),
+    "synthetic_cars": DatasetSpec(
+        "synthetic_cars",
+        synthetic_cars.CONDITIONS,
+        read_synthetic_cars,
+        synthetic_cars.HOW_TO_GET,
+        label_table=synthetic_cars_labels,
     ),
     "deepfashion": DatasetSpec(
         "deepfashion",

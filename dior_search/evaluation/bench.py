@@ -20,6 +20,8 @@ neighbours (see metrics.leakage). Where a DIOR index stores the model's answers,
 also scored as a tagger and a text search engine: `answer_accuracy` (the stored answer is the
 label, normalised as answers are) and `text_precision@10` (each label value asked as a word:
 the share of the top 10 with that label; mean over the values, and `text_precision@10_min`).
+Every index is also clustered as the reference evaluation does (`ami`, `nmi`: k-means with as
+many clusters as the condition has labels, see evaluation.clustering).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from dior_search.data.collections import (
     open_dataset,
 )
 from dior_search.errors import DiorError, IndexStoreError, InputError, ModelError, UsageError
+from dior_search.evaluation.clustering import clustering_metrics
 from dior_search.evaluation.metrics import Distance, leakage, retrieval_metrics
 from dior_search.indexing.job import IndexSettings
 from dior_search.indexing.layers import index_layers
@@ -199,11 +202,14 @@ def current_rows(reader: Reader, collection: Collection) -> list[dict[str, str]]
 def evaluate_vectors(
     vectors: np.ndarray, rows: Sequence[dict[str, str]], condition: str, distance: Distance
 ) -> Metrics:
-    """Metrics of the vectors of an index's rows (in its id order) by their labels `rows`."""
+    """Metrics of the vectors of an index's rows (in its id order) by their labels `rows`:
+    retrieval, clustering (on the same vectors: unit ones for cosine, raw for Euclidean) and
+    leakage where there are other labels."""
     labels = [row.get(condition) for row in rows]
     keep = np.array([label is not None for label in labels], dtype=bool)
     kept = [label for label in labels if label is not None]
     metrics = retrieval_metrics(vectors[keep], kept, distance=distance)
+    metrics.update(clustering_metrics(vectors[keep], kept))
     names = sorted({name for row in rows for name in row})
     if condition in names and len(names) > 1:
         by_name = {

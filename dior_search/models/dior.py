@@ -33,6 +33,13 @@ Where the vector is read (`DiorSettings.source`, the reference code's `first_out
 Both come from the decoding that reads the stored answers (one decoding, no second
 generation), at every layer the pass reads; the last layer's states are read as well to pick
 each next token, so no layer is dropped. They cost the answer's decoding steps.
+
+`DiorSettings.num_token` (the reference's `--num_token`) reads the last input's vector that many
+tokens from the end instead (-1: the last token). The answers are still decoded from the last
+token. With prefix reuse the vector is read in the suffix pass; where the position lies in the
+prefix the prompts share there, the rows run as full forward passes instead (a position before
+the first token where the conditions' prompts differ has the same state under every
+condition: causal attention).
 """
 
 from __future__ import annotations
@@ -188,6 +195,8 @@ class DiorEmbedder:
             None if stops_early and index == deepest else index for index in indices
         ]
         self.model.to(self.device).eval()
+        # The read position's offset from each row's last token (0: the last token itself).
+        self._read_offset = settings.num_token + 1
         self._head: torch.Tensor | None = None
         self._stops: frozenset[int] | None = None
         self._prefix_reuse = settings.prefix_reuse
@@ -313,7 +322,11 @@ class DiorEmbedder:
         ordered = [images[i] for i in order]
         decode = answers or self.reads_answer_tokens
         if self._prefix_reuse:
-            vectors, found = self.embed_by_prefix(ordered, prompts, on_progress, decode)
+            try:
+                vectors, found = self.embed_by_prefix(ordered, prompts, on_progress, decode)
+            except ReadInPrefix as exc:
+                log.info("%s: full forward passes for these prompts", exc)
+                vectors, found = self.embed_full(ordered, prompts, on_progress, decode)
         else:
             vectors, found = self.embed_full(ordered, prompts, on_progress, decode)
         out = np.empty_like(vectors)
@@ -477,7 +490,8 @@ class DiorEmbedder:
             cache=cache,
             use_cache=True,
         )
-        states = self._last_states(hidden, last_token_index(batch.suffix_mask))
+        last = last_token_index(batch.suffix_mask)
+        states = self._read_states(hidden, last, starts=torch.zeros_like(last))
         lengths = batch.suffix_mask.long().sum(dim=1)
         return states, RowDecoder(self._step_hidden, cache, mask, starts + lengths)
 
@@ -499,7 +513,9 @@ class DiorEmbedder:
         hidden = self._hidden(packed.inputs, cache=cache, use_cache=True)
         ends = packed.ends
         images = torch.arange(ends.shape[0], device=ends.device)
-        states = self._last_states(hidden, ends.flatten(), images.repeat_interleave(ends.shape[1]))
+        rows = images.repeat_interleave(ends.shape[1])
+        starts = (ends - packed.lengths + 1).flatten()
+        states = self._read_states(hidden, ends.flatten(), rows, starts)
         decoder = PackedDecoder.after_packing(
             self._step_hidden,
             cache,
@@ -564,10 +580,11 @@ class DiorEmbedder:
         batch = self.inputs.build(images, prompts).to(self.device, self.dtype)
         if not answers and not self.reads_answer_tokens:
             hidden = self._hidden(batch.inputs, use_cache=False)
-            return to_numpy(self._last_states(hidden, batch.last_index)), []
+            states = self._read_states(hidden, batch.last_index)
+            return to_numpy(states[:, : len(self.layers)]), []
         cache = DynamicCache(config=self.model.config)
         hidden = self._hidden(batch.inputs, cache=cache, use_cache=True)
-        states = self._last_states(hidden, batch.last_index)
+        states = self._read_states(hidden, batch.last_index)
         starts = self.inputs.next_positions(self.model, batch)
         decoder = RowDecoder(self._step_hidden, cache, batch.inputs["attention_mask"], starts)
         vectors, to_decode = self._finish(states, decoder)
@@ -605,15 +622,55 @@ class DiorEmbedder:
             rows = torch.arange(hidden[0].shape[0], device=hidden[0].device)
         return torch.stack([states[rows, last_index] for states in hidden], dim=1)
 
+    def _read_states(
+        self,
+        hidden: list[torch.Tensor],
+        last_index: torch.Tensor,
+        rows: torch.Tensor | None = None,
+        starts: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Each row's states per layer read `num_token` from its last token (rows, n_read,
+        dim); where that is not the last token, the states at the last token follow, which
+        the answer is decoded from (see `_decode_column`).
+
+        `starts`: where each row's own tokens begin in a suffix pass; a read position before
+        it lies in the prefix pass (ReadInPrefix). None: a full pass, which holds the whole
+        prompt (a position before its start is the user's error).
+        """
+        at_last = self._last_states(hidden, last_index, rows)
+        if self._read_offset == 0:
+            return at_last
+        read_index = last_index + self._read_offset
+        if starts is not None and bool((read_index < starts).any()):
+            raise ReadInPrefix(
+                f"--num-token {self.settings.num_token} lies before the conditions' own tokens "
+                "in the prompt split for prefix reuse"
+            )
+        if starts is None and bool((read_index < 0).any()):
+            shortest = int(last_index.min()) + 1
+            raise UsageError(
+                f"--num-token {self.settings.num_token} is before the start of a prompt of "
+                f"{shortest} tokens (image included)"
+            )
+        return torch.cat([self._last_states(hidden, read_index, rows), at_last], dim=1)
+
+    @property
+    def _decode_column(self) -> int | None:
+        """Where in `_read_states`' columns the last layer's state at the last token is."""
+        if self._decode_position is None or self._read_offset == 0:
+            return self._decode_position
+        return len(self._hidden_indices) + self._decode_position
+
     def _finish(
         self, states: torch.Tensor, decoder: Decoder | None
     ) -> tuple[np.ndarray, tuple[torch.Tensor, Decoder] | None]:
         """The chosen layers' vectors as float32 numpy, and (where a decoder is given) the
-        last layer's states with it, to decode the answers from."""
+        last layer's states at the last token with it, to decode the answers from."""
         vectors = to_numpy(states[:, : len(self.layers)])
-        if decoder is None or self._decode_position is None:
+        column = self._decode_column
+        if decoder is None or column is None:
             return vectors, None
-        return vectors, (states[:, self._decode_position], decoder)
+        return vectors, (states[:, column], decoder)
 
     def head_matrix(self) -> torch.Tensor:
         """The output head W_U (vocabulary x hidden) on the device, in the model's dtype: the
@@ -689,6 +746,10 @@ class DiorEmbedder:
             self.source,
             reason,
         )
+
+
+class ReadInPrefix(Exception):
+    """The vector's token lies in the prefix pass of prefix reuse: run full passes instead."""
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ IDENTITY_SETTINGS = (
     "template",
     "layer",
     "source",
+    "num_token",
     "position_scheme",
     "max_pixels",
     "max_side",
@@ -77,7 +78,8 @@ class EmbedderDescription:
     def reads_last_input(self) -> bool:
         """Whether the vectors are states of the prompt's last token, from which the output
         head gives the answer's first token (what a text query scores by)."""
-        return self.source == defaults.DEFAULT_SOURCE
+        num_token = getattr(self.settings, "num_token", -1)
+        return self.source == defaults.DEFAULT_SOURCE and num_token == -1
 
     def to_fields(self) -> dict[str, Any]:
         """The flat form a manifest stores: `method`, the settings' fields, the model's."""

@@ -24,6 +24,25 @@ EmbeddingSource = Literal["last_input", "first_output", "mean_output"]
 SOURCES: tuple[EmbeddingSource, ...] = ("last_input", "first_output", "mean_output")
 # The methods that take a source: DIOR's (bench's dior and dior-unconditional).
 SOURCE_METHODS = ("dior", "dior-unconditional")
+# Which prompt token DIOR reads, counted from the end as the reference's `--num_token`: -1 is
+# the last one (the paper's DIOR), -2 the one before it, ...
+DEFAULT_NUM_TOKEN = -1
+
+
+def check_num_token(num_token: int, source: str) -> None:
+    """A position from the end of the prompt (-1, -2, ...), read where the source is the
+    prompt's last input."""
+    if num_token > -1:
+        raise UsageError(
+            f"--num-token counts from the end of the prompt: -1 (the last token), -2, ...; "
+            f"got {num_token}"
+        )
+    check_at_most("--num-token's distance from the end", -num_token)
+    if num_token != DEFAULT_NUM_TOKEN and source != defaults.DEFAULT_SOURCE:
+        raise UsageError(
+            f"--num-token reads a prompt token: it applies to --source "
+            f"{defaults.DEFAULT_SOURCE} only, not {source}"
+        )
 
 
 def check_source(source: str) -> None:
@@ -106,10 +125,12 @@ class DiorSettings(ModelSettings):
     # False runs a full forward pass per (image, condition) row. Both give the same embeddings.
     prefix_reuse: bool = True
     source: EmbeddingSource = "last_input"
+    num_token: int = DEFAULT_NUM_TOKEN
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_source(self.source)
+        check_num_token(self.num_token, self.source)
         check_position_scheme(self.position_scheme)
         build_prompt(self.template, None)  # raises on an unknown template
         check_max_pixels(self.max_pixels)
@@ -191,11 +212,13 @@ class EmbedderOptions:
     clip_model: str = defaults.DEFAULT_CLIP_MODEL
     text_encoder: str = defaults.DEFAULT_TEXT_ENCODER
     source: str = defaults.DEFAULT_SOURCE
+    num_token: int = DEFAULT_NUM_TOKEN
 
     def __post_init__(self) -> None:
         # Unknown values are refused when the options are made, before anything loads.
         check_position_scheme(self.position_scheme)
         check_source(self.source)
+        check_num_token(self.num_token, self.source)
 
     def for_collections(self, collections: Sequence[str]) -> EmbedderOptions:
         """These options with the model filled in: as chosen, or the collections' default."""
@@ -216,6 +239,7 @@ class EmbedderOptions:
             device=self.device,
             position_scheme=cast(PositionScheme, self.position_scheme),  # checked when made
             source=cast(EmbeddingSource, self.source),  # checked when made
+            num_token=self.num_token,
             max_pixels=self.max_pixels,
             max_side=self.max_side or None,
             batch_size=self.batch_size,

@@ -606,10 +606,15 @@ class Searcher:
         scores a word's first token (answer tokens' states score the token after them)."""
         description = self.reader(condition).manifest.embedder
         if not description.reads_last_input:
+            num_token = getattr(description.settings, "num_token", -1)
+            held, fix = (
+                (f"{description.source} vectors", "--source last_input")
+                if description.source != "last_input"
+                else (f"prompt token {num_token}'s vectors", "--num-token -1")
+            )
             raise NoAnswers(
-                f"the index of {condition.name!r} holds {description.source} vectors: text "
-                "queries score by the last input token's (index with --source last_input); "
-                "--where filters on its answers work"
+                f"the index of {condition.name!r} holds {held}: text queries score by the last "
+                f"input token's (index with {fix}); --where filters on its answers work"
             )
 
     def check_answers(self, collection: CollectionIndexes, condition: ConditionIndex) -> None:

@@ -35,6 +35,7 @@ FOLDER_SETTINGS = {
     "template": defaults.DEFAULT_TEMPLATE,
     "layer": defaults.DEFAULT_LAYER,
     "source": defaults.DEFAULT_SOURCE,
+    "num_token": -1,
     "position_scheme": defaults.DEFAULT_POSITION_SCHEME,
     "components": defaults.INDIRECT_COMPONENTS,
 }

@@ -109,6 +109,8 @@ EMBEDDER_FIELDS: dict[str, Field] = {
     "position_scheme": one_of(*POSITION_SCHEMES, optional=True),
     # DIOR's source (absent: written before sources existed, the last input token).
     "source": one_of(*SOURCES, optional=True),
+    # DIOR's prompt token, from the end (absent: written before it existed, the last one).
+    "num_token": integer(-(1 << 20), -1, optional=True),
     "max_pixels": integer(1, optional=True, nullable=True),
     "prefix_reuse": flag(optional=True),
     "text_encoder": text(optional=True),
