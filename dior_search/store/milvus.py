@@ -104,6 +104,9 @@ MAX_NAME = 255
 MANIFEST_KEY = "dior_manifest"
 PART_KEY = "dior_part_"
 PUBLISHER_KEY = "dior_publisher"
+# A part's marker or the publisher's claim once a run is published: properties are set to
+# this rather than dropped (Milvus servers before 2.5 cannot drop a collection's property).
+CLEARED = ""
 KIND = "milvus"
 FIXED_FIELDS = ("id", "path", "content_hash", "norm")
 MAX_PATH = 65_535
@@ -1073,8 +1076,9 @@ class MilvusWriter(PendingRows):
     def retire(self, ids: Sequence[int]) -> None:
         """Keep, before they are deleted, the vectors of rows that are their content's source:
         a file renamed in this run copies its vector after the old row is gone (a folder's
-        shards keep deleted rows until compaction; a database drops them at once)."""
-        sources = set(self.sources.values())
+        shards keep deleted rows until compaction; a database drops them at once). A content's
+        source with an answer counts too: a copy takes its vector and answer from it."""
+        sources = set(self.sources.values()) | set(self.answered.values())
         wanted = [i for i in ids if i in sources]
         for low in range(0, len(wanted), ID_BATCH):
             found = self.stored_rows(wanted[low : low + ID_BATCH])
@@ -1235,7 +1239,9 @@ class MilvusParts:
         done = {
             key.removeprefix(PART_KEY)
             for key, value in found.items()
-            if key.startswith(PART_KEY) and json.loads(value).get("plan") == plan
+            if key.startswith(PART_KEY)
+            and value != CLEARED
+            and json.loads(value).get("plan") == plan
         }
         return [part for part in parts if part not in done]
 
@@ -1256,7 +1262,7 @@ class MilvusParts:
         if found.get(PUBLISHER_KEY) != token:
             return None
         manifest = store.read_manifest(where)[0]
-        markers = [k for k in found if k.startswith(PART_KEY)]
+        markers = [k for k, v in found.items() if k.startswith(PART_KEY) and v != CLEARED]
         rows = sum(int(json.loads(found[k]).get("rows", 0)) for k in markers)
         if manifest.next_row_id < next_id:
             manifest.next_row_id = next_id
@@ -1265,8 +1271,8 @@ class MilvusParts:
             store.write_manifest(where, manifest)
         store.conn.call(
             f"publish {where.name}",
-            "drop_collection_properties",
+            "alter_collection_properties",
             where.name,
-            property_keys=[*markers, PUBLISHER_KEY],
+            properties=dict.fromkeys([*markers, PUBLISHER_KEY], CLEARED),
         )
         return rows
