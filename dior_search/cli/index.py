@@ -123,9 +123,10 @@ def index(
     """
     from dior_search.indexing.job import IndexSettings
     from dior_search.indexing.parts import launched_part, process_device, requested_part
-    from dior_search.indexing.run import index_collection
+    from dior_search.indexing.run import index_collection, refuse_new_empty
     from dior_search.models import load_embedder
     from dior_search.store.index_types import canonical_spec, parse_size
+    from dior_search.store.stores import open_store
 
     if shard_size is not None and shard_size < 1:
         raise UsageError("--shard-size must be at least 1")
@@ -150,6 +151,7 @@ def index(
     conditions = asked or list(collection.conditions)
     if not conditions:
         raise UsageError("--images needs at least one --condition (any free text)")
+    refuse_new_empty(collection, lambda: open_store(store, indexes))
     chosen = choose_model(options, [collection.name])
     with default_model_hint(options):
         embedder = load_embedder(replace(chosen, device=process_device(options.device)).dior())

@@ -351,11 +351,11 @@ def open_dataset(name: str, datasets_dir: Path, metadata_dir: Path = METADATA_DI
 
 
 def open_folder(folder: Path) -> Collection:
-    """Any folder of images, unlabelled, under any free-text condition."""
+    """Any folder of images, unlabelled, under any free-text condition. A folder without
+    images is an empty collection: its indexes sync to empty (a new index refuses it, see
+    indexing.run)."""
     root = folder.resolve()
     names, unreadable = scan_folder(root)
-    if not names and not unreadable:
-        raise InputError(f"no images in {folder}")
     items = [Item(name) for name in names]
     return Collection(folder_collection_name(folder), root, items, {}, unreadable)
 

@@ -140,8 +140,6 @@ def open_images(spec: Path, image_column: str | None = None) -> Collection:
             items += shard_items(root, relative)
         else:
             items += parquet_items(root, relative, image_column)
-    if not items:
-        raise InputError(f"no images in {spec}")
     return Collection(source_name(spec), root, items, {})
 
 
