@@ -8,6 +8,7 @@ in the paper) and reads its items: image paths relative to the images folder, wi
 from __future__ import annotations
 
 import csv
+import errno
 import functools
 import hashlib
 import io
@@ -270,11 +271,26 @@ def cars_labels(path: str) -> dict[str, str]:
 
 
 def scan_folder(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
-    """The image paths under `root`, relative to it, and what could not be read there."""
+    """The image paths under `root`, relative to it, and what could not be read there. A
+    symbolic link that dangles or loops is no file (its rows go, as a deleted file's), where
+    a file that cannot be read keeps its rows."""
     scan = scan_images(root)
     names = [p.relative_to(root).as_posix() for p in scan.images]
-    unreadable = [(p.relative_to(root).as_posix(), why) for p, why in scan.unreadable]
+    unreadable = [
+        (p.relative_to(root).as_posix(), why) for p, why in scan.unreadable if not is_gone(p)
+    ]
     return names, unreadable
+
+
+def is_gone(path: Path) -> bool:
+    """Whether nothing is at `path` to read: no file, a link to nothing or a loop of links."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 def read_cub200(root: Path, _metadata: Path) -> Listing:

@@ -8,6 +8,7 @@ data.sources for how those are addressed and listed).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -78,6 +79,8 @@ def hash_item(root: Path, path: str) -> FileHash:
     except FileNotFoundError:
         return FileHash(None, missing=True)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a loop of links: no file, as a link to nothing
+            return FileHash(None, missing=True)
         return FileHash(None, error=f"cannot read: {os_reason(exc)}")
     return FileHash(digest.hexdigest())
 

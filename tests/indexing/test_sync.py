@@ -301,3 +301,23 @@ def test_a_collection_that_becomes_empty_syncs_to_an_empty_index(tmp_path, capsy
     assert main(index_args(empty, indexes)) == 3
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: no images in {empty}"
     assert not any(indexes.glob(f"{open_folder(empty).name}*"))
+
+
+def test_a_link_that_dangles_or_loops_where_a_file_was_is_a_file_gone(tmp_path):
+    """The row of a file replaced by a link to nothing, or by a loop of links, is removed
+    (as a deleted file's); the other rows stay."""
+    write_dataset(tmp_path / "data", {"test": 5})
+    folder = tmp_path / "data" / "test"
+    indexes = tmp_path / "indexes"
+    assert pixel_sync(folder, indexes)["counts"].added == 5
+    (folder / "00000.png").unlink()
+    (folder / "00000.png").symlink_to(tmp_path / "nowhere.png")
+    (folder / "00001.png").unlink()
+    (folder / "00001.png").symlink_to(folder / "loop.png")
+    (folder / "loop.png").symlink_to(folder / "00001.png")
+    collection = open_folder(folder)
+    assert collection.unreadable == []
+    counts = pixel_sync(folder, indexes)["counts"]
+    assert (counts.removed, counts.unchanged) == (2, 3)
+    (directory,) = indexes.glob("*/*/color")
+    assert sorted(IndexReader(directory).paths()) == ["00002.png", "00003.png", "00004.png"]
