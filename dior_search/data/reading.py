@@ -22,7 +22,6 @@ from PIL import Image
 
 from dior_search.data.collections import Item
 from dior_search.data.images import (
-    MAX_FILE_BYTES,
     NOT_AN_IMAGE,
     SNIFF_BYTES,
     ImageReadError,
@@ -33,6 +32,7 @@ from dior_search.data.images import (
 from dior_search.data.sources import (
     ItemReadError,
     is_container,
+    over_cap,
     parse_member_path,
     read_container,
     read_member,
@@ -156,9 +156,9 @@ def sniff(handle: IO[bytes]) -> str | None:
     info = os.fstat(handle.fileno())
     if not stat.S_ISREG(info.st_mode):
         return "not a regular file"
-    if info.st_size > MAX_FILE_BYTES:
-        cap = MAX_FILE_BYTES >> 20
-        return f"{info.st_size} bytes is over the {cap} MiB cap for an image file"
+    problem = over_cap(info.st_size)
+    if problem is not None:
+        return problem
     if not looks_like_image(handle.read(SNIFF_BYTES)):
         return NOT_AN_IMAGE
     return None
