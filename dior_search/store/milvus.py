@@ -73,6 +73,12 @@ from dior_search.store.manifest import (
     check_same_index,
     now,
 )
+from dior_search.store.milvus_checks import (
+    CHECK_FIELD,
+    row_check,
+    verify_rows,
+    verify_scores,
+)
 from dior_search.store.milvus_types import (
     FLAT,
     NAME,
@@ -591,16 +597,19 @@ class MilvusStore:
         unit = normalize(raw)
         step = max(1, INSERT_BYTES // (4 * raw.shape[1]))
         for low in range(0, len(ids), step):
-            batch = [
-                {
-                    "id": int(row_id),
-                    "vector": unit[p],
-                    "norm": float(norms[p]),
-                    **database_columns(rows[p]),
-                    **answer_columns(answers[p]),
-                }
-                for p, row_id in enumerate(ids[low : low + step], start=low)
-            ]
+            batch = []
+            for p, row_id in enumerate(ids[low : low + step], start=low):
+                columns = {**database_columns(rows[p]), **answer_columns(answers[p])}
+                check = row_check(row_id, unit[p], float(norms[p]), columns)
+                batch.append(
+                    {
+                        "id": int(row_id),
+                        "vector": unit[p],
+                        "norm": float(norms[p]),
+                        **columns,
+                        CHECK_FIELD: check,
+                    }
+                )
             method = "upsert" if replace else "insert"
             self.conn.call(f"write rows to {location.name}", method, location.name, batch)
 
@@ -756,6 +765,7 @@ class MilvusReader(RowLookups):
                     "again; otherwise rebuild the index)"
                 )
             time.sleep(0.2 * (attempt + 1))
+        vectors = np.asarray(columns.pop("vector"), dtype=np.float32)
         self._columns = columns
         self.ids = np.asarray(columns["id"], dtype=np.int64)
         spec = self.manifest.index_type
@@ -764,16 +774,24 @@ class MilvusReader(RowLookups):
             merge_search_params(self.manifest.search_params, search_params),
             strict=bool(search_params),
         )
+        if spec == FLAT and len(self.ids):  # searches read a copy of the vectors: check it
+            seed = self.manifest.generation
+            verify_scores(location, self.ids, vectors, self._query, MAX_LIMIT, seed)
 
     def _read_columns(self) -> dict[str, list[Any]]:
-        """Every committed row's fields but its vector, in id order."""
+        """Every committed row's fields (its vector too, checked: milvus_checks), in id
+        order."""
         rows = sorted(
             self.store.iterate(
-                self._location, f"id < {self.manifest.next_id}", [*FIXED_FIELDS, "$meta"]
+                self._location,
+                f"id < {self.manifest.next_id}",
+                [*FIXED_FIELDS, "vector", "$meta"],
             ),
             key=lambda row: int(row["id"]),
         )
-        names = list(FIXED_FIELDS) + sorted({k for r in rows for k in r} - set(FIXED_FIELDS))
+        verify_rows(self._location, rows, self.manifest.dim)
+        hidden = {*FIXED_FIELDS, "vector", CHECK_FIELD}
+        names = [*FIXED_FIELDS, "vector", *sorted({k for r in rows for k in r} - hidden)]
         columns = {name: [row.get(name) for row in rows] for name in names}
         if PATH_BYTES in columns:  # bytes, as a folder's table holds them
             columns[PATH_BYTES] = [
