@@ -515,6 +515,9 @@ class MilvusStore:
             schema=schema,
             index_params=index_params(manifest.index_type),
             properties={MANIFEST_KEY: manifest.to_json()},
+            # A commit is read back at once (the row count, the checks): a server's default,
+            # bounded staleness, could answer without the rows just written.
+            consistency_level="Strong",
         )
 
     def built_index(self, location: DatabaseIndex) -> tuple[str, dict[str, str]]:
