@@ -149,3 +149,13 @@ def live_url(served: Served) -> Iterator[str]:
 
     with running(served.service) as url:
         yield url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def milvus_server_stopped() -> Iterator[None]:
+    """The standalone Milvus server some store tests start (tests/milvus_server.py, on first
+    use, loopback only) runs for the rest of the session and is stopped at its end."""
+    yield
+    import milvus_server
+
+    milvus_server.stop()

@@ -1,5 +1,8 @@
-"""The stores every store test runs against: the folder store and Milvus Lite (skipped where
-pymilvus and milvus-lite are not installed: `pip install 'dior-search[milvus]'`)."""
+"""The stores every store test runs against: the folder store, Milvus Lite (skipped where
+pymilvus and milvus-lite are not installed: `pip install 'dior-search[milvus]'`) and a
+standalone Milvus server (the `milvus` package of the `dev` extra, started once per session by
+tests/milvus_server.py; skipped where it cannot run, failed instead with
+DIOR_REQUIRE_MILVUS_SERVER=1, as in CI)."""
 
 from pathlib import Path
 
@@ -8,7 +11,10 @@ import pytest
 from dior_search.store.backend import IndexStore
 from dior_search.store.stores import open_store
 
-STORE_KINDS = ("folder", "milvus-lite")
+# The Milvus server's variants are slow: its round trips are real network calls.
+STORE_KINDS = ("folder", "milvus-lite", pytest.param("milvus-server", marks=pytest.mark.slow))
+# The database stores, each compared with the folder store.
+DATABASE_KINDS = ("milvus-lite", pytest.param("milvus-server", marks=pytest.mark.slow))
 
 
 def store_spec(kind: str, root: Path) -> str | None:
@@ -16,6 +22,10 @@ def store_spec(kind: str, root: Path) -> str | None:
     if kind == "folder":
         return None
     pytest.importorskip("pymilvus")
+    if kind == "milvus-server":
+        import milvus_server
+
+        return milvus_server.uri(root)
     pytest.importorskip("milvus_lite")
     return f"milvus-lite:{root / 'indexes.db'}"
 

@@ -147,8 +147,9 @@ def index(
     settle_hub_access([options.model or defaults.default_model([named])])
     from dior_search.indexing.job import IndexSettings
     from dior_search.indexing.parts import launched_part, process_device, requested_part
-    from dior_search.indexing.run import index_collection
+    from dior_search.indexing.run import index_collection, refuse_new_empty
     from dior_search.models import load_embedder
+    from dior_search.store.stores import open_store
 
     spec = requested_part(part, parts)
     settings = IndexSettings(
@@ -165,6 +166,7 @@ def index(
     conditions = asked or list(collection.conditions)
     if not conditions:
         raise UsageError("--images needs at least one --condition (any free text)")
+    refuse_new_empty(collection, lambda: open_store(store, indexes))
     chosen = choose_model(options, [collection.name])
     with default_model_hint(options):
         embedder = load_embedder(replace(chosen, device=process_device(options.device)).dior())

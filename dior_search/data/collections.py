@@ -8,6 +8,7 @@ in the paper) and reads its items: image paths relative to the images folder, wi
 from __future__ import annotations
 
 import csv
+import errno
 import functools
 import hashlib
 import io
@@ -297,11 +298,26 @@ def cars_labels(path: str) -> dict[str, str]:
 
 
 def scan_folder(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
-    """The image paths under `root`, relative to it, and what could not be read there."""
+    """The image paths under `root`, relative to it, and what could not be read there. A
+    symbolic link that dangles or loops is no file (its rows go, as a deleted file's), where
+    a file that cannot be read keeps its rows."""
     scan = scan_images(root)
     names = [p.relative_to(root).as_posix() for p in scan.images]
-    unreadable = [(p.relative_to(root).as_posix(), why) for p, why in scan.unreadable]
+    unreadable = [
+        (p.relative_to(root).as_posix(), why) for p, why in scan.unreadable if not is_gone(p)
+    ]
     return names, unreadable
+
+
+def is_gone(path: Path) -> bool:
+    """Whether nothing is at `path` to read: no file, a link to nothing or a loop of links."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 def read_cub200(root: Path, _metadata: Path) -> Listing:
@@ -385,11 +401,11 @@ def open_dataset(name: str, datasets_dir: Path, metadata_dir: Path = METADATA_DI
 
 
 def open_folder(folder: Path) -> Collection:
-    """Any folder of images, unlabelled, under any free-text condition."""
+    """Any folder of images, unlabelled, under any free-text condition. A folder without
+    images is an empty collection: its indexes sync to empty (a new index refuses it, see
+    indexing.run)."""
     root = folder.resolve()
     names, unreadable = scan_folder(root)
-    if not names and not unreadable:
-        raise InputError(f"no images in {folder}")
     items = [Item(name) for name in names]
     return Collection(folder_collection_name(folder), root, items, {}, unreadable)
 

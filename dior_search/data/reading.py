@@ -8,6 +8,7 @@ data.sources for how those are addressed and listed).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -21,7 +22,6 @@ from PIL import Image
 
 from dior_search.data.collections import Item
 from dior_search.data.images import (
-    MAX_FILE_BYTES,
     NOT_AN_IMAGE,
     SNIFF_BYTES,
     ImageReadError,
@@ -32,6 +32,7 @@ from dior_search.data.images import (
 from dior_search.data.sources import (
     ItemReadError,
     is_container,
+    over_cap,
     parse_member_path,
     read_container,
     read_member,
@@ -78,6 +79,8 @@ def hash_item(root: Path, path: str) -> FileHash:
     except FileNotFoundError:
         return FileHash(None, missing=True)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a loop of links: no file, as a link to nothing
+            return FileHash(None, missing=True)
         return FileHash(None, error=f"cannot read: {os_reason(exc)}")
     return FileHash(digest.hexdigest())
 
@@ -153,9 +156,9 @@ def sniff(handle: IO[bytes]) -> str | None:
     info = os.fstat(handle.fileno())
     if not stat.S_ISREG(info.st_mode):
         return "not a regular file"
-    if info.st_size > MAX_FILE_BYTES:
-        cap = MAX_FILE_BYTES >> 20
-        return f"{info.st_size} bytes is over the {cap} MiB cap for an image file"
+    problem = over_cap(info.st_size)
+    if problem is not None:
+        return problem
     if not looks_like_image(handle.read(SNIFF_BYTES)):
         return NOT_AN_IMAGE
     return None

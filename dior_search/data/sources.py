@@ -39,7 +39,7 @@ from typing import Any
 
 from dior_search.data import collections
 from dior_search.data.collections import Collection, Item, folder_collection_name, slug
-from dior_search.data.images import IMAGE_SUFFIXES
+from dior_search.data.images import IMAGE_SUFFIXES, MAX_FILE_BYTES
 from dior_search.data.parquet import ParquetTable
 from dior_search.data.paths import name_bytes
 from dior_search.errors import DiorError, InputError, UsageError, first_line
@@ -58,6 +58,18 @@ MEMBER_PATH = re.compile(
 BRACES = re.compile(r"\{([^{}]*)\}")
 NUMERIC_RANGE = re.compile(r"^(\d+)\.\.(\d+)$")
 ROW_GROUPS_KEPT = 2
+
+
+def over_cap(size: int) -> str | None:
+    """Why an item of `size` bytes is not read: one cap for every source (a file, a shard's
+    member, a Parquet cell), checked from the size before the bytes are read or decoded.
+
+    >>> over_cap(5), over_cap(3 << 30)
+    (None, '3221225472 bytes is over the 1024 MiB cap for an image file')
+    """
+    if size > MAX_FILE_BYTES:
+        return f"{size} bytes is over the {MAX_FILE_BYTES >> 20} MiB cap for an image file"
+    return None
 
 
 class ItemReadError(InputError):
@@ -140,8 +152,6 @@ def open_images(spec: Path, image_column: str | None = None) -> Collection:
             items += shard_items(root, relative)
         else:
             items += parquet_items(root, relative, image_column)
-    if not items:
-        raise InputError(f"no images in {spec}")
     return Collection(source_name(spec), root, items, {})
 
 
@@ -255,6 +265,9 @@ def read_shard_member(root: Path, member: MemberPath) -> bytes:
         reason = listing.error or f"no image of key {member.key!r} in the shard"
         raise ItemReadError(member_path(member.container, member.key), reason)
     offset, size = found
+    problem = over_cap(size)  # from the member's header, before any byte of it is read
+    if problem is not None:
+        raise ItemReadError(member_path(member.container, member.key), problem)
     with shard.open("rb") as handle:
         handle.seek(offset)
         data = handle.read(size)
@@ -425,6 +438,11 @@ def read_parquet_row(root: Path, member: MemberPath) -> bytes:
         data = data.get("bytes")
     if not data:
         raise ItemReadError(name, f"no image bytes in column {listing.column!r}")
+    # A cell's size is known once its row group is read (Parquet keeps no cell sizes); it is
+    # refused before it is copied or decoded.
+    problem = over_cap(len(data))
+    if problem is not None:
+        raise ItemReadError(name, problem)
     return bytes(data)
 
 

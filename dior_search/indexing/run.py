@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dior_search.data.collections import Collection
 from dior_search.data.paths import shown
-from dior_search.errors import IndexStoreError
+from dior_search.errors import IndexStoreError, InputError
 from dior_search.indexing.job import IndexJob, IndexReport, IndexSettings, Progress, plan_job
 from dior_search.indexing.parts import index_part, launched_part, parts_dir
 from dior_search.indexing.shared_parts import index_shared
 from dior_search.indexing.sync import ConfirmRemoval, sync_targets
 from dior_search.models.embedder import Embedder
+from dior_search.store.backend import IndexLocation, IndexStore
 from dior_search.store.files import atomic_file, io_errors
 from dior_search.store.folder import directory_of
 from dior_search.store.layout import skipped_listing
@@ -40,6 +41,7 @@ def index_collection(
     beforehand (several layers of one forward pass, see indexing.layers).
     """
     job = job or plan_job(collection, conditions, embedder, settings)
+    check_not_empty(job)
     part = settings.part or launched_part()
     shared = settings.index_store().shared_parts()
     if part is not None and part.parts > 1 and shared is not None:
@@ -66,6 +68,35 @@ def index_collection(
         skipped_listing(settings.indexes_dir, collection.name, job.description), report
     )
     return report
+
+
+def refuse_new_empty(collection: Collection, open_store: Callable[[], IndexStore]) -> None:
+    """Before a model is loaded: InputError for a collection without images (or files it
+    could not read) that the store holds no index of (`open_store`: the store as it is,
+    never created). One that has indexes syncs them to empty."""
+    if collection.items or collection.unreadable:
+        return
+    try:
+        store = open_store()
+    except IndexStoreError:  # no indexes folder or database: nothing indexed
+        raise InputError(f"no images in {collection.root}") from None
+    try:
+        damaged: dict[IndexLocation, IndexStoreError] = {}
+        if not store.find(collection.name, damaged=damaged) and not damaged:
+            raise InputError(f"no images in {collection.root}")
+    finally:
+        store.close()
+
+
+def check_not_empty(job: IndexJob) -> None:
+    """A collection without images (or files it could not read) can only empty indexes it
+    already has: with none, InputError, before anything is written."""
+    collection = job.collection
+    if collection.items or collection.unreadable:
+        return
+    store = job.settings.index_store()
+    if all(store.manifest_at(target.location) is None for target in job.targets):
+        raise InputError(f"no images in {collection.root}")
 
 
 def write_skipped(listing: Path, report: IndexReport) -> Path | None:

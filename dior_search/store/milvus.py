@@ -73,6 +73,12 @@ from dior_search.store.manifest import (
     check_same_index,
     now,
 )
+from dior_search.store.milvus_checks import (
+    CHECK_FIELD,
+    row_check,
+    verify_rows,
+    verify_scores,
+)
 from dior_search.store.milvus_types import (
     FLAT,
     NAME,
@@ -104,6 +110,9 @@ MAX_NAME = 255
 MANIFEST_KEY = "dior_manifest"
 PART_KEY = "dior_part_"
 PUBLISHER_KEY = "dior_publisher"
+# A part's marker or the publisher's claim once a run is published: properties are set to
+# this rather than dropped (Milvus servers before 2.5 cannot drop a collection's property).
+CLEARED = ""
 KIND = "milvus"
 FIXED_FIELDS = ("id", "path", "content_hash", "norm")
 MAX_PATH = 65_535
@@ -506,6 +515,9 @@ class MilvusStore:
             schema=schema,
             index_params=index_params(manifest.index_type),
             properties={MANIFEST_KEY: manifest.to_json()},
+            # A commit is read back at once (the row count, the checks): a server's default,
+            # bounded staleness, could answer without the rows just written.
+            consistency_level="Strong",
         )
 
     def built_index(self, location: DatabaseIndex) -> tuple[str, dict[str, str]]:
@@ -588,16 +600,19 @@ class MilvusStore:
         unit = normalize(raw)
         step = max(1, INSERT_BYTES // (4 * raw.shape[1]))
         for low in range(0, len(ids), step):
-            batch = [
-                {
-                    "id": int(row_id),
-                    "vector": unit[p],
-                    "norm": float(norms[p]),
-                    **database_columns(rows[p]),
-                    **answer_columns(answers[p]),
-                }
-                for p, row_id in enumerate(ids[low : low + step], start=low)
-            ]
+            batch = []
+            for p, row_id in enumerate(ids[low : low + step], start=low):
+                columns = {**database_columns(rows[p]), **answer_columns(answers[p])}
+                check = row_check(row_id, unit[p], float(norms[p]), columns)
+                batch.append(
+                    {
+                        "id": int(row_id),
+                        "vector": unit[p],
+                        "norm": float(norms[p]),
+                        **columns,
+                        CHECK_FIELD: check,
+                    }
+                )
             method = "upsert" if replace else "insert"
             self.conn.call(f"write rows to {location.name}", method, location.name, batch)
 
@@ -753,6 +768,7 @@ class MilvusReader(RowLookups):
                     "again; otherwise rebuild the index)"
                 )
             time.sleep(0.2 * (attempt + 1))
+        vectors = np.asarray(columns.pop("vector"), dtype=np.float32)
         self._columns = columns
         self.ids = np.asarray(columns["id"], dtype=np.int64)
         spec = self.manifest.index_type
@@ -761,16 +777,24 @@ class MilvusReader(RowLookups):
             merge_search_params(self.manifest.search_params, search_params),
             strict=bool(search_params),
         )
+        if spec == FLAT and len(self.ids):  # searches read a copy of the vectors: check it
+            seed = self.manifest.generation
+            verify_scores(location, self.ids, vectors, self._query, MAX_LIMIT, seed)
 
     def _read_columns(self) -> dict[str, list[Any]]:
-        """Every committed row's fields but its vector, in id order."""
+        """Every committed row's fields (its vector too, checked: milvus_checks), in id
+        order."""
         rows = sorted(
             self.store.iterate(
-                self._location, f"id < {self.manifest.next_id}", [*FIXED_FIELDS, "$meta"]
+                self._location,
+                f"id < {self.manifest.next_id}",
+                [*FIXED_FIELDS, "vector", "$meta"],
             ),
             key=lambda row: int(row["id"]),
         )
-        names = list(FIXED_FIELDS) + sorted({k for r in rows for k in r} - set(FIXED_FIELDS))
+        verify_rows(self._location, rows, self.manifest.dim)
+        hidden = {*FIXED_FIELDS, "vector", CHECK_FIELD}
+        names = [*FIXED_FIELDS, "vector", *sorted({k for r in rows for k in r} - hidden)]
         columns = {name: [row.get(name) for row in rows] for name in names}
         if PATH_BYTES in columns:  # bytes, as a folder's table holds them
             columns[PATH_BYTES] = [
@@ -1073,8 +1097,9 @@ class MilvusWriter(PendingRows):
     def retire(self, ids: Sequence[int]) -> None:
         """Keep, before they are deleted, the vectors of rows that are their content's source:
         a file renamed in this run copies its vector after the old row is gone (a folder's
-        shards keep deleted rows until compaction; a database drops them at once)."""
-        sources = set(self.sources.values())
+        shards keep deleted rows until compaction; a database drops them at once). A content's
+        source with an answer counts too: a copy takes its vector and answer from it."""
+        sources = set(self.sources.values()) | set(self.answered.values())
         wanted = [i for i in ids if i in sources]
         for low in range(0, len(wanted), ID_BATCH):
             found = self.stored_rows(wanted[low : low + ID_BATCH])
@@ -1235,7 +1260,9 @@ class MilvusParts:
         done = {
             key.removeprefix(PART_KEY)
             for key, value in found.items()
-            if key.startswith(PART_KEY) and json.loads(value).get("plan") == plan
+            if key.startswith(PART_KEY)
+            and value != CLEARED
+            and json.loads(value).get("plan") == plan
         }
         return [part for part in parts if part not in done]
 
@@ -1256,7 +1283,7 @@ class MilvusParts:
         if found.get(PUBLISHER_KEY) != token:
             return None
         manifest = store.read_manifest(where)[0]
-        markers = [k for k in found if k.startswith(PART_KEY)]
+        markers = [k for k, v in found.items() if k.startswith(PART_KEY) and v != CLEARED]
         rows = sum(int(json.loads(found[k]).get("rows", 0)) for k in markers)
         if manifest.next_row_id < next_id:
             manifest.next_row_id = next_id
@@ -1265,8 +1292,8 @@ class MilvusParts:
             store.write_manifest(where, manifest)
         store.conn.call(
             f"publish {where.name}",
-            "drop_collection_properties",
+            "alter_collection_properties",
             where.name,
-            property_keys=[*markers, PUBLISHER_KEY],
+            properties=dict.fromkeys([*markers, PUBLISHER_KEY], CLEARED),
         )
         return rows

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dior_search.cli import main
+from dior_search.data.collections import Item
 from dior_search.data.paths import is_text
 from dior_search.data.reading import load_item, read_item
 from dior_search.data.sources import (
@@ -297,3 +298,36 @@ def test_shards_and_parquet_files_named_in_bytes_that_are_not_utf8(sources, tmp_
         reader = reader_of(indexes, spec)
         assert sorted(reader.paths()) == sorted(item.path for item in collection.items)
         assert not is_text(reader.paths()[0])  # the exact name, bytes that are not UTF-8
+
+
+def test_one_size_cap_for_files_shard_members_and_parquet_cells(tmp_path, monkeypatch):
+    """A shard member over the 1,024 MiB cap is refused from its header, unread (as a file
+    of that size is); a Parquet cell over the cap is refused before it is decoded."""
+    import tracemalloc
+
+    from dior_search.data import sources as source_module
+    from dior_search.data.images import MAX_FILE_BYTES
+
+    huge = MAX_FILE_BYTES + 4096
+    header = tarfile.TarInfo("big.png")
+    header.size = huge
+    shard = tmp_path / "big.tar"
+    with shard.open("wb") as handle:  # sparse: the member's bytes take no disk space
+        handle.write(header.tobuf(format=tarfile.USTAR_FORMAT))
+        handle.truncate(512 + -(-huge // 512) * 512 + 1024)
+    with (tmp_path / "big.png").open("wb") as handle:
+        handle.truncate(huge)
+    why = f"{huge} bytes is over the 1024 MiB cap for an image file"
+    tracemalloc.start()
+    try:
+        assert load_item(tmp_path, open_images(shard).items[0]).error == why
+        assert load_item(tmp_path, Item("big.png")).error == why
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+    monkeypatch.setattr(source_module, "MAX_FILE_BYTES", 1000)
+    table = tmp_path / "cells.parquet"
+    pq.write_table(pa.table({"key": ["small", "large"], "jpg": [b"x" * 900, b"x" * 1001]}), table)
+    with pytest.raises(InputError, match="1001 bytes is over the 0 MiB cap"):
+        read_item(tmp_path, "cells.parquet::large")

@@ -271,3 +271,53 @@ def test_the_removal_check_from_the_command_line(nine, tmp_path, capsys, monkeyp
     monkeypatch.setattr("sys.stdin", Terminal("y\n"))
     assert main(index_args(nine, indexes)) == 0
     assert "0 added, 0 changed, 0 moved, 5 removed, 4 unchanged" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("left", [None, "notes.txt"])
+def test_a_collection_that_becomes_empty_syncs_to_an_empty_index(tmp_path, capsys, left):
+    """All images removed (or only a .txt left): the index empties, with the removal check
+    as usual; a folder without images that has no index yet is still refused (exit 3)."""
+    write_dataset(tmp_path / "data", {"test": 4})
+    folder = tmp_path / "data" / "test"
+    indexes = tmp_path / "indexes"
+    assert main(index_args(folder, indexes)) == 0
+    for path in folder.glob("*.png"):
+        path.unlink()
+    if left is not None:
+        (folder / left).write_text("not an image")
+    capsys.readouterr()
+    assert main(index_args(folder, indexes)) == 6  # removing them all needs --yes
+    assert len(IndexReader(directory_of(folder, indexes))) == 4
+    assert main(index_args(folder, indexes, "--yes")) == 0
+    assert "color: 0 added, 0 changed, 0 moved, 4 removed, 0 unchanged" in capsys.readouterr().out
+    reader = IndexReader(directory_of(folder, indexes))
+    assert len(reader) == 0 and reader.paths() == []
+    assert main(index_args(folder, indexes, "--yes")) == 0  # and it stays in sync
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(folder / "back.png")
+    assert main(index_args(folder, indexes)) == 0
+    assert [p for p, _ in index_rows(IndexReader(directory_of(folder, indexes)))] == ["back.png"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(index_args(empty, indexes)) == 3
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: no images in {empty}"
+    assert not any(indexes.glob(f"{open_folder(empty).name}*"))
+
+
+def test_a_link_that_dangles_or_loops_where_a_file_was_is_a_file_gone(tmp_path):
+    """The row of a file replaced by a link to nothing, or by a loop of links, is removed
+    (as a deleted file's); the other rows stay."""
+    write_dataset(tmp_path / "data", {"test": 5})
+    folder = tmp_path / "data" / "test"
+    indexes = tmp_path / "indexes"
+    assert pixel_sync(folder, indexes)["counts"].added == 5
+    (folder / "00000.png").unlink()
+    (folder / "00000.png").symlink_to(tmp_path / "nowhere.png")
+    (folder / "00001.png").unlink()
+    (folder / "00001.png").symlink_to(folder / "loop.png")
+    (folder / "loop.png").symlink_to(folder / "00001.png")
+    collection = open_folder(folder)
+    assert collection.unreadable == []
+    counts = pixel_sync(folder, indexes)["counts"]
+    assert (counts.removed, counts.unchanged) == (2, 3)
+    (directory,) = indexes.glob("*/*/color")
+    assert sorted(IndexReader(directory).paths()) == ["00002.png", "00003.png", "00004.png"]

@@ -99,6 +99,28 @@ def test_a_missing_or_damaged_lite_database_is_one_line_and_exit_5(lite_index, t
     assert main(query_args(lite_index / "ix.db")) == 0
 
 
+def test_a_row_changed_behind_the_stores_back_is_exit_5(lite_index, tmp_path, capsys):
+    """A row rewritten in the database (its vector rotated: still of unit length, so only
+    its check tells), and one whose vector is no unit vector: one line, exit 5."""
+    from milvus_lite.server_manager import server_manager_instance
+    from pymilvus import MilvusClient
+
+    for number, change in enumerate(
+        (lambda v: np.roll(v, 1), lambda v: v * 3.0),
+    ):
+        db = copy_of(lite_index, tmp_path / str(number))
+        client = MilvusClient(str(db))
+        name = collection_name("synthetic", "tiny", "color")
+        client.load_collection(name)
+        (row,) = client.get(name, ids=[7], output_fields=["*"])
+        row["vector"] = change(np.asarray(row["vector"], dtype=np.float32)).tolist()
+        client.upsert(name, [row])
+        client.close()
+        server_manager_instance.release_server(str(db))
+        fragment = "row 7 is not as it was written" if number == 0 else "row 7's vector has length"
+        one_line_error(capsys, 5, fragment, query_args(db))
+
+
 def test_a_changed_manifest_is_refused(lite_index, tmp_path, capsys):
     db = copy_of(lite_index, tmp_path)
     store = MilvusStore(f"milvus-lite:{db}")

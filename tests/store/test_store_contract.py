@@ -8,7 +8,14 @@ import pytest
 from descriptions import made_up_manifest
 from PIL import Image
 from stores import STORE_KINDS, opened
-from sync_helpers import CachedEmbedder, assert_fresh_build, contents, folder_state, index_rows
+from sync_helpers import (
+    AnsweringCache,
+    CachedEmbedder,
+    assert_fresh_build,
+    contents,
+    folder_state,
+    index_rows,
+)
 
 from dior_search.data.collections import open_folder
 from dior_search.errors import IndexStoreError
@@ -33,6 +40,11 @@ def store(request, tmp_path):
 @pytest.fixture(scope="module")
 def tiny():
     return CachedEmbedder(DiorEmbedder(DiorSettings(model="tiny", device="cpu", batch_size=8)))
+
+
+@pytest.fixture(scope="module")
+def answering():
+    return AnsweringCache(DiorEmbedder(DiorSettings(model="tiny", device="cpu", batch_size=8)))
 
 
 class Counting:
@@ -139,6 +151,25 @@ def test_the_index_follows_adds_deletes_overwrites_renames_and_copies(store, tmp
         assert ids_after[key] == ids_before[key]
     new = [i for key, i in ids_after.items() if key not in ids_before]
     assert min(new) > max(ids_before.values())
+
+
+def test_a_copy_then_a_move_of_the_original_keeps_both(store, tmp_path, answering):
+    """cp a c; index; mv a m; index: the move copies the vector (and answer) of the row
+    just deleted, on every store (Milvus Lite once aborted: "no stored row 0")."""
+    folder = tmp_path / "images"
+    write_images(folder, {"a.png": 0, "b.png": 1})
+    run(store, folder, answering)
+    write_images(folder, {"c.png": 0})
+    run(store, folder, answering)
+    (folder / "a.png").rename(folder / "m.png")
+    report = run(store, folder, answering)
+    counts = report.counts["color"]
+    assert (counts.added, counts.moved, counts.removed, counts.unchanged) == (0, 1, 0, 2)
+    reader = store.reader(report.directories["color"])
+    assert reader.manifest.answers == "stored"
+    assert_fresh_build(reader, folder, folder_state(folder), answering, "color")
+    answers = dict(zip(reader.paths(), reader.column("answer"), strict=True))
+    assert answers["m.png"] == answers["c.png"] is not None
 
 
 def brute_force(vectors, ids, queries, allowed, k):

@@ -1,12 +1,13 @@
-"""Exact indexes give the same answers on either store: FAISS Flat shards in folders and a
-Milvus FLAT collection, for single and multi-condition queries."""
+"""Exact indexes give the same answers on every store: FAISS Flat shards in folders and a
+Milvus FLAT collection (of Milvus Lite, and of a standalone Milvus server), for single and
+multi-condition queries."""
 
 import json
 
 import numpy as np
 import pytest
-from stores import STORE_KINDS, milvus_filters_sent, opened, store_args
-from sync_helpers import CachedEmbedder
+from stores import DATABASE_KINDS, milvus_filters_sent, opened, store_args
+from sync_helpers import AnsweringCache, CachedEmbedder
 
 from dior_search.cli import main
 from dior_search.data.collections import open_dataset
@@ -22,15 +23,20 @@ QUERIES = 50
 
 
 @pytest.fixture(scope="module")
-def indexed(tmp_path_factory):
-    """120 synthetic images under two conditions, indexed exactly into each store from the
-    same vectors; the stores stay open."""
+def cached_tiny():
+    return CachedEmbedder(DiorEmbedder(DiorSettings(model="tiny", device="cpu", batch_size=16)))
+
+
+@pytest.fixture(scope="module", params=DATABASE_KINDS)
+def indexed(request, tmp_path_factory, cached_tiny):
+    """120 synthetic images under two conditions, indexed exactly into the folder store and a
+    database store from the same vectors; the stores stay open."""
     root = tmp_path_factory.mktemp("both")
     write_dataset(root / "datasets" / "synthetic", {"test": 120})
     collection = open_dataset("synthetic", root / "datasets")
-    embedder = CachedEmbedder(DiorEmbedder(DiorSettings(model="tiny", device="cpu", batch_size=16)))
+    embedder = cached_tiny
     stores = {}
-    for kind in STORE_KINDS:
+    for kind in ("folder", request.param):
         store = opened(kind, root)
         settings = IndexSettings(
             indexes_dir=root / "indexes", store=store, index_type="flat", shard_size=50
@@ -47,7 +53,7 @@ def test_exact_indexes_answer_alike_on_both_stores(indexed):
     searchers = {
         kind: Searcher.open(store, collection="synthetic") for kind, store in stores.items()
     }
-    folder, database = searchers["folder"], searchers["milvus-lite"]
+    folder, database = (searchers[kind] for kind in stores)
     for kind, searcher in searchers.items():
         types = {c.manifest.index_type for c in searcher.entries}
         assert types == ({"Flat"} if kind == "folder" else {"FLAT"})
@@ -71,14 +77,14 @@ def test_exact_indexes_answer_alike_on_both_stores(indexed):
                 )
 
 
-def printed_alike(root, capsys, args):
+def printed_alike(root, kinds, capsys, args):
     """The hits `query ... --json` prints on the folder store, the same (ids, and scores
-    within 1e-5) as those it prints on Milvus Lite."""
-    printed = {}
-    for kind in STORE_KINDS:
+    within 1e-5) as those it prints on the database store."""
+    printed = []
+    for kind in kinds:
         assert main([*args, "--dataset", "synthetic", "--json", *store_args(kind, root)]) == 0
-        printed[kind] = json.loads(capsys.readouterr().out)
-    folder, database = printed["folder"], printed["milvus-lite"]
+        printed.append(json.loads(capsys.readouterr().out))
+    folder, database = printed
     assert [h["id"] for h in database] == [h["id"] for h in folder]
     np.testing.assert_allclose(
         [h["score"] for h in database], [h["score"] for h in folder], atol=1e-5
@@ -87,41 +93,21 @@ def printed_alike(root, capsys, args):
 
 
 def test_the_query_verb_prints_the_same_hits(indexed, capsys):
-    root, _ = indexed
+    root, stores = indexed
     args = ["query", "--id", "17", "-c", "color", "-c", "background", "-w", "2", "-w", "1"]
-    assert len(printed_alike(root, capsys, [*args, "-k", "15"])) == 15
+    assert len(printed_alike(root, list(stores), capsys, [*args, "-k", "15"])) == 15
 
 
-class AnsweringCache(CachedEmbedder):
-    """A cached embedder that also gives the model's answers, computed once per image."""
-
-    def __init__(self, inner) -> None:
-        super().__init__(inner)
-        self.answered: dict[bytes, tuple[np.ndarray, list]] = {}
-
-    def embed_with_answers(self, images, conditions, on_progress=None):
-        vectors = np.empty((len(images), len(conditions), self.dim), dtype=np.float32)
-        answers = []
-        for row, image in enumerate(images):
-            key = image.tobytes() + repr((image.size, list(conditions))).encode()
-            if key not in self.answered:
-                found, said = self.inner.embed_with_answers([image], conditions)
-                self.answered[key] = (found[0], said[0])
-            vectors[row], said = self.answered[key]
-            answers.append(list(said))
-        return vectors, answers
-
-
-@pytest.fixture(scope="module")
-def answered(tmp_path_factory):
-    """60 synthetic images under `color`, with the model's answers, indexed exactly into each
-    store from the same vectors and answers."""
+@pytest.fixture(scope="module", params=DATABASE_KINDS)
+def answered(request, tmp_path_factory):
+    """60 synthetic images under `color`, with the model's answers, indexed exactly into the
+    folder store and a database store from the same vectors and answers."""
     root = tmp_path_factory.mktemp("answered")
     write_dataset(root / "datasets" / "synthetic", {"test": 60})
     collection = open_dataset("synthetic", root / "datasets")
     embedder = AnsweringCache(DiorEmbedder(DiorSettings(model="tiny", device="cpu")))
     stores = {}
-    for kind in STORE_KINDS:
+    for kind in ("folder", request.param):
         store = opened(kind, root)
         settings = IndexSettings(indexes_dir=root / "indexes", store=store, index_type="flat")
         index_collection(collection, ("color",), embedder, settings)
@@ -141,7 +127,7 @@ def test_a_filter_on_the_searched_condition_is_a_milvus_expression(answered, cap
     for word, passing in (counts[0], counts[-1]):
         for row_id in (5, 44):
             args = ["query", "--id", str(row_id), "-c", "color", "--where", f"color={word}"]
-            folder = printed_alike(root, capsys, [*args, "-k", "12"])
+            folder = printed_alike(root, list(stores), capsys, [*args, "-k", "12"])
             assert len(folder) == min(12, passing)
             assert {h["answers"]["color"] for h in folder} == {word}
         assert any(f'answer == "{word}"' in s for s in sent), sent
