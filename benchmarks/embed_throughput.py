@@ -450,6 +450,10 @@ def table_rows(
                     "path": path,
                     "conditions": c,
                     "embeddings_per_s": rates[path, c],
+                    "x_naive": rates[path, c] / rates["naive", c] if "naive" in paths else None,
+                    "time_over_bound": (
+                        total[path, c] / total["lower bound", c] if "lower bound" in paths else None
+                    ),
                     "gflop_per_embedding": work[c][path] / (n_images * c) / 1e9,
                     "tflops": achieved,
                     "peak_share": None if peak is None else achieved / peak,
