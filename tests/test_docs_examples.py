@@ -10,8 +10,8 @@ changes with the machine, and the commands' own tests check it.
 What the folder holds before a page's first block, as a new user's would:
 - README.md: nothing (a fresh folder); `.venv` is a link to the environment the tests run in,
   as `make demo` would have made it.
-- docs pages: `photos/` (40 generated images, no label table) and `photo.jpg`, standing in for
-  the reader's own, and `datasets/synthetic/` with a 48-image test split (the dataset as
+- docs pages: `photos/` (20 generated images, no label table) and `photo.jpg`, standing in for
+  the reader's own, and `datasets/synthetic/` with a 24-image test split (the dataset as
   `--dataset synthetic` generates it on first use, smaller, so the pages run in minutes).
 
 HOME is the page's folder (so `~/photos` is that folder's `photos/`), HF_HUB_OFFLINE=1, and
@@ -123,8 +123,8 @@ def test_readme_walkthrough_is_unmarked():
 def staged(tmp_path_factory) -> Path:
     """What a docs page's folder holds before its first block (see the module's docstring)."""
     root = tmp_path_factory.mktemp("docs-staged")
-    write_dataset(root / "datasets" / "synthetic", {"test": 48})
-    photos = write_dataset(root / "photos", {"test": 40}, seed=7, labels=False)
+    write_dataset(root / "datasets" / "synthetic", {"test": 24})
+    photos = write_dataset(root / "photos", {"test": 20}, seed=7, labels=False)
     first = root / "photos" / photos[0].file_name
     with Image.open(first) as image:
         image.convert("RGB").save(root / "photo.jpg", quality=92)
