@@ -364,6 +364,9 @@ def main(
     parser.add_argument(
         "--answer-tokens", type=int, default=3, help="tokens of every answer (ours+answers)"
     )
+    parser.add_argument(
+        "--results-tag", default="", help="results file tag (default: MODEL_SIZE-DEVICE)"
+    )
     args = parse(parser, argv)
     paths = [path for path in ALL_PATHS if path in args.paths]
 
@@ -419,7 +422,7 @@ def main(
                 "load_average": list(os.getloadavg()),
                 "rows": rows,
             },
-            tag=f"{args.model_size}-{device}",
+            tag=args.results_tag or f"{args.model_size}-{device}",
         )
     if "ours" in paths and "ours+answers" in paths:
         for c in args.conditions:

@@ -121,8 +121,12 @@ def load_range(figures: dict[str, Any]) -> str:
 # Tables, one renderer per results file -------------------------------------------------------
 
 
-def throughput(_: str) -> str:
-    records = [load("embed_throughput-7b-cuda"), load("embed_throughput-mid-cpu")]
+def throughput(name: str) -> str:
+    """The paths' rates by C; `embed_throughput`: the GPU and CPU runs in one table."""
+    if name == "embed_throughput":
+        records = [load("embed_throughput-7b-cuda"), load("embed_throughput-mid-cpu")]
+    else:
+        records = [load(name)]
     rows = []
     for record in records:
         figures = record["figures"]
@@ -344,6 +348,7 @@ RENDERERS: dict[str, Callable[[str], str]] = {
     "reference_batched": reference_batched,
     "embed_throughput": throughput,
     "embed_throughput-answers-cpu": answers_cost,
+    "embed_throughput-mid-cpu-short": throughput,
     "search_scale": search_scale,
     "search_scale-short": search_scale,
     "deletions": deletions,
@@ -452,7 +457,7 @@ def search_scale_svg() -> str:
     """Latency per query (p50 and p99) against collection size, log-log, every run."""
     runs = [load(p.stem) for p in sorted(RESULTS.glob("search_scale*.json"))]
     points = [(r["n"], ms) for run in runs for r in run["figures"]["rows"] for ms in r["single_ms"]]
-    width, height, left, top, plot_w, plot_h = 560, 300, 60, 40, 440, 200
+    width, height, left, top, plot_w, plot_h = 720, 300, 60, 40, 440, 200
     n_low, n_high = min(n for n, _ in points) / 2, max(n for n, _ in points) * 2
     ms_low, ms_high = min(ms for _, ms in points) / 2, max(ms for _, ms in points) * 2
 
@@ -463,7 +468,12 @@ def search_scale_svg() -> str:
         return top + plot_h * (1 - math.log(ms / ms_low) / math.log(ms_high / ms_low))
 
     body = [
-        text(width / 2, 20, "One query's latency against collection size", extra=' font-size="14"')
+        text(
+            left + plot_w / 2,
+            20,
+            "One query's latency against collection size",
+            extra=' font-size="14"',
+        )
     ]
     body.append(
         f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#333"/>'
