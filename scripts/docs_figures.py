@@ -111,7 +111,12 @@ def describe_machine(machine: dict[str, Any]) -> str:
 
 
 def load_range(figures: dict[str, Any]) -> str:
+    """The machine's load while it measured, and whether that is busy for 2 cores."""
     start, end = figures.get("load_average_start"), figures.get("load_average_end")
+    if start is None and isinstance(figures.get("load_average"), list):
+        one_minute = figures["load_average"][0]
+        busy = "busy" if one_minute > 2.5 else "quiet"
+        return f"{one_minute:.1f} at the end ({busy} for 2 cores)"
     if start is None:
         return ""
     busy = "busy" if max(start, end or 0) > 2.5 else "quiet"
