@@ -257,3 +257,14 @@ def test_docs_page_examples_run(page, staged, tmp_path):
     shutil.copytree(staged, folder, symlinks=True)
     failures = run_page(page, folder, tmp_path / "tools")
     assert not failures, "\n".join(failures)
+
+
+def test_readme_lists_every_command_once():
+    """README's one-line-per-command table follows the CLI's verbs."""
+    import dior_search.cli  # noqa: F401  (registers the verbs)
+    from dior_search.cli.app import app
+
+    verbs = sorted(c.name or c.callback.__name__ for c in app.registered_commands if c.callback)
+    section = (ROOT / "README.md").read_text().split("\n## Commands\n", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\| `dior-search ([a-z-]+)` \|", section, re.MULTILINE)
+    assert sorted(listed) == verbs
