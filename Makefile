@@ -1,10 +1,12 @@
-# Set-up and the two jobs of README.md: `make demo` and `make test`.
+# Set-up and the two jobs of README.md: `make demo` and `make test` (lint, docs, tests).
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 export HF_HUB_OFFLINE := 1
+# mkdocs-material prints a banner about its successor on every build.
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: demo test lint
+.PHONY: demo test lint docs
 
 # What the demo needs: dior-search and its runtime dependencies, nothing else.
 $(VENV)/.installed-runtime: pyproject.toml constraints.txt
@@ -27,5 +29,11 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint
+# The documentation site, built strictly (a broken link or anchor fails), into build/site/;
+# and the figures on its pages checked against benchmarks/results/.
+docs: $(VENV)/.installed-dev
+	$(BIN)/mkdocs build --strict --quiet
+	$(BIN)/python scripts/docs_figures.py --check
+
+test: lint docs
 	$(BIN)/pytest

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +47,7 @@ import torch
 import transformers
 from flops import Work, batch_work, peak_tflops, tflops
 from PIL import Image
+from results_file import write_results
 from vision_attention import use_grouped_vision_attention, use_loop_vision_attention
 
 from dior_search.models.answers import AnswerText
@@ -353,8 +355,14 @@ def random_images(n: int, size: int) -> list[Image.Image]:
     ]
 
 
-def main(argv: Sequence[str] | None = None) -> dict[tuple[str, int], float]:
-    """Run the benchmark, print its table; embeddings per second by (path, C)."""
+def main(
+    argv: Sequence[str] | None = None, *, record: bool = False
+) -> dict[tuple[str, int], float]:
+    """Run the benchmark, print its table; embeddings per second by (path, C).
+
+    `record`: also write the figures to `benchmarks/results/embed_throughput-TAG.json`
+    (TAG: the model size and device), which the docs' tables and plot are generated from.
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=6, help="images per timed run")
     parser.add_argument("--conditions", type=int, nargs="+", default=[1, 5, 10], help="C values")
@@ -366,6 +374,9 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[str, int], float]:
     parser.add_argument("--peak-tflops", type=float, help="the device's dense peak to compare with")
     parser.add_argument(
         "--answer-tokens", type=int, default=3, help="tokens of every answer (ours+answers)"
+    )
+    parser.add_argument(
+        "--results-tag", default="", help="results file tag (default: MODEL_SIZE-DEVICE)"
     )
     args = parse(parser, argv)
     paths = [path for path in ALL_PATHS if path in args.paths]
@@ -409,6 +420,21 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[str, int], float]:
     }
     rates = {key: args.images * key[1] / seconds for key, seconds in total.items()}
     print_table(paths, args.conditions, args.images, total, rates, work, peak)
+    if record:
+        rows = table_rows(paths, args.conditions, args.images, total, rates, work, peak)
+        device = str(embedder.device).split(":")[0]
+        write_results(
+            "embed_throughput",
+            {
+                "model": f"{args.model_size} ({n_params / 1e6:.1f}M parameters, random weights)",
+                "image_size": args.image_size,
+                "images": args.images,
+                "dtype": str(embedder.dtype).removeprefix("torch."),
+                "load_average": list(os.getloadavg()),
+                "rows": rows,
+            },
+            tag=args.results_tag or f"{args.model_size}-{device}",
+        )
     if "ours" in paths and "ours+answers" in paths:
         for c in args.conditions:
             ratio = rates["ours+answers", c] / rates["ours", c]
@@ -417,6 +443,37 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[str, int], float]:
                 "embeddings per second of ours"
             )
     return rates
+
+
+def table_rows(
+    paths: list[str],
+    conditions: list[int],
+    n_images: int,
+    total: dict[tuple[str, int], float],
+    rates: dict[tuple[str, int], float],
+    work: dict[int, dict[str, float]],
+    peak: float | None,
+) -> list[dict[str, object]]:
+    """The printed table as data: one dict per (C, path)."""
+    rows: list[dict[str, object]] = []
+    for c in conditions:
+        for path in paths:
+            achieved = tflops(work[c][path], total[path, c])
+            rows.append(
+                {
+                    "path": path,
+                    "conditions": c,
+                    "embeddings_per_s": rates[path, c],
+                    "x_naive": rates[path, c] / rates["naive", c] if "naive" in paths else None,
+                    "time_over_bound": (
+                        total[path, c] / total["lower bound", c] if "lower bound" in paths else None
+                    ),
+                    "gflop_per_embedding": work[c][path] / (n_images * c) / 1e9,
+                    "tflops": achieved,
+                    "peak_share": None if peak is None else achieved / peak,
+                }
+            )
+    return rows
 
 
 def print_table(
@@ -453,4 +510,4 @@ def print_table(
 
 
 if __name__ == "__main__":
-    main()
+    main(record=True)

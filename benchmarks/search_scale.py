@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results_file import write_results
 
 from dior_search.defaults import DEFAULT_TEMPLATE
 from dior_search.models.embedder import EmbedderDescription
@@ -214,6 +215,7 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=50_000)
     parser.add_argument("--workdir", type=Path, help="keep indexes here (default: temporary)")
     parser.add_argument("--quick", action="store_true", help="one size of 60,000, 200 queries")
+    parser.add_argument("--tag", default="", help="results file: search_scale-TAG.json")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve is not None:
@@ -228,6 +230,7 @@ def main() -> None:
     budget = parse_size(args.memory_budget) if args.memory_budget else DEFAULT_MEMORY_BUDGET
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="search_scale-"))
     threads = os.environ.get("OMP_NUM_THREADS", "all")
+    load_start = os.getloadavg()[0]
     print(
         f"d={DIM}, {args.queries} queries, k={K}, OMP_NUM_THREADS={threads}, "
         f"load average at start {os.getloadavg()[0]:.2f}",
@@ -270,6 +273,19 @@ def main() -> None:
             f"{served['batch_ms'][1]:>8.1f} {served['recall']:>6.3f}"
         )
     print("latencies in ms (1q: one query; 64q: a batch of 64); RSS: the serving process's peak")
+    write_results(
+        "search_scale",
+        {
+            "dim": DIM,
+            "queries": args.queries,
+            "k": K,
+            "omp_num_threads": threads,
+            "load_average_start": load_start,
+            "load_average_end": os.getloadavg()[0],
+            "rows": [{**stats, **served} for stats, served in rows],
+        },
+        tag=args.tag or ("quick" if args.quick else ""),
+    )
 
 
 if __name__ == "__main__":
