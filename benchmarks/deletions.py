@@ -27,7 +27,7 @@ from search_scale import CHUNK, Vectors, bench_manifest
 
 from dior_search.store.index_types import canonical_spec
 from dior_search.store.reader import IndexReader
-from dior_search.store.shards import Row
+from dior_search.store.schema import Row
 from dior_search.store.writer import IndexWriter, compact_index
 
 K = 10

@@ -24,7 +24,8 @@ import numpy as np
 
 from dior_search.data.parquet import ParquetTable
 from dior_search.models.answers import Answer
-from dior_search.store.shards import Row, write_parquet
+from dior_search.store.schema import Row
+from dior_search.store.shards import write_parquet
 
 COLORS = ("red", "green", "blue", "yellow", "black", "white")
 LABELS = ("color", "pattern", "shape")

@@ -46,7 +46,7 @@ from dior_search.models.settings import DiorSettings
 from dior_search.store.index_types import DEFAULT_MEMORY_BUDGET, canonical_spec, parse_size
 from dior_search.store.manifest import Manifest
 from dior_search.store.reader import IndexReader
-from dior_search.store.shards import Row
+from dior_search.store.schema import Row
 from dior_search.store.writer import IndexWriter
 
 DIM = 3584

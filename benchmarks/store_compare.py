@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from search_scale import CHUNK, K, Vectors, bench_manifest, peak_rss, top_k_merge
 
 from dior_search.store.index_types import parse_size
-from dior_search.store.shards import Row
+from dior_search.store.schema import Row
 from dior_search.store.stores import open_store
 
 STORES = ("folder", "milvus-lite")

@@ -24,7 +24,7 @@ from dior_search.search.searcher import Searcher
 from dior_search.serve.app import make_server
 from dior_search.serve.service import SearchService, ServeSettings
 from dior_search.store.manifest import Manifest
-from dior_search.store.shards import Row
+from dior_search.store.schema import Row
 from dior_search.store.writer import IndexWriter
 
 

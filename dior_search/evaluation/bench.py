@@ -55,7 +55,7 @@ from dior_search.models.settings import EmbedderOptions
 from dior_search.search.joined import JoinedIndexes
 from dior_search.search.searcher import Searcher, SearchRequest
 from dior_search.store.backend import Reader
-from dior_search.store.shards import ANSWER, normalize
+from dior_search.store.schema import ANSWER, normalize
 
 log = logging.getLogger(__name__)
 

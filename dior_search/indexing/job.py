@@ -24,7 +24,7 @@ from dior_search.store.compaction import Compaction
 from dior_search.store.folder import FolderStore
 from dior_search.store.index_types import AUTO, FLAT
 from dior_search.store.manifest import Manifest
-from dior_search.store.shards import Row
+from dior_search.store.schema import Row
 
 log = logging.getLogger(__name__)
 

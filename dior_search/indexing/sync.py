@@ -48,7 +48,7 @@ from dior_search.indexing.job import (
     Progress,
     embed_items,
 )
-from dior_search.store.shards import Row
+from dior_search.store.schema import Row
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from dior_search.errors import UsageError
 from dior_search.search.joined import Ranked
 from dior_search.search.words import WordScores
 from dior_search.store.backend import Reader
-from dior_search.store.shards import normalize
+from dior_search.store.schema import normalize
 
 # Hits asked for at first, as a multiple of k; doubled while too many are hidden.
 FIRST_FETCH_PER_K = 3

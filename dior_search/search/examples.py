@@ -12,7 +12,7 @@ import numpy as np
 from dior_search.errors import UsageError
 from dior_search.models.answers import query_word
 from dior_search.search.terms import Term
-from dior_search.store.shards import ANSWER, normalize
+from dior_search.store.schema import ANSWER, normalize
 
 if TYPE_CHECKING:
     from dior_search.search.searcher import CollectionIndexes, Searcher

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from dior_search.search.joined import JoinedIndexes
-from dior_search.store.shards import ANSWER
+from dior_search.store.schema import ANSWER
 
 
 @dataclass(frozen=True)

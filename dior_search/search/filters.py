@@ -35,8 +35,8 @@ from dior_search.models.answers import normalize_word
 from dior_search.search.deadline import check_deadline
 from dior_search.search.joined import JoinedIndexes
 from dior_search.store.backend import Reader
-from dior_search.store.shards import ANSWER, Row
-from dior_search.store.shards import LABEL_PREFIX as LABEL_COLUMN
+from dior_search.store.schema import ANSWER, Row
+from dior_search.store.schema import LABEL_PREFIX as LABEL_COLUMN
 
 LABEL_PREFIX = "label:"
 # Filters one request may give: each is a pass over every row, and a handful is all a search

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dior_search.errors import UsageError
-from dior_search.store.shards import ANSWER
+from dior_search.store.schema import ANSWER
 
 if TYPE_CHECKING:
     from dior_search.search.searcher import Searcher

@@ -52,7 +52,7 @@ from dior_search.store.backend import DatabaseIndex, IndexEntry, IndexLocation, 
 from dior_search.store.folder import FolderStore
 from dior_search.store.manifest import Manifest, check_same_embedder, manifest_stamp
 from dior_search.store.manifest import Stamp as ManifestStamp
-from dior_search.store.shards import ANSWER, Row
+from dior_search.store.schema import ANSWER, Row
 from dior_search.store.stores import is_index_of, open_reader
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,6 @@ class NotIndexed(IndexStoreError):
 
 class DamagedIndex(NotIndexed):
     """An index whose files were found damaged (or gone) when it was opened."""
-
-    http_status = 504
 
 
 class NoAnswers(NotIndexed):

@@ -23,7 +23,7 @@ import numpy as np
 
 from dior_search.search.joined import JoinedIndexes
 from dior_search.store.backend import Reader
-from dior_search.store.shards import ANSWER, ANSWER_LOGPROB, LOG_PARTITION
+from dior_search.store.schema import ANSWER, ANSWER_LOGPROB, LOG_PARTITION
 
 # Stored vectors scored at once by the first-token product.
 BLOCK_ROWS = 16_384

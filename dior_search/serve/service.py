@@ -54,7 +54,7 @@ from dior_search.search.searcher import (
     SearchRequest,
     SearchResult,
 )
-from dior_search.store.shards import Row
+from dior_search.store.schema import Row
 from dior_search.store.stores import open_store
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from dior_search.store.manifest import Manifest
 if TYPE_CHECKING:
     from dior_search.models.answers import Answer
     from dior_search.store.compaction import Compaction
-    from dior_search.store.shards import Row
+    from dior_search.store.schema import Row
 
 # (path, content hash) of a row.
 Key = tuple[str, str]

@@ -10,7 +10,7 @@ import numpy as np
 
 from dior_search.errors import IndexStoreError
 from dior_search.store.backend import IndexLocation
-from dior_search.store.shards import LABEL_PREFIX, PATH_BYTES, Row, stored_paths
+from dior_search.store.schema import LABEL_PREFIX, PATH_BYTES, Row, stored_paths
 
 
 class RowLookups:

@@ -89,7 +89,7 @@ from dior_search.store.milvus_types import (
     search_params_for,
 )
 from dior_search.store.pending import PendingRows
-from dior_search.store.shards import (
+from dior_search.store.schema import (
     ANSWER,
     ANSWER_LOGPROB,
     LOG_PARTITION,

@@ -60,9 +60,9 @@ from dior_search.store.manifest import (
     shard_name,
     write_manifest,
 )
+from dior_search.store.schema import normalize
 from dior_search.store.shards import (
     faiss_path,
-    normalize,
     parquet_path,
     read_index_file,
     read_shard_index,

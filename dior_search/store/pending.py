@@ -19,7 +19,7 @@ from dior_search.errors import IndexStoreError
 from dior_search.models.answers import Answer
 from dior_search.store.backend import IndexLocation, Key
 from dior_search.store.manifest import Manifest
-from dior_search.store.shards import Row
+from dior_search.store.schema import Row
 
 Self = TypeVar("Self", bound="PendingRows")
 

@@ -40,9 +40,9 @@ from dior_search.store.index_types import (
 )
 from dior_search.store.lookups import RowLookups
 from dior_search.store.manifest import Manifest, Shard, Stamp, manifest_stamp
+from dior_search.store.schema import normalize
 from dior_search.store.shards import (
     faiss_path,
-    normalize,
     open_table,
     parquet_path,
     read_shard_index,

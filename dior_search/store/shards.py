@@ -17,47 +17,30 @@ UTF-8 (neither library can take such a name).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dior_search.data.parquet import ParquetTable
-from dior_search.data.paths import from_bytes, fs_path, is_text, name_bytes, readable
+from dior_search.data.paths import fs_path, is_text, name_bytes, readable
 from dior_search.errors import IndexStoreError
 from dior_search.models.answers import Answer
 from dior_search.store.files import sha256_file, verify_file
 from dior_search.store.manifest import Shard
-
-LABEL_PREFIX = "label_"
-PATH_BYTES = "path_bytes"
+from dior_search.store.schema import (
+    ANSWER,
+    ANSWER_COLUMNS,
+    ANSWER_LOGPROB,
+    LOG_PARTITION,
+    PATH_BYTES,
+    Row,
+    stored_paths,
+)
 
 # Shards at least this large are memory-mapped by default rather than read into RAM.
 MMAP_MIN_BYTES = 16 << 20
-# The model's own answer for a row (see models.answers), where the index stores answers: the
-# normalised word, its log-probability, and logsumexp(W_U h) of the row's raw vector.
-ANSWER = "answer"
-ANSWER_LOGPROB = "answer_logprob"
-LOG_PARTITION = "log_partition"
-ANSWER_COLUMNS = (ANSWER, ANSWER_LOGPROB, LOG_PARTITION)
-
-
-@dataclass(frozen=True)
-class Row:
-    """Metadata stored beside one vector."""
-
-    path: str
-    content_hash: str
-    labels: dict[str, str] = field(default_factory=dict)
-
-    def scalar_columns(self) -> dict[str, Any]:
-        """The row's columns beside its id, vector and norm, as every store writes them:
-        `path`, `content_hash` and `label_<name>` (only the labels it has)."""
-        columns: dict[str, Any] = {"path": self.path, "content_hash": self.content_hash}
-        for name, value in sorted(self.labels.items()):
-            columns[f"{LABEL_PREFIX}{name}"] = value
-        return columns
 
 
 def faiss_path(directory: Path, shard: Shard | str) -> Path:
@@ -173,14 +156,6 @@ def read_answers(path: Path) -> dict[int, Answer]:
     }
 
 
-def normalize(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length, so inner product is cosine similarity."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    unit: np.ndarray = vectors / np.maximum(norms, 1e-12)
-    return unit
-
-
 def write_faiss(path: Path, vectors: np.ndarray, ids: np.ndarray, index_type: str) -> None:
     import faiss
 
@@ -252,13 +227,6 @@ def path_columns(paths: Sequence[str]) -> dict[str, Any]:
     if any(raw is not None for raw in exact):
         columns[PATH_BYTES] = pa.array(exact, type=pa.binary())
     return columns
-
-
-def stored_paths(paths: Sequence[str | None], exact: Sequence[bytes | None] | None) -> list[str]:
-    """Image paths from a `path` column and its `path_bytes` column (None: absent)."""
-    if exact is None:
-        return [str(p) for p in paths]
-    return [str(p) if raw is None else from_bytes(raw) for p, raw in zip(paths, exact, strict=True)]
 
 
 def table_paths(table: Any) -> list[str]:

@@ -48,9 +48,9 @@ from dior_search.store.manifest import (
 )
 from dior_search.store.packing import change_index_type, pack_staged_shards
 from dior_search.store.pending import PendingRows
+from dior_search.store.schema import normalize
 from dior_search.store.shards import (
     faiss_path,
-    normalize,
     parquet_path,
     read_answers,
     read_keys,

@@ -28,7 +28,7 @@ from dior_search.errors import InputError, UsageError
 from dior_search.store import layout
 from dior_search.store.layout import condition_folder
 from dior_search.store.reader import IndexReader
-from dior_search.store.shards import Row
+from dior_search.store.schema import Row
 from dior_search.store.writer import IndexWriter
 
 ODD_NAMES = [

@@ -30,7 +30,7 @@ from dior_search.store import files as store_files
 from dior_search.store import writer as store_writer
 from dior_search.store.manifest import MANIFEST, Manifest
 from dior_search.store.reader import IndexReader
-from dior_search.store.shards import Row
+from dior_search.store.schema import Row
 from dior_search.store.writer import IndexWriter
 
 

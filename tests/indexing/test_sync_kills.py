@@ -20,7 +20,7 @@ from dior_search.data.synthetic import write_dataset
 from dior_search.store.files import sha256_file
 from dior_search.store.manifest import MANIFEST, TRAINED, Manifest, listed_files
 from dior_search.store.reader import IndexReader
-from dior_search.store.shards import Row
+from dior_search.store.schema import Row
 from dior_search.store.writer import IndexWriter, compact_index
 
 TESTS = Path(__file__).parents[1]

@@ -15,7 +15,7 @@ from dior_search.search import joined as multi_condition
 from dior_search.search.joined import JoinedIndexes, normalize_weights
 from dior_search.store.manifest import Manifest
 from dior_search.store.reader import IndexReader
-from dior_search.store.shards import Row
+from dior_search.store.schema import Row
 from dior_search.store.writer import IndexWriter
 
 N = 300

@@ -16,7 +16,7 @@ from dior_search.indexing.run import index_collection
 from dior_search.models.generative import GenerativeEmbedder
 from dior_search.models.settings import GenerativeSettings
 from dior_search.search.searcher import Searcher, SearchRequest
-from dior_search.store.shards import Row
+from dior_search.store.schema import Row
 from dior_search.store.writer import IndexWriter, compact_index
 
 

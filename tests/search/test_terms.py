@@ -14,7 +14,7 @@ from dior_search.models.dior import DiorEmbedder
 from dior_search.models.settings import DiorSettings
 from dior_search.search.searcher import NotIndexed, Searcher, SearchRequest
 from dior_search.search.terms import NEGATIVE_SCALE, Term
-from dior_search.store.shards import ANSWER
+from dior_search.store.schema import ANSWER
 
 CONDITIONS = ("color", "pattern")
 N = 90

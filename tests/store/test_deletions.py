@@ -12,7 +12,7 @@ from dior_search.store import reader as store_reader
 from dior_search.store.files import sha256_file
 from dior_search.store.manifest import MANIFEST, TRAINED, Manifest
 from dior_search.store.reader import IndexReader
-from dior_search.store.shards import Row
+from dior_search.store.schema import Row
 from dior_search.store.writer import IndexWriter, compact_index
 
 

@@ -20,7 +20,7 @@ from dior_search.store.index_types import (
 )
 from dior_search.store.manifest import MANIFEST, TRAINED, Manifest
 from dior_search.store.reader import IndexReader
-from dior_search.store.shards import Row
+from dior_search.store.schema import Row
 from dior_search.store.writer import IndexWriter
 
 DIM = 64

@@ -29,7 +29,7 @@ from dior_search.store.milvus import (
     parse_store_uri,
 )
 from dior_search.store.milvus_types import parse_spec
-from dior_search.store.shards import Row
+from dior_search.store.schema import Row
 from dior_search.store.stores import open_store
 
 CONDITIONS = ("color", "background")

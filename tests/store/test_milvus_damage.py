@@ -14,7 +14,7 @@ pytest.importorskip("milvus_lite")
 
 from dior_search.errors import IndexStoreError
 from dior_search.models.answers import Answer
-from dior_search.store.shards import Row
+from dior_search.store.schema import Row
 from dior_search.store.stores import open_store
 
 ROWS, DIM = 120, 16

@@ -16,7 +16,7 @@ from dior_search.models.answers import Answer
 from dior_search.search.searcher import Searcher, SearchRequest
 from dior_search.store.backend import IndexEntry
 from dior_search.store.milvus import fields_expression
-from dior_search.store.shards import Row
+from dior_search.store.schema import Row
 
 pytestmark = pytest.mark.slow
 

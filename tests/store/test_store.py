@@ -10,7 +10,7 @@ from descriptions import described, prompt_of
 from dior_search.errors import IndexStoreError
 from dior_search.store.manifest import MANIFEST, Manifest
 from dior_search.store.reader import IndexReader, merge_top_k
-from dior_search.store.shards import Row
+from dior_search.store.schema import Row
 from dior_search.store.writer import IndexWriter
 
 

@@ -25,7 +25,7 @@ from dior_search.models.dior import DiorEmbedder
 from dior_search.models.settings import DiorSettings
 from dior_search.search.searcher import Searcher, SearchRequest
 from dior_search.store.backend import EXACT_FILTER_MAX
-from dior_search.store.shards import Row
+from dior_search.store.schema import Row
 
 CONTENTS = contents(16, seed=3)
 
