@@ -73,13 +73,13 @@ def export(
     check_out_folder(out)
     # Only now the store's libraries (torch, FAISS): every usage error above answers at once.
     from dior_search.store.export import EXPORT_FORMATS, export_collection, export_index
-    from dior_search.store.reader import IndexReader
+    from dior_search.store.stores import open_reader
 
     if export_format not in EXPORT_FORMATS:
         valid = ", ".join(EXPORT_FORMATS)
         raise UsageError(f"unknown format '{export_format}'; valid: {valid}")
     if index_path is not None:
-        reader = IndexReader(index_path)
+        reader = open_reader(index_path)
         with output_errors(out):
             exported = [export_index(reader, out, export_format)]
     else:

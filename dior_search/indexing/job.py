@@ -19,11 +19,9 @@ from dior_search.errors import IndexStoreError, UsageError, first_line
 from dior_search.models.answers import Answer
 from dior_search.models.embedder import Embedder, EmbedderDescription, ImageRefused
 from dior_search.models.prompts import build_prompt
-from dior_search.store.backend import IndexLocation, IndexStore, Writer
-from dior_search.store.compaction import Compaction
+from dior_search.store.backend import Compaction, IndexLocation, IndexStore, Manifest, Writer
 from dior_search.store.folder import FolderStore
 from dior_search.store.index_types import AUTO, FLAT
-from dior_search.store.manifest import Manifest
 from dior_search.store.schema import Row
 
 log = logging.getLogger(__name__)

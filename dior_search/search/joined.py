@@ -30,8 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dior_search.errors import IndexStoreError, UsageError
-from dior_search.store.backend import Reader
-from dior_search.store.manifest import check_same_embedder
+from dior_search.store.backend import Reader, check_same_embedder
 from dior_search.store.schema import normalize
 
 # Candidates taken from each condition at first, as a multiple of k (and at least a floor).

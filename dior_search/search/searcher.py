@@ -48,12 +48,24 @@ from dior_search.search.filters import (
 from dior_search.search.joined import JoinedIndexes, Ranked, normalize_weights
 from dior_search.search.terms import ComposedQuery, Term, check_terms, compose, term_conditions
 from dior_search.search.words import WordCondition, WordRanking, WordScores
-from dior_search.store.backend import DatabaseIndex, IndexEntry, IndexLocation, IndexStore, Reader
-from dior_search.store.folder import FolderStore
-from dior_search.store.manifest import Manifest, check_same_embedder, manifest_stamp
-from dior_search.store.manifest import Stamp as ManifestStamp
+from dior_search.store.backend import (
+    DatabaseIndex,
+    IndexEntry,
+    IndexLocation,
+    IndexStore,
+    Manifest,
+    Reader,
+    check_same_embedder,
+)
 from dior_search.store.schema import ANSWER, Row
-from dior_search.store.stores import is_index_of, open_reader
+from dior_search.store.stores import (
+    ManifestStamp,
+    check_has_indexes,
+    is_index_of,
+    manifest_stamp,
+    open_reader,
+    open_store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +79,7 @@ class NotIndexed(IndexStoreError):
     """A collection, condition or id that the searched indexes do not hold."""
 
     http_status = 404
+
 
 class DamagedIndex(NotIndexed):
     """An index whose files were found damaged (or gone) when it was opened."""
@@ -336,14 +349,8 @@ class Searcher:
         indexes are left out (listed in `damaged`); a request under one of their conditions
         gets their error.
         """
-        if isinstance(indexes, FolderStore):
-            indexes = indexes.root
-        if isinstance(indexes, Path):
-            if not indexes.is_dir():
-                raise IndexStoreError(f"no indexes folder {indexes}: run `dior-search index` first")
-            store: IndexStore = FolderStore(indexes)
-        else:
-            store = indexes
+        store = open_store(None, indexes) if isinstance(indexes, Path) else indexes
+        check_has_indexes(store)
         damaged: dict[IndexLocation, IndexStoreError] = {}
         entries = store.find(collection, method, model, damaged=damaged)
         if not entries and damaged:

@@ -28,11 +28,11 @@ import numpy as np
 
 from dior_search.errors import IndexStoreError
 from dior_search.models.embedder import EmbedderDescription
-from dior_search.store.manifest import Manifest
+from dior_search.store.manifest import Manifest as Manifest
+from dior_search.store.manifest import check_same_embedder as check_same_embedder
 
 if TYPE_CHECKING:
     from dior_search.models.answers import Answer
-    from dior_search.store.compaction import Compaction
     from dior_search.store.schema import Row
 
 # (path, content hash) of a row.
@@ -44,6 +44,16 @@ EXACT_FILTER_MAX = 4096
 OVER_FETCH_MARGIN = 1.2
 # Rows whose vectors are scored at once by an exact filtered search.
 SCORE_CHUNK = 4096
+
+
+@dataclass
+class Compaction:
+    """What one compaction did."""
+
+    shards_rewritten: int = 0
+    shards_dropped: int = 0
+    rows_dropped: int = 0
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dior_search.store.backend import Compaction
 from dior_search.store.files import atomic_file, verify_file
 from dior_search.store.index_types import FLAT
 from dior_search.store.manifest import (
@@ -53,16 +53,6 @@ from dior_search.store.shards import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Compaction:
-    """What one compaction did."""
-
-    shards_rewritten: int = 0
-    shards_dropped: int = 0
-    rows_dropped: int = 0
-    seconds: float = 0.0
 
 
 def needs_compaction(shard: Shard, threshold: float) -> bool:

@@ -8,8 +8,7 @@ from pathlib import Path
 from dior_search.errors import IndexStoreError
 from dior_search.models.embedder import EmbedderDescription
 from dior_search.store import layout
-from dior_search.store.backend import IndexEntry, IndexLocation, SharedParts
-from dior_search.store.compaction import Compaction
+from dior_search.store.backend import Compaction, IndexEntry, IndexLocation, SharedParts
 from dior_search.store.index_types import (
     AUTO,
     canonical_spec,

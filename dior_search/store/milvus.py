@@ -51,6 +51,7 @@ from dior_search.errors import IndexStoreError, UsageError, first_line
 from dior_search.models.answers import Answer
 from dior_search.models.embedder import EmbedderDescription
 from dior_search.store.backend import (
+    Compaction,
     DatabaseIndex,
     IndexEntry,
     IndexLocation,
@@ -62,7 +63,6 @@ from dior_search.store.backend import (
     padded,
     search_allowed,
 )
-from dior_search.store.compaction import Compaction
 from dior_search.store.index_types import AUTO, merge_search_params
 from dior_search.store.layout import embedder_folder
 from dior_search.store.lookups import RowLookups

@@ -13,11 +13,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dior_search.errors import UsageError
+from dior_search.errors import IndexStoreError, UsageError
 from dior_search.store import layout
 from dior_search.store.backend import DatabaseIndex, IndexLocation, IndexStore, Reader
 from dior_search.store.folder import FolderStore
+from dior_search.store.manifest import Stamp
+from dior_search.store.manifest import manifest_stamp as manifest_stamp
 from dior_search.store.reader import IndexReader
+
+# A folder index's manifest stamp: what a layer above compares to see a new commit cheaply.
+ManifestStamp = Stamp
 
 DATABASE_PREFIXES = ("milvus-lite:", "milvus://", "http://", "https://")
 
@@ -43,6 +48,13 @@ def open_store(spec: str | None, indexes_dir: Path, create: bool = False) -> Ind
     from dior_search.store.milvus import MilvusStore
 
     return MilvusStore(spec, create=create)
+
+
+def check_has_indexes(store: IndexStore) -> None:
+    """Raise unless the store can hold indexes already: the folder store's folder must exist
+    (a database store always can; it says what it lacks when searched)."""
+    if isinstance(store, FolderStore) and not store.root.is_dir():
+        raise IndexStoreError(f"no indexes folder {store.root}: run `dior-search index` first")
 
 
 def open_reader(

@@ -29,7 +29,8 @@ import numpy as np
 from dior_search import defaults
 from dior_search.errors import IndexStoreError
 from dior_search.models.answers import Answer
-from dior_search.store.compaction import Compaction, compact_shards
+from dior_search.store.backend import Compaction
+from dior_search.store.compaction import compact_shards
 from dior_search.store.files import atomic_file, error_reason, io_errors, sha256_file, take_lock
 from dior_search.store.index_types import FLAT, canonical_spec
 from dior_search.store.manifest import (
