@@ -1,8 +1,10 @@
 """Recipe of the bundled `tiny` demo model: a few-MB Qwen2.5-VL taught the synthetic attributes.
 
 It is trained, with the paper's `describe` prompt, to answer one word about each synthetic
-attribute (object colour, background colour, pattern, object size). It understands nothing else:
-real use takes a real vision-language model. `scripts/build_tiny_model.py` runs this recipe.
+attribute (object colour, background colour, pattern, object size), each asked in several
+wordings (`models.tiny_wordings`: "color", "colour", "object color", ...). It understands nothing
+else: real use takes a real vision-language model. `scripts/build_tiny_model.py` runs this
+recipe, from scratch or on from saved weights (`start_from`).
 """
 
 from __future__ import annotations
@@ -19,11 +21,17 @@ import torch
 from dior_search.data.synthetic import CONDITIONS, LABEL_VALUES, iter_split
 from dior_search.models.families.qwen_vl import QwenVLInputs
 from dior_search.models.prompts import PROMPT_TEMPLATES, build_prompt
+from dior_search.models.tiny_wordings import TINY_WORDINGS, capitalized
 
 log = logging.getLogger(__name__)
 
 # Pattern is the hardest of the attributes for a small vision tower: it gets the most rows.
 CONDITION_WEIGHTS = {"color": 0.2, "background": 0.2, "pattern": 0.3, "size": 0.3}
+# Rows asked in the collection's own phrase ("object color"), which the indexes of the synthetic
+# collection use; the others take one of the aspect's other wordings, each equally often.
+OWN_WORDING_SHARE = 0.4
+# Rows whose wording starts with a capital, as a user may type it ("Color").
+CAPITALIZED_SHARE = 0.15
 
 QWEN_SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -157,6 +165,13 @@ def qwen_image_processor(max_pixels: int = 112 * 112) -> Any:
     return Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=max_pixels)
 
 
+def pick_wording(rng: random.Random, aspect: str) -> str:
+    """A wording of `aspect` for one training row (see OWN_WORDING_SHARE)."""
+    own, *others = TINY_WORDINGS[aspect]
+    wording = own if not others or rng.random() < OWN_WORDING_SHARE else rng.choice(others)
+    return capitalized(wording) if rng.random() < CAPITALIZED_SHARE else wording
+
+
 def train_tiny_model(
     out_dir: Path,
     *,
@@ -167,18 +182,34 @@ def train_tiny_model(
     seed: int = 0,
     vision_hidden: int = 96,
     vision_layers: int = 4,
+    start_from: Path | None = None,
 ) -> None:
-    """Train the demo model on the synthetic train split and save it to `out_dir`."""
+    """Train the demo model on the synthetic train split and save it to `out_dir`.
+
+    From scratch (a fresh tokenizer and random weights), or, with `start_from`, on from the
+    model saved there (its tokenizer and weights), e.g. to teach it new wordings in fewer steps.
+    """
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    tokenizer = build_qwen_tokenizer(tiny_corpus())
     image_processor = qwen_image_processor()
-    config = qwen25_config(
-        tokenizer, hidden=128, layers=4, vision_hidden=vision_hidden, vision_layers=vision_layers
-    )
-    model = Qwen2_5_VLForConditionalGeneration(config)
+    if start_from is None:
+        tokenizer = build_qwen_tokenizer(tiny_corpus())
+        config = qwen25_config(
+            tokenizer,
+            hidden=128,
+            layers=4,
+            vision_hidden=vision_hidden,
+            vision_layers=vision_layers,
+        )
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(start_from)
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(start_from)
+        config = model.config
     builder = QwenVLInputs(tokenizer, image_processor, config.image_token_id, "reference")
     train = list(iter_split("train", n_train, seed))
     answers = {
@@ -201,7 +232,7 @@ def train_tiny_model(
         conditions = rng.choices(
             list(CONDITION_WEIGHTS), list(CONDITION_WEIGHTS.values()), k=len(picks)
         )
-        prompts = [build_prompt("describe", CONDITIONS[c]) for c in conditions]
+        prompts = [build_prompt("describe", pick_wording(rng, c)) for c in conditions]
         batch = builder.build([image for _, image in picks], prompts)
         targets = [answers[item.label(c)] for (item, _), c in zip(picks, conditions, strict=True)]
         inputs = append_answers(batch.inputs, batch.last_index, targets, tokenizer.pad_token_id)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -41,7 +42,7 @@ from dior_search.search.filters import (
 from dior_search.search.joined import JoinedIndexes, Ranked, normalize_weights
 from dior_search.search.words import WordCondition, WordRanking, WordScores
 from dior_search.store.backend import DatabaseIndex, IndexEntry, IndexLocation, IndexStore, Reader
-from dior_search.store.folder import FolderStore
+from dior_search.store.folder import FolderStore, index_first
 from dior_search.store.manifest import Manifest, check_same_embedder
 from dior_search.store.shards import ANSWER, Row
 from dior_search.store.stores import is_index_of, open_reader
@@ -282,7 +283,9 @@ class Searcher:
             indexes = indexes.root
         if isinstance(indexes, Path):
             if not indexes.is_dir():
-                raise IndexStoreError(f"no indexes folder {indexes}: run `dior-search index` first")
+                raise IndexStoreError(
+                    f"no indexes folder {os.path.abspath(indexes)}: {index_first(indexes)}"
+                )
             store: IndexStore = FolderStore(indexes)
         else:
             store = indexes
@@ -294,9 +297,7 @@ class Searcher:
             what = f" of collection {collection!r}" if collection else ""
             kind = {None: "", "dior": " DIOR"}.get(method, f" {method}")
             by = f" built with model {model!r}" if model else ""
-            raise NotIndexed(
-                f"no{kind} indexes{what}{by} in {store.name}: run `dior-search index` first"
-            )
+            raise NotIndexed(f"no{kind} indexes{what}{by} in {store.name}: {index_first(store)}")
         searcher = cls(entries, options, damaged=damaged)
         if load_model:
             searcher.load_embedder()
