@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 PYTHON ?= python3
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test lint
+.PHONY: demo test lint wheel
 
 # What the demo needs: dior-search and its runtime dependencies, nothing else.
 $(VENV)/.installed-runtime: pyproject.toml constraints.txt
@@ -29,3 +29,7 @@ lint: $(VENV)/.installed-dev
 
 test: lint
 	$(BIN)/pytest
+
+# The wheel (and nothing else: no dependency wheels) in dist/, not the repository root.
+wheel: $(VENV)/.installed-runtime
+	$(BIN)/python -m pip wheel --no-deps -w dist .

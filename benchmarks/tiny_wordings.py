@@ -12,6 +12,7 @@ the answer accuracy (the model's own one-word answer is the label). Writes the f
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import tempfile
 import time
@@ -23,6 +24,7 @@ from dior_search.data.images import load_image
 from dior_search.data.synthetic import write_dataset
 from dior_search.evaluation.metrics import retrieval_metrics
 from dior_search.models.dior import DiorEmbedder
+from dior_search.models.loading import resolve_model_source
 from dior_search.models.settings import DiorSettings
 from dior_search.models.tiny_wordings import TINY_WORDINGS
 
@@ -77,9 +79,21 @@ def main() -> None:
         )
     write_results(
         "tiny_wordings",
-        {"n_images": len(items), "model": args.model, "wordings": figures},
+        {
+            "n_images": len(items),
+            "model": args.model,
+            "weights_sha256": weights_digest(args.model),
+            "seconds": round(seconds, 1),
+            "wordings": figures,
+        },
         tag=args.tag,
     )
+
+
+def weights_digest(model: str) -> str:
+    """The SHA-256 of the model's weights file: which weights were measured."""
+    weights = Path(resolve_model_source(model)) / "model.safetensors"
+    return hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
 if __name__ == "__main__":

@@ -242,7 +242,7 @@ def train_tiny_model(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        if step % 100 == 0 or step == steps - 1:
+        if step % max(1, min(100, steps // 20)) == 0 or step == steps - 1:
             log.info("step %d/%d loss %.4f", step, steps, loss.item())
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
