@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 # mkdocs-material prints a banner about its successor on every build.
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: demo test lint docs
+.PHONY: demo test lint docs wheel
 
 # What the demo needs: dior-search and its runtime dependencies, nothing else.
 $(VENV)/.installed-runtime: pyproject.toml constraints.txt
@@ -37,3 +37,7 @@ docs: $(VENV)/.installed-dev
 
 test: lint docs
 	$(BIN)/pytest
+
+# The wheel (and nothing else: no dependency wheels) in dist/, not the repository root.
+wheel: $(VENV)/.installed-runtime
+	$(BIN)/python -m pip wheel --no-deps -w dist .

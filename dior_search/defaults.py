@@ -34,6 +34,9 @@ INDIRECT_MAX_STEPS = 20_000
 
 # Folders.
 DEFAULT_INDEXES_DIR = Path("indexes")
+# The environment variable that sets --indexes for every verb (e.g. an absolute path, so that
+# commands run from any folder find the same indexes).
+INDEXES_ENV = "DIOR_SEARCH_INDEXES"
 DEFAULT_DATASETS_DIR = Path("datasets")
 # The demo's own images: never the synthetic dataset that `index --dataset synthetic` reads.
 DEFAULT_DEMO_DIR = Path("datasets/demo")

@@ -19,6 +19,7 @@ from rich.markup import escape
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
 from dior_search import interrupts
+from dior_search.cli.help_format import HelpGroup
 from dior_search.data.paths import shown_character
 from dior_search.errors import DiorError
 
@@ -28,6 +29,9 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain help that reflows to the terminal, printed literally (see cli.help_format).
+    cls=HelpGroup,
+    rich_markup_mode=None,
 )
 # The command line as given: where the order of different options matters (`--text WORD` asks
 # about the `-c` that follows it), which the parsed options no longer say.
@@ -37,9 +41,27 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 
+def print_version(asked: bool) -> None:
+    """`--version`: the installed version, then exit."""
+    if asked:
+        from dior_search.version import __version__
+
+        print(f"dior-search {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def configure(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
 ) -> None:
     """Conditional image search with DIOR embeddings from vision-language models."""
     logging.basicConfig(

@@ -94,7 +94,8 @@ def export(
             )
     table = Table(title=escape(f"exported to {out}"))
     for column in ("condition", "rows", "dim", "files"):
-        table.add_column(column)
+        numeric = column in ("rows", "dim")
+        table.add_column(column, justify="right" if numeric else "left", overflow="fold")
     for done in exported:
         files = ", ".join(path.name for path in done.files)
         table.add_row(escape(done.condition), str(done.rows), str(done.dim), escape(files))

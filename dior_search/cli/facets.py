@@ -71,7 +71,10 @@ def facets(
             )
         )
         for column in ("answer", "images", "share"):
-            table.add_column(column, justify="left" if column == "answer" else "right")
+            if column == "answer":
+                table.add_column(column, overflow="fold")
+            else:
+                table.add_column(column, justify="right", no_wrap=True)
         for answer, count in counted.counts:
             share = count / counted.images if counted.images else 0.0
             table.add_row(escape(answer), str(count), f"{share:.1%}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -32,13 +33,14 @@ from dior_search.cli.options import (
 from dior_search.cli.progress import progress_bar
 from dior_search.data.collections import DATASETS, UNCONDITIONAL, check_conditions
 from dior_search.data.paths import shown
-from dior_search.errors import UsageError
+from dior_search.errors import IndexStoreError, UsageError
 from dior_search.models.settings import EmbedderOptions, check_at_most
 
 if TYPE_CHECKING:
     from dior_search.indexing.job import IndexReport
     from dior_search.indexing.sync import ConfirmRemoval, Removal
     from dior_search.models.embedder import Embedder
+    from dior_search.store.backend import IndexLocation
 
 SUMMARY = ("added", "changed", "moved", "removed", "unchanged")
 
@@ -48,7 +50,8 @@ ConditionsOpt = Annotated[
         "--condition",
         "-c",
         help="Condition to index (repeatable): a dataset's condition name, free text, or "
-        "'unconditional'. Default: all of the dataset's conditions.",
+        "'unconditional'. Default: all of the dataset's conditions; for --images, every "
+        "condition already indexed for those images with this model (a re-sync).",
     ),
 ]
 IndexTypeOpt = Annotated[
@@ -165,9 +168,16 @@ def index(
     collection = open_collection(dataset, images, datasets_dir, image_column)
     conditions = asked or list(collection.conditions)
     if not conditions:
-        raise UsageError("--images needs at least one --condition (any free text)")
+        model = options.for_collections([collection.name]).model
+        conditions = indexed_conditions(store, indexes, collection.name, model, images)
+        err_console.print(
+            f"re-syncing the conditions already indexed: {', '.join(map(shown, conditions))}",
+            markup=False,
+            highlight=False,
+        )
     refuse_new_empty(collection, lambda: open_store(store, indexes))
-    chosen = choose_model(options, [collection.name])
+    texts = [collection.condition_text(c) for c in conditions]
+    chosen = choose_model(options, [collection.name], [t for t in texts if t is not None])
     with default_model_hint(options):
         embedder = load_embedder(replace(chosen, device=process_device(options.device)).dior())
     if answers is True:  # refused now, before any index folder is made (not by the first sync)
@@ -237,6 +247,26 @@ def check_answers(embedder: Embedder, conditions: Sequence[str]) -> None:
         else "this embedder gives no answers"
     )
     raise UsageError(f"--answers: the index of '{conditions[0]}' cannot have answers: {reason}")
+
+
+def indexed_conditions(
+    store: str | None, indexes: Path, collection: str, model: str | None, images: Path | None
+) -> list[str]:
+    """The conditions `collection` (of the folder or files `images`) is indexed under with
+    `model` (what `index` without --condition re-syncs), in name order; UsageError where it
+    has none yet."""
+    damaged: dict[IndexLocation, IndexStoreError] = {}
+    with opened_store(store, indexes) as index_store:
+        entries = index_store.find(collection, "dior", model, damaged=damaged)
+        where = index_store.name
+    conditions = sorted({entry.condition for entry in entries})
+    if not conditions:
+        by = f" with model {model}" if model else ""
+        raise UsageError(
+            f"--images needs at least one --condition (any free text): there is no index of "
+            f"{shown(str(images))}{by} in {shown(where)} to re-sync"
+        )
+    return conditions
 
 
 def removal_confirmation(yes: bool) -> ConfirmRemoval | None:

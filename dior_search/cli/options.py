@@ -61,7 +61,14 @@ DatasetsDirOpt = Annotated[
         parser=given_path, help="Where named datasets live: DIR/NAME/ holds NAME's images."
     ),
 ]
-IndexesOpt = Annotated[Path, typer.Option(parser=given_path, help="Root folder of the indexes.")]
+IndexesOpt = Annotated[
+    Path,
+    typer.Option(
+        envvar=defaults.INDEXES_ENV,
+        show_envvar=True,
+        help="Root folder of the indexes (relative to the current folder).",
+    ),
+]
 StoreOpt = Annotated[
     str | None,
     typer.Option(
@@ -243,16 +250,35 @@ def collection_name(dataset: str | None, images: Path | None) -> str | None:
     return dataset if images is None else sources.source_name(images)
 
 
-def choose_model(options: EmbedderOptions, collections: Sequence[str]) -> EmbedderOptions:
+def choose_model(
+    options: EmbedderOptions, collections: Sequence[str], wordings: Sequence[str] = ()
+) -> EmbedderOptions:
     """The options with the model filled in for these collections (see defaults.default_model);
-    a warning, once, when the demo model is to embed anything but the collection it knows."""
+    one warning line when the demo model is to embed anything but the collection it knows, or
+    under a wording of a condition (`wordings`: the prompt texts) it was not taught."""
+    from dior_search.models.tiny_wordings import known_wordings, tiny_aspect
+
     chosen = options.for_collections(collections)
+    if chosen.model != defaults.DEMO_MODEL:
+        return chosen
     others = [name for name in collections if name != defaults.DEMO_COLLECTION]
-    if chosen.model == defaults.DEMO_MODEL and others:
+    untaught = [w for w in wordings if tiny_aspect(w) is None]
+    problems = []
+    if others:
+        problems.append(
+            f"knows only the generated {defaults.DEMO_COLLECTION} images; its vectors of "
+            f"{', '.join(others)} mean little"
+        )
+    if untaught:
+        quoted = ", ".join(f"'{w}'" for w in untaught)
+        problems.append(
+            f"was not taught the wording {quoted}, only these: "
+            f"{known_wordings()}"
+        )
+    if problems:
         err_console.print(
-            f"warning: the {defaults.DEMO_MODEL} model knows only the generated "
-            f"{defaults.DEMO_COLLECTION} images; its vectors of {', '.join(others)} mean little "
-            f"(name a real model with --model, e.g. {defaults.DEFAULT_MODEL})",
+            f"warning: the {defaults.DEMO_MODEL} model {'; it '.join(problems)} (name a real "
+            f"model with --model, e.g. {defaults.DEFAULT_MODEL})",
             markup=False,
             highlight=False,
         )

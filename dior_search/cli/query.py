@@ -336,25 +336,28 @@ def check_target(
 
 def result_table(result: SearchResult) -> Table:
     """The hits as a table: rank, score (and each condition's), path, the model's answers
-    under the searched conditions, labels."""
+    under the searched conditions, labels (where any hit has some). Paths, answers and labels
+    fold onto more lines where the terminal is narrow: never cut."""
     several = len(result.conditions) > 1 or bool(result.words)
     names = [c.name for c in result.conditions]
     answered = any(hit.answers for hit in result.hits)
+    labelled = any(hit.labels for hit in result.hits)
     table = Table(title=escape(shown(result.title)))
-    columns = ("rank", "score", *(names if several else ()), "path")
-    for column in (*columns, *(("answers",) if answered else ()), "labels"):
-        table.add_column(escape(shown(column)))
+    for column in ("rank", "score", *(names if several else ())):
+        table.add_column(escape(shown(column)), no_wrap=column in ("rank", "score"))
+    for column in ("path", *(("answers",) if answered else ()), *(("labels",) if labelled else ())):
+        table.add_column(column, overflow="fold")
     for hit in result.hits:
         labels = ", ".join(f"{key}={value}" for key, value in sorted(hit.labels.items()))
-        answers = [", ".join(f"{key}={value}" for key, value in hit.answers.items())]
+        answers = ", ".join(f"{key}={value}" for key, value in hit.answers.items())
         scores = [score_cell(hit.scores[n], hit.scored_by.get(n)) for n in names] if several else []
         table.add_row(
             str(hit.rank),
             f"{hit.score:.4f}",
             *scores,
             escape(shown(hit.path)),
-            *(escape(shown(text)) for text in (answers if answered else [])),
-            escape(shown(labels)),
+            *((escape(shown(answers)),) if answered else ()),
+            *((escape(shown(labels)),) if labelled else ()),
         )
     return table
 

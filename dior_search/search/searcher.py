@@ -61,6 +61,7 @@ from dior_search.store.schema import ANSWER, Row
 from dior_search.store.stores import (
     ManifestStamp,
     check_has_indexes,
+    index_first,
     is_index_of,
     manifest_stamp,
     open_reader,
@@ -359,9 +360,7 @@ class Searcher:
             what = f" of collection {collection!r}" if collection else ""
             kind = {None: "", "dior": " DIOR"}.get(method, f" {method}")
             by = f" built with model {model!r}" if model else ""
-            raise NotIndexed(
-                f"no{kind} indexes{what}{by} in {store.name}: run `dior-search index` first"
-            )
+            raise NotIndexed(f"no{kind} indexes{what}{by} in {store.name}: {index_first(store)}")
         searcher = cls(entries, options, damaged=damaged)
         if load_model:
             searcher.load_embedder()

@@ -29,7 +29,7 @@ from dior_search.data.sources import split_source_key
 from dior_search.errors import IndexStoreError, UsageError
 from dior_search.store.backend import IndexStore, Reader
 from dior_search.store.files import atomic_file
-from dior_search.store.folder import FolderStore
+from dior_search.store.folder import FolderStore, index_first
 from dior_search.store.layout import condition_folder
 
 ExportFormat = Literal["parquet", "npy"]
@@ -122,8 +122,7 @@ def export_collection(
     if not entries:
         by = f" built with model {model!r}" if model else ""
         raise IndexStoreError(
-            f"no indexes of collection {collection!r}{by} in {store.name}: run "
-            "`dior-search index` first"
+            f"no indexes of collection {collection!r}{by} in {store.name}: {index_first(store)}"
         )
     folders = sorted({entry.embedder_folder for entry in entries})
     if len(folders) > 1:

@@ -3,8 +3,10 @@ under `--indexes` (see layout, reader, writer and docs/index-format.md)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from dior_search import defaults
 from dior_search.errors import IndexStoreError
 from dior_search.models.embedder import EmbedderDescription
 from dior_search.store import layout
@@ -28,7 +30,9 @@ class FolderStore:
 
     @property
     def name(self) -> str:
-        return str(self.root)
+        """The folder, absolute: a message must say where it looked whatever the current
+        folder (`indexes` alone does not)."""
+        return os.path.abspath(self.root)
 
     def location(self, collection: str, description: EmbedderDescription, condition: str) -> Path:
         return layout.index_dir(self.root, collection, description, condition)
@@ -86,3 +90,12 @@ def directory_of(location: IndexLocation) -> Path:
     if not isinstance(location, Path):
         raise IndexStoreError(f"{location} is a database's index, not an index folder")
     return location
+
+
+def index_first(store: object) -> str:
+    """What a "no indexes" error asks for: indexing first, or, for index folders, naming
+    the folder that holds them (indexes are looked up relative to the current folder)."""
+    hint = "run `dior-search index` first"
+    if isinstance(store, (FolderStore, Path)):
+        hint += f", or give the folder that holds them: --indexes DIR or ${defaults.INDEXES_ENV}"
+    return hint

@@ -11,12 +11,14 @@ only when such a store is opened.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from dior_search.errors import IndexStoreError, UsageError
 from dior_search.store import layout
 from dior_search.store.backend import DatabaseIndex, IndexLocation, IndexStore, Reader
 from dior_search.store.folder import FolderStore
+from dior_search.store.folder import index_first as index_first
 from dior_search.store.manifest import Stamp
 from dior_search.store.manifest import manifest_stamp as manifest_stamp
 from dior_search.store.reader import IndexReader
@@ -54,7 +56,9 @@ def check_has_indexes(store: IndexStore) -> None:
     """Raise unless the store can hold indexes already: the folder store's folder must exist
     (a database store always can; it says what it lacks when searched)."""
     if isinstance(store, FolderStore) and not store.root.is_dir():
-        raise IndexStoreError(f"no indexes folder {store.root}: run `dior-search index` first")
+        raise IndexStoreError(
+            f"no indexes folder {os.path.abspath(store.root)}: {index_first(store)}"
+        )
 
 
 def open_reader(

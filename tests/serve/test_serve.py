@@ -403,7 +403,10 @@ def test_serve_help_and_nothing_to_serve(tmp_path, capsys):
     assert "--port" in out and "--max-upload-mb" in out
     assert main(["serve", "--indexes", str(tmp_path)]) == 5
     err = capsys.readouterr().err.strip()
-    assert err == f"error: no DIOR indexes in {tmp_path}: run `dior-search index` first"
+    assert err == (
+        f"error: no DIOR indexes in {tmp_path}: run `dior-search index` first, or give the "
+        "folder that holds them: --indexes DIR or $DIOR_SEARCH_INDEXES"
+    )
 
 
 @pytest.mark.slow
