@@ -271,10 +271,7 @@ def choose_model(
         )
     if untaught:
         quoted = ", ".join(f"'{w}'" for w in untaught)
-        problems.append(
-            f"was not taught the wording {quoted}, only these: "
-            f"{known_wordings()}"
-        )
+        problems.append(f"was not taught the wording {quoted}, only these: {known_wordings()}")
     if problems:
         err_console.print(
             f"warning: the {defaults.DEMO_MODEL} model {'; it '.join(problems)} (name a real "
