@@ -27,6 +27,7 @@ REFERENCE_ASPECTS = {
     "movie's production country": ("movie_posters", "country"),
     "bird species": ("cub200", "bird_species"),
     "car model": ("synthetic_cars", "car_model"),
+    "car color": ("synthetic_cars", "car_color"),
 }
 COLOR_NAMES = [
     "red", "green", "blue", "yellow", "purple", "orange", "pink", "brown", "black", "white",

@@ -33,6 +33,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from dior_search.errors import DiorError, UsageError
+from dior_search.search.deadline import DeadlineExceeded
 from dior_search.search.groups import group_images
 from dior_search.search.searcher import SearchRequest, SearchResult
 from dior_search.serve.access import (
@@ -125,7 +126,8 @@ def api(handler: Handler) -> Handler:
         try:
             with anyio.fail_after(timeout):
                 return await handler(request)
-        except TimeoutError:
+        except (TimeoutError, DeadlineExceeded):
+            # One answer whichever noticed first: the server's clock or the work's own check.
             return error(504, f"the request took longer than the limit of {timeout:g} s")
         except DiorError as exc:
             status = exc.http_status  # each error class carries its own (see errors.py)

@@ -29,7 +29,7 @@ def searchers(tmp_path_factory):
     collection = open_dataset("synthetic", root / "datasets")
     embedder = DiorEmbedder(DiorSettings(model="tiny", device="cpu", batch_size=16))
     found, stores = {}, []
-    for kind in STORE_KINDS:
+    for kind in (k if isinstance(k, str) else k.values[0] for k in STORE_KINDS):
         try:
             store = opened(kind, root)
         except pytest.skip.Exception:
