@@ -318,6 +318,124 @@ def answers(name: str) -> str:
     return table(header, rows, "lrrr") + "\n" + caption(record)
 
 
+def composition(name: str) -> str:
+    record = load(name)
+    found = record["figures"]
+    compose, negative, feedback = found["composition"], found["negatives"], found["feedback"]
+
+    def rounds(people: Record) -> str:
+        keys = ("start_precision_at_20", "round_1_precision_at_20", "round_2_precision_at_20")
+        return " / ".join(f"{people[k]:.3f}" for k in keys)
+
+    scales = negative["precision_at_10_by_negative_scale"]
+    rows = [
+        [
+            f'composition: precision@10 of "pattern of A, colour of B", {compose["pairs"]} pairs',
+            f"{compose['precision_at_10']:.3f}",
+            "0.9",
+        ],
+        [
+            "the single-image query of A under both conditions, same targets",
+            f"{compose['single_image_precision_at_10']:.3f}",
+            "(baseline)",
+        ],
+        [
+            "the single-image query of A under both, A's own two labels",
+            f"{compose['single_image_own_labels_precision_at_10']:.3f}",
+            "(reference)",
+        ],
+        [
+            'negatives: precision@10 of "pattern of A, not the colour of C", '
+            f"{negative['queries']} queries",
+            f"{negative['precision_at_10']:.3f}",
+            "0.9",
+        ],
+        [
+            "the same without the negative",
+            f"{negative['without_negative_precision_at_10']:.3f}",
+            "(baseline)",
+        ],
+        [
+            "negative scale " + " / ".join(f"{float(k):g}" for k in scales),
+            " / ".join(f"{v:.3f}" for v in scales.values()),
+            "",
+        ],
+        [
+            "normalised alternative (cosine to q_c)",
+            f"{negative['normalised_alternative_precision_at_10']:.3f}",
+            "",
+        ],
+        [
+            "feedback: precision@20 at the start / after round 1 / after round 2 "
+            f"({feedback['people']} people)",
+            rounds(feedback),
+            "0.9 after two",
+        ],
+        [
+            "the same with card-wide marks (a wrong card less-liked under both conditions)",
+            rounds(feedback["card_wide_marks"]),
+            "",
+        ],
+        [
+            "the start image under both conditions (per-condition marks)",
+            rounds(feedback["start_under_both"]),
+            "",
+        ],
+        [
+            "the start under both, card-wide marks",
+            rounds(feedback["card_wide_marks_start_under_both"]),
+            "",
+        ],
+    ]
+    parts = [table(["figure", "value", "target"], rows, "lrr")]
+    group_rows = [
+        [c, str(g["k"]), str(g["labels"]), f"{g['ari']:.3f}", f"{g['name_accuracy']:.2f}"]
+        for c, g in found["groups"].items()
+    ]
+    header = ["condition", "k (by answers)", "labels", "ARI"]
+    header += ["groups named by their majority label"]
+    parts.append(
+        "Groups (automatic k, `groups -c CONDITION`):\n\n" + table(header, group_rows, "lrrrr")
+    )
+    distinct = found["distinct"]
+    pairs, recall = distinct["top_20s_with_a_pair_of_copies"], distinct["recall_at_10_by_colour"]
+    threshold = f"{distinct['threshold']:g}"
+    distinct_rows = [
+        ["top 20s holding an image and its copy", str(pairs["plain"]), str(pairs["distinct"])],
+        [
+            "recall@10 by colour (query left out)",
+            f"{recall['plain']:.4f}",
+            f"{recall['distinct']:.4f}",
+        ],
+        ["results hidden per query", "", f"{distinct['hidden_per_query']:.1f}"],
+    ]
+    parts.append(
+        f"Distinct (`--distinct {threshold}`), on the set plus copies of {distinct['copies']} "
+        "images (JPEG quality 70, resized to 80 %, or cropped to the central 90 %), "
+        f"{distinct['queries']} queries under colour:\n\n"
+        + table(["figure", "without", f"with `--distinct {threshold}`"], distinct_rows, "lrr")
+    )
+    judge_rows = []
+    for judge, label in (
+        ("fingerprint", "picture fingerprint"),
+        ("unconditional_vector", "unconditional vector"),
+    ):
+        seen = distinct[judge]
+        copies = seen["copy_similarity_min_median"]
+        judge_rows.append(
+            [label]
+            + [pair(copies[k], 3) for k in ("jpeg", "resize", "crop")]
+            + [pair(seen["nearest_other_similarity_max_median"], 3)]
+        )
+    header = ["judged by", "JPEG copy", "resized copy", "cropped copy"]
+    header += ["nearest other image"]
+    parts.append(
+        "Similarity of a copy to its original (least / median) against each original's "
+        "nearest other image (greatest / median):\n\n" + table(header, judge_rows, "lrrrr")
+    )
+    return "\n".join(parts) + "\n" + caption(record)
+
+
 def bench_synthetic(name: str) -> str:
     record = load(name)
     leak = record["figures"]["leakage_dior"]
@@ -414,6 +532,7 @@ RENDERERS: dict[str, Callable[[str], str]] = {
     "eval_multi_condition": multi_condition,
     "eval_answers": answers,
     "bench_synthetic": bench_synthetic,
+    "eval_composition": composition,
     "profile_embed-mid-cpu": profile,
     "parquet_reads": parquet_reads,
     "fresh_clone": fresh_clone,

@@ -22,7 +22,8 @@ call at query time):
   groups whose name is their majority label;
 - distinct: the set plus re-encoded, resized and cropped copies of 50 images, indexed under
   colour and unconditionally; with --distinct, pairs of copies in any top 20 and the originals'
-  recall@10 by colour (query left out) against without.
+  recall@10 by colour (query left out) against without; and how well picture fingerprints
+  and the unconditional vectors each tell copies from other images.
 
 Prints the figures and writes them with benchmarks/results_file.write_results
 (benchmarks/results/eval_composition.json).
@@ -31,8 +32,6 @@ Prints the figures and writes them with benchmarks/results_file.write_results
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import logging
 import sys
 import tempfile
@@ -47,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from results_file import write_results
 
 from dior_search.data.collections import open_dataset
-from dior_search.data.synthetic import CONDITIONS, write_dataset
+from dior_search.data.fingerprints import fingerprint_similarity, picture_fingerprint
+from dior_search.data.synthetic import CONDITIONS, copy_kind, write_copies, write_dataset
 from dior_search.indexing.job import IndexSettings
 from dior_search.indexing.run import index_collection
 from dior_search.models.dior import DiorEmbedder
@@ -67,39 +67,11 @@ def build(work: Path, n_images: int, model: str, conditions: list[str], copies: 
     if not (data / "labels.csv").is_file():
         write_dataset(data, {"test": n_images})
         if copies:
-            add_copies(data, copies)
+            write_copies(data, copies)
     embedder = DiorEmbedder(DiorSettings(model=model, batch_size=16))
     settings = IndexSettings(indexes_dir=work / "indexes", index_type="flat")
     index_collection(open_dataset("synthetic", work / "datasets"), conditions, embedder, settings)
     return work / "indexes"
-
-
-def add_copies(data: Path, count: int) -> None:
-    """Copies of the first `count` test images: JPEG re-encoded, resized to 80 %, or cropped to
-    the central 90 %, in turn; listed in labels.csv with their originals' labels."""
-    table = data / "labels.csv"
-    with table.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    fields = list(rows[0])
-    originals = [r for r in rows if r["split"] == "test"][:count]
-    added = []
-    for number, row in enumerate(originals):
-        image = Image.open(data / row["file_name"]).convert("RGB")
-        width, height = image.size
-        if number % 3 == 0:
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=70)
-            image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
-        elif number % 3 == 1:
-            image = image.resize((int(width * 0.8), int(height * 0.8)))
-        else:
-            dx, dy = width // 20, height // 20
-            image = image.crop((dx, dy, width - dx, height - dy))
-        name = row["file_name"].replace(".png", "-copy.png")
-        image.save(data / name)
-        added.append({**row, "file_name": name})
-    with table.open("a", newline="") as handle:
-        csv.DictWriter(handle, fieldnames=fields).writerows(added)
 
 
 def labels_of(searcher: Searcher) -> Labels:
@@ -334,35 +306,56 @@ def distinct(work: Path, n_images: int, model: str, threshold: float) -> dict[st
             pairs_seen[kind] += len(shown) - len(set(shown)) > 0
             same = [labels[i]["color"] == labels[query]["color"] for i in ids[:10]]
             recall[kind].append(float(any(same)))
-    judge = searcher.reader(searcher.collection("synthetic").conditions["unconditional"])
-    judge_paths = judge.paths()
-    _, unit = judge.all_vectors()
-    position = {p: n for n, p in enumerate(judge_paths)}
-    copy_similarity: dict[str, list[float]] = {"jpeg": [], "resize": [], "crop": []}
-    for path in (p for p in judge_paths if "-copy" in p):
-        kind = ("jpeg", "resize", "crop")[int(path.split("/")[-1][:5]) % 3]
-        a, b = position[path], position[path.replace("-copy", "")]
-        copy_similarity[kind].append(float(unit[a] @ unit[b]))
-    similarities = unit @ unit.T
-    np.fill_diagonal(similarities, -1.0)
-    for path in judge_paths:
-        if "-copy" in path:
-            a, b = position[path], position[path.replace("-copy", "")]
-            similarities[a, b] = similarities[b, a] = -1.0
-    originals_rows = [position[p] for p in judge_paths if "-copy" not in p]
+    root = work / "datasets" / "synthetic"
+    fingerprints = {
+        p: picture_fingerprint(Image.open(root / p).convert("RGB")) for p in paths.values()
+    }
     return {
-        "nearest_other_similarity_median": float(
-            np.median(similarities[originals_rows].max(axis=1))
-        ),
-        "copy_similarity_min_median": {
-            k: [min(v), float(np.median(v))] for k, v in copy_similarity.items() if v
-        },
+        "judged_by": "picture fingerprints (data/fingerprints.py)",
         "threshold": threshold,
         "copies": 50,
         "queries": len(originals),
         "top_20s_with_a_pair_of_copies": pairs_seen,
         "recall_at_10_by_colour": {k: float(np.mean(v)) for k, v in recall.items()},
         "hidden_per_query": hidden / len(originals),
+        "fingerprint": copy_separation(fingerprints, fingerprint_similarity),
+        "unconditional_vector": copy_separation(
+            unconditional_vectors(searcher), lambda a, b: float(a @ b)
+        ),
+    }
+
+
+def unconditional_vectors(searcher: Searcher) -> dict[str, np.ndarray]:
+    """Each image's unit vector under the unconditional index, by path."""
+    judge = searcher.reader(searcher.collection("synthetic").conditions["unconditional"])
+    _, unit = judge.all_vectors()
+    return dict(zip(judge.paths(), unit, strict=True))
+
+
+def copy_separation(
+    vectors: dict[str, np.ndarray], similarity: Callable[[np.ndarray, np.ndarray], float]
+) -> dict[str, Any]:
+    """How far a judge tells copies from other images: per alteration, the least and the
+    median similarity of a copy to its original; and over the originals, the greatest and the
+    median similarity to their nearest other image (a copy of their own left out)."""
+    by_kind: dict[str, list[float]] = {}
+    for path in (p for p in vectors if "-copy" in p):
+        original = path.replace("-copy", "")
+        by_kind.setdefault(copy_kind(original), []).append(
+            similarity(vectors[path], vectors[original])
+        )
+    nearest = []
+    for path in (p for p in vectors if "-copy" not in p):
+        own_copy = path.replace(".png", "-copy.png")
+        others = (
+            similarity(vectors[path], v) for p, v in vectors.items() if p not in (path, own_copy)
+        )
+        nearest.append(max(others))
+    return {
+        "copy_similarity_min_median": {
+            k: [min(v), float(np.median(v))] for k, v in sorted(by_kind.items())
+        },
+        "nearest_other_similarity_max_median": [max(nearest), float(np.median(nearest))],
     }
 
 

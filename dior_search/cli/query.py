@@ -102,8 +102,8 @@ def query(
         float | None,
         typer.Option(
             "--distinct",
-            help="Hide a result whose similarity to a better-ranked one is at least this "
-            "(near-copies; judged under the unconditional index when there is one).",
+            help="Hide a result whose picture is at least this alike to a better-ranked "
+            "one's (copies: 0.99 hides re-encoded, resized and cropped ones).",
         ),
     ] = None,
     where: WhereOpt = None,

@@ -9,6 +9,7 @@ subset can be regenerated.
 """
 
 import csv
+import io
 import os
 import zlib
 from collections.abc import Iterator
@@ -183,3 +184,49 @@ def write_labels(path: Path, items: list[SyntheticItem]) -> None:
         writer.writeheader()
         writer.writerows(asdict(item) for item in items)
     os.replace(tmp, path)
+
+
+# How each copy is altered, in turn: what `--distinct` must still see as the same picture.
+COPY_KINDS = ("jpeg", "resize", "crop")
+
+
+def copy_kind(file_name: str) -> str:
+    """Which alteration made a copy written by write_copies (its number picks it, in turn)."""
+    return COPY_KINDS[int(Path(file_name).name[:5]) % len(COPY_KINDS)]
+
+
+def write_copies(root: Path, count: int) -> list[str]:
+    """Copies of the first `count` test images under `root` (a written dataset): re-encoded as
+    JPEG at quality 70, resized to 80 % or cropped to the central 90 %, in turn, saved beside
+    their originals as `NAME-copy.png` and listed in labels.csv with the originals' labels.
+    Returns the copies' file names."""
+    table = root / LABELS_FILE
+    with table.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    originals = [r for r in rows if r["split"] == "test" and "-copy" not in r["file_name"]]
+    added = []
+    for row in originals[:count]:
+        name = row["file_name"].replace(".png", "-copy.png")
+        with Image.open(root / row["file_name"]) as opened:
+            image = opened.convert("RGB")
+        width, height = image.size
+        kind = copy_kind(row["file_name"])
+        if kind == "jpeg":
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=70)
+            image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+        elif kind == "resize":
+            image = image.resize((int(width * 0.8), int(height * 0.8)))
+        else:
+            dx, dy = width // 20, height // 20
+            image = image.crop((dx, dy, width - dx, height - dy))
+        image.save(root / name)
+        added.append({**row, "file_name": name})
+    kept = [r for r in rows if r["file_name"] not in {a["file_name"] for a in added}]
+    tmp = table.with_name(f".{table.name}.tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(kept + added)
+    os.replace(tmp, table)
+    return [a["file_name"] for a in added]

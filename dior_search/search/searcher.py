@@ -27,7 +27,8 @@ import numpy as np
 from PIL import Image
 
 from dior_search import defaults
-from dior_search.data.collections import DATASETS, UNCONDITIONAL, LabelSource, current_labels
+from dior_search.data.collections import DATASETS, LabelSource, current_labels
+from dior_search.data.fingerprints import Fingerprints
 from dior_search.errors import IndexStoreError, InputError, UsageError, first_line
 from dior_search.models.answers import WordHead, query_word
 from dior_search.models.embedder import Embedder, EmbedderDescription
@@ -328,6 +329,8 @@ class Searcher:
         # Indexes found damaged when opened: the error, until their files change (so a
         # request after it does not re-open and re-hash the whole index).
         self._damage: dict[IndexLocation, tuple[Stamp, str]] = {}
+        # Pictures' fingerprints for `distinct` (read from the image files, kept per content).
+        self.fingerprints = Fingerprints()
         # Each folder index's manifest stamp when the catalog last read it.
         self._manifest_stamps: dict[IndexLocation, ManifestStamp] = {}
 
@@ -773,12 +776,14 @@ class Searcher:
         if request.distinct is None:
             ranked, scored = ranking(request.k)
         else:
+            root = conditions[0].root
+
+            def fingerprint_of(row: Row) -> np.ndarray | None:
+                check_deadline(deadline)
+                return self.fingerprints.of(root, row.path, row.content_hash)
+
             ranked, scored, hidden = distinct_ranking(
-                self.near_copy_reader(collection, conditions, by_image),
-                joined.readers[0],
-                ranking,
-                request.k,
-                request.distinct,
+                joined.readers[0], ranking, request.k, request.distinct, fingerprint_of
             )
         if composed is not None:
             ranked, weights = composed.rescaled(ranked), composed.condition_weights
@@ -798,18 +803,6 @@ class Searcher:
             request.terms,
             hidden,
         )
-
-    def near_copy_reader(
-        self,
-        collection: CollectionIndexes,
-        conditions: Sequence[ConditionIndex],
-        by_image: Sequence[int],
-    ) -> Reader:
-        """The index near-copies are judged in: the unconditional one when the collection has
-        it, else the first condition searched by example (else the first searched)."""
-        if UNCONDITIONAL in collection.conditions:
-            return self.reader(collection.conditions[UNCONDITIONAL])
-        return self.reader(conditions[by_image[0] if by_image else 0])
 
     def joined_for(
         self,

@@ -182,26 +182,10 @@ def test_terms_with_an_image_or_id_conflict(searchers):
         )
 
 
-def test_distinct_hides_near_copies_of_better_hits(searchers):
-    searcher = searchers["folder"]
-    ids, vectors, _ = stored(searcher, "color")
-    for threshold in (0.999, 0.99, 0.95):
-        result = searcher.search(SearchRequest(("color",), id=3, k=10, distinct=threshold))
-        plain = searcher.search(SearchRequest(("color",), id=3, k=N)).hits
-        # Brute force: walk the full ranking, keep what is not that close to a kept one.
-        kept, hidden = [], 0
-        for hit in plain:
-            v = vectors[np.searchsorted(ids, hit.id)]
-            if kept and max(vectors[np.searchsorted(ids, i)] @ v for i in kept) >= threshold:
-                hidden += 1
-                continue
-            kept.append(hit.id)
-            if len(kept) == 10:
-                break
-        assert [h.id for h in result.hits] == kept
-        assert result.hidden == hidden
+def test_distinct_takes_a_similarity(searchers):
+    # What it hides: tests/search/test_distinct.py.
     with pytest.raises(UsageError, match="similarity in"):
-        searcher.search(SearchRequest(("color",), id=3, distinct=1.5))
+        searchers["folder"].search(SearchRequest(("color",), id=3, distinct=1.5))
 
 
 def test_groups_are_the_same_on_each_store(searchers):
