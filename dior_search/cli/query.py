@@ -265,10 +265,10 @@ def query(
             markup=False,
             highlight=False,
         )
-    if result.hidden:
+    if distinct is not None:
+        # Said even when none were: the person asked for copies to be hidden.
         err_console.print(
-            f"{result.hidden} near-copies of better-ranked results hidden (--distinct "
-            f"{distinct:g})",
+            f"{result.hidden} copies of better-ranked results hidden (--distinct {distinct:g})",
             markup=False,
             highlight=False,
         )
