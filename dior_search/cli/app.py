@@ -8,7 +8,6 @@ import logging
 import os
 import sys
 import threading
-from contextvars import ContextVar
 from typing import Annotated
 
 import typer
@@ -33,9 +32,6 @@ app = typer.Typer(
     cls=HelpGroup,
     rich_markup_mode=None,
 )
-# The command line as given: where the order of different options matters (`--text WORD` asks
-# about the `-c` that follows it), which the parsed options no longer say.
-command_line: ContextVar[tuple[str, ...]] = ContextVar("command_line", default=())
 console = Console()
 # Messages on stderr stay one line each, whatever the terminal width: logs and grep read them.
 err_console = Console(stderr=True, soft_wrap=True)
@@ -81,7 +77,6 @@ def quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; every failure becomes one line on stderr and a non-zero exit code."""
-    command_line.set(tuple(sys.argv[1:] if argv is None else argv))
     try:
         code = app(args=argv, prog_name="dior-search", standalone_mode=False)
     except DiorError as exc:

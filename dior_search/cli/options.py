@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ from dior_search import defaults
 from dior_search.cli.app import err_console
 from dior_search.data import collections, sources
 from dior_search.data.collections import DATASETS, Collection
-from dior_search.errors import ModelError, UsageError, number_text
+from dior_search.errors import ModelError, UsageError
 from dior_search.models.prompts import PROMPT_TEMPLATES
 from dior_search.models.settings import EmbedderOptions
 
@@ -199,13 +198,6 @@ def with_embedder_options(
         return wrapper  # type: ignore[return-value]
 
     return decorate
-
-
-def positive_number(value: float, option: str) -> float:
-    """`value` if it is a finite positive number; UsageError naming `option` otherwise."""
-    if not (math.isfinite(value) and value > 0):
-        raise UsageError(f"{option} must be a positive number, not {number_text(value)}")
-    return value
 
 
 # What --device may name (whether that device exists is checked when a model loads).

@@ -1,5 +1,5 @@
 """`dior-search query`: search a collection's indexes with an image, an indexed image's id, or
-words the model answered (`--text red -c color`), among the images that pass `--where`."""
+words the model answered (`--text color=red`), among the images that pass `--where`."""
 
 from __future__ import annotations
 

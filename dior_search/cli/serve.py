@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Annotated
 
@@ -21,9 +20,8 @@ from dior_search.cli.options import (
     check_device,
     collection_name,
     given_path,
-    positive_number,
 )
-from dior_search.errors import UsageError, number_text
+from dior_search.errors import UsageError
 
 MIB = 1024 * 1024
 
@@ -91,24 +89,9 @@ def serve(
 
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be between 0 and 65535, not {port}")
-    for option, value in (
-        ("--max-upload-mb", max_upload_mb),
-        ("--max-megapixels", max_megapixels),
-        ("--timeout", timeout),
-    ):
-        if not (math.isfinite(value) and value > 0):
-            raise UsageError(f"{option} must be a positive number, not {number_text(value)}")
-    check_device(device)
-    if dtype is not None:
-        check_dtype(dtype)
     collection = collection_name(dataset, images)
-    from dior_search.serve.access import AccessPolicy
-
-    access = AccessPolicy.of(host, allow_host or (), allow_origin or ())
-    settle_hub_access([model])
-    # Only now the server's and the model's libraries: the usage errors above answer at once.
-    from dior_search.serve.app import make_server
-    from dior_search.serve.service import SearchService, ServeSettings
+    # The limits' checks are the settings' own (serve.settings); no model library yet.
+    from dior_search.serve.settings import ServeSettings
 
     settings = ServeSettings(
         indexes_dir=indexes,
@@ -118,16 +101,24 @@ def serve(
         device=device,
         dtype=dtype,
         trust_remote_code=trust_remote_code,
-        max_upload_bytes=int(positive_number(max_upload_mb, "--max-upload-mb") * MIB),
-        max_pixels=int(positive_number(max_megapixels, "--max-megapixels") * 1_000_000),
-        timeout_s=positive_number(timeout, "--timeout"),
+    ).with_limit_options(
+        max_upload_mb=max_upload_mb,
+        max_megapixels=max_megapixels,
+        timeout=timeout,
         max_k=max_k,
-        max_decode_bytes=(
-            None
-            if max_decode_mb is None
-            else int(positive_number(max_decode_mb, "--max-decode-mb") * MIB)
-        ),
+        max_decode_mb=max_decode_mb,
     )
+    check_device(device)
+    if dtype is not None:
+        check_dtype(dtype)
+    from dior_search.serve.access import AccessPolicy
+
+    access = AccessPolicy.of(host, allow_host or (), allow_origin or ())
+    settle_hub_access([model])
+    # Only now the server's and the model's libraries: the usage errors above answer at once.
+    from dior_search.serve.app import make_server
+    from dior_search.serve.service import SearchService
+
     service = SearchService.open(settings)
     verbose = logging.getLogger().isEnabledFor(logging.INFO)
     server = make_server(service, host, port, "info" if verbose else "warning", access)
@@ -136,9 +127,9 @@ def serve(
         console.print(
             f"{served.name}: {served.images} images under {names}", markup=False, highlight=False
         )
-    shown = f"[{host}]" if ":" in host else host
+    url_host = f"[{host}]" if ":" in host else host  # an IPv6 address in brackets
     console.print(
-        f"serving with model {service.searcher.description.model} at http://{shown}:{port}/ "
+        f"serving with model {service.searcher.description.model} at http://{url_host}:{port}/ "
         "(Ctrl+C stops)",
         markup=False,
         highlight=False,

@@ -119,7 +119,7 @@ class DatasetSpec:
     path_labels: PathLabeller | None = None
 
 
-def read_table(path: Path, delimiter: str, columns: Sequence[str]) -> list[dict[str, str]]:
+def read_label_table(path: Path, delimiter: str, columns: Sequence[str]) -> list[dict[str, str]]:
     """A label table's rows, checked: UTF-8 text, every column in `columns`, at least a row.
 
     Read again only when the file changes (its size or modification time).
@@ -130,11 +130,11 @@ def read_table(path: Path, delimiter: str, columns: Sequence[str]) -> list[dict[
         if not path.exists():
             raise LabelTableError(f"label table not found: {path}") from None
         raise LabelTableError(f"cannot read label table {path}: {os_reason(exc)}") from None
-    return read_table_version(path, delimiter, tuple(columns), info.st_mtime_ns, info.st_size)
+    return read_label_table_version(path, delimiter, tuple(columns), info.st_mtime_ns, info.st_size)
 
 
 @functools.lru_cache(maxsize=16)
-def read_table_version(
+def read_label_table_version(
     path: Path, delimiter: str, columns: tuple[str, ...], _mtime_ns: int, _size: int
 ) -> list[dict[str, str]]:
     try:
@@ -194,7 +194,7 @@ def require_images(root: Path, name: str) -> None:
 def synthetic_labels(root: Path, _metadata: Path) -> LabelRows:
     path = root / LABELS_FILE
     columns = ("file_name", "split", *SYNTHETIC_CONDITIONS)
-    rows = read_table(path, ",", columns)
+    rows = read_label_table(path, ",", columns)
     test = [
         (row["file_name"], {c: row[c] for c in SYNTHETIC_CONDITIONS})
         for row in rows
@@ -221,7 +221,7 @@ def synthetic_cars_labels(root: Path, _metadata: Path) -> LabelRows:
     """The first `TABLE_ROWS` rows of the user's table, each naming its image by its first
     column (the frame, pandas' `index_col=0` in the reference), colours named from HSV."""
     path = root / synthetic_cars.TABLE_FILE
-    rows = read_table(path, ",", synthetic_cars.COLUMNS)
+    rows = read_label_table(path, ",", synthetic_cars.COLUMNS)
     frame = next(iter(rows[0]))
     labelled = []
     # Line 1 is the header.
@@ -248,7 +248,7 @@ DEEPFASHION_COLUMNS = {
 
 def deepfashion_labels(_root: Path, metadata: Path) -> LabelRows:
     path = metadata / "deepfashion.csv"
-    rows = read_table(path, ",", ("file_names", *DEEPFASHION_COLUMNS.values()))
+    rows = read_label_table(path, ",", ("file_names", *DEEPFASHION_COLUMNS.values()))
     # One-hot label strings are compared whole, as the paper does.
     return rows_by_path(
         path,
@@ -269,7 +269,7 @@ def read_deepfashion(root: Path, metadata: Path) -> Listing:
 
 def movie_poster_labels(_root: Path, metadata: Path) -> LabelRows:
     path = metadata / "movie_posters.tsv"
-    rows = read_table(path, "\t", ("imdbID", "Genre", "Country"))
+    rows = read_label_table(path, "\t", ("imdbID", "Genre", "Country"))
     return rows_by_path(
         path,
         [

@@ -13,7 +13,7 @@ So every request is checked here before any route sees it:
   the `Host` header's) or one given with `serve --allow-origin`. Otherwise 403;
 - its request line and headers together are at most MAX_HEADER_BYTES, else 431 (uvicorn's
   limit holds only for headers that arrive in pieces); its body at most the upload limit and
-  the form's framing, else 413 (`Guard`, which also marks every answer's type as final).
+  the form's framing, else 413 (`BodyLimitGuard`, which also marks every answer's type as final).
 
 The POST routes accept only their real media types (`media_type`), so a cross-site page can
 send nothing to them that a browser would not first ask permission for (CORS preflight),
@@ -71,14 +71,15 @@ def normal_origin(origin: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def shown(text: str) -> str:
-    """`text` quoted for an error line, cut short: it is the client's."""
+def quoted_cut(text: str) -> str:
+    """`text` as a Python literal (quoted, escapes visible) cut to 100 characters: a client's
+    header value in an error line. (`data.paths.shown` escapes a file name; this quotes.)"""
     return repr(text if len(text) <= 100 else text[:97] + "...")
 
 
 def sent_as(kind: str) -> str:
     """The end of a 415 message: what the request sent instead."""
-    return f", not {shown(kind)}" if kind else "; the request gives no Content-Type"
+    return f", not {quoted_cut(kind)}" if kind else "; the request gives no Content-Type"
 
 
 def media_type(content_type: str) -> str:
@@ -121,7 +122,10 @@ class AccessPolicy:
         if not host:
             return "a request must name this server in its Host header"
         if not self.host_allowed(host_name(host)):
-            return f"host {shown(host)} is not this server's (serve --allow-host NAME to answer it)"
+            return (
+                f"host {quoted_cut(host)} is not this server's "
+                "(serve --allow-host NAME to answer it)"
+            )
         if origin is None:
             return None
         parts = urlsplit(origin.strip().lower())
@@ -129,8 +133,8 @@ class AccessPolicy:
         if same or f"{parts.scheme}://{parts.netloc}" in self.origins:
             return None
         return (
-            f"requests from origin {shown(origin)} are refused (serve --allow-origin ORIGIN to "
-            "answer them)"
+            f"requests from origin {quoted_cut(origin)} are refused "
+            "(serve --allow-origin ORIGIN to answer them)"
         )
 
 
@@ -170,7 +174,7 @@ class AccessGuard:
         await response(scope, receive, send)
 
 
-class Guard:
+class BodyLimitGuard:
     """ASGI middleware: caps request bodies and marks every response's content type as final."""
 
     def __init__(self, app: ASGIApp, max_body: int) -> None:

@@ -39,7 +39,7 @@ from dior_search.search.searcher import SearchRequest, SearchResult
 from dior_search.serve.access import (
     AccessGuard,
     AccessPolicy,
-    Guard,
+    BodyLimitGuard,
     UnsupportedMediaType,
     media_type,
     sent_as,
@@ -100,7 +100,7 @@ class JSONResponse(responses.JSONResponse):
         return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
-def error(status: int, message: str) -> JSONResponse:
+def error_response(status: int, message: str) -> JSONResponse:
     """A one-line JSON error; a message quoting a long input is cut to MAX_ERROR_CHARS."""
     line = " ".join(message.split())
     if len(line) > MAX_ERROR_CHARS:
@@ -128,12 +128,12 @@ def api(handler: Handler) -> Handler:
                 return await handler(request)
         except (TimeoutError, DeadlineExceeded):
             # One answer whichever noticed first: the server's clock or the work's own check.
-            return error(504, f"the request took longer than the limit of {timeout:g} s")
+            return error_response(504, f"the request took longer than the limit of {timeout:g} s")
         except DiorError as exc:
             status = exc.http_status  # each error class carries its own (see errors.py)
             if status == 500:
                 log.error("%s: %s", request.url.path, exc)
-            return error(status, str(exc))
+            return error_response(status, str(exc))
 
     return guarded
 
@@ -512,11 +512,11 @@ async def thumbnail(request: Request) -> Response:
 async def http_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
-    return error(status, detail.lower() if status in (404, 405) else detail)
+    return error_response(status, detail.lower() if status in (404, 405) else detail)
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
-    return error(500, "internal error")
+    return error_response(500, "internal error")
 
 
 def create_app(service: SearchService, access: AccessPolicy | None = None) -> Starlette:
@@ -536,7 +536,7 @@ def create_app(service: SearchService, access: AccessPolicy | None = None) -> St
     app = Starlette(
         routes=routes,
         middleware=[
-            Middleware(Guard, max_body=service.settings.max_upload_bytes + FORM_OVERHEAD),
+            Middleware(BodyLimitGuard, max_body=service.settings.max_upload_bytes + FORM_OVERHEAD),
             Middleware(AccessGuard, policy=access or AccessPolicy()),
         ],
         exception_handlers={HTTPException: http_error, Exception: internal_error},

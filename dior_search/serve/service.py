@@ -32,7 +32,6 @@ from typing import Generic, TypeVar
 import numpy as np
 from PIL import Image
 
-from dior_search import defaults
 from dior_search.data.decode_budget import DecodeBudget, OverBudget, process_budget
 from dior_search.data.images import (
     MAX_FILE_BYTES,
@@ -50,16 +49,15 @@ from dior_search.search.deadline import DeadlineExceeded
 from dior_search.search.searcher import (
     ConditionIndex,
     Searcher,
-    SearchOptions,
     SearchRequest,
     SearchResult,
 )
+from dior_search.serve.settings import ServeSettings
 from dior_search.store.schema import Row
 from dior_search.store.stores import open_store
 
 log = logging.getLogger(__name__)
 
-MIB = 1024 * 1024
 # What messages call an uploaded image.
 UPLOAD = "the uploaded image"
 # A thumbnail's JPEG quality: small files, no visible blocks at 256 px.
@@ -78,50 +76,6 @@ class TooLarge(DiorError):
 
     exit_code = 3
     http_status = 413
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """Which indexes are served with which model, and the limits on requests."""
-
-    indexes_dir: Path = defaults.DEFAULT_INDEXES_DIR
-    # `--store`: a database store's URI (None: the index folders under indexes_dir).
-    store: str | None = None
-    model: str | None = None
-    collection: str | None = None
-    device: str = "auto"
-    dtype: str | None = None
-    trust_remote_code: bool = False
-    max_upload_bytes: int = defaults.MAX_UPLOAD_BYTES
-    max_pixels: int = defaults.MAX_PIXELS
-    timeout_s: float = defaults.REQUEST_TIMEOUT_S
-    max_k: int = defaults.MAX_K
-    # Bytes that the server's decodes in flight (uploads, thumbnails) may hold together
-    # (None: the process's default budget, sized for the machine).
-    max_decode_bytes: int | None = None
-    upload_cache_entries: int = 64
-    upload_cache_bytes: int = 512 * MIB
-    thumbnail_size: int = 256
-    thumbnail_cache_entries: int = 4096
-    # A 256 px JPEG is 10-20 KB: 64 MiB holds several thousand.
-    thumbnail_cache_bytes: int = 64 * MIB
-
-    def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_pixels", "max_k", "thumbnail_size"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name.replace('_', ' ')} must be at least 1")
-        if self.max_decode_bytes is not None and self.max_decode_bytes < MIB:
-            raise UsageError("the decode budget must be at least 1 MiB")
-        if not self.timeout_s > 0:
-            raise UsageError("the request timeout must be positive")
-
-    def search_options(self) -> SearchOptions:
-        return SearchOptions(
-            device=self.device,
-            dtype=self.dtype,
-            trust_remote_code=self.trust_remote_code,
-            max_k=self.max_k,
-        )
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 `http_status`), README's "Exit codes" section checked against it, and every verb driven into
 each error class it can reach: the documented code and one `error:` line, nothing more."""
 
+import gc
 import importlib
 import pkgutil
 import re
@@ -15,6 +16,7 @@ from dior_search import errors, interrupts
 from dior_search.errors import EXIT_CODES, DiorError, error_classes
 
 README = Path(__file__).parents[2] / "README.md"
+CLI_ERRORS_DOC = Path(__file__).parents[2] / "docs" / "cli-errors.md"
 # The statuses docs/serving.md documents (403 and 431 come from the access guard, not a class).
 HTTP_STATUSES = {400, 404, 409, 413, 415, 500, 504}
 
@@ -77,6 +79,43 @@ def test_http_status_does_not_depend_on_the_class_tree():
     for kind, status in statuses.items():
         assert kind.http_status == status, kind
     assert not issubclass(DeadlineExceeded, errors.UsageError)
+
+
+def documented_error_types() -> dict[str, tuple[int, int]]:
+    """docs/cli-errors.md's table of every error type: name -> (exit code, HTTP status)."""
+    text = CLI_ERRORS_DOC.read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `(\w+)` \| (\d+) \| (\d+) \| .+ \|$", text, flags=re.MULTILINE)
+    table = {name: (int(code), int(status)) for name, code, status in rows}
+    assert len(table) == len(rows), "an error type documented twice"
+    return table
+
+
+def test_every_error_type_has_the_exit_code_and_http_status_its_row_documents():
+    """A new error class needs its documented row: it cannot inherit a status unnoticed."""
+    classes = all_error_classes()
+    names = [kind.__name__ for kind in classes]
+    assert len(set(names)) == len(names), "two error classes of one name"
+    in_code = {kind.__name__: (kind.exit_code, kind.http_status) for kind in classes}
+    documented = documented_error_types()
+    assert sorted(in_code) == sorted(documented)
+    for name, numbers in in_code.items():
+        assert numbers == documented[name], name
+
+
+def test_a_subclass_without_its_row_is_caught():
+    """The check above sees a subclass that only inherits its numbers."""
+
+    class QuietlyInherited(errors.UsageError):
+        pass
+
+    try:
+        in_code = {kind.__name__ for kind in all_error_classes()}
+        assert "QuietlyInherited" in in_code
+        assert "QuietlyInherited" not in documented_error_types()
+    finally:
+        del QuietlyInherited
+        gc.collect()  # gone from UsageError.__subclasses__() for the tests that follow
+    assert "QuietlyInherited" not in {kind.__name__ for kind in error_classes()}
 
 
 @pytest.fixture(scope="module")
