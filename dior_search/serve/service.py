@@ -46,14 +46,10 @@ from dior_search.data.images import (
 from dior_search.data.reading import item_file, open_file, read_item
 from dior_search.data.sources import ItemReadError
 from dior_search.errors import DiorError, InputError, UsageError
+from dior_search.search.catalogue import ConditionIndex
 from dior_search.search.deadline import DeadlineExceeded
-from dior_search.search.searcher import (
-    ConditionIndex,
-    Searcher,
-    SearchOptions,
-    SearchRequest,
-    SearchResult,
-)
+from dior_search.search.request import SearchOptions, SearchRequest, SearchResult
+from dior_search.search.searcher import Searcher
 from dior_search.store.schema import Row
 from dior_search.store.stores import open_store
 
@@ -95,7 +91,7 @@ class ServeSettings:
     max_upload_bytes: int = defaults.MAX_UPLOAD_BYTES
     max_pixels: int = defaults.MAX_PIXELS
     timeout_s: float = defaults.REQUEST_TIMEOUT_S
-    max_k: int = defaults.MAX_K
+    max_k: int = defaults.MAX_SERVED_RESULTS
     # Bytes that the server's decodes in flight (uploads, thumbnails) may hold together
     # (None: the process's default budget, sized for the machine).
     max_decode_bytes: int | None = None
