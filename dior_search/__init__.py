@@ -43,13 +43,8 @@ if TYPE_CHECKING:
         GenerativeSettings,
         IndirectSettings,
     )
-    from dior_search.search.searcher import (
-        Hit,
-        Searcher,
-        SearchOptions,
-        SearchRequest,
-        SearchResult,
-    )
+    from dior_search.search.request import Hit, SearchOptions, SearchRequest, SearchResult
+    from dior_search.search.searcher import Searcher
     from dior_search.store.export import export_collection, export_index
     from dior_search.store.reader import IndexReader
     from dior_search.store.stores import open_store
@@ -78,10 +73,10 @@ API = {
     "GenerativeSettings": "dior_search.models.settings",
     "IndirectSettings": "dior_search.models.settings",
     "Searcher": "dior_search.search.searcher",
-    "SearchOptions": "dior_search.search.searcher",
-    "SearchRequest": "dior_search.search.searcher",
-    "SearchResult": "dior_search.search.searcher",
-    "Hit": "dior_search.search.searcher",
+    "SearchOptions": "dior_search.search.request",
+    "SearchRequest": "dior_search.search.request",
+    "SearchResult": "dior_search.search.request",
+    "Hit": "dior_search.search.request",
     "IndexReader": "dior_search.store.reader",
     "open_store": "dior_search.store.stores",
     "export_collection": "dior_search.store.export",

@@ -58,7 +58,9 @@ DEFAULT_K = 10
 MAX_UPLOAD_BYTES = 20 << 20
 MAX_PIXELS = 50_000_000
 REQUEST_TIMEOUT_S = 30.0
-MAX_K = 100
+# The most results one served query may ask for, unless `serve --max-k` says otherwise
+# (search.request.MAX_RESULTS bounds any request).
+MAX_SERVED_RESULTS = 100
 
 
 def default_model(collections: Iterable[str]) -> str:

@@ -34,9 +34,18 @@ from dior_search.data.paths import shown
 from dior_search.errors import UsageError
 
 if TYPE_CHECKING:
-    from dior_search.search.searcher import Searcher, SearchOptions, SearchResult
+    from dior_search.search.request import SearchOptions, SearchResult
+    from dior_search.search.searcher import Searcher
     from dior_search.search.terms import Term
     from dior_search.store.backend import IndexStore
+
+
+# The request's rules (search.request.Wording) in the words of this command's options.
+CLI_WORDING = {
+    "one_query": "give a query IMAGE or --id ID (one of them), or --example terms",
+    "words_only": "every --condition has a --text word: give no IMAGE or --id (or a condition "
+    "without a word, searched by the image)",
+}
 
 
 @app.command()
@@ -173,7 +182,8 @@ def query(
     from dior_search.cli.query_terms import ImageLoader, TermOptions, query_parts
     from dior_search.models.settings import check_dtype
     from dior_search.search.filters import parse_filters
-    from dior_search.store.index_types import parse_search_params, search_params_of
+    from dior_search.search.request import SearchRequest, Wording, check_k, check_query_given
+    from dior_search.store.stores import SearchParams
 
     conditions = tuple(condition or ())
     term_options = TermOptions(
@@ -190,13 +200,9 @@ def query(
         parts = query_parts(conditions, texts, term_options, image, row_id, load)
         conditions, words, terms = parts.conditions, parts.words, parts.terms
     by_image = not terms and (words is None or None in words)
-    if by_image and (image is None) == (row_id is None):
-        raise UsageError("give a query IMAGE or --id ID (one of them), or --example terms")
-    if not by_image and not terms and (image is not None or row_id is not None):
-        raise UsageError(
-            "every --condition has a --text word: give no IMAGE or --id (or a condition "
-            "without a word, searched by the image)"
-        )
+    if not terms:  # with terms, a query IMAGE is one of the examples
+        given = (image is not None) + (row_id is not None)
+        check_query_given(by_image, given, composed=False, wording=Wording(**CLI_WORDING))
     if weight and not by_image:
         raise UsageError(
             "--weight weighs the conditions searched by the image; every --condition here has "
@@ -208,14 +214,13 @@ def query(
     if dtype is not None:
         check_dtype(dtype)
     parse_filters(where or ())
-    params = search_params_of(search_params, nprobe, ef_search)
-    parse_search_params(params)  # values in range, before anything is loaded
+    params = SearchParams.parse(search_params, nprobe, ef_search)  # before anything loads
     check_target(conditions, dataset, images, index_path, store)
     if sheet is not None:
         check_output(sheet, "--sheet")
     if image is not None or words is not None:  # a model is loaded: its files may be asked
         settle_hub_access([None])
-    from dior_search.search.searcher import SearchOptions, SearchRequest, check_k
+    from dior_search.search.request import SearchOptions
 
     check_k(k)
     # The cheapest check first: a missing image is an input error whatever the index.

@@ -58,7 +58,7 @@ def serve(
         float, typer.Option(help="Seconds a request may take.")
     ] = defaults.REQUEST_TIMEOUT_S,
     max_k: Annotated[int, typer.Option(help="Most results one query may ask for.")] = (
-        defaults.MAX_K
+        defaults.MAX_SERVED_RESULTS
     ),
     max_decode_mb: Annotated[
         float | None,

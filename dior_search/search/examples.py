@@ -11,11 +11,13 @@ import numpy as np
 
 from dior_search.errors import UsageError
 from dior_search.models.answers import query_word
+from dior_search.search.catalogue import NotIndexed, check_id
 from dior_search.search.terms import Term
 from dior_search.store.schema import ANSWER, normalize
 
 if TYPE_CHECKING:
-    from dior_search.search.searcher import CollectionIndexes, Searcher
+    from dior_search.search.catalogue import CollectionIndexes
+    from dior_search.search.searcher import Searcher
 
 # Answer words listed in the error for a word no image answered.
 SHOWN_ANSWERS = 12
@@ -61,19 +63,20 @@ def unit(vector: np.ndarray) -> np.ndarray:
 def stored_example(searcher: Searcher, collection: CollectionIndexes, term: Term) -> np.ndarray:
     """The stored vector, under the term's condition, of the image `term.id` names in the
     index of `term.id_condition` (default: the term's own)."""
-    from dior_search.search.searcher import NotIndexed, check_id
-
     assert term.id is not None
     condition = searcher.condition(collection, term.condition)
-    reader = searcher.reader(condition)
     named = searcher.condition(collection, term.id_condition or term.condition)
     if named.location == condition.location:
+        reader = searcher.reader(condition)
         check_id(reader, condition, term.id)
         return reader.vector(term.id)
     content_hash = searcher.reader_with_id(named, term.id).row(term.id).content_hash
-    for row_id, stored_hash in zip(reader.ids.tolist(), reader.content_hashes(), strict=True):
-        if stored_hash == content_hash:
-            return reader.vector(int(row_id))
+    # The cached join of the condition's index alone keeps its ids by content hash (built
+    # once per generation), not a scan of every hash per request.
+    alone = searcher.joined([condition])
+    row_id = alone.first_id_of_hash(content_hash)
+    if row_id is not None:
+        return alone.readers[0].vector(row_id)
     raise NotIndexed(f"image {term.id} of '{named.name}' is not indexed under '{condition.name}'")
 
 

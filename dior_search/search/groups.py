@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 MIN_ANSWER_SHARE = 0.02
 MAX_AUTO_K = 12
-MAX_K = 1000
+# The most groups one clustering may be asked for (a served request: serve.app.MAX_GROUPS).
+MAX_CLUSTERS = 1000
 SILHOUETTE_SAMPLE = 2000
 KMEANS_ITERATIONS = 30
 KMEANS_RESTARTS = 10
@@ -159,8 +160,8 @@ def group_images(
     n = len(ids)
     if n < 2:
         raise UsageError(f"the index of '{condition.name}' holds {n} image(s): nothing to group")
-    if k is not None and not 1 <= k <= min(n, MAX_K):
-        raise UsageError(f"--k must be between 1 and {min(n, MAX_K)}")
+    if k is not None and not 1 <= k <= min(n, MAX_CLUSTERS):
+        raise UsageError(f"--k must be between 1 and {min(n, MAX_CLUSTERS)}")
     answers = reader.column(ANSWER) if ANSWER in reader.column_names() else None
     chosen_by = "given"
     if k is None:

@@ -1,42 +1,51 @@
 """One search engine for the CLI, the server and bench: find indexes, embed, search, explain.
 
 A `Searcher` serves the indexes of one embedder (model and settings), of one collection or of
-all: it opens their readers on first use, loads the model only when an image must be embedded
-(with the settings in the indexes' manifests; another model is refused), and answers a
-`SearchRequest` (an image, stored vectors, or an indexed image's id, under one or several
-weighted conditions; words to ask the model about under some conditions; filters) with a
-`SearchResult`. A query in words alone loads no model: only its tokenizer and the output
-head's rows of the words (see search.words). It is safe to use from several threads: forward
-passes are serialised by one lock, searches run concurrently.
+all, and answers a `SearchRequest` (search.request) with a `SearchResult`. It is a short
+pipeline over four parts, each in its own module:
+
+- the catalogue (search.catalogue): which indexes are served, their row counts as of their
+  latest commits, the damaged ones left out;
+- the reader cache (search.readers): readers opened on first use and reopened after a commit,
+  joins of several indexes, damaged files remembered until they change;
+- the query model (search.query_model): the model, loaded only when an image must be embedded,
+  with the settings in the indexes' manifests; a query in words alone loads only its tokenizer
+  and the output head's rows of the words;
+- the request plan (search.plan): one request's indexes, query and filters, then its ranking
+  and hits.
+
+It is safe to use from several threads: forward passes are serialised by one lock, searches
+run concurrently.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import os
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import replace as replace_plan
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from dior_search import defaults
-from dior_search.data.collections import DATASETS, LabelSource, current_labels
+from dior_search.data.collections import current_labels
 from dior_search.data.fingerprints import Fingerprints
-from dior_search.errors import IndexStoreError, InputError, UsageError, first_line
+from dior_search.errors import IndexStoreError, UsageError
 from dior_search.models.answers import WordHead, query_word
 from dior_search.models.embedder import Embedder, EmbedderDescription
+from dior_search.search import query_model
+from dior_search.search.catalogue import (
+    Catalogue,
+    CollectionIndexes,
+    ConditionIndex,
+    check_id,
+    manifest_of,
+)
 
-# DeadlineExceeded: re-exported, where callers have always found it.
+# Re-exported, where callers have always found them.
+from dior_search.search.catalogue import NotIndexed as NotIndexed
 from dior_search.search.deadline import DeadlineExceeded as DeadlineExceeded
 from dior_search.search.deadline import check_deadline
-from dior_search.search.distinct import check_distinct, distinct_ranking
+from dior_search.search.distinct import distinct_ranking
 from dior_search.search.examples import check_example_conditions, example_vectors
 from dior_search.search.facets import Facets, count_answers
 from dior_search.search.filters import (
@@ -46,248 +55,37 @@ from dior_search.search.filters import (
     passing_rows,
     store_filter,
 )
-from dior_search.search.joined import JoinedIndexes, Ranked, normalize_weights
-from dior_search.search.terms import ComposedQuery, Term, check_terms, compose, term_conditions
-from dior_search.search.words import WordCondition, WordRanking, WordScores
-from dior_search.store.backend import (
-    DatabaseIndex,
-    IndexEntry,
-    IndexLocation,
-    IndexStore,
-    Manifest,
-    Reader,
-    check_same_embedder,
-)
-from dior_search.store.schema import ANSWER, Row
-from dior_search.store.stores import (
-    ManifestStamp,
-    check_has_indexes,
-    index_first,
-    is_index_of,
-    manifest_stamp,
-    open_reader,
-    open_store,
-)
+from dior_search.search.joined import JoinedIndexes, normalize_weights
+from dior_search.search.plan import RequestPlan
+from dior_search.search.query_model import NoAnswers as NoAnswers
+from dior_search.search.query_model import QueryModel
+from dior_search.search.readers import DamagedIndex as DamagedIndex
+from dior_search.search.readers import ReaderCache
+from dior_search.search.request import MAX_RESULTS, QueryImage
+from dior_search.search.request import Hit as Hit
+from dior_search.search.request import SearchOptions as SearchOptions
+from dior_search.search.request import SearchRequest as SearchRequest
+from dior_search.search.request import SearchResult as SearchResult
+from dior_search.search.request import check_k as check_k
+from dior_search.search.terms import check_terms as check_term_list
+from dior_search.search.terms import compose
+from dior_search.search.words import WordCondition
+from dior_search.store.backend import IndexEntry, IndexLocation, IndexStore, Reader
+from dior_search.store.schema import Row
+from dior_search.store.stores import check_has_indexes, index_first, open_store
 
-log = logging.getLogger(__name__)
-
-JOINED_CACHE_ENTRIES = 64
-# Bounds on numbers a request gives: ids are int64, and k beyond a million is no search.
-MAX_ID = (1 << 63) - 1
-MAX_K = 1_000_000
-
-
-class NotIndexed(IndexStoreError):
-    """A collection, condition or id that the searched indexes do not hold."""
-
-    http_status = 404
-
-
-class DamagedIndex(NotIndexed):
-    """An index whose files were found damaged (or gone) when it was opened."""
-
-
-class NoAnswers(NotIndexed):
-    """A condition asked about in words (or filtered by answer) whose index stores none."""
-
-
-Stamp = tuple[tuple[str, int, int, int], ...]
-
-
-def files_stamp(location: IndexLocation) -> Stamp | None:
-    """What changes when any file of a folder index does (stats, no reads); None for a
-    database's index, or a folder that cannot be listed."""
-    if isinstance(location, DatabaseIndex):
-        return None
-    try:
-        with os.scandir(location) as entries:
-            found = [(e.name, *_stat_of(e)) for e in entries]
-    except OSError:
-        return None
-    return tuple(sorted(found))
-
-
-def _stat_of(entry: os.DirEntry[str]) -> tuple[int, int, int]:
-    try:
-        status = entry.stat(follow_symlinks=False)
-    except OSError:
-        return (-1, -1, -1)
-    return status.st_ino, status.st_size, status.st_mtime_ns
-
-
-def check_k(k: int, max_k: int = MAX_K) -> None:
-    """UsageError unless 1 <= k <= max_k."""
-    if not 1 <= k <= max_k:
-        raise UsageError(f"k must be between 1 and {max_k}")
-
-
-@dataclass(frozen=True)
-class SearchOptions:
-    """How the model runs and how indexes are searched; none of it changes the vectors."""
-
-    device: str = "auto"
-    # None: the dtype the indexes were built with.
-    dtype: str | None = None
-    trust_remote_code: bool = False
-    search_params: str = ""
-    mmap: bool | None = None
-    # The most results one request may ask for (None: no limit).
-    max_k: int | None = None
-
-
-@dataclass(frozen=True)
-class ConditionIndex:
-    """One index (a directory, or a database's collection): a collection's images under one
-    condition."""
-
-    name: str
-    text: str | None
-    location: IndexLocation
-    root: Path
-    rows: int
-    # Whether its rows carry the model's answers (see models.embedder.AnswerState).
-    answers: str = "off"
-
-
-@dataclass(frozen=True)
-class CollectionIndexes:
-    """A collection's indexes, one per condition, all of one embedder."""
-
-    name: str
-    conditions: dict[str, ConditionIndex]
-
-    @property
-    def images(self) -> int:
-        return max(c.rows for c in self.conditions.values())
-
-
-@dataclass(frozen=True)
-class SearchRequest:
-    """What to search for: under each condition, a word to ask the model about, or (for the
-    conditions without one) exactly one of an image, its vectors, or an indexed image's id."""
-
-    conditions: tuple[str, ...] = ()
-    # None: the searcher's only collection.
-    collection: str | None = None
-    # One per condition searched by image (those without a word).
-    weights: tuple[float, ...] | None = None
-    k: int = defaults.DEFAULT_K
-    image: Image.Image | None = None
-    # The query already embedded under each condition without a word (e.g. a cached upload).
-    vectors: tuple[np.ndarray, ...] | None = None
-    id: int | None = None
-    # The condition whose index `id` is from (None: the first condition).
-    id_condition: str | None = None
-    # Per condition, a word to rank by the model's answers (None: ranked by the image).
-    words: tuple[str | None, ...] | None = None
-    # Filters: `CONDITION=WORD` (an answer) or `label:NAME=VALUE` (see search.filters).
-    where: tuple[str, ...] = ()
-    # A composed query (search.terms): examples, positive or negative, per condition; then
-    # no image, vectors or id. The single-image query is one positive term per condition.
-    terms: tuple[Term, ...] = ()
-    # Hide a hit whose similarity to a better-ranked one is at least this (near-copies).
-    distinct: float | None = None
-
-    def word_of(self, position: int) -> str | None:
-        return None if self.words is None else self.words[position]
-
-    @property
-    def searched_conditions(self) -> tuple[str, ...]:
-        """The conditions named, or (none named) those of the terms in order."""
-        return self.conditions or term_conditions(self.terms)
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One result; `id` is in the first condition's index."""
-
-    rank: int
-    id: int
-    score: float
-    scores: dict[str, float]
-    path: str
-    labels: dict[str, str]
-    # The model's stored answer under each searched condition that has answers.
-    answers: dict[str, str] = field(default_factory=dict)
-    # Per condition asked about in words: "answer" (its stored answer is the word) or
-    # "first-token" (scored by the word's first token).
-    scored_by: dict[str, str] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        found = {
-            "rank": self.rank,
-            "id": self.id,
-            "score": self.score,
-            "scores": self.scores,
-            "path": self.path,
-            "labels": self.labels,
-            "answers": self.answers,
-        }
-        if self.scored_by:
-            found["scored_by"] = self.scored_by
-        return found
-
-
-@dataclass(frozen=True)
-class QueryImage:
-    """The indexed image an id query searched with (all None for an image query)."""
-
-    id: int | None = None
-    condition: str | None = None
-    path: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    collection: CollectionIndexes
-    conditions: tuple[ConditionIndex, ...]
-    # One per condition searched by image (those without a word), in order.
-    weights: tuple[float, ...]
-    query: QueryImage
-    hits: list[Hit]
-    # The word asked about under each condition that has one.
-    words: dict[str, str] = field(default_factory=dict)
-    filters: tuple[Filter, ...] = ()
-    # Paths of hits that the collection's label table no longer lists (their labels: none).
-    unlisted: tuple[str, ...] = ()
-    terms: tuple[Term, ...] = ()
-    # Near-copies of better-ranked hits left out (`distinct`).
-    hidden: int = 0
-
-    @property
-    def root(self) -> Path:
-        """The folder the hits' paths are relative to."""
-        return self.conditions[0].root
-
-    @property
-    def title(self) -> str:
-        names = [c.name for c in self.conditions if c.name not in self.words]
-        parts = [
-            f"'{name}'" if len(names) == 1 else f"'{name}' ({w:.2f})"
-            for name, w in zip(names, self.weights, strict=True)
-        ]
-        parts += [f"'{name}' = {word!r}" for name, word in self.words.items()]
-        if self.terms:
-            parts = [
-                f"{'+' if t.positive else '-'}'{t.condition}' {t.example}"
-                + (f" ({t.weight:g})" if t.weight != 1 else "")
-                for t in self.terms
-            ] + [f"'{name}' = {word!r}" for name, word in self.words.items()]
-        where = f" where {', '.join(map(str, self.filters))}" if self.filters else ""
-        return f"{self.collection.name} under " + " + ".join(parts) + where
-
-
-def entry_condition(entry: IndexEntry) -> ConditionIndex:
-    manifest = entry.manifest
-    return ConditionIndex(
-        name=entry.condition,
-        text=manifest.condition["text"],
-        location=entry.location,
-        root=Path(manifest.collection["root"]),
-        rows=manifest.rows,
-        answers=manifest.answers,
-    )
+__all__ = [
+    "DamagedIndex",
+    "DeadlineExceeded",
+    "Hit",
+    "NoAnswers",
+    "NotIndexed",
+    "SearchOptions",
+    "SearchRequest",
+    "SearchResult",
+    "Searcher",
+    "check_k",
+]
 
 
 class Searcher:
@@ -300,39 +98,21 @@ class Searcher:
         embedder: Embedder | None = None,
         damaged: dict[IndexLocation, IndexStoreError] | None = None,
     ) -> None:
-        # Indexes whose manifests are damaged: left out, their error raised when a request
-        # names their condition.
-        self.damaged = dict(damaged or {})
         if not entries:
-            raise next(iter(self.damaged.values()), IndexStoreError("no indexes to search"))
+            raise next(iter((damaged or {}).values()), IndexStoreError("no indexes to search"))
         folders = sorted({e.embedder_folder for e in entries})
         if len(folders) > 1:
             raise IndexStoreError(
                 f"indexes of several embedders: {', '.join(folders)}; pick one with --model"
             )
         self.options = options or SearchOptions()
-        self.entries = list(entries)
-        self._embedder = embedder
-        if embedder is not None:
-            self.entries = self._matching(embedder)
-        self.collections = self._catalog(self.entries)
-        self._embed_lock = threading.Lock()
-        self._readers: dict[IndexLocation, Reader] = {}
-        self._reader_locks: dict[IndexLocation, threading.Lock] = {}
-        self._readers_lock = threading.Lock()
-        self._joined: OrderedDict[tuple[tuple[IndexLocation, int, int], ...], JoinedIndexes] = (
-            OrderedDict()
+        self.catalogue = Catalogue(entries, damaged)
+        self.model = QueryModel(self.catalogue, self.options, embedder)
+        self.cache = ReaderCache(
+            self.options.mmap, self.options.search_params, self.catalogue.update
         )
-        self._joined_lock = threading.Lock()
-        self._word_head: WordHead | None = None
-        self._word_head_lock = threading.Lock()
-        # Indexes found damaged when opened: the error, until their files change (so a
-        # request after it does not re-open and re-hash the whole index).
-        self._damage: dict[IndexLocation, tuple[Stamp, str]] = {}
         # Pictures' fingerprints for `distinct` (read from the image files, kept per content).
         self.fingerprints = Fingerprints()
-        # Each folder index's manifest stamp when the catalog last read it.
-        self._manifest_stamps: dict[IndexLocation, ManifestStamp] = {}
 
     @classmethod
     def open(
@@ -377,65 +157,53 @@ class Searcher:
         collection, embedder or method."""
         return cls([IndexEntry(d, manifest_of(d)) for d in directories], options)
 
-    @staticmethod
-    def _catalog(entries: Sequence[IndexEntry]) -> dict[str, CollectionIndexes]:
-        by_collection: dict[str, dict[str, ConditionIndex]] = {}
-        for entry in entries:
-            by_collection.setdefault(entry.collection, {})[entry.condition] = entry_condition(entry)
-        return {
-            name: CollectionIndexes(name, dict(sorted(conditions.items())))
-            for name, conditions in sorted(by_collection.items())
-        }
+    # -- the catalogue, the readers and the model -----------------------------------------
 
-    # -- the model ------------------------------------------------------------------------
+    @property
+    def entries(self) -> list[IndexEntry]:
+        return self.catalogue.entries
+
+    @property
+    def collections(self) -> dict[str, CollectionIndexes]:
+        return self.catalogue.collections
+
+    @property
+    def damaged(self) -> dict[IndexLocation, IndexStoreError]:
+        return self.catalogue.damaged
 
     @property
     def description(self) -> EmbedderDescription:
         """The embedder description the searched indexes were built with."""
-        return self.entries[0].manifest.embedder
+        return self.catalogue.description
+
+    def collection(self, name: str | None) -> CollectionIndexes:
+        return self.catalogue.collection(name)
+
+    def condition(self, collection: CollectionIndexes, name: str) -> ConditionIndex:
+        return self.catalogue.condition(collection, name)
+
+    def refresh_catalog(self) -> dict[str, CollectionIndexes]:
+        """The collections with row counts as of each index's latest commit (see
+        Catalogue.refresh); opens no index."""
+        return self.catalogue.refresh()
+
+    def reader(self, condition: ConditionIndex) -> Reader:
+        """The condition's index as of its latest generation (see ReaderCache.reader)."""
+        return self.cache.reader(condition)
+
+    def joined(self, conditions: Sequence[ConditionIndex]) -> JoinedIndexes:
+        """The conditions' indexes joined, each as of its latest generation."""
+        return self.cache.joined(conditions)
+
+    def reader_with_id(self, condition: ConditionIndex, row_id: int) -> Reader:
+        """The condition's index, checked to hold `row_id`."""
+        reader = self.reader(condition)
+        check_id(reader, condition, row_id)
+        return reader
 
     def load_embedder(self) -> Embedder:
         """The model that made the indexes, loaded once with their settings."""
-        if self._embedder is None:
-            from dior_search.models import load_embedder
-
-            stored = self.description
-            if stored.method != "dior":
-                raise IndexStoreError(
-                    f"index {self.entries[0].location} holds {stored.method} vectors; query "
-                    "it with --id, or query a dior index"
-                )
-            settings = dataclasses.replace(
-                stored.settings,
-                device=self.options.device,
-                dtype=self.options.dtype or stored.dtype,
-                trust_remote_code=self.options.trust_remote_code,
-            )
-            embedder = load_embedder(settings)
-            self.entries = self._matching(embedder)
-            self.collections = self._catalog(self.entries)
-            self._embedder = embedder
-        return self._embedder
-
-    def _matching(self, embedder: Embedder) -> list[IndexEntry]:
-        """The entries built with `embedder`'s settings; the others are logged and left out."""
-        loaded = embedder.describe()
-        kept = []
-        for entry in self.entries:
-            try:
-                check_same_embedder(entry.location, entry.manifest.embedder, loaded)
-            except IndexStoreError as exc:
-                if len(self.entries) == 1:
-                    raise
-                log.warning("not searching %s: %s", entry.location, exc)
-                continue
-            kept.append(entry)
-        if not kept:
-            raise IndexStoreError(
-                "no index was built with the loaded model's settings (see the warnings above): "
-                "rebuild them with `dior-search index`"
-            )
-        return kept
+        return self.model.embedder()
 
     def check_size(self, width: int, height: int) -> None:
         """InputError (ImageRefused) saying why, if the model would refuse an image this size."""
@@ -445,205 +213,14 @@ class Searcher:
         self, image: Image.Image, texts: Sequence[str | None], deadline: float | None = None
     ) -> list[np.ndarray]:
         """An image's embedding under each condition text, in one call to the model."""
-        embedder = self.load_embedder()
-        embedder.check_size(*image.size)
-        with self._embed_lock:
-            if deadline is not None and time.monotonic() > deadline:
-                raise DeadlineExceeded("the request timed out waiting for the model")
-            try:
-                vectors = embedder.embed([image], list(texts))
-            except ValueError as exc:
-                # A processor's refusal of this image that check_size does not know of.
-                raise InputError(f"the model cannot embed this image: {first_line(exc)}") from None
-        return [np.asarray(vectors[0, column]) for column in range(len(texts))]
-
-    # -- look-ups -------------------------------------------------------------------------
-
-    def collection(self, name: str | None) -> CollectionIndexes:
-        if name is None:
-            if len(self.collections) == 1:
-                return next(iter(self.collections.values()))
-            valid = ", ".join(self.collections)
-            raise UsageError(f"name a collection; searched: {valid}")
-        try:
-            return self.collections[name]
-        except KeyError:
-            valid = ", ".join(self.collections)
-            raise NotIndexed(f"no collection {name!r}; searched: {valid}") from None
-
-    def condition(self, collection: CollectionIndexes, name: str) -> ConditionIndex:
-        try:
-            return collection.conditions[name]
-        except KeyError:
-            for location, problem in self.damaged.items():
-                if is_index_of(location, collection.name, name):
-                    raise NotIndexed(str(problem)) from None
-            valid = ", ".join(collection.conditions)
-            raise NotIndexed(
-                f"no index for condition {name!r} of {collection.name}; conditions with an "
-                f"index: {valid}"
-            ) from None
-
-    def reader(self, condition: ConditionIndex) -> Reader:
-        """The condition's index as of its latest generation: opened (and checked) on first
-        use, reopened when a newer generation was committed (a stat of its manifest, or a
-        look at its database collection's, per call). A reader already handed out stays
-        valid: it keeps its files open (a database reader filters by its commit)."""
-        location = condition.location
-        with self._readers_lock:
-            reader = self._readers.get(location)
-            lock = self._reader_locks.setdefault(location, threading.Lock())
-        if reader is not None and reader.is_current():
-            return reader
-        with lock:
-            with self._readers_lock:
-                reader = self._readers.get(location)
-            if reader is not None and reader.is_current():
-                return reader
-            stamp = files_stamp(location)
-            remembered = self._damage.get(location)
-            if remembered is not None and stamp is not None and remembered[0] == stamp:
-                raise DamagedIndex(remembered[1])  # a new one: a raised one keeps its frames
-            try:
-                if reader is None:
-                    reader = open_reader(
-                        location, mmap=self.options.mmap, search_params=self.options.search_params
-                    )
-                else:
-                    log.info("%s: switching to a newer generation", location)
-                    reader = reader.reopen()
-            except NotIndexed:
-                raise
-            except IndexStoreError as exc:
-                message = first_line(exc)
-                if stamp is not None:
-                    self._damage[location] = (stamp, message)
-                raise DamagedIndex(message) from None
-            self._damage.pop(location, None)
-            with self._readers_lock:
-                self._readers[location] = reader
-                self._update_catalog(IndexEntry(location, reader.manifest))
-            self._forget_joined(location, reader)
-            return reader
-
-    def _forget_joined(self, location: IndexLocation, current: Reader) -> None:
-        """Drop the cached joins of an older generation of an index: once the requests using
-        them end, its old files are closed (and their disk space freed)."""
-        with self._joined_lock:
-            for key in list(self._joined):
-                if any(d == location and r != id(current) for d, _, r in key):
-                    del self._joined[key]
-
-    def _update_catalog(self, entry: IndexEntry) -> None:
-        """Row counts (and the rest of the catalog) as of a newly opened generation."""
-        self.entries = [entry if e.location == entry.location else e for e in self.entries]
-        self.collections = self._catalog(self.entries)
-
-    def refresh_catalog(self) -> dict[str, CollectionIndexes]:
-        """The collections with each index's row count as of its latest commit, without
-        opening any index: a folder index's manifest is read again only when a stat says it
-        was replaced; a database's is looked up. An unreadable one keeps its last counts."""
-        for entry in list(self.entries):
-            location = entry.location
-            stamp = None if isinstance(location, DatabaseIndex) else manifest_stamp(location)
-            if stamp is not None and stamp == self._manifest_stamps.get(location):
-                continue
-            try:
-                manifest = manifest_of(location)
-            except (IndexStoreError, OSError, ValueError):
-                continue
-            if stamp is not None:
-                self._manifest_stamps[location] = stamp
-            if manifest != entry.manifest:
-                with self._readers_lock:
-                    self._update_catalog(IndexEntry(location, manifest))
-        return self.collections
-
-    def joined(self, conditions: Sequence[ConditionIndex]) -> JoinedIndexes:
-        """The conditions' indexes joined, each as of its latest generation: one request
-        searches through one JoinedIndexes, so it never sees half of a change."""
-        readers = [self.reader(c) for c in conditions]
-        key = tuple(
-            (c.location, r.generation, id(r)) for c, r in zip(conditions, readers, strict=True)
-        )
-        with self._joined_lock:
-            joined = self._joined.get(key)
-            if joined is not None:
-                self._joined.move_to_end(key)
-                return joined
-        joined = JoinedIndexes(readers)
-        with self._joined_lock:
-            self._joined[key] = joined
-            while len(self._joined) > JOINED_CACHE_ENTRIES:
-                self._joined.popitem(last=False)
-        return joined
-
-    def reader_with_id(self, condition: ConditionIndex, row_id: int) -> Reader:
-        """The condition's index, checked to hold `row_id`."""
-        reader = self.reader(condition)
-        check_id(reader, condition, row_id)
-        return reader
-
-    # -- words ----------------------------------------------------------------------------
+        return self.model.embed(image, texts, deadline)
 
     def word_head(self) -> WordHead:
-        """The tokenizer and output-head rows a text query needs, loaded once with the
-        indexes' settings and checked to be the model that made them."""
-        with self._word_head_lock:
-            if self._word_head is None:
-                from dior_search.models.loading import model_identity, resolve_model_source
-
-                stored = self.description
-                settings = stored.settings
-                source = resolve_model_source(settings.model)
-                if (stored.commit, stored.weights_fingerprint) != model_identity(
-                    source, settings.revision
-                ):
-                    raise IndexStoreError(
-                        f"the model {settings.model!r} is not the one that built "
-                        f"{self.entries[0].location} (its weights changed): rebuild the index"
-                    )
-                self._word_head = WordHead(
-                    source, settings.revision, self.options.trust_remote_code
-                )
-            return self._word_head
-
-    def check_first_token_scores(self, condition: ConditionIndex) -> None:
-        """NoAnswers unless the condition's vectors are last-input states, whose output head
-        scores a word's first token (answer tokens' states score the token after them)."""
-        description = self.reader(condition).manifest.embedder
-        if not description.reads_last_input:
-            num_token = getattr(description.settings, "num_token", -1)
-            held, fix = (
-                (f"{description.source} vectors", "--source last_input")
-                if description.source != "last_input"
-                else (f"prompt token {num_token}'s vectors", "--num-token -1")
-            )
-            raise NoAnswers(
-                f"the index of {condition.name!r} holds {held}: text queries score by the last "
-                f"input token's (index with {fix}); --where filters on its answers work"
-            )
+        return self.model.word_head()
 
     def check_answers(self, collection: CollectionIndexes, condition: ConditionIndex) -> None:
         """NoAnswers, saying how to add them, unless the condition's index stores answers."""
-        state = self.reader(condition).manifest.answers
-        if state == "stored":
-            return
-        if state == "not-last-layer":
-            layer = getattr(self.description.settings, "layer", None)
-            raise NoAnswers(
-                f"the index of {condition.name!r} holds layer {layer}'s vectors: the model's "
-                "answers come with the last layer's only (index with --layer -1)"
-            )
-        source = (
-            f"--dataset {collection.name}"
-            if collection.name in DATASETS
-            else f"--images {condition.root}"
-        )
-        raise NoAnswers(
-            f"the index of {condition.name!r} stores no answers of the model: add them with "
-            f"`dior-search index {source} -c {condition.name} --answers`"
-        )
+        query_model.check_answers(self.reader(condition), self.description, collection, condition)
 
     def labels(
         self, collection: str, root: Path, rows: Sequence[Row]
@@ -660,47 +237,22 @@ class Searcher:
     ) -> tuple[CollectionIndexes, tuple[ConditionIndex, ...], tuple[float, ...]]:
         """The collection, conditions and normalised weights (of the conditions searched by
         image) a request names, all checked."""
+        request.check(self.options.max_k or MAX_RESULTS)
         names = request.searched_conditions
-        if not names:
-            raise UsageError("give at least one condition")
-        if len(set(names)) != len(names):
-            raise UsageError(f"a condition is repeated in {list(names)}")
-        if request.words is not None and len(request.words) != len(names):
-            raise UsageError("give one word (or none) per condition")
-        check_k(request.k, self.options.max_k or MAX_K)
-        if request.id is not None and not 0 <= request.id <= MAX_ID:
-            raise UsageError(f"an id must be between 0 and {MAX_ID}")
-        check_distinct(request.distinct)
-        by_image = sum(request.word_of(i) is None for i in range(len(names)))
-        given = [request.image is not None, request.vectors is not None, request.id is not None]
-        if request.terms:
-            collection = self.collection(request.collection)
-            self.check_terms(request, collection, names)
-            conditions = tuple(self.condition(collection, c) for c in names)
-            return collection, conditions, normalize_weights(request.weights, by_image)
-        if by_image and sum(given) != 1:
-            raise UsageError("give a query image or an id (one of them)")
-        if not by_image and any(given):
-            raise UsageError(
-                "every condition has a word to ask about: give no image or id (or a condition "
-                "without a word to search by the image)"
-            )
-        if request.vectors is not None and len(request.vectors) != by_image:
-            raise UsageError("give one query vector per condition searched by image")
+        by_image = request.by_image
         collection = self.collection(request.collection)
+        if request.terms:
+            self.check_terms(request, collection, names)
         conditions = tuple(self.condition(collection, c) for c in names)
-        weights = normalize_weights(request.weights, by_image) if by_image else ()
-        return collection, conditions, weights
+        if request.terms or by_image:
+            return collection, conditions, normalize_weights(request.weights, by_image)
+        return collection, conditions, ()
 
     def check_terms(
         self, request: SearchRequest, collection: CollectionIndexes, names: Sequence[str]
     ) -> None:
         """UsageError (or NotIndexed) for terms that cannot make a query with the rest."""
-        if request.image is not None or request.vectors is not None or request.id is not None:
-            raise UsageError(
-                "conflicting terms: give the examples as terms, with no separate image or id"
-            )
-        check_terms(request.terms)
+        check_term_list(request.terms)
         check_example_conditions(self, collection, request.terms)
         worded = {n for i, n in enumerate(names) if request.word_of(i) is not None}
         for term in request.terms:
@@ -721,6 +273,28 @@ class Searcher:
         """Rank a collection's images by (weighted) similarity under the conditions searched
         by image, by the model's answers under those asked about in words, among the images
         that pass the filters."""
+        plan = self.plan(request, deadline)
+        check_deadline(deadline)
+        if request.distinct is None:
+            ranked, scored = plan.rank(request.k)
+            hidden = 0
+        else:
+            root = plan.conditions[0].root
+
+            def fingerprint_of(row: Row) -> np.ndarray | None:
+                check_deadline(deadline)
+                return self.fingerprints.of(root, row.path, row.content_hash)
+
+            ranked, scored, hidden = distinct_ranking(
+                plan.joined.readers[0], plan.rank, request.k, request.distinct, fingerprint_of
+            )
+        check_deadline(deadline)
+        return plan.result(ranked, scored, request.terms, hidden)
+
+    def plan(self, request: SearchRequest, deadline: float | None = None) -> RequestPlan:
+        """The request checked and resolved: its indexes joined, its filters' rows and its
+        query's vectors (an image embedded, an id's stored vectors, or a composed query's
+        directions); `deadline` is checked between the steps."""
         collection, conditions, weights = self.resolve(request)
         words = {
             c.name: query_word(w)
@@ -728,10 +302,9 @@ class Searcher:
             if (w := request.word_of(i)) is not None
         }
         filters = parse_filters(request.where)
-        by_image = [i for i, c in enumerate(conditions) if c.name not in words]
         check_deadline(deadline)
         joined, answer_readers = self.joined_for(collection, conditions, filters)
-        word_conditions = self.word_conditions(collection, conditions, words)
+        worded = self.word_conditions(collection, conditions, words)
         # The label table is read once a request: filters and results see the same labels.
         labels_now = current_labels(collection.name, conditions[0].root)
         check_deadline(deadline)
@@ -742,67 +315,53 @@ class Searcher:
         passing = None
         if filters and pushed is None:
             passing = passing_rows(joined, filters, answer_readers, labels_now, deadline)
-        query = QueryImage()
-        vectors: list[np.ndarray] = []
-        composed: ComposedQuery | None = None
+        plan = RequestPlan(
+            collection,
+            conditions,
+            joined,
+            tuple(i for i, c in enumerate(conditions) if c.name not in words),
+            tuple(worded),
+            words,
+            filters,
+            labels_now,
+            pushed,
+            passing,
+            weights=weights,
+        )
+        return self.with_query(plan, request, deadline)
+
+    def with_query(
+        self, plan: RequestPlan, request: SearchRequest, deadline: float | None
+    ) -> RequestPlan:
+        """The plan with the query's vector (and weight) under each condition searched by
+        image, and the indexed image an id query names."""
+        by_image, conditions = plan.by_image, plan.conditions
         if request.terms:
             composed = compose(
                 [conditions[i].name for i in by_image],
-                weights,
+                plan.weights,
                 request.terms,
-                example_vectors(self, collection, request.terms, deadline),
+                example_vectors(self, plan.collection, request.terms, deadline),
             )
-            vectors, weights = composed.directions, composed.weights
-        elif by_image and request.id is not None:
-            first_id = self.first_id(joined, collection, conditions, request)
-            vectors = joined.stored_query(first_id, by_image)
-            row = joined.readers[0].row(first_id)
-            (labels,), _ = current_row_labels(labels_now, [row])
-            query = QueryImage(first_id, conditions[0].name, row.path, labels)
-        elif by_image and request.vectors is not None:
-            vectors = list(request.vectors)
-        elif by_image:
-            assert request.image is not None  # resolve() checked that one is given
+            return replace_plan(
+                plan, vectors=composed.directions, weights=composed.weights, composed=composed
+            )
+        if by_image and request.id is not None:
+            first_id = self.first_id(plan.joined, plan.collection, conditions, request)
+            row = plan.joined.readers[0].row(first_id)
+            (labels,), _ = current_row_labels(plan.labels_now, [row])
+            return replace_plan(
+                plan,
+                vectors=plan.joined.stored_query(first_id, by_image),
+                query=QueryImage(first_id, conditions[0].name, row.path, labels),
+            )
+        if by_image and request.vectors is not None:
+            return replace_plan(plan, vectors=list(request.vectors))
+        if by_image:
+            assert request.image is not None  # request.check() made sure one is given
             texts = [conditions[i].text for i in by_image]
-            vectors = self.embed(request.image, texts, deadline)
-        check_deadline(deadline)
-
-        def ranking(k: int) -> tuple[list[Ranked], list[WordScores]]:
-            if pushed is not None:
-                return joined.search_where(vectors[0], k, pushed), []
-            return self.rank(joined, vectors, weights, by_image, word_conditions, passing, k)
-
-        hidden = 0
-        if request.distinct is None:
-            ranked, scored = ranking(request.k)
-        else:
-            root = conditions[0].root
-
-            def fingerprint_of(row: Row) -> np.ndarray | None:
-                check_deadline(deadline)
-                return self.fingerprints.of(root, row.path, row.content_hash)
-
-            ranked, scored, hidden = distinct_ranking(
-                joined.readers[0], ranking, request.k, request.distinct, fingerprint_of
-            )
-        if composed is not None:
-            ranked, weights = composed.rescaled(ranked), composed.condition_weights
-        check_deadline(deadline)
-        hits, unlisted = self.hits(
-            labels_now, joined, conditions, by_image, word_conditions, ranked, scored
-        )
-        return SearchResult(
-            collection,
-            conditions,
-            weights,
-            query,
-            hits,
-            words,
-            filters,
-            tuple(unlisted),
-            request.terms,
-            hidden,
-        )
+            return replace_plan(plan, vectors=self.embed(request.image, texts, deadline))
+        return plan
 
     def joined_for(
         self,
@@ -836,95 +395,10 @@ class Searcher:
         for position, condition in enumerate(conditions):
             if condition.name in words:
                 self.check_answers(collection, condition)
-                self.check_first_token_scores(condition)
+                query_model.check_first_token_scores(self.reader(condition), condition)
                 _, rows = self.word_head().word(words[condition.name])
                 found.append(WordCondition(condition.name, position, words[condition.name], rows))
         return found
-
-    def rank(
-        self,
-        joined: JoinedIndexes,
-        vectors: Sequence[np.ndarray],
-        weights: Sequence[float],
-        by_image: Sequence[int],
-        words: Sequence[WordCondition],
-        passing: np.ndarray | None,
-        k: int,
-    ) -> tuple[list[Ranked], list[WordScores]]:
-        """The top k as image rankings (score and per-image-condition cosines, none where
-        nothing is searched by image) and, per hit, its word scores."""
-        if not words:
-            return joined.search(vectors, weights, k, by_image, passing), []
-        ranking = WordRanking(joined, words)
-        rows = joined.complete if passing is None else joined.complete & passing
-        by_position: dict[int, Ranked] = {}
-
-        def by_similarity(members: np.ndarray, wanted: int) -> list[int]:
-            found = joined.search(vectors, weights, wanted, by_image, members)
-            positions: list[int] = joined.readers[0].positions([r.id for r in found]).tolist()
-            by_position.update(zip(positions, found, strict=True))
-            return positions
-
-        order = ranking.rank(rows, k, by_similarity if by_image else None)
-        positions = np.asarray(order, dtype=np.int64)
-        scored = ranking.explain(positions)
-        first_ids = joined.readers[0].ids
-        ranked = [
-            by_position.get(p, Ranked(int(first_ids[p]), float(sum(s.logprobs)), ()))
-            for p, s in zip(order, scored, strict=True)
-        ]
-        return ranked, scored
-
-    def hits(
-        self,
-        labels_now: LabelSource | None,
-        joined: JoinedIndexes,
-        conditions: Sequence[ConditionIndex],
-        by_image: Sequence[int],
-        words: Sequence[WordCondition],
-        ranked: Sequence[Ranked],
-        scored: Sequence[WordScores],
-    ) -> tuple[list[Hit], list[str]]:
-        """The ranked images as hits: rows from the first condition's index, each condition's
-        score (cosine, or log-probability of the word) and stored answer, the labels the label
-        table gives now; and the paths it no longer lists."""
-        first = joined.readers[0]
-        rows = first.rows([r.id for r in ranked])
-        labels, unlisted = current_row_labels(labels_now, rows)
-        positions = first.positions([r.id for r in ranked])
-        answers = {
-            c.name: joined.column(j, ANSWER)[positions]
-            for j, c in enumerate(conditions)
-            if ANSWER in joined.readers[j].column_names()
-        }
-        hits = []
-        for rank, (r, row, row_labels) in enumerate(zip(ranked, rows, labels, strict=True), 1):
-            scores = {conditions[j].name: s for j, s in zip(by_image, r.scores, strict=True)}
-            scored_by = {}
-            if scored:
-                explained = scored[rank - 1]
-                for word, logprob, how in zip(
-                    words, explained.logprobs, explained.scored_by, strict=True
-                ):
-                    scores[word.name] = logprob
-                    scored_by[word.name] = how
-            hits.append(
-                Hit(
-                    rank=rank,
-                    id=r.id,
-                    score=r.score,
-                    scores={c.name: scores[c.name] for c in conditions},
-                    path=row.path,
-                    labels=row_labels,
-                    answers={
-                        name: str(values[rank - 1])
-                        for name, values in answers.items()
-                        if values[rank - 1] is not None
-                    },
-                    scored_by=scored_by,
-                )
-            )
-        return hits, unlisted
 
     def facets(
         self,
@@ -974,25 +448,3 @@ class Searcher:
             missing = ", ".join(conditions[j].name for j in absent)
             raise NotIndexed(f"image {row_id} of {named_in.name!r} is not indexed under {missing}")
         return first_id
-
-
-def manifest_of(location: IndexLocation) -> Manifest:
-    """The manifest of the index at `location`; IndexStoreError if there is none."""
-    if isinstance(location, DatabaseIndex):
-        found = location.store.manifest_at(location)
-        if found is None:
-            raise IndexStoreError(f"no index {location}")
-        return found
-    return Manifest.read(location)
-
-
-def check_id(reader: Reader, condition: ConditionIndex, row_id: int) -> None:
-    """NotIndexed unless the reader holds a live row `row_id`."""
-    if len(reader) == 0:
-        raise NotIndexed(f"no id {row_id}: the index of {condition.name!r} is empty")
-    if not reader.contains(row_id):
-        raise NotIndexed(
-            f"no id {row_id} under condition {condition.name!r} "
-            f"(ids {reader.ids[0]}..{reader.ids[-1]}; an image's id changes when it is "
-            "re-indexed)"
-        )

@@ -35,7 +35,7 @@ from starlette.routing import Route
 from dior_search.errors import DiorError, UsageError
 from dior_search.search.deadline import DeadlineExceeded
 from dior_search.search.groups import group_images
-from dior_search.search.searcher import SearchRequest, SearchResult
+from dior_search.search.request import SearchRequest, SearchResult, Wording, check_query_given
 from dior_search.serve.access import (
     AccessGuard,
     AccessPolicy,
@@ -61,6 +61,11 @@ MAX_PAGE = 200
 # Conditions one query may name: a collection has a handful; more is no search.
 MAX_CONDITIONS = 32
 MULTIPART = "multipart/form-data"
+# The request's rules (search.request.Wording) in the words of the API's fields.
+SERVER_WORDING = Wording(
+    one_query="give exactly one of upload (an uploaded image) or id (an indexed one)",
+    terms_alone="conflicting terms: give the examples as terms, with no upload or id",
+)
 JSON_TYPE = "application/json"
 QUERY_FIELDS = (
     "collection",
@@ -337,10 +342,8 @@ def parse_query(fields: Mapping[str, Any]) -> tuple[SearchRequest, str | None]:
     if not (isinstance(where, list) and all(isinstance(w, str) for w in where)):
         raise UsageError("where must be a list of filters: CONDITION=WORD or label:NAME=VALUE")
     by_image = any(c not in words for c in conditions)
-    if composed and (upload is not None or row_id is not None):
-        raise UsageError("conflicting terms: give the examples as terms, with no upload or id")
-    if by_image and not composed and (upload is None) == (row_id is None):
-        raise UsageError("give exactly one of upload (an uploaded image) or id (an indexed one)")
+    given = (upload is not None) + (row_id is not None)
+    check_query_given(by_image, given, composed, SERVER_WORDING)
     request = SearchRequest(
         collection=collection,
         conditions=tuple(conditions),

@@ -45,13 +45,10 @@ from dior_search.data.images import (
 from dior_search.data.reading import item_file, open_file, read_item
 from dior_search.data.sources import ItemReadError
 from dior_search.errors import DiorError, InputError, UsageError
+from dior_search.search.catalogue import ConditionIndex
 from dior_search.search.deadline import DeadlineExceeded
-from dior_search.search.searcher import (
-    ConditionIndex,
-    Searcher,
-    SearchRequest,
-    SearchResult,
-)
+from dior_search.search.request import SearchRequest, SearchResult
+from dior_search.search.searcher import Searcher
 from dior_search.serve.settings import ServeSettings
 from dior_search.store.schema import Row
 from dior_search.store.stores import open_store

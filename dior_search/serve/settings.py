@@ -17,7 +17,7 @@ from dior_search import defaults
 from dior_search.errors import UsageError, number_text
 
 if TYPE_CHECKING:
-    from dior_search.search.searcher import SearchOptions
+    from dior_search.search.request import SearchOptions
 
 MIB = 1024 * 1024
 MEGAPIXEL = 1_000_000
@@ -56,7 +56,7 @@ class ServeSettings:
     max_upload_bytes: int = defaults.MAX_UPLOAD_BYTES
     max_pixels: int = defaults.MAX_PIXELS
     timeout_s: float = defaults.REQUEST_TIMEOUT_S
-    max_k: int = defaults.MAX_K
+    max_k: int = defaults.MAX_SERVED_RESULTS
     # Bytes that the server's decodes in flight (uploads, thumbnails) may hold together
     # (None: the process's default budget, sized for the machine).
     max_decode_bytes: int | None = None
@@ -106,7 +106,7 @@ class ServeSettings:
 
     def search_options(self) -> SearchOptions:
         # Imported here: `serve` checks its options before numpy and the search code load.
-        from dior_search.search.searcher import SearchOptions
+        from dior_search.search.request import SearchOptions
 
         return SearchOptions(
             device=self.device,

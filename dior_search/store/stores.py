@@ -12,6 +12,7 @@ only when such a store is opened.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from dior_search.errors import IndexStoreError, UsageError
@@ -19,6 +20,7 @@ from dior_search.store import layout
 from dior_search.store.backend import DatabaseIndex, IndexLocation, IndexStore, Reader
 from dior_search.store.folder import FolderStore
 from dior_search.store.folder import index_first as index_first
+from dior_search.store.index_types import parse_search_params, search_params_of
 from dior_search.store.manifest import Stamp
 from dior_search.store.manifest import manifest_stamp as manifest_stamp
 from dior_search.store.reader import IndexReader
@@ -27,6 +29,29 @@ from dior_search.store.reader import IndexReader
 ManifestStamp = Stamp
 
 DATABASE_PREFIXES = ("milvus-lite:", "milvus://", "http://", "https://")
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Search parameters over an index's own (`nprobe`, `efSearch`, `k_factor_rf`, ...; the
+    Milvus store maps them to its own), parsed and range-checked once, when made (`parse`).
+    `text`: the `name=value,...` list a reader is opened with."""
+
+    text: str = ""
+    values: tuple[tuple[str, float], ...] = ()
+
+    @classmethod
+    def parse(
+        cls, text: str | None, nprobe: int | None = None, ef_search: int | None = None
+    ) -> SearchParams:
+        """A query's --search-params, --nprobe and --ef-search as one list; UsageError for a
+        pair that is not name=number or a value out of its range.
+
+        >>> SearchParams.parse("k_factor_rf=4", nprobe=32).values
+        (('k_factor_rf', 4.0), ('nprobe', 32.0))
+        """
+        joined = search_params_of(text, nprobe, ef_search)
+        return cls(joined, tuple(parse_search_params(joined).items()))
 
 
 def open_store(spec: str | None, indexes_dir: Path, create: bool = False) -> IndexStore:
@@ -62,9 +87,11 @@ def check_has_indexes(store: IndexStore) -> None:
 
 
 def open_reader(
-    location: IndexLocation, mmap: bool | None = None, search_params: str = ""
+    location: IndexLocation, mmap: bool | None = None, search_params: str | SearchParams = ""
 ) -> Reader:
     """The reader of the index at `location`, whichever store holds it."""
+    if isinstance(search_params, SearchParams):
+        search_params = search_params.text
     if isinstance(location, DatabaseIndex):
         return location.store.reader(location, mmap, search_params)
     return IndexReader(location, mmap, search_params)

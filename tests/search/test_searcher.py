@@ -117,4 +117,4 @@ def test_a_searcher_follows_new_generations_of_its_indexes(tmp_path):
     assert len(old) == 30 and old.row(3).path == "3.png"
     new = searcher.reader(condition)
     assert new.generation > old.generation
-    assert [j.readers[0] for j in searcher._joined.values()] == [new]
+    assert [j.readers[0] for j in searcher.cache.joins()] == [new]

@@ -12,6 +12,7 @@ from dior_search.indexing.job import IndexSettings
 from dior_search.indexing.run import index_collection
 from dior_search.models.dior import DiorEmbedder
 from dior_search.models.settings import DiorSettings
+from dior_search.search.examples import stored_example
 from dior_search.search.searcher import NotIndexed, Searcher, SearchRequest
 from dior_search.search.terms import NEGATIVE_SCALE, Term
 from dior_search.store.schema import ANSWER
@@ -201,3 +202,28 @@ def test_groups_are_the_same_on_each_store(searchers):
     assert [(g.name, sorted(g.ids)) for g in folder.groups] == [
         (g.name, sorted(g.ids)) for g in database.groups
     ]
+
+
+def test_an_example_id_of_another_conditions_index_is_found_by_its_content(searchers, monkeypatch):
+    """`--example-id color=ID` with the id from pattern's index: the color vector of the row
+    with that image's content, looked up in the cached join (no scan of every content hash
+    per request)."""
+    searcher = searchers["folder"]
+    collection = searcher.collection("synthetic")
+    color = searcher.reader(searcher.condition(collection, "color"))
+    pattern = searcher.reader(searcher.condition(collection, "pattern"))
+    color_ids = dict(zip(color.content_hashes(), color.ids.tolist(), strict=True))
+    scans = []
+    original = color.content_hashes
+
+    def counted():
+        scans.append(1)
+        return original()
+
+    monkeypatch.setattr(color, "content_hashes", counted)
+    for row_id in (0, 7, 42, N - 1):
+        term = Term("color", id=row_id, id_condition="pattern")
+        found = stored_example(searcher, collection, term)
+        expected = color.vector(color_ids[pattern.row(row_id).content_hash])
+        np.testing.assert_array_equal(found, expected)
+    assert len(scans) <= 1  # the join's hash map, built once for this generation

@@ -24,6 +24,7 @@ from dior_search.indexing.run import index_collection
 from dior_search.models.dior import DiorEmbedder
 from dior_search.models.settings import DiorSettings
 from dior_search.search import filters as filters_module
+from dior_search.search import readers as readers_module
 from dior_search.search import searcher as searcher_module
 from dior_search.search.filters import MAX_FILTERS
 from dior_search.serve import service as service_module
@@ -272,13 +273,13 @@ def test_a_damaged_shard_is_404_once_then_remembered_until_its_files_change(
     shutil.copytree(directory, saved)
     DAMAGES[damage](directory)
     opened = []
-    original = searcher_module.open_reader
+    original = readers_module.open_reader
 
     def counting(*args, **kwargs):
         opened.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(searcher_module, "open_reader", counting)
+    monkeypatch.setattr(readers_module, "open_reader", counting)
     with client_of(service) as client:
         first = client.get("/api/collections/c/images")
         assert_one_line_error(first, 404)
