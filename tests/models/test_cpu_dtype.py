@@ -131,6 +131,58 @@ def test_an_index_built_in_bf16_is_queried_in_bf16(tmp_path, monkeypatch, loaded
     assert np.isfinite(list(scores.values())).all()
 
 
+@pytest.mark.parametrize(("built", "added"), [("float32", "bfloat16"), ("bfloat16", "float32")])
+def test_an_index_is_appended_to_and_queried_in_the_dtype_it_was_built_in(
+    tmp_path, monkeypatch, loaded_dtypes, built, added
+):
+    """Built where auto chose one dtype, appended to where auto would choose the other: the
+    new images are embedded in the index's dtype (its manifest still says so), and a query
+    then finds a new image with its own vector."""
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    write_dataset(tmp_path / "images", {"test": 6}, labels=False)
+    later = tmp_path / "later"
+    later.mkdir()
+    for name in ("00004.png", "00005.png"):
+        (tmp_path / "images" / "test" / name).rename(later / name)
+    monkeypatch.setattr(loading, "CPU_BF16_MIN_WIDTH", 0)  # the tiny model counts as wide
+    index = ["index", "--images", str(tmp_path / "images"), "-c", "color", "--model", "tiny"]
+    index += ["--indexes", str(tmp_path / "indexes"), "--device", "cpu"]
+    monkeypatch.setenv(CPU_BF16_VARIABLE, "1" if built == "bfloat16" else "0")
+    assert main(index) == 0
+    for name in ("00004.png", "00005.png"):
+        (later / name).rename(tmp_path / "images" / "test" / name)
+    monkeypatch.setenv(CPU_BF16_VARIABLE, "1" if added == "bfloat16" else "0")
+    assert main(index) == 0
+    (directory,) = {path.parent for path in (tmp_path / "indexes").rglob("manifest.json")}
+    manifest = Manifest.read(directory)
+    assert (manifest.embedder.dtype, manifest.rows) == (built, 6)
+    assert loaded_dtypes == [dtypes[built], dtypes[built]]
+
+    image = tmp_path / "images" / "test" / "00005.png"
+    hits = run_json(["query", str(image), "--index", str(directory), "--json", "-k", "6"])
+    assert loaded_dtypes[-1] == dtypes[built]
+    assert Path(hits[0]["path"]).name == "00005.png"
+    assert hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_an_asked_dtype_or_another_embedders_index_is_not_followed():
+    from dior_search.models.embedder import EmbedderDescription
+    from dior_search.models.loading import follow_recorded_dtype
+    from dior_search.models.settings import DiorSettings
+
+    def built(dtype: str, **settings) -> EmbedderDescription:
+        stored = DiorSettings(model="tiny", **settings)
+        return EmbedderDescription(stored, "qwen2_5_vl", None, "f", dtype, 128)
+
+    auto = DiorSettings(model="tiny")
+    assert follow_recorded_dtype(auto, [built("float32")]).dtype == "float32"
+    assert follow_recorded_dtype(auto, [built("float32", layer=-2)]).dtype == "auto"
+    assert follow_recorded_dtype(auto, [built("float32"), built("bfloat16")]).dtype == "auto"
+    assert follow_recorded_dtype(auto, []).dtype == "auto"
+    asked = DiorSettings(model="tiny", dtype="bfloat16")
+    assert follow_recorded_dtype(asked, [built("float32")]).dtype == "bfloat16"
+
+
 # -- the CPU benchmarks' functions, on tiny shapes (the figures come from the scripts) --------
 
 BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
