@@ -5,6 +5,9 @@
         --synthetic --images 40 --conditions 4 --feedings fast --write --tag tiny
     python benchmarks/dtype_agreement.py --bench fp32.json bf16.json --write --tag tiny-bench
 
+`bfloat16` runs mixed on a CPU (models.precision); `--whole` also runs bf16 throughout (as
+before the mixed form) against the same fp32 vectors.
+
 `--synthetic` takes the synthetic test split's first images (what the bundled model knows)
 instead of random ones. Each row's cosine (image x condition) is compared: the minimum and
 the mean are printed. `--bench A B` compares two `dior-search bench --json` files instead
@@ -32,7 +35,10 @@ import torch
 from embed_throughput import BEFORE, CONDITIONS, LOADED, load_embedder, parse
 from PIL import Image
 
+from dior_search.models import precision
 from dior_search.models.dior import DiorEmbedder, Throughput
+
+WHOLE_BF16 = "bfloat16-whole"
 
 
 def mixed_images(n: int, largest: int) -> list[Image.Image]:
@@ -84,8 +90,10 @@ def bench_differences(before: Path, after: Path) -> dict[str, dict[str, float]]:
 def embed_with(
     args: argparse.Namespace, folder: Path, dtype: str, throughputs: dict[str, Throughput | None]
 ) -> dict[str, np.ndarray]:
-    """Load the model in `dtype` once; embed the images under each feeding."""
-    args.dtype = dtype
+    """Load the model in `dtype` once; embed the images under each feeding. `bfloat16` runs
+    mixed on a CPU (models.precision), `bfloat16-whole` wholly in bf16 as before it."""
+    precision.CPU_MIXED = dtype != WHOLE_BF16
+    args.dtype = "bfloat16" if dtype == WHOLE_BF16 else dtype
     embedder: DiorEmbedder = load_embedder(args, folder)
     defaults = embedder.throughput
     images = (
@@ -119,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "--feedings", nargs="+", choices=["plain", "fast"], default=["plain", "fast"]
     )
+    parser.add_argument(
+        "--whole", action="store_true", help=f"also {WHOLE_BF16}: bf16 throughout, not mixed"
+    )
     parser.add_argument("--bench", nargs=2, type=Path, help="compare two bench --json files")
     parser.add_argument("--write", action="store_true", help="write benchmarks/results JSON")
     parser.add_argument("--tag", default="", help="the results file's tag")
@@ -130,8 +141,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         folder = args.model_dir or Path(scratch)
         fp32 = embed_with(args, folder, "float32", feedings)
         bf16 = embed_with(args, folder, "bfloat16", feedings)
+        whole = embed_with(args, folder, WHOLE_BF16, feedings) if args.whole else {}
     reference = "plain" if "plain" in feedings else "fast"
     pairs = {f"bf16 {name} vs fp32 {reference}": (bf16[name], fp32[reference]) for name in feedings}
+    for name, vectors in whole.items():
+        pairs[f"bf16-whole {name} vs fp32 {reference}"] = (vectors, fp32[reference])
     if len(feedings) == 2:
         pairs["fp32 fast vs fp32 plain"] = (fp32["fast"], fp32["plain"])
         pairs["bf16 fast vs bf16 plain"] = (bf16["fast"], bf16["plain"])
@@ -146,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         from results_file import write_results
 
         info = {"images": args.images, "conditions": args.conditions, "kind": images}
+        info["bfloat16"] = "mixed on a CPU: bf16 products, fp32 between (models.precision)"
         write_results("dtype_agreement", {"cosine_per_row": figures, **info}, tag=args.tag)
     return {name: values["min"] for name, values in figures.items()}
 
