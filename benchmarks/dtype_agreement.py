@@ -94,7 +94,10 @@ def embed_with(
     mixed on a CPU (models.precision), `bfloat16-whole` wholly in bf16 as before it."""
     precision.CPU_MIXED = dtype != WHOLE_BF16
     args.dtype = "bfloat16" if dtype == WHOLE_BF16 else dtype
-    embedder: DiorEmbedder = load_embedder(args, folder)
+    try:
+        embedder: DiorEmbedder = load_embedder(args, folder)
+    finally:
+        precision.CPU_MIXED = True
     defaults = embedder.throughput
     images = (
         synthetic_images(args.images)

@@ -273,3 +273,32 @@ def test_bench_differences_per_condition(benchmarks, tmp_path):
     rows = benchmarks.agreement.bench_differences(bench(0.75), bench(0.5))
     assert rows["synthetic/color/dior"]["recall@1 difference"] == -0.25
     assert rows["synthetic/color/dior"]["map@r difference"] == 0.0
+
+
+def test_error_sources_benchmark_finds_the_mixed_form_close_to_fp32(benchmarks, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bf16_error_sources
+
+    figures = bf16_error_sources.main(["--images", "6"])
+    forms = figures["cosine_with_fp32"]
+    assert set(forms) == set(bf16_error_sources.forms())
+    assert forms["products, q/k in fp32"]["min"] >= 0.999
+    assert forms["weights rounded"]["min"] >= 0.999
+    assert set(figures["bf16_throughout_by_layer"]) == {"1", "2", "3", "4"}
+
+
+def test_options_benchmark_times_each_option_against_the_first(benchmarks, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import cpu_options
+
+    model = Path(dior_search.models.__file__).parent / "tiny_model"
+    argv = ["--model-dir", str(model), "--images", "2", "--repeats", "1", "--photo-side", "400"]
+    figures = cpu_options.main([*argv, "--batch-sizes", "1", "2"])
+    assert figures["mixed"] is True
+    assert list(figures["attention_c1"]) == ["sdpa", "eager"]
+    assert list(figures["batch_c1"]) == ["1", "2"]
+    for group in ("attention_c1", "attention_c10", "vision", "batch_c1"):
+        first = next(iter(figures[group].values()))
+        assert first["speed_vs_first"] == 1.0
+        assert all(option["images_per_s"] > 0 for option in figures[group].values())
+    assert figures["preprocessing"]["cpu_seconds_per_image"]["decode_jpeg"] > 0
