@@ -162,7 +162,7 @@ def reference_kv(
     start = time.perf_counter()
     for image in images:
         batch = embedder.inputs.split([image], prompts, embedder.model)
-        batch = batch.to(embedder.device, embedder.dtype)
+        batch = batch.to(embedder.device, embedder.activation_dtype)
         cache = embedder.prefix_pass(batch)
         for row in range(len(prompts)):
             one = dataclasses.replace(
@@ -217,7 +217,7 @@ def lower_bound(embedder: DiorEmbedder, images: Sequence[Image.Image], prompts: 
     elapsed = 0.0
     for start in range(0, len(images), step):
         split = embedder.inputs.split(images[start : start + step], prompts, embedder.model)
-        batch = split.to(embedder.device, embedder.dtype)
+        batch = split.to(embedder.device, embedder.activation_dtype)
         synchronize(embedder)
         began = time.perf_counter()
         embedder.embed_split(batch)  # ends by copying the vectors to the host: synchronised

@@ -52,7 +52,9 @@ def make_mixed(
     """Turn `model` (loaded in bf16) into bf16 products with fp32 between them, in place; the
     linear layers whose names `keep_fp32` accepts run wholly in fp32 (their weights copied)."""
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and not keep_fp32(name):
+        # Only nn.Linear itself: a subclass may be read by its owner without its forward
+        # (nn.MultiheadAttention's out_proj), so it runs in fp32 like any other module.
+        if type(module) is nn.Linear and not keep_fp32(name):
             to_fp32_in_place(module, skip=("weight",))
             module.__class__ = MixedLinear
         elif isinstance(module, nn.Embedding):

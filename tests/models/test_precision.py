@@ -1,6 +1,8 @@
 """bf16 on a CPU runs mixed (models.precision): bf16 products, fp32 between them, close to
 fp32 where bf16 throughout was not."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -67,3 +69,16 @@ def test_bf16_on_cuda_or_with_mixing_off_runs_wholly_in_bf16(monkeypatch):
     assert not any(isinstance(m, precision.MixedLinear) for m in embedder.model.modules())
     assert all(p.dtype == torch.bfloat16 for p in embedder.model.parameters())
     assert isinstance(embedder.model.get_submodule("visual.blocks.0.mlp.up_proj"), nn.Linear)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "llava"])
+def test_every_family_runs_mixed_close_to_fp32(tiny_model_dirs, mixed_images, family):
+    """Random-weight models of each supported family: bf16 on a CPU loads, embeds images of
+    mixed sizes and answers, close to fp32 (random weights: a looser bound than trained)."""
+    settings = DiorSettings(model=str(tiny_model_dirs[family]), device="cpu", batch_size=4)
+    fp32 = DiorEmbedder(settings).embed(mixed_images, ["color", None])
+    mixed = DiorEmbedder(dataclasses.replace(settings, dtype="bfloat16"))
+    assert any(isinstance(m, precision.MixedLinear) for m in mixed.model.modules())
+    vectors, answers = mixed.embed_with_answers(mixed_images, ["color", None])
+    assert row_cosines(vectors, fp32).min() >= 0.99
+    assert len(answers) == len(mixed_images)
