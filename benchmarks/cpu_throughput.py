@@ -173,12 +173,15 @@ def run_dtype(args: argparse.Namespace) -> dict[str, Any]:
     cpu_probe.use_clock(args.clock)
     # bfloat16 runs mixed on a CPU (models.precision); bfloat16-whole as it did before.
     precision.CPU_MIXED = args.child != WHOLE_BF16
-    dtype = "bfloat16" if args.child == WHOLE_BF16 else args.child
+    # int8: loaded in fp32, its linear layers then quantised dynamically (torch.ao).
+    dtype = {WHOLE_BF16: "bfloat16", "int8": "float32"}.get(args.child, args.child)
     began = time.perf_counter()  # loading waits on the disk: wall time
     settings = DiorSettings(
         model=str(args.model_dir), device="cpu", dtype=dtype, batch_size=args.batch_size
     )
     embedder = DiorEmbedder(settings)
+    if args.child == "int8":
+        cpu_probe.quantize_linear_layers(embedder.model)
     if args.attention:
         embedder.model.set_attn_implementation(args.attention)
     load_s = time.perf_counter() - began
@@ -193,6 +196,7 @@ def run_dtype(args: argparse.Namespace) -> dict[str, Any]:
     suffix = int(split.suffix_mask.sum())
     shapes = model_shapes(embedder.config, patches, prefix, suffix)
     probe_dtypes = [dtype, *(["int8"] if dtype == "float32" and args.int8 else [])]
+    probe_dtypes = ["int8"] if args.child == "int8" else probe_dtypes
     rates = probe(shapes, probe_dtypes, args.probe_seconds)
     print_probe(rates, shapes)
     embed_timed(embedder, images[:1], 1, answers=True)  # warm-up: kernels, allocator
@@ -222,7 +226,7 @@ def run_dtype(args: argparse.Namespace) -> dict[str, Any]:
             flush=True,
         )
     return {
-        "dtype": str(embedder.dtype).removeprefix("torch."),
+        "dtype": "int8" if args.child == "int8" else str(embedder.dtype).removeprefix("torch."),
         "mixed": embedder.activation_dtype != embedder.dtype,
         "attention": embedder.model.config.get_text_config()._attn_implementation,
         "threads": torch.get_num_threads(),
@@ -337,9 +341,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--dtypes",
         nargs="+",
-        choices=["float32", "bfloat16", WHOLE_BF16],
+        choices=["float32", "bfloat16", WHOLE_BF16, "int8"],
         default=["float32", "bfloat16"],
-        help=f"bfloat16: mixed on a CPU (models.precision); {WHOLE_BF16}: wholly in bf16",
+        help=f"bfloat16: mixed on a CPU (models.precision); {WHOLE_BF16}: wholly in bf16; "
+        "int8: fp32 with dynamically quantised linear layers",
     )
     parser.add_argument(
         "--depth",

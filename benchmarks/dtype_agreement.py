@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cpu_probe import quantize_linear_layers
 from embed_throughput import BEFORE, CONDITIONS, LOADED, load_embedder, parse
 from PIL import Image
 
@@ -93,11 +94,13 @@ def embed_with(
     """Load the model in `dtype` once; embed the images under each feeding. `bfloat16` runs
     mixed on a CPU (models.precision), `bfloat16-whole` wholly in bf16 as before it."""
     precision.CPU_MIXED = dtype != WHOLE_BF16
-    args.dtype = "bfloat16" if dtype == WHOLE_BF16 else dtype
+    args.dtype = {WHOLE_BF16: "bfloat16", "int8": "float32"}.get(dtype, dtype)
     try:
         embedder: DiorEmbedder = load_embedder(args, folder)
     finally:
         precision.CPU_MIXED = True
+    if dtype == "int8":  # in place: the kept model is dropped after this dtype (below)
+        quantize_linear_layers(embedder.model)
     defaults = embedder.throughput
     images = (
         synthetic_images(args.images)
@@ -133,6 +136,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "--whole", action="store_true", help=f"also {WHOLE_BF16}: bf16 throughout, not mixed"
     )
+    parser.add_argument(
+        "--int8", action="store_true", help="also fp32 with linear layers quantised to int8"
+    )
     parser.add_argument("--bench", nargs=2, type=Path, help="compare two bench --json files")
     parser.add_argument("--write", action="store_true", help="write benchmarks/results JSON")
     parser.add_argument("--tag", default="", help="the results file's tag")
@@ -145,10 +151,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         fp32 = embed_with(args, folder, "float32", feedings)
         bf16 = embed_with(args, folder, "bfloat16", feedings)
         whole = embed_with(args, folder, WHOLE_BF16, feedings) if args.whole else {}
+        int8 = embed_with(args, folder, "int8", feedings) if args.int8 else {}
     reference = "plain" if "plain" in feedings else "fast"
     pairs = {f"bf16 {name} vs fp32 {reference}": (bf16[name], fp32[reference]) for name in feedings}
     for name, vectors in whole.items():
         pairs[f"bf16-whole {name} vs fp32 {reference}"] = (vectors, fp32[reference])
+    for name, vectors in int8.items():
+        pairs[f"int8 {name} vs fp32 {reference}"] = (vectors, fp32[reference])
     if len(feedings) == 2:
         pairs["fp32 fast vs fp32 plain"] = (fp32["fast"], fp32["plain"])
         pairs["bf16 fast vs bf16 plain"] = (bf16["fast"], bf16["plain"])
