@@ -99,6 +99,15 @@ def int8_rate(shape: Shape, seconds: float) -> dict[str, float]:
         return timed_rate(lambda: quantised(x), shape.flops, seconds)
 
 
+def quantize_linear_layers(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` (fp32) with every nn.Linear dynamically quantised to int8 (torch.ao), in place."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, {torch.nn.Linear}, torch.qint8, inplace=True)
+
+
 def use_clock(name: str) -> None:
     global clock
     clock = CLOCKS[name]

@@ -52,11 +52,13 @@ from embed_throughput import (
 )
 from flops import Work, batch_work, decoder_flops
 
+from dior_search.models import precision
 from dior_search.models.dior import DiorEmbedder
 from dior_search.models.prompts import build_prompt
 from dior_search.models.settings import DiorSettings
 
 STAGES = ["vision", "prefix", "suffix", "decode"]
+WHOLE_BF16 = "bfloat16-whole"
 
 
 def peak_rss_gib() -> float:
@@ -169,11 +171,17 @@ def run_dtype(args: argparse.Namespace) -> dict[str, Any]:
     """In a child process: load the model in `args.child`, probe, embed; the figures."""
     torch.set_num_threads(args.threads)
     cpu_probe.use_clock(args.clock)
+    # bfloat16 runs mixed on a CPU (models.precision); bfloat16-whole as it did before.
+    precision.CPU_MIXED = args.child != WHOLE_BF16
+    # int8: loaded in fp32, its linear layers then quantised dynamically (torch.ao).
+    dtype = {WHOLE_BF16: "bfloat16", "int8": "float32"}.get(args.child, args.child)
     began = time.perf_counter()  # loading waits on the disk: wall time
     settings = DiorSettings(
-        model=str(args.model_dir), device="cpu", dtype=args.child, batch_size=args.batch_size
+        model=str(args.model_dir), device="cpu", dtype=dtype, batch_size=args.batch_size
     )
     embedder = DiorEmbedder(settings)
+    if args.child == "int8":
+        cpu_probe.quantize_linear_layers(embedder.model)
     if args.attention:
         embedder.model.set_attn_implementation(args.attention)
     load_s = time.perf_counter() - began
@@ -187,7 +195,8 @@ def run_dtype(args: argparse.Namespace) -> dict[str, Any]:
     prefix = int(split.prefix_inputs["attention_mask"].sum())
     suffix = int(split.suffix_mask.sum())
     shapes = model_shapes(embedder.config, patches, prefix, suffix)
-    probe_dtypes = [args.child, *(["int8"] if args.child == "float32" and args.int8 else [])]
+    probe_dtypes = [dtype, *(["int8"] if dtype == "float32" and args.int8 else [])]
+    probe_dtypes = ["int8"] if args.child == "int8" else probe_dtypes
     rates = probe(shapes, probe_dtypes, args.probe_seconds)
     print_probe(rates, shapes)
     embed_timed(embedder, images[:1], 1, answers=True)  # warm-up: kernels, allocator
@@ -217,7 +226,8 @@ def run_dtype(args: argparse.Namespace) -> dict[str, Any]:
             flush=True,
         )
     return {
-        "dtype": str(embedder.dtype).removeprefix("torch."),
+        "dtype": "int8" if args.child == "int8" else str(embedder.dtype).removeprefix("torch."),
+        "mixed": embedder.activation_dtype != embedder.dtype,
         "attention": embedder.model.config.get_text_config()._attn_implementation,
         "threads": torch.get_num_threads(),
         "load_seconds": load_s,
@@ -241,6 +251,7 @@ def child_command(args: argparse.Namespace, role: list[str]) -> list[str]:
     common += ["--answer-tokens", str(args.answer_tokens)]
     common += ["--probe-seconds", str(args.probe_seconds)]
     common += ["--conditions", *map(str, args.conditions)]
+    common += ["--depth", *map(str, args.depth)] if args.depth else []
     common += ["--attention", args.attention] if args.attention else []
     common += [] if args.int8 else ["--no-int8"]
     return [sys.executable, str(Path(__file__).resolve()), *common, *role]
@@ -284,10 +295,13 @@ def summary(by_dtype: dict[str, dict[str, Any]], conditions: list[int]) -> dict[
             run["stage_share_of_probe"] = {k: v / limit for k, v in rates.items()}
             run["whole_pass_share_of_probe"] = run["gflops_whole_pass"] / limit
         out[dtype] = {"probe_hidden_gflops": limit}
-    fp32, bf16 = by_dtype.get("float32", {}), by_dtype.get("bfloat16", {})
-    if "runs" in fp32 and "runs" in bf16:
-        out["bf16_over_fp32_images_per_s"] = {
-            str(c): bf16["runs"][str(c)]["images_per_s"] / fp32["runs"][str(c)]["images_per_s"]
+    fp32 = by_dtype.get("float32", {})
+    for name, other in by_dtype.items():
+        if name == "float32" or "runs" not in fp32 or "runs" not in other:
+            continue
+        key = "bf16_over_fp32_images_per_s" if name == "bfloat16" else f"{name}_over_fp32"
+        out[key] = {
+            str(c): other["runs"][str(c)]["images_per_s"] / fp32["runs"][str(c)]["images_per_s"]
             for c in conditions
         }
     return out
@@ -314,15 +328,31 @@ def print_summary(by_dtype: dict[str, dict[str, Any]], ratios: dict[str, Any]) -
             f"{figures['peak_rss_gib']:.2f} GiB ({figures['peak_rss_gib_after_load']:.2f} after "
             f"loading), probe hidden {ratios[dtype]['probe_hidden_gflops']:.0f} GFLOP/s"
         )
-    for c, ratio in ratios.get("bf16_over_fp32_images_per_s", {}).items():
-        print(f"C = {c}: bf16 {ratio:.2f}x the images/s of fp32")
+    for key, by_c in ratios.items():
+        if key.endswith(("_over_fp32", "_over_fp32_images_per_s")):
+            for c, ratio in by_c.items():
+                print(f"C = {c}: {key.split('_over')[0]} {ratio:.2f}x the images/s of fp32")
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-size", choices=MODEL_SIZES, default="3b")
     parser.add_argument("--model-dir", type=Path, help="keep the built model here; reuse it")
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=["float32", "bfloat16", WHOLE_BF16, "int8"],
+        default=["float32", "bfloat16"],
+        help=f"bfloat16: mixed on a CPU (models.precision); {WHOLE_BF16}: wholly in bf16; "
+        "int8: fp32 with dynamically quantised linear layers",
+    )
+    parser.add_argument(
+        "--depth",
+        type=int,
+        nargs=2,
+        metavar=("LANGUAGE", "VISION"),
+        help="fewer layers of the same shapes (a smaller model for the dtypes' ratios)",
+    )
     parser.add_argument("--images", type=int, default=2, help="images per run")
     parser.add_argument("--image-size", type=int, default=224, help="224: 64 visual tokens")
     parser.add_argument("--conditions", type=int, nargs="+", default=[1, 5, 10])
@@ -350,9 +380,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     if args.build:
-        build_model(
-            args.model_dir, args.image_size, args.model_size, torch.device("cpu"), torch.bfloat16
-        )
+        depth = (args.depth[0], args.depth[1]) if args.depth else None
+        device = torch.device("cpu")
+        build_model(args.model_dir, args.image_size, args.model_size, device, torch.bfloat16, depth)
         return {}
     if args.child:
         figures = run_dtype(args)
@@ -372,6 +402,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "images": args.images,
         "image_size": args.image_size,
         "build_seconds": build_s,
+        "depth": {"language": args.depth[0], "vision": args.depth[1]} if args.depth else "full",
         "by_dtype": by_dtype,
         "summary": ratios,
     }

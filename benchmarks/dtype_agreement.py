@@ -5,6 +5,9 @@
         --synthetic --images 40 --conditions 4 --feedings fast --write --tag tiny
     python benchmarks/dtype_agreement.py --bench fp32.json bf16.json --write --tag tiny-bench
 
+`bfloat16` runs mixed on a CPU (models.precision); `--whole` also runs bf16 throughout (as
+before the mixed form) against the same fp32 vectors.
+
 `--synthetic` takes the synthetic test split's first images (what the bundled model knows)
 instead of random ones. Each row's cosine (image x condition) is compared: the minimum and
 the mean are printed. `--bench A B` compares two `dior-search bench --json` files instead
@@ -29,10 +32,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cpu_probe import quantize_linear_layers
 from embed_throughput import BEFORE, CONDITIONS, LOADED, load_embedder, parse
 from PIL import Image
 
+from dior_search.models import precision
 from dior_search.models.dior import DiorEmbedder, Throughput
+
+WHOLE_BF16 = "bfloat16-whole"
 
 
 def mixed_images(n: int, largest: int) -> list[Image.Image]:
@@ -84,9 +91,16 @@ def bench_differences(before: Path, after: Path) -> dict[str, dict[str, float]]:
 def embed_with(
     args: argparse.Namespace, folder: Path, dtype: str, throughputs: dict[str, Throughput | None]
 ) -> dict[str, np.ndarray]:
-    """Load the model in `dtype` once; embed the images under each feeding."""
-    args.dtype = dtype
-    embedder: DiorEmbedder = load_embedder(args, folder)
+    """Load the model in `dtype` once; embed the images under each feeding. `bfloat16` runs
+    mixed on a CPU (models.precision), `bfloat16-whole` wholly in bf16 as before it."""
+    precision.CPU_MIXED = dtype != WHOLE_BF16
+    args.dtype = {WHOLE_BF16: "bfloat16", "int8": "float32"}.get(dtype, dtype)
+    try:
+        embedder: DiorEmbedder = load_embedder(args, folder)
+    finally:
+        precision.CPU_MIXED = True
+    if dtype == "int8":  # in place: the kept model is dropped after this dtype (below)
+        quantize_linear_layers(embedder.model)
     defaults = embedder.throughput
     images = (
         synthetic_images(args.images)
@@ -119,6 +133,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "--feedings", nargs="+", choices=["plain", "fast"], default=["plain", "fast"]
     )
+    parser.add_argument(
+        "--whole", action="store_true", help=f"also {WHOLE_BF16}: bf16 throughout, not mixed"
+    )
+    parser.add_argument(
+        "--int8", action="store_true", help="also fp32 with linear layers quantised to int8"
+    )
     parser.add_argument("--bench", nargs=2, type=Path, help="compare two bench --json files")
     parser.add_argument("--write", action="store_true", help="write benchmarks/results JSON")
     parser.add_argument("--tag", default="", help="the results file's tag")
@@ -130,8 +150,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         folder = args.model_dir or Path(scratch)
         fp32 = embed_with(args, folder, "float32", feedings)
         bf16 = embed_with(args, folder, "bfloat16", feedings)
+        whole = embed_with(args, folder, WHOLE_BF16, feedings) if args.whole else {}
+        int8 = embed_with(args, folder, "int8", feedings) if args.int8 else {}
     reference = "plain" if "plain" in feedings else "fast"
     pairs = {f"bf16 {name} vs fp32 {reference}": (bf16[name], fp32[reference]) for name in feedings}
+    for name, vectors in whole.items():
+        pairs[f"bf16-whole {name} vs fp32 {reference}"] = (vectors, fp32[reference])
+    for name, vectors in int8.items():
+        pairs[f"int8 {name} vs fp32 {reference}"] = (vectors, fp32[reference])
     if len(feedings) == 2:
         pairs["fp32 fast vs fp32 plain"] = (fp32["fast"], fp32["plain"])
         pairs["bf16 fast vs bf16 plain"] = (bf16["fast"], bf16["plain"])
@@ -146,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         from results_file import write_results
 
         info = {"images": args.images, "conditions": args.conditions, "kind": images}
+        info["bfloat16"] = "mixed on a CPU: bf16 products, fp32 between (models.precision)"
         write_results("dtype_agreement", {"cosine_per_row": figures, **info}, tag=args.tag)
     return {name: values["min"] for name, values in figures.items()}
 

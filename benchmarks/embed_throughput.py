@@ -88,21 +88,22 @@ RELEASED_SHAPES = {"3b": (2048, 36, 16, 2, 11008), "7b": (3584, 28, 28, 4, 18944
 MODEL_SIZES = ["mid", *RELEASED_SHAPES]
 
 
-def model_config(tokenizer: Any, model_size: str) -> Any:
+def model_config(tokenizer: Any, model_size: str, depth: tuple[int, int] | None = None) -> Any:
     """A Qwen2.5-VL config of `model_size`: "mid" (6 vision and 6 language layers, language
     hidden size 512), "3b" or "7b" (Qwen2.5-VL-3B's or 7B's shapes), its token ids from
-    `tokenizer`."""
+    `tokenizer`; `depth` (language layers, vision layers): fewer layers of the same shapes."""
     if model_size == "mid":
         return qwen25_config(
             tokenizer, hidden=512, layers=6, vision_hidden=256, vision_layers=6, intermediate=1536
         )
     hidden, layers, heads, kv_heads, intermediate = RELEASED_SHAPES[model_size]
+    layers, vision_layers = depth or (layers, 32)
     config = qwen25_config(
         tokenizer,
         hidden=hidden,
         layers=layers,
         vision_hidden=1280,
-        vision_layers=32,
+        vision_layers=vision_layers,
         intermediate=intermediate,
     )
     config.text_config.num_attention_heads = heads
@@ -110,20 +111,27 @@ def model_config(tokenizer: Any, model_size: str) -> Any:
     config.text_config.rope_parameters["mrope_section"] = [16, 24, 24]
     config.vision_config.num_heads = 16
     config.vision_config.intermediate_size = 3420
-    config.vision_config.fullatt_block_indexes = [7, 15, 23, 31]
+    # Every eighth vision layer attends over the whole image, the others within windows.
+    config.vision_config.fullatt_block_indexes = list(range(7, vision_layers, 8))
     return config
 
 
 def build_model(
-    folder: Path, image_size: int, model_size: str, device: torch.device, dtype: torch.dtype
+    folder: Path,
+    image_size: int,
+    model_size: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    depth: tuple[int, int] | None = None,
 ) -> None:
-    """A random-weight Qwen2.5-VL of `model_size` (see `model_config`), saved in `folder`."""
+    """A random-weight Qwen2.5-VL of `model_size` (and `depth`: see `model_config`), saved in
+    `folder`."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     torch.manual_seed(0)
     prompts = [build_prompt("describe", c) for c in CONDITIONS]
     tokenizer = build_qwen_tokenizer([*tiny_corpus(), *prompts * 4], vocab_size=1024)
-    config = model_config(tokenizer, model_size)
+    config = model_config(tokenizer, model_size, depth)
     # Built where it will run and in its dtype: 7B parameters initialised in fp32 on a CPU
     # take minutes and 32 GB.
     default = torch.get_default_dtype()
@@ -154,7 +162,7 @@ def reference_kv(
     start = time.perf_counter()
     for image in images:
         batch = embedder.inputs.split([image], prompts, embedder.model)
-        batch = batch.to(embedder.device, embedder.dtype)
+        batch = batch.to(embedder.device, embedder.activation_dtype)
         cache = embedder.prefix_pass(batch)
         for row in range(len(prompts)):
             one = dataclasses.replace(
@@ -209,7 +217,7 @@ def lower_bound(embedder: DiorEmbedder, images: Sequence[Image.Image], prompts: 
     elapsed = 0.0
     for start in range(0, len(images), step):
         split = embedder.inputs.split(images[start : start + step], prompts, embedder.model)
-        batch = split.to(embedder.device, embedder.dtype)
+        batch = split.to(embedder.device, embedder.activation_dtype)
         synchronize(embedder)
         began = time.perf_counter()
         embedder.embed_split(batch)  # ends by copying the vectors to the host: synchronised

@@ -137,7 +137,7 @@ def profile_batches(
                 split = embedder.build_split(chunk, prompts, pool)
             with watch.stage("copy"):
                 pinned = split.suffix_ids.is_pinned()
-                batch = split.to(embedder.device, embedder.dtype, non_blocking=pinned)
+                batch = split.to(embedder.device, embedder.activation_dtype, non_blocking=pinned)
             with torch.inference_mode():
                 phase[0] = "prefix"
                 with watch.stage("prefix_all"):

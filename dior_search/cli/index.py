@@ -34,7 +34,7 @@ from dior_search.cli.progress import progress_bar
 from dior_search.data.collections import DATASETS, UNCONDITIONAL, check_conditions
 from dior_search.data.paths import shown
 from dior_search.errors import IndexStoreError, UsageError
-from dior_search.models.settings import EmbedderOptions, check_at_most
+from dior_search.models.settings import DiorSettings, EmbedderOptions, check_at_most
 
 if TYPE_CHECKING:
     from dior_search.indexing.job import IndexReport
@@ -178,8 +178,10 @@ def index(
     refuse_new_empty(collection, lambda: open_store(store, indexes))
     texts = [collection.condition_text(c) for c in conditions]
     chosen = choose_model(options, [collection.name], [t for t in texts if t is not None])
+    model_settings = replace(chosen, device=process_device(options.device)).dior()
+    model_settings = dtype_of_indexed(store, indexes, collection.name, conditions, model_settings)
     with default_model_hint(options):
-        embedder = load_embedder(replace(chosen, device=process_device(options.device)).dior())
+        embedder = load_embedder(model_settings)
     if answers is True:  # refused now, before any index folder is made (not by the first sync)
         check_answers(embedder, conditions)
     running = spec or launched_part()
@@ -217,6 +219,28 @@ def index(
     ]
     for line in lines:
         console.print(shown(line), markup=False, highlight=False, soft_wrap=True)
+
+
+def dtype_of_indexed(
+    store: str | None,
+    indexes: Path,
+    collection: str,
+    conditions: Sequence[str],
+    asked: DiorSettings,
+) -> DiorSettings:
+    """`asked`, where its dtype is `auto` and the conditions' indexes exist: in the dtype their
+    manifests record, so that added vectors match those indexed (see docs/cpu.md)."""
+    from dior_search.models.loading import follow_recorded_dtype
+
+    if asked.dtype != "auto":
+        return asked
+    try:
+        with opened_store(store, indexes) as index_store:
+            entries = index_store.find(collection, "dior", asked.model, damaged={})
+    except IndexStoreError:  # no indexes folder or database yet
+        return asked
+    recorded = [entry.manifest.embedder for entry in entries if entry.condition in conditions]
+    return follow_recorded_dtype(asked, recorded)
 
 
 def check_dataset_conditions(dataset: str | None, conditions: Sequence[str]) -> None:

@@ -83,6 +83,7 @@ from dior_search.models.loading import (
     resolve_dtype,
     resolve_model_source,
 )
+from dior_search.models.precision import make_mixed, query_and_key_projections, uses_mixed
 from dior_search.models.prompts import build_prompt
 from dior_search.models.settings import DiorSettings
 
@@ -162,6 +163,12 @@ class DiorEmbedder:
             raise ModelError(
                 f"cannot load model weights of {source!r}: {first_line(exc)}"
             ) from None
+        # What flows between the matrix products: fp32 where bf16 runs mixed (on a CPU, see
+        # models.precision), else the dtype the model was loaded in.
+        self.activation_dtype = self.dtype
+        if uses_mixed(self.dtype, self.device):
+            make_mixed(self.model, keep_fp32=query_and_key_projections)
+            self.activation_dtype = torch.float32
         self.source = source
         text_config = self.config.get_text_config()
         self.n_layers: int = text_config.num_hidden_layers
@@ -416,7 +423,7 @@ class DiorEmbedder:
         """A chunk's inputs as `embed_by_prefix` builds them: pinned where that is on."""
         split = self.inputs.split(chunk, prompts, self.model, workers=workers)
         if self.throughput.pin_memory and self.device.type == "cuda":
-            return split.pinned(self.dtype)
+            return split.pinned(self.activation_dtype)
         return split
 
     @torch.inference_mode()
@@ -438,7 +445,9 @@ class DiorEmbedder:
         vectors come from the answer's tokens) what decodes its rows' answers against the same
         cache: the last layer's states and a decoder."""
         answers = answers or self.reads_answer_tokens
-        batch = split.to(self.device, self.dtype, non_blocking=split.suffix_ids.is_pinned())
+        batch = split.to(
+            self.device, self.activation_dtype, non_blocking=split.suffix_ids.is_pinned()
+        )
         cache = self.prefix_pass(batch)
         if batch.prompts_per_image > 1 and self.throughput.packed_suffixes:
             try:
@@ -532,7 +541,7 @@ class DiorEmbedder:
         SDPA takes a boolean mask (True: attend); eager attention adds a float mask.
         """
         implementation = self.model.config.get_text_config()._attn_implementation
-        return {"sdpa": torch.bool, "eager": self.dtype}.get(implementation)
+        return {"sdpa": torch.bool, "eager": self.activation_dtype}.get(implementation)
 
     def embed_full(
         self,
@@ -577,7 +586,7 @@ class DiorEmbedder:
         from transformers import DynamicCache
 
         images = [fit_within(image, self.settings.max_side) for image in images]
-        batch = self.inputs.build(images, prompts).to(self.device, self.dtype)
+        batch = self.inputs.build(images, prompts).to(self.device, self.activation_dtype)
         if not answers and not self.reads_answer_tokens:
             hidden = self._hidden(batch.inputs, use_cache=False)
             states = self._read_states(hidden, batch.last_index)
@@ -699,7 +708,7 @@ class DiorEmbedder:
         tokenizer = self.inputs.tokenizer
         if self._stops is None:
             self._stops = stop_tokens(tokenizer, self.config)
-        logits = (states @ head.T).float()
+        logits = (states.to(head.dtype) @ head.T).float()
         log_partition = torch.logsumexp(logits, dim=-1)
         logprobs = logits - log_partition[:, None]
         rows = states.shape[0]
@@ -724,7 +733,7 @@ class DiorEmbedder:
             if outputs is not None:
                 outputs.add(hidden[:, : len(self.layers)], fed)
             last = hidden[:, self._decode_position if self.reads_answer_tokens else 0]
-            logprobs = torch.log_softmax((last @ head.T).float(), dim=-1)
+            logprobs = torch.log_softmax((last.to(head.dtype) @ head.T).float(), dim=-1)
         found = [
             Answer(text.word(), text.logprob, float(z))
             for text, z in zip(texts, log_partition.tolist(), strict=True)

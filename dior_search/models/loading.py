@@ -10,14 +10,16 @@ import functools
 import hashlib
 import os
 import platform
+from collections.abc import Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dior_search.errors import ModelError, UsageError, first_line
-from dior_search.models.embedder import EmbedderDescription
-from dior_search.models.settings import ModelSettings
+from dior_search.models.embedder import IDENTITY_SETTINGS, EmbedderDescription
+from dior_search.models.settings import ModelSettings, Settings
 
 BUNDLED_MODELS = {"tiny": Path(__file__).parent / "tiny_model"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -68,6 +70,23 @@ def resolve_dtype(dtype: str, device: torch.device, config: Any = None) -> torch
     return (
         torch.bfloat16 if device.type == "cpu" and wide and cpu_multiplies_bf16() else torch.float32
     )
+
+
+def follow_recorded_dtype(asked: Settings, recorded: Sequence[EmbedderDescription]) -> Settings:
+    """`asked` with `auto` replaced by the dtype indexes of the same embedder were built in
+    (`recorded`: their manifests' descriptions), where they agree on one: vectors added to an
+    index are then made in the dtype of those already in it, wherever `auto` would resolve
+    otherwise (an index built in fp32 before `auto` chose bf16 on this CPU stays fp32)."""
+    if asked.dtype != "auto":
+        return asked
+    mine = asdict(asked)
+    dtypes = {
+        description.dtype
+        for description in recorded
+        if description.method == asked.method
+        and all(asdict(description.settings).get(key) == mine.get(key) for key in IDENTITY_SETTINGS)
+    }
+    return replace(asked, dtype=dtypes.pop()) if len(dtypes) == 1 else asked
 
 
 def model_width(config: Any) -> int:

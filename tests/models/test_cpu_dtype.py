@@ -131,6 +131,58 @@ def test_an_index_built_in_bf16_is_queried_in_bf16(tmp_path, monkeypatch, loaded
     assert np.isfinite(list(scores.values())).all()
 
 
+@pytest.mark.parametrize(("built", "added"), [("float32", "bfloat16"), ("bfloat16", "float32")])
+def test_an_index_is_appended_to_and_queried_in_the_dtype_it_was_built_in(
+    tmp_path, monkeypatch, loaded_dtypes, built, added
+):
+    """Built where auto chose one dtype, appended to where auto would choose the other: the
+    new images are embedded in the index's dtype (its manifest still says so), and a query
+    then finds a new image with its own vector."""
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    write_dataset(tmp_path / "images", {"test": 6}, labels=False)
+    later = tmp_path / "later"
+    later.mkdir()
+    for name in ("00004.png", "00005.png"):
+        (tmp_path / "images" / "test" / name).rename(later / name)
+    monkeypatch.setattr(loading, "CPU_BF16_MIN_WIDTH", 0)  # the tiny model counts as wide
+    index = ["index", "--images", str(tmp_path / "images"), "-c", "color", "--model", "tiny"]
+    index += ["--indexes", str(tmp_path / "indexes"), "--device", "cpu"]
+    monkeypatch.setenv(CPU_BF16_VARIABLE, "1" if built == "bfloat16" else "0")
+    assert main(index) == 0
+    for name in ("00004.png", "00005.png"):
+        (later / name).rename(tmp_path / "images" / "test" / name)
+    monkeypatch.setenv(CPU_BF16_VARIABLE, "1" if added == "bfloat16" else "0")
+    assert main(index) == 0
+    (directory,) = {path.parent for path in (tmp_path / "indexes").rglob("manifest.json")}
+    manifest = Manifest.read(directory)
+    assert (manifest.embedder.dtype, manifest.rows) == (built, 6)
+    assert loaded_dtypes == [dtypes[built], dtypes[built]]
+
+    image = tmp_path / "images" / "test" / "00005.png"
+    hits = run_json(["query", str(image), "--index", str(directory), "--json", "-k", "6"])
+    assert loaded_dtypes[-1] == dtypes[built]
+    assert Path(hits[0]["path"]).name == "00005.png"
+    assert hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_an_asked_dtype_or_another_embedders_index_is_not_followed():
+    from dior_search.models.embedder import EmbedderDescription
+    from dior_search.models.loading import follow_recorded_dtype
+    from dior_search.models.settings import DiorSettings
+
+    def built(dtype: str, **settings) -> EmbedderDescription:
+        stored = DiorSettings(model="tiny", **settings)
+        return EmbedderDescription(stored, "qwen2_5_vl", None, "f", dtype, 128)
+
+    auto = DiorSettings(model="tiny")
+    assert follow_recorded_dtype(auto, [built("float32")]).dtype == "float32"
+    assert follow_recorded_dtype(auto, [built("float32", layer=-2)]).dtype == "auto"
+    assert follow_recorded_dtype(auto, [built("float32"), built("bfloat16")]).dtype == "auto"
+    assert follow_recorded_dtype(auto, []).dtype == "auto"
+    asked = DiorSettings(model="tiny", dtype="bfloat16")
+    assert follow_recorded_dtype(asked, [built("float32")]).dtype == "bfloat16"
+
+
 # -- the CPU benchmarks' functions, on tiny shapes (the figures come from the scripts) --------
 
 BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
@@ -221,3 +273,32 @@ def test_bench_differences_per_condition(benchmarks, tmp_path):
     rows = benchmarks.agreement.bench_differences(bench(0.75), bench(0.5))
     assert rows["synthetic/color/dior"]["recall@1 difference"] == -0.25
     assert rows["synthetic/color/dior"]["map@r difference"] == 0.0
+
+
+def test_error_sources_benchmark_finds_the_mixed_form_close_to_fp32(benchmarks, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bf16_error_sources
+
+    figures = bf16_error_sources.main(["--images", "6"])
+    forms = figures["cosine_with_fp32"]
+    assert set(forms) == set(bf16_error_sources.forms())
+    assert forms["products, q/k in fp32"]["min"] >= 0.999
+    assert forms["weights rounded"]["min"] >= 0.999
+    assert set(figures["bf16_throughout_by_layer"]) == {"1", "2", "3", "4"}
+
+
+def test_options_benchmark_times_each_option_against_the_first(benchmarks, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import cpu_options
+
+    model = Path(dior_search.models.__file__).parent / "tiny_model"
+    argv = ["--model-dir", str(model), "--images", "2", "--repeats", "1", "--photo-side", "400"]
+    figures = cpu_options.main([*argv, "--batch-sizes", "1", "2"])
+    assert figures["mixed"] is True
+    assert list(figures["attention_c1"]) == ["sdpa", "eager"]
+    assert list(figures["batch_c1"]) == ["1", "2"]
+    for group in ("attention_c1", "attention_c10", "vision", "batch_c1"):
+        first = next(iter(figures[group].values()))
+        assert first["speed_vs_first"] == 1.0
+        assert all(option["images_per_s"] > 0 for option in figures[group].values())
+    assert figures["preprocessing"]["cpu_seconds_per_image"]["decode_jpeg"] > 0
