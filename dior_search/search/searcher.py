@@ -610,7 +610,7 @@ class Searcher:
         scores a word's first token (answer tokens' states score the token after them)."""
         description = self.reader(condition).manifest.embedder
         if not description.reads_last_input:
-            num_token = getattr(description.settings, "num_token", -1)
+            num_token = description.settings.num_token
             held, fix = (
                 (f"{description.source} vectors", "--source last_input")
                 if description.source != "last_input"
@@ -627,7 +627,7 @@ class Searcher:
         if state == "stored":
             return
         if state == "not-last-layer":
-            layer = getattr(self.description.settings, "layer", None)
+            layer = self.description.settings.layer
             raise NoAnswers(
                 f"the index of {condition.name!r} holds layer {layer}'s vectors: the model's "
                 "answers come with the last layer's only (index with --layer -1)"
