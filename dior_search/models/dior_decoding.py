@@ -302,6 +302,12 @@ class AnswerReader:
                 self._head = matrix.to(loaded.device, loaded.dtype)
         return self._head
 
+    def stops(self) -> frozenset[int]:
+        """The tokens that end an answer (the end of the turn, ...): see models.answers."""
+        if self._stops is None:
+            self._stops = stop_tokens(self.loaded.inputs.tokenizer, self.loaded.config)
+        return self._stops
+
     @torch.inference_mode()
     def decode(
         self, states: torch.Tensor, decoder: Decoder
@@ -316,9 +322,6 @@ class AnswerReader:
         """
         loaded = self.loaded
         head = self.head_matrix()
-        tokenizer = loaded.inputs.tokenizer
-        if self._stops is None:
-            self._stops = stop_tokens(tokenizer, loaded.config)
         logits = (states @ head.T).float()
         log_partition = torch.logsumexp(logits, dim=-1)
         logprobs = logits - log_partition[:, None]
@@ -329,12 +332,7 @@ class AnswerReader:
             AnswerTokenStates(loaded.embedding_source, rows) if loaded.reads_answer_tokens else None
         )
         for number in range(defaults.MAX_ANSWER_TOKENS):
-            best, tokens = logprobs.max(dim=-1)
-            # One copy to the host a step, not two per row.
-            best_host, tokens_host = best.tolist(), tokens.tolist()
-            for row in torch.nonzero(active).flatten().tolist():
-                texts[row].add(tokens_host[row], best_host[row], tokenizer, self._stops)
-            active = torch.tensor([not text.done for text in texts])
+            tokens, active = self.take_tokens(logprobs, texts, active)
             # The first answer token is fed back even where it ends the answer: its state is
             # first_output (and all of mean_output).
             fed = active | torch.tensor(number == 0 and loaded.reads_answer_tokens)
@@ -350,3 +348,16 @@ class AnswerReader:
             for text, z in zip(texts, log_partition.tolist(), strict=True)
         ]
         return found, None if outputs is None else outputs.vectors()
+
+    def take_tokens(
+        self, logprobs: torch.Tensor, texts: list[AnswerText], active: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's greedy token, added to the answers of the `active` rows; the tokens,
+        and which rows' answers are still open after them."""
+        best, tokens = logprobs.max(dim=-1)
+        # One copy to the host a step, not two per row.
+        best_host, tokens_host = best.tolist(), tokens.tolist()
+        tokenizer, stops = self.loaded.inputs.tokenizer, self.stops()
+        for row in torch.nonzero(active).flatten().tolist():
+            texts[row].add(tokens_host[row], best_host[row], tokenizer, stops)
+        return tokens, torch.tensor([not text.done for text in texts])

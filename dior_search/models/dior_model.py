@@ -39,54 +39,48 @@ class DiorModel:
     def __init__(self, settings: DiorSettings, layers: Sequence[int] | None = None) -> None:
         """`layers`: hidden-state indices to read from each forward pass; default the
         settings' one layer."""
-        from transformers import AutoModel
-
         self.settings = settings
         self.device = resolve_device(settings.device)
-        source = resolve_model_source(settings.model)
-        self.config = load_model_config(source, settings.revision, settings.trust_remote_code)
+        self.source = resolve_model_source(settings.model)
+        self.config = load_model_config(self.source, settings.revision, settings.trust_remote_code)
         self.dtype = resolve_dtype(settings.dtype, self.device, self.config)
         self.inputs: InputBuilder = load_input_builder(
             self.config,
-            source,
+            self.source,
             revision=settings.revision,
             trust_remote_code=settings.trust_remote_code,
             position_scheme=settings.position_scheme,
             max_pixels=settings.max_pixels,
         )
-        try:
-            self.model = AutoModel.from_pretrained(
-                source,
-                revision=settings.revision,
-                dtype=self.dtype,
-                trust_remote_code=settings.trust_remote_code,
-            )
-        except (OSError, ValueError) as exc:
-            raise ModelError(
-                f"cannot load model weights of {source!r}: {first_line(exc)}"
-            ) from None
-        self.source = source
+        self.model = load_weights(self.source, settings, self.dtype)
         text_config = self.config.get_text_config()
         self.n_layers: int = text_config.num_hidden_layers
         self.dim: int = text_config.hidden_size
         self.layers = [settings.layer] if layers is None else list(dict.fromkeys(layers))
-        indices = [self.checked_layer(layer) for layer in self.layers]
         self.embedding_source = settings.source
+        self.hidden_indices, self.decode_position = self.plan_reads(
+            [self.checked_layer(layer) for layer in self.layers]
+        )
+        self.model.to(self.device).eval()
+        # The read position's offset from each row's last token (0: the last token itself).
+        self.read_offset = settings.num_token + 1
+
+    def plan_reads(self, indices: list[int]) -> tuple[list[int | None], int | None]:
+        """Which hidden states a pass returns for the layers at `indices` (None: the model's
+        last hidden state), and where among them the last layer's are (None: nowhere).
+
+        Drops the decoder layers after the deepest one read, where the decoder allows it."""
         if self.reads_answer_tokens and self.n_layers not in indices:
             # The answer is decoded from the last layer's states: read them too.
-            indices.append(self.n_layers)
+            indices = [*indices, self.n_layers]
         # Where in the states of a pass (and of a decoding step) the last layer's are.
-        self.decode_position = indices.index(self.n_layers) if self.n_layers in indices else None
+        decode_position = indices.index(self.n_layers) if self.n_layers in indices else None
         deepest = max(indices)
         # Where the layers after the deepest chosen one can be dropped, the model's last hidden
         # state is that layer's; the others are read from the returned hidden states.
         stops_early = deepest == self.n_layers or keep_first_layers(self.model, deepest)
-        self.hidden_indices: list[int | None] = [
-            None if stops_early and index == deepest else index for index in indices
-        ]
-        self.model.to(self.device).eval()
-        # The read position's offset from each row's last token (0: the last token itself).
-        self.read_offset = settings.num_token + 1
+        hidden = [None if stops_early and index == deepest else index for index in indices]
+        return hidden, decode_position
 
     def checked_layer(self, layer: int) -> int:
         """`layer`'s index among the hidden states (0..n_layers), UsageError where the model
@@ -183,6 +177,22 @@ class DiorModel:
     def vectors(self, states: torch.Tensor) -> np.ndarray:
         """The chosen layers' vectors out of `read_states`' columns: float32 numpy."""
         return to_numpy(states[:, : len(self.layers)])
+
+
+def load_weights(source: str, settings: DiorSettings, dtype: torch.dtype) -> Any:
+    """The base model of `source` (no LM head, so no vocabulary-sized logits are ever
+    computed), in `dtype`; one-line ModelError where its weights do not load."""
+    from transformers import AutoModel
+
+    try:
+        return AutoModel.from_pretrained(
+            source,
+            revision=settings.revision,
+            dtype=dtype,
+            trust_remote_code=settings.trust_remote_code,
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model weights of {source!r}: {first_line(exc)}") from None
 
 
 def last_states(
