@@ -61,7 +61,7 @@ def mixed(keep_fp32: Callable[[str], bool], linear: type[nn.Linear]) -> DiorEmbe
         for module in embedder.model.modules():
             if isinstance(module, precision.MixedLinear):
                 module.__class__ = linear
-    embedder.activation_dtype = torch.float32
+    embedder.loaded.activation_dtype = torch.float32
     return embedder
 
 

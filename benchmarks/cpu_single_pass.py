@@ -30,7 +30,7 @@ from dior_search.models.settings import DiorSettings
 
 
 def timed(embedder: DiorEmbedder, images: Sequence[Any], prefix_reuse: bool) -> tuple[float, Any]:
-    embedder._prefix_reuse = prefix_reuse  # what settings.prefix_reuse sets
+    embedder.passes.prefix_reuse = prefix_reuse  # what settings.prefix_reuse sets
     began = time.process_time()
     vectors = embedder.embed(images, ["color"])
     return time.process_time() - began, vectors

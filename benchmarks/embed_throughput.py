@@ -163,14 +163,14 @@ def reference_kv(
     for image in images:
         batch = embedder.inputs.split([image], prompts, embedder.model)
         batch = batch.to(embedder.device, embedder.activation_dtype)
-        cache = embedder.prefix_pass(batch)
+        cache = embedder.passes.prefix_pass(batch)
         for row in range(len(prompts)):
             one = dataclasses.replace(
                 batch,
                 suffix_ids=batch.suffix_ids[row : row + 1],
                 suffix_mask=batch.suffix_mask[row : row + 1],
             )
-            embedder.suffix_pass(one, cache)
+            embedder.passes.suffix_pass(one, cache)
             cache.crop(-one.suffix_ids.shape[1])  # back to the prefix alone for the next one
     return time.perf_counter() - start
 
@@ -212,7 +212,7 @@ def answers_of_length(tokens: int) -> type[AnswerText]:
 
 
 def lower_bound(embedder: DiorEmbedder, images: Sequence[Image.Image], prompts: list[str]) -> float:
-    """Our passes alone (`embed_split` on inputs already built and on the device)."""
+    """Our passes alone (`Passes.split_vectors` on inputs already built and on the device)."""
     step = max(1, embedder.settings.batch_size // len(prompts))
     elapsed = 0.0
     for start in range(0, len(images), step):
@@ -220,7 +220,8 @@ def lower_bound(embedder: DiorEmbedder, images: Sequence[Image.Image], prompts: 
         batch = split.to(embedder.device, embedder.activation_dtype)
         synchronize(embedder)
         began = time.perf_counter()
-        embedder.embed_split(batch)  # ends by copying the vectors to the host: synchronised
+        # Ends by copying the vectors to the host: synchronised.
+        embedder.passes.split_vectors(batch)
         elapsed += time.perf_counter() - began
     return elapsed
 

@@ -10,7 +10,7 @@ clock: building the inputs (image patches, tokens; pinned where that is on), the
 device, the vision tower, the language model over the prefixes, the KV cache repeated per
 condition (unless suffixes are packed), the language model over the suffixes, and the rest of
 each pass (embedding look-up, image scatter, masks, read-out). TFLOPS counts the real-token
-work of a stage (benchmarks/flops.py). The last rows time `embed_by_prefix` over the same
+work of a stage (benchmarks/flops.py). The last rows time `Passes.by_prefix` over the same
 batches as it really runs, inputs built on a thread while the model runs, per batch.
 
 Variants: `before` is the embedder as it was (one image after another, a cache row per
@@ -134,14 +134,14 @@ def profile_batches(
         for chunk in chunks:
             watch.ms.clear()
             with watch.stage("build"):
-                split = embedder.build_split(chunk, prompts, pool)
+                split = embedder.passes.build_split(chunk, prompts, pool)
             with watch.stage("copy"):
                 pinned = split.suffix_ids.is_pinned()
                 batch = split.to(embedder.device, embedder.activation_dtype, non_blocking=pinned)
             with torch.inference_mode():
                 phase[0] = "prefix"
                 with watch.stage("prefix_all"):
-                    cache = embedder.prefix_pass(batch)
+                    cache = embedder.passes.prefix_pass(batch)
                 phase[0] = "suffix"
                 packed = embedder.throughput.packed_suffixes and batch.prompts_per_image > 1
                 if not packed and batch.prompts_per_image > 1:
@@ -149,9 +149,9 @@ def profile_batches(
                         cache.batch_repeat_interleave(batch.prompts_per_image)
                 with watch.stage("suffix_all"):
                     if packed:
-                        embedder.packed_suffix_pass(batch, cache)
+                        embedder.passes.packed_suffix_pass(batch, cache)
                     else:
-                        embedder.suffix_pass(batch, cache)
+                        embedder.passes.suffix_pass(batch, cache)
             ms = dict(watch.ms)
             ms["prefix_rest"] = ms.pop("prefix_all") - ms["vision"] - ms["prefix_lm"]
             ms["suffix_rest"] = ms.pop("suffix_all") - ms["suffix_lm"]
@@ -172,10 +172,10 @@ def pipelined_ms(
     prompts: list[str],
     clock: Callable[[], float] = time.perf_counter,
 ) -> float:
-    """Milliseconds per batch of `embed_by_prefix` over all chunks, as it really runs."""
+    """Milliseconds per batch of `Passes.by_prefix` over all chunks, as it really runs."""
     images = [image for chunk in chunks for image in chunk]
     began = clock()
-    embedder.embed_by_prefix(images, prompts)
+    embedder.passes.by_prefix(images, prompts)
     return 1000 * (clock() - began) / len(chunks)
 
 
@@ -218,7 +218,7 @@ def operator_summary(
     if embedder.device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
     with profile(activities=activities) as profiler:
-        embedder.embed_by_prefix(list(chunk), prompts)
+        embedder.passes.by_prefix(list(chunk), prompts)
     if trace is not None:  # tens of MB for a 7B batch, and seconds to write
         trace.parent.mkdir(parents=True, exist_ok=True)
         profiler.export_chrome_trace(str(trace))

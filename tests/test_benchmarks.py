@@ -100,10 +100,10 @@ def test_flop_count_equals_torch_flop_counter_on_the_real_forward_pass(tiny_mode
     vision = counted(lambda: model.visual(pixels, grid_thw=grid_thw))
     assert vision == flops.vision_flops(config.vision_config, grid)
     prefix = flops.decoder_flops(text, layers, n_prefix)
-    whole_prefix = counted(lambda: embedder.prefix_pass(split))
+    whole_prefix = counted(lambda: embedder.passes.prefix_pass(split))
     assert whole_prefix == vision + prefix + per_pair * masked_pairs(n_prefix)
 
-    cache = embedder.prefix_pass(split)
+    cache = embedder.passes.prefix_pass(split)
     suffix_total = 0.0
     for row in range(len(prompts)):
         n = int(split.suffix_mask[row].sum())
@@ -113,7 +113,7 @@ def test_flop_count_equals_torch_flop_counter_on_the_real_forward_pass(tiny_mode
             split.suffix_ids[row : row + 1, :n],
             split.suffix_mask[row : row + 1, :n],
         )
-        seen = counted(lambda one=one: embedder.suffix_pass(one, cache))
+        seen = counted(lambda one=one: embedder.passes.suffix_pass(one, cache))
         cache.crop(-n)
         ours = flops.decoder_flops(text, layers, n, n_past=n_prefix)
         assert seen == ours + per_pair * masked_pairs(n)

@@ -262,7 +262,9 @@ def check_dataset_conditions(dataset: str | None, conditions: Sequence[str]) -> 
 def check_answers(embedder: Embedder, conditions: Sequence[str]) -> None:
     """UsageError where `--answers` cannot be honoured by this embedder (its layer is not
     the last, or it reads no answers at all)."""
-    state = embedder.describe().answers if hasattr(embedder, "embed_with_answers") else "off"
+    from dior_search.models.embedder import answers_given
+
+    state = answers_given(embedder)
     if state == "stored":
         return
     reason = (

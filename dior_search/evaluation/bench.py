@@ -51,6 +51,7 @@ from dior_search.models.answers import normalize_word, query_word
 from dior_search.models.dior import DiorEmbedder
 from dior_search.models.embedder import Embedder
 from dior_search.models.generative import AnswerTextEncoder
+from dior_search.models.methods import settings_for
 from dior_search.models.settings import EmbedderOptions
 from dior_search.search.joined import JoinedIndexes
 from dior_search.search.searcher import Searcher, SearchRequest
@@ -109,7 +110,7 @@ class MethodModels:
             if kind == "dior" and self.several_layers:
                 self.loaded[kind] = DiorEmbedder(self.options.dior(), self.layers)
             else:
-                self.loaded[kind] = load_embedder(self.options.for_method(kind))
+                self.loaded[kind] = load_embedder(settings_for(kind, self.options))
         return self.loaded[kind]
 
     def answer_encoder(self) -> AnswerTextEncoder:

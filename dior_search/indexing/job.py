@@ -17,7 +17,12 @@ from dior_search.data.collections import Collection, Item
 from dior_search.data.reading import LoadedImage, load_ahead
 from dior_search.errors import IndexStoreError, UsageError, first_line
 from dior_search.models.answers import Answer
-from dior_search.models.embedder import Embedder, EmbedderDescription, ImageRefused
+from dior_search.models.embedder import (
+    AnsweringEmbedder,
+    Embedder,
+    EmbedderDescription,
+    ImageRefused,
+)
 from dior_search.models.prompts import build_prompt
 from dior_search.store.backend import Compaction, IndexLocation, IndexStore, Manifest, Writer
 from dior_search.store.folder import FolderStore
@@ -219,10 +224,10 @@ def plan_job(
 ) -> IndexJob:
     """The index directory of each condition and the manifest it starts with if new."""
     description = embedder.describe()
-    template = getattr(description.settings, "template", defaults.DEFAULT_TEMPLATE)
+    template = description.settings.template
     store = settings.index_store()
     # New indexes store the model's answers where asked and the embedder reads them.
-    answering = settings.answers and hasattr(embedder, "embed_with_answers")
+    answering = settings.answers and isinstance(embedder, AnsweringEmbedder)
     answers = description.answers if answering else "off"
     targets = []
     for condition in conditions:
@@ -358,13 +363,12 @@ def embed_images(
     """Vectors of `images` under `texts`, and their answers if `answering`."""
     if not answering:
         return embedder.embed(images, texts), None
-    embed_with_answers = getattr(embedder, "embed_with_answers", None)
-    if embed_with_answers is None:
+    if not isinstance(embedder, AnsweringEmbedder):
         raise IndexStoreError(
             f"an index stores the model's answers, which the {embedder.describe().method} "
             "method does not give"
         )
-    vectors, answers = embed_with_answers(images, texts)
+    vectors, answers = embedder.embed_with_answers(images, texts)
     return vectors, answers
 
 

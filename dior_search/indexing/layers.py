@@ -13,7 +13,7 @@ from dior_search.data.collections import Collection
 from dior_search.indexing.job import IndexJob, IndexSettings, Progress, plan_job
 from dior_search.indexing.run import index_collection
 from dior_search.models.dior import DiorEmbedder
-from dior_search.models.layers import LayerStack
+from dior_search.models.layer_views import LayerStack
 from dior_search.store.backend import IndexLocation
 
 

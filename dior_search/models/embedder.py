@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
 
 from dior_search import defaults
-from dior_search.errors import InputError, UsageError
-from dior_search.models.settings import SETTINGS_BY_METHOD, Method, ModelSettings
+from dior_search.errors import InputError
+from dior_search.models.methods import method_named
+from dior_search.models.settings import Method, ModelSettings
 
 if TYPE_CHECKING:
     from dior_search.models.answers import Answer
@@ -72,14 +73,13 @@ class EmbedderDescription:
     @property
     def source(self) -> str:
         """Where DIOR's vectors were read (see models.dior); the last input for the others."""
-        return str(getattr(self.settings, "source", defaults.DEFAULT_SOURCE))
+        return self.settings.source
 
     @property
     def reads_last_input(self) -> bool:
         """Whether the vectors are states of the prompt's last token, from which the output
         head gives the answer's first token (what a text query scores by)."""
-        num_token = getattr(self.settings, "num_token", -1)
-        return self.source == defaults.DEFAULT_SOURCE and num_token == -1
+        return self.source == defaults.DEFAULT_SOURCE and self.settings.num_token == -1
 
     def to_fields(self) -> dict[str, Any]:
         """The flat form a manifest stores: `method`, the settings' fields, the model's."""
@@ -102,12 +102,7 @@ class EmbedderDescription:
     @classmethod
     def from_fields(cls, stored: dict[str, Any]) -> EmbedderDescription:
         """The description a manifest stored; its settings are rebuilt, dtype as it ran."""
-        method = stored.get("method", "dior")
-        try:
-            settings_class = SETTINGS_BY_METHOD[method]
-        except KeyError:
-            valid = ", ".join(SETTINGS_BY_METHOD)
-            raise UsageError(f"unknown embedding method {method!r}; valid: {valid}") from None
+        settings_class = method_named(stored.get("method", "dior")).settings
         return cls(
             settings=settings_class.from_fields(stored),
             model_type=str(stored["model_type"]),
@@ -170,8 +165,10 @@ class Embedder(Protocol):
         ...
 
 
+@runtime_checkable
 class AnsweringEmbedder(Embedder, Protocol):
-    """An embedder that also reads the model's own answer for every (image, condition)."""
+    """An embedder that also reads the model's own answer for every (image, condition):
+    `isinstance(embedder, AnsweringEmbedder)` says whether it does."""
 
     def embed_with_answers(
         self,
@@ -182,3 +179,9 @@ class AnsweringEmbedder(Embedder, Protocol):
         """`embed`'s vectors and `answers[image][condition]` (None where that condition's
         vectors come from a layer other than the last)."""
         ...
+
+
+def answers_given(embedder: Embedder) -> AnswerState:
+    """Whether `embedder`'s vectors come with the model's answers (`stored`), or why not
+    (`off`: it gives none; `not-last-layer`)."""
+    return embedder.describe().answers if isinstance(embedder, AnsweringEmbedder) else "off"

@@ -104,6 +104,30 @@ class ModelSettings:
         check_max_side(self.max_side)
         check_dtype(self.dtype)
 
+    # DIOR's choices, read through this base class: a method that has no such field answers
+    # with what its vectors amount to (the fields of the methods that have them override these,
+    # and only fields are written into a manifest).
+    @property
+    def template(self) -> str:
+        """The prompt template (the default one, recorded in the manifest, where none is
+        chosen)."""
+        return defaults.DEFAULT_TEMPLATE
+
+    @property
+    def layer(self) -> int | None:
+        """The hidden layer the vectors are read from (None: not a hidden layer's)."""
+        return None
+
+    @property
+    def source(self) -> EmbeddingSource:
+        """Where the vector is read (see models.dior): the last input for every other method."""
+        return "last_input"
+
+    @property
+    def num_token(self) -> int:
+        """Which prompt token is read, from the end (-1: the last)."""
+        return DEFAULT_NUM_TOKEN
+
     @classmethod
     def from_fields(cls: type[Settings], stored: dict[str, Any]) -> Settings:
         """Settings from a manifest's flat embedder fields (unknown keys ignored)."""
@@ -187,14 +211,11 @@ class IndirectSettings(ModelSettings):
 
 DualEncoder = TypeVar("DualEncoder", ClipSettings, IndirectSettings)
 
-SETTINGS_BY_METHOD: dict[str, type[ModelSettings]] = {
-    cls.method: cls for cls in (DiorSettings, ClipSettings, GenerativeSettings, IndirectSettings)
-}
-
 
 @dataclass(frozen=True)
 class EmbedderOptions:
-    """What a user chose on the command line, for whichever methods a verb runs."""
+    """What a user chose on the command line, for whichever methods a verb runs (a method's
+    settings: `models.methods.settings_for`)."""
 
     # None: the default for the collection (defaults.default_model), chosen by `for_collections`.
     model: str | None = None
@@ -285,16 +306,3 @@ class EmbedderOptions:
             device=self.device,
             max_side=self.max_side or None,
         )
-
-    def for_method(self, method: str) -> ModelSettings:
-        """The settings of `method` (dior, clip, generative or indirect) under these options."""
-        makers = {
-            "dior": self.dior,
-            "clip": self.clip,
-            "generative": self.generative,
-            "indirect": self.indirect,
-        }
-        try:
-            return makers[method]()
-        except KeyError:
-            raise UsageError(f"unknown method {method!r}; valid: {', '.join(makers)}") from None

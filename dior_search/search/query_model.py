@@ -142,7 +142,7 @@ def check_first_token_scores(reader: Reader, condition: ConditionIndex) -> None:
     scores a word's first token (answer tokens' states score the token after them)."""
     description = reader.manifest.embedder
     if not description.reads_last_input:
-        num_token = getattr(description.settings, "num_token", -1)
+        num_token = description.settings.num_token
         held, fix = (
             (f"{description.source} vectors", "--source last_input")
             if description.source != "last_input"
@@ -165,7 +165,7 @@ def check_answers(
     if state == "stored":
         return
     if state == "not-last-layer":
-        layer = getattr(description.settings, "layer", None)
+        layer = description.settings.layer
         raise NoAnswers(
             f"the index of {condition.name!r} holds layer {layer}'s vectors: the model's "
             "answers come with the last layer's only (index with --layer -1)"

@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import replace
+from dataclasses import asdict, replace
 from functools import cache, partial
 from importlib.resources import files
 from typing import Any, TypeVar
@@ -166,7 +166,7 @@ async def collections(request: Request) -> Response:
     return JSONResponse(
         {
             "model": {
-                key: getattr(settings_used, key, None)
+                key: asdict(settings_used).get(key)  # its own fields: None where it has none
                 for key in ("model", "template", "layer", "source", "position_scheme")
             },
             "limits": {

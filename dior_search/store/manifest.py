@@ -164,8 +164,7 @@ class Manifest:
     @property
     def expected_prompt(self) -> str:
         """The prompt the embedder's template makes of the condition text."""
-        template = getattr(self.embedder.settings, "template", defaults.DEFAULT_TEMPLATE)
-        return build_prompt(template, self.condition["text"])
+        return build_prompt(self.embedder.settings.template, self.condition["text"])
 
     @classmethod
     def read(cls, directory: Path) -> Manifest:

@@ -15,13 +15,9 @@ from typing import Any
 
 from dior_search import defaults
 from dior_search.models.embedder import ANSWER_STATES
+from dior_search.models.methods import METHODS
 from dior_search.models.prompts import PROMPT_TEMPLATES
-from dior_search.models.settings import (
-    DTYPE_NAMES,
-    POSITION_SCHEMES,
-    SETTINGS_BY_METHOD,
-    SOURCES,
-)
+from dior_search.models.settings import DTYPE_NAMES, POSITION_SCHEMES, SOURCES
 
 MAX_ID = defaults.MAX_STORED_INT
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -96,7 +92,7 @@ def list_of(fields: Mapping[str, Field], **more: Any) -> Field:
 # The embedder description: `method`, the settings of every method (each method writes its
 # own), and what the loaded model turned out to be.
 EMBEDDER_FIELDS: dict[str, Field] = {
-    "method": one_of(*SETTINGS_BY_METHOD),
+    "method": one_of(*METHODS),
     "model": text(),
     "revision": text(nullable=True),
     "dtype": one_of(*DTYPE_NAMES),

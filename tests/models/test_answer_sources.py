@@ -14,6 +14,7 @@ from dior_search.errors import UsageError
 from dior_search.models.answers import AnswerText, stop_tokens
 from dior_search.models.dior import DiorEmbedder, Throughput
 from dior_search.models.loading import BUNDLED_MODELS
+from dior_search.models.methods import settings_for
 from dior_search.models.prompts import build_prompt
 from dior_search.models.settings import DiorSettings, EmbedderOptions
 from dior_search.store.layout import embedder_folder
@@ -145,7 +146,7 @@ def test_the_source_is_part_of_the_identity():
     assert options.dior().source == "first_output"
     for method in ("clip", "generative", "indirect"):
         with pytest.raises(UsageError, match="applies to the dior and dior-unconditional"):
-            options.for_method(method)
+            settings_for(method, options)
 
 
 def full_pass_states(causal, embedder: DiorEmbedder, image, prompt: str, layer: int):

@@ -5,7 +5,7 @@ import pytest
 
 from dior_search.errors import UsageError
 from dior_search.models.dior import DiorEmbedder
-from dior_search.models.layers import LayerStack
+from dior_search.models.layer_views import LayerStack
 from dior_search.models.settings import DiorSettings
 
 CONDITIONS = ["object color", None, "background color"]

@@ -89,7 +89,7 @@ def test_a_model_that_refuses_packed_suffixes_falls_back_once(
     def refuse(*_args: object) -> None:
         raise RuntimeError("the mask must be 2-D\nmore detail")
 
-    monkeypatch.setattr("dior_search.models.dior.pack_suffixes", refuse)
+    monkeypatch.setattr("dior_search.models.dior_passes.pack_suffixes", refuse)
     with caplog.at_level(logging.WARNING):
         first = model.embed(mixed_images, CONDITIONS)
         second = model.embed(mixed_images[:2], CONDITIONS)

@@ -9,7 +9,7 @@ from PIL import Image
 from transformers import AutoProcessor
 
 from dior_search.errors import ModelError
-from dior_search.models.families import (
+from dior_search.models.families.inputs import (
     ModelBatch,
     PrefixReuseUnsupported,
     SplitBatch,

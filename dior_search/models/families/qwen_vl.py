@@ -15,7 +15,7 @@ from transformers import AutoImageProcessor, AutoTokenizer
 
 from dior_search.errors import ModelError
 from dior_search.models.embedder import ImageRefused
-from dior_search.models.families import (
+from dior_search.models.families.inputs import (
     ModelBatch,
     PrefixReuseUnsupported,
     SplitBatch,

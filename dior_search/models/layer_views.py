@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from dior_search.models.answers import Answer
-from dior_search.models.dior import DiorEmbedder
+from dior_search.models.dior import DiorEmbedder, one_layer
 from dior_search.models.embedder import EmbedderDescription, ProgressCallback
 
 
@@ -54,7 +54,7 @@ class LayerView:
     ) -> tuple[np.ndarray, list[list[Answer | None]]]:
         """`embed`, and the answers where this layer is the last (else None)."""
         found = self.embedder.embed_layers_with_answers(images, conditions, on_progress)
-        return self.embedder.layer_of(self.position, *found)
+        return one_layer(self.position, self.embedder.answer_position, *found)
 
 
 class LayerStack:
