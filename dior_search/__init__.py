@@ -12,12 +12,12 @@ no model library):
   `embed(images, conditions)` gives one vector per (image, condition);
 - collections: `open_dataset(name, datasets_dir)`, `open_images(folder, shards or Parquet)`,
   `load_image(path)`;
-- indexing: `index_collection(collection, conditions, embedder, IndexSettings(...))`;
+- indexing: `index_collection(collection, conditions, embedder, IndexSettings(...), store=...)`;
 - searching: `Searcher.open(indexes_dir, collection=...)` and
   `searcher.search(SearchRequest(conditions, image=... | id=..., weights=..., k=...))` ->
   a `SearchResult` of `Hit`s;
 - stores: `open_store(None, indexes_dir)` (index folders) or `open_store("milvus-lite:x.db",
-  ...)` / `open_store("milvus://host:19530", ...)`, for `IndexSettings(store=...)`,
+  ...)` / `open_store("milvus://host:19530", ...)`, for `index_collection(..., store=...)`,
   `Searcher.open(store)` and `export_collection(store, ...)`;
 - export: `export_collection(...)`, `export_index(IndexReader(directory), out_dir)`;
 - errors: `DiorError` and its kinds, each with the CLI's exit code.

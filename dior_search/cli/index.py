@@ -194,10 +194,11 @@ def index(
             collection,
             conditions,
             embedder,
-            replace(settings, store=index_store),
+            settings,
             on_start=None if quiet else bar.start,
             on_progress=None if quiet else bar.advance,
             confirm_removal=removal_confirmation(yes),
+            store=index_store,
         )
     print_summary(collection.name, len(collection.items), report)
     for path, reason in report.skipped:
@@ -207,8 +208,7 @@ def index(
         )
     lines = [*report.notes]
     lines += [
-        f"{name}: all parts complete, merged into {report.directories[name]}"
-        for name in report.merged
+        f"{name}: all parts complete, merged into {report.indexes[name]}" for name in report.merged
     ]
     lines += [
         f"{name}: waiting for parts {', '.join(map(str, missing))}; the last to finish "
@@ -296,7 +296,7 @@ def print_summary(collection: str, images: int, report: IndexReport) -> None:
     if report.part is not None:
         title += f", {report.part.name}"
     console.print(shown(title), markup=False, highlight=False, soft_wrap=True)
-    for name, directory in report.directories.items():
+    for name, directory in report.indexes.items():
         counts = report.counts.get(name)
         if counts is None:
             continue

@@ -20,8 +20,6 @@ from dior_search.models.answers import Answer
 from dior_search.models.embedder import Embedder, EmbedderDescription, ImageRefused
 from dior_search.models.prompts import build_prompt
 from dior_search.store.backend import Compaction, IndexLocation, IndexStore, Manifest, Writer
-from dior_search.store.folder import FolderStore
-from dior_search.store.index_types import AUTO, FLAT
 from dior_search.store.schema import Row
 
 log = logging.getLogger(__name__)
@@ -78,12 +76,6 @@ class IndexSettings:
     answers: bool = True
     # Give an existing index without answers its rows' answers, by embedding them again.
     add_answers: bool = False
-    # Where the indexes are written (None: the folder store under indexes_dir).
-    store: IndexStore | None = None
-
-    def index_store(self) -> IndexStore:
-        """The store the run writes to."""
-        return self.store if self.store is not None else FolderStore(self.indexes_dir)
 
 
 @dataclass
@@ -102,7 +94,7 @@ class IndexReport:
     counts: dict[str, SyncCounts] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     # Where each condition's index is: its directory, or its database collection.
-    directories: dict[str, IndexLocation] = field(default_factory=dict)
+    indexes: dict[str, IndexLocation] = field(default_factory=dict)
     # What the run changed or left alone that was asked for (a repack, a shard size kept).
     notes: list[str] = field(default_factory=list)
     # Where the skipped images are listed (None: none skipped).
@@ -190,6 +182,8 @@ class IndexJob:
     description: EmbedderDescription
     settings: IndexSettings
     targets: list[IndexTarget]
+    # Where the indexes are written: the store, passed explicitly (never opened twice).
+    store: IndexStore
 
     @property
     def conditions(self) -> list[str]:
@@ -202,7 +196,7 @@ class IndexJob:
     def check_index_types(self, n_items: int) -> None:
         """Fail before any embedding on an index type the store cannot build, train or
         search, or a memory budget too small for `auto` to fit the index in."""
-        store = self.settings.index_store()
+        store = self.store
         for target in self.targets:
             existing = store.manifest_at(target.location) or target.manifest
             store.check_index_spec(
@@ -215,38 +209,38 @@ class IndexJob:
 
 
 def plan_job(
-    collection: Collection, conditions: Sequence[str], embedder: Embedder, settings: IndexSettings
+    collection: Collection,
+    conditions: Sequence[str],
+    embedder: Embedder,
+    settings: IndexSettings,
+    store: IndexStore,
 ) -> IndexJob:
-    """The index directory of each condition and the manifest it starts with if new."""
+    """Where each condition's index is in `store` and the manifest it starts with if new."""
     description = embedder.describe()
     template = getattr(description.settings, "template", defaults.DEFAULT_TEMPLATE)
-    store = settings.index_store()
     # New indexes store the model's answers where asked and the embedder reads them.
     answering = settings.answers and hasattr(embedder, "embed_with_answers")
     answers = description.answers if answering else "off"
     targets = []
     for condition in conditions:
         text = collection.condition_text(condition)
-        manifest = Manifest(
+        manifest = store.new_manifest(
             answers=answers,
             collection={"name": collection.name, "root": str(collection.root)},
             condition={"name": condition, "text": text},
             prompt=build_prompt(template, text),
             embedder=description,
             dim=embedder.dim,
-            # A new index starts as auto: the type asked is recorded once it is packed.
-            index_type=FLAT,
             shard_size=settings.shard_size or defaults.DEFAULT_SHARD_SIZE,
-            index_spec=AUTO,
             memory_budget=defaults.DEFAULT_MEMORY_BUDGET,
         )
         location = store.location(collection.name, description, condition)
         targets.append(IndexTarget(condition, text, location, manifest))
-    return IndexJob(collection, embedder, description, settings, targets)
+    return IndexJob(collection, embedder, description, settings, targets, store)
 
 
 @dataclass
-class Pending:
+class QueuedImage:
     """A loaded file waiting for the next batch: which conditions copy a stored vector for it
     and which need it embedded."""
 
@@ -270,7 +264,7 @@ def embed_items(
     `row_ids`: each condition's id per item path (else the writers number rows). `counted`:
     paths already counted as unchanged.
     """
-    batch: list[Pending] = []
+    batch: list[QueuedImage] = []
     step = job.settings.images_per_step
     # Decoded images are shrunk to what the model sees at once: the read-ahead window holds
     # images of that size, never full-size ones.
@@ -282,7 +276,7 @@ def embed_items(
             report.skipped.append((loaded.item.path, error))
             log.info("skipping %s: %s", loaded.item.path, error)
         else:
-            pending = Pending(loaded, [], [])
+            pending = QueuedImage(loaded, [], [])
             for column, run in enumerate(runs):
                 if run.needs(loaded.item.path, loaded.content_hash):
                     can_copy = run.writer.can_copy(loaded.content_hash)
@@ -313,7 +307,7 @@ def refusal(embedder: Embedder, image: Image.Image) -> str | None:
 def embed_batch(
     job: IndexJob,
     runs: Sequence[ConditionRun],
-    batch: list[Pending],
+    batch: list[QueuedImage],
     report: IndexReport,
     row_ids: Sequence[dict[str, int]] | None = None,
 ) -> None:

@@ -220,15 +220,15 @@ class FolderFollowing(RuleBasedStateMachine):
                 indexes_dir=self.work / "indexes",
                 shard_size=3,
                 images_per_step=4,
-                store=self.store,
             ),
             confirm_removal=lambda removals: True,
+            store=self.store,
         )
         self.ran["index"] += 1
         expected = folder_state(self.folder)
         for condition in conditions:
-            self.directories[condition] = report.directories[condition]
-            reader = self.store.reader(report.directories[condition])
+            self.directories[condition] = report.indexes[condition]
+            reader = self.store.reader(report.indexes[condition])
             assert_fresh_build(reader, self.folder, expected, self.embedder, condition)
             # A row that stayed keeps its id; a new row never gets an id given before.
             ids = dict(zip(index_rows(reader), reader.ids.tolist(), strict=True))

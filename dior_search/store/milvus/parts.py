@@ -10,9 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dior_search.store.backend import (
-    IndexLocation,
-)
+from dior_search.store.backend import IndexLocation, IndexState, PartPlan
 from dior_search.store.manifest import (
     Database,
     Manifest,
@@ -43,20 +41,51 @@ class MilvusParts:
         """Milvus Lite: one process at a time (parts run one after another)."""
         return self.store.lite
 
-    def staged_writer(self, location: IndexLocation, manifest: Manifest) -> MilvusWriter:
-        return MilvusWriter(self.store, self.store.own(location), manifest, staged=True)
-
-    def mark_done(self, location: IndexLocation, part: str, plan: str, rows: int) -> None:
-        where = self.store.own(location)
-        marker = json.dumps({"plan": plan, "rows": rows})
-        self.store.conn.call(
-            f"mark {part} of {where.name} done",
-            "alter_collection_properties",
-            where.name,
-            properties={PART_KEY + part: marker},
+    def state(self, location: IndexLocation) -> IndexState:
+        """The paths and contents of an index's published rows, and its next id."""
+        if self.store.manifest_at(location) is None:
+            return IndexState(frozenset(), frozenset(), 0)
+        reader = self.store.reader(location)
+        return IndexState(
+            frozenset(reader.paths()), frozenset(reader.content_hashes()), reader.manifest.next_id
         )
 
-    def missing(self, location: IndexLocation, parts: Sequence[str], plan: str) -> list[str]:
+    def unfinished(self, location: IndexLocation) -> str | None:
+        return None  # staged rows stay invisible: a run in one process removes them
+
+    def resume(
+        self,
+        location: IndexLocation,
+        manifest: Manifest,
+        index_type: str | None,
+        memory_budget: int | None,
+    ) -> int | None:
+        return None  # a publishing is one commit of the manifest: nothing to finish
+
+    def staged_writer(
+        self, location: IndexLocation, manifest: Manifest, plan: PartPlan
+    ) -> MilvusWriter:
+        return MilvusWriter(self.store, self.store.own(location), manifest, staged=True)
+
+    def is_done(self, location: IndexLocation, plan: PartPlan) -> bool:
+        return not self.missing_names(location, [plan.name], plan.digest)
+
+    def mark_done(self, location: IndexLocation, plan: PartPlan, rows: int) -> None:
+        where = self.store.own(location)
+        marker = json.dumps({"plan": plan.digest, "rows": rows})
+        self.store.conn.call(
+            f"mark {plan.name} of {where.name} done",
+            "alter_collection_properties",
+            where.name,
+            properties={PART_KEY + plan.name: marker},
+        )
+
+    def missing(self, location: IndexLocation, plan: PartPlan) -> list[int]:
+        names = plan.names
+        return [names.index(m) for m in self.missing_names(location, names, plan.digest)]
+
+    def missing_names(self, location: IndexLocation, parts: Sequence[str], plan: str) -> list[str]:
+        """The parts of `parts` not marked done under the plan digest `plan`."""
         where = self.store.own(location)
         if not self.store.exists(where):
             return list(parts)
@@ -70,10 +99,18 @@ class MilvusParts:
         }
         return [part for part in parts if part not in done]
 
-    def publish(self, location: IndexLocation, plan: str, next_id: int) -> int | None:
-        """Publish the staged rows below `next_id`: the rows published, or None where another
-        process claimed the publishing."""
+    def publish(
+        self,
+        location: IndexLocation,
+        plan: PartPlan,
+        manifest: Manifest,
+        index_type: str | None,
+        memory_budget: int | None,
+    ) -> int | None:
+        """Publish the staged rows below plan.end_id: the rows published, or None where
+        another process claimed the publishing (the index type is set by the sync after)."""
         store, where = self.store, self.store.own(location)
+        next_id = plan.end_id
         token = uuid.uuid4().hex
         store.conn.call(
             f"publish {where.name}",
@@ -86,14 +123,14 @@ class MilvusParts:
         found = store.properties(where.name)
         if found.get(PUBLISHER_KEY) != token:
             return None
-        manifest = store.read_manifest(where)[0]
+        stored = store.read_manifest(where)[0]
         markers = [k for k, v in found.items() if k.startswith(PART_KEY) and v != CLEARED]
         rows = sum(int(json.loads(found[k]).get("rows", 0)) for k in markers)
-        if manifest.next_row_id < next_id:
-            manifest.next_row_id = next_id
-            manifest.database = Database(KIND, store.count(where, next_id))
-            advance(manifest)
-            store.write_manifest(where, manifest)
+        if stored.next_row_id < next_id:
+            stored.next_row_id = next_id
+            stored.database = Database(KIND, store.count(where, next_id))
+            advance(stored)
+            store.write_manifest(where, stored)
         store.conn.call(
             f"publish {where.name}",
             "alter_collection_properties",

@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dior_search.defaults import DEFAULT_INDEXES_DIR
 from dior_search.errors import IndexStoreError
 from dior_search.models.answers import Answer
 from dior_search.models.embedder import EmbedderDescription
@@ -21,7 +23,7 @@ from dior_search.store.backend import (
     matching_entries,
 )
 from dior_search.store.index_types import AUTO
-from dior_search.store.layout import embedder_folder
+from dior_search.store.layout import embedder_folder, skipped_listing
 from dior_search.store.manifest import (
     Manifest,
 )
@@ -64,8 +66,12 @@ from dior_search.store.schema import (
 class MilvusStore:
     """Indexes as collections of one Milvus database (see module)."""
 
-    def __init__(self, spec: str, create: bool = False) -> None:
+    def __init__(
+        self, spec: str, create: bool = False, listings_dir: Path = DEFAULT_INDEXES_DIR
+    ) -> None:
         self.target = parse_store_uri(spec)
+        # Where a run lists the images it skipped (--indexes).
+        self.listings_dir = listings_dir
         path = self.target.lite_path
         with _lite_lock:
             self.conn = Connection(self.target, create)
@@ -216,6 +222,14 @@ class MilvusStore:
 
     def shared_parts(self) -> MilvusParts:
         return MilvusParts(self)
+
+    def new_manifest(self, **fields: Any) -> Manifest:
+        # A new index starts as auto, exact (FLAT) until the type it grows into is built.
+        return Manifest(**fields, index_type=FLAT, index_spec=AUTO)
+
+    def skipped_listing(self, collection: str, description: EmbedderDescription) -> Path:
+        """Skipped images are listed under --indexes whatever the store (docs/stores.md)."""
+        return skipped_listing(self.listings_dir, collection, description)
 
     # -- collections ----------------------------------------------------------------------
 

@@ -170,7 +170,7 @@ class MilvusWriter(PendingRows):
                 {row_id: answer for row_id, (_, answer) in found.items() if answer is not None}
             )
 
-    def write_shard(self) -> None:
+    def commit(self) -> None:
         """Commit: write the queued rows, delete the rows deleted since the last commit, and
         publish the manifest (a staged writer publishes nothing)."""
         if not self.rows and not self.deleting:
@@ -198,7 +198,7 @@ class MilvusWriter(PendingRows):
         by size and budget, once) and flush the rows to the database's storage."""
         if self.staged:
             return
-        self.write_shard()
+        self.commit()
         manifest, location = self.manifest, self._location
         target = manifest.index_type
         if manifest.index_spec == AUTO:
@@ -222,7 +222,7 @@ class MilvusWriter(PendingRows):
 
     def compact(self, threshold: float = 0.0) -> Compaction:
         """Commit, then let the database compact (it drops deleted rows itself)."""
-        self.write_shard()
+        self.commit()
         if not self.staged:
             self.store.conn.call(f"compact {self._location.name}", "compact", self._location.name)
         return Compaction()
@@ -230,7 +230,7 @@ class MilvusWriter(PendingRows):
     def close(self, threshold: float = 0.0) -> Compaction:
         """Commit what is queued, build the index type, compact."""
         try:
-            self.write_shard()
+            self.commit()
             self.pack()
             return self.compact(threshold)
         finally:
