@@ -15,7 +15,10 @@ from PIL import Image
 from dior_search import defaults
 from dior_search.data.collections import Collection, Item
 from dior_search.data.reading import LoadedImage, load_ahead
-from dior_search.errors import IndexStoreError, UsageError, first_line
+from dior_search.errors import IndexStoreError, first_line
+from dior_search.indexing.settings import MAX_PARTS as MAX_PARTS
+from dior_search.indexing.settings import IndexSettings as IndexSettings
+from dior_search.indexing.settings import PartSpec as PartSpec
 from dior_search.models.answers import Answer
 from dior_search.models.embedder import Embedder, EmbedderDescription, ImageRefused
 from dior_search.models.prompts import build_prompt
@@ -25,57 +28,6 @@ from dior_search.store.schema import Row
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
-
-
-# More processes than this share no index usefully (each part is a folder and a merge step).
-MAX_PARTS = 4096
-
-
-@dataclass(frozen=True)
-class PartSpec:
-    """Part `part` (0-based) of `parts` of a distributed run."""
-
-    part: int
-    parts: int
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.parts <= MAX_PARTS:
-            raise UsageError(f"--parts must be between 1 and {MAX_PARTS}, not {self.parts}")
-        if not 0 <= self.part < self.parts:
-            raise UsageError(
-                f"part {self.part} of {self.parts} does not exist: parts are 0..{self.parts - 1}"
-            )
-
-    @property
-    def name(self) -> str:
-        return f"part-{self.part:05d}-of-{self.parts:05d}"
-
-    def bounds(self, total: int) -> tuple[int, int]:
-        """The contiguous slice [start, stop) of `total` work items this part embeds."""
-        return self.part * total // self.parts, (self.part + 1) * total // self.parts
-
-
-@dataclass(frozen=True)
-class IndexSettings:
-    indexes_dir: Path = defaults.DEFAULT_INDEXES_DIR
-    # Vectors per shard of a new index (None: the default); an index keeps its own.
-    shard_size: int | None = None
-    # auto, Flat or a FAISS factory string; None: the index's own type (auto for a new one).
-    index_type: str | None = None
-    # Bytes `auto` may use (None: the index's own budget, 8 GiB for a new one).
-    memory_budget: int | None = None
-    images_per_step: int = 32
-    loader_threads: int = 4
-    # This process's slice of a distributed run (None: from RANK / WORLD_SIZE, if launched).
-    part: PartSpec | None = None
-    # Keep the rows of files that are gone (an unmounted drive must not empty an index).
-    keep_missing: bool = False
-    # Rewrite shards whose deleted rows pass this share at the end of the run.
-    compact_threshold: float = defaults.COMPACT_THRESHOLD
-    # New indexes store the model's answer for every row, where the embedder reads them.
-    answers: bool = True
-    # Give an existing index without answers its rows' answers, by embedding them again.
-    add_answers: bool = False
 
 
 @dataclass
@@ -203,7 +155,7 @@ class IndexJob:
                 self.settings.index_type or existing.index_spec,
                 self.embedder.dim,
                 existing.rows + n_items,
-                self.settings.memory_budget or existing.memory_budget,
+                self.settings.memory_bytes or existing.memory_budget,
                 existing,
             )
 

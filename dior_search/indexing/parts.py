@@ -127,7 +127,7 @@ def index_parts(
     published: dict[str, tuple[IndexTarget, int]] = {}
     for target in job.targets:
         rows = shared.resume(
-            target.location, target.manifest, settings.index_type, settings.memory_budget
+            target.location, target.manifest, settings.index_type, settings.memory_bytes
         )
         if rows is not None:
             published[target.condition] = (target, rows)
@@ -152,7 +152,7 @@ def index_parts(
                 plan,
                 target.manifest,
                 settings.index_type,
-                settings.memory_budget,
+                settings.memory_bytes,
             )
             if rows is not None:
                 published[target.condition] = (target, rows)

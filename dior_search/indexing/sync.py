@@ -117,7 +117,7 @@ def sync_targets(
         for target in targets:
             writer = store.writer(target.location, target.manifest)
             runs.append(ConditionRun(target.condition, writer))
-            writer.set_index_type(settings.index_type, settings.memory_budget)
+            writer.set_index_type(settings.index_type, settings.memory_bytes)
             report.indexes[target.condition] = target.location
             kept = writer.manifest.shard_size
             if settings.shard_size not in (None, kept):

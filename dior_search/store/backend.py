@@ -30,6 +30,8 @@ import numpy as np
 
 from dior_search.errors import IndexStoreError
 from dior_search.models.embedder import EmbedderDescription
+from dior_search.store.index_types import canonical_spec as canonical_spec
+from dior_search.store.index_types import parse_size as parse_size
 from dior_search.store.manifest import Manifest as Manifest
 from dior_search.store.manifest import check_same_embedder as check_same_embedder
 

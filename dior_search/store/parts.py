@@ -10,9 +10,9 @@ While a distributed run is in progress an index directory holds
         part-00001-of-00002/
         merge.json               the merge plan, written before any shard is moved
 
-Plan (indexing.parts): every process computes the same work list before anything is written: the
-collection's items, in collection order, that the index directory itself (not its parts)
-lacks under at least one condition. Part p of n takes the contiguous slice
+Plan (indexing.parts): every process computes the same work list before anything is
+written: the collection's items, in collection order, that the index directory itself (not
+its parts) lacks under at least one condition. Part p of n takes the contiguous slice
 [p W / n, (p + 1) W / n) of the W items and gives the item at position i the id
 next_id + i, so ids are unique and increasing across parts without any coordination.
 plan.json records the slice and a digest of the work list: a re-run of a part (the same
