@@ -33,8 +33,9 @@ if TYPE_CHECKING:
     from dior_search.data.images import load_image
     from dior_search.data.sources import open_images
     from dior_search.errors import DiorError, IndexStoreError, InputError, ModelError, UsageError
-    from dior_search.indexing.job import IndexReport, IndexSettings
+    from dior_search.indexing.job import IndexReport
     from dior_search.indexing.run import index_collection
+    from dior_search.indexing.settings import IndexSettings
     from dior_search.models import load_embedder
     from dior_search.models.embedder import Embedder
     from dior_search.models.settings import (
@@ -68,7 +69,7 @@ API = {
     "InputError": "dior_search.errors",
     "ModelError": "dior_search.errors",
     "IndexStoreError": "dior_search.errors",
-    "IndexSettings": "dior_search.indexing.job",
+    "IndexSettings": "dior_search.indexing.settings",
     "IndexReport": "dior_search.indexing.job",
     "index_collection": "dior_search.indexing.run",
     "load_embedder": "dior_search.models",
