@@ -9,7 +9,7 @@ from pathlib import Path
 from dior_search import defaults
 from dior_search.errors import UsageError
 from dior_search.models.settings import check_at_most
-from dior_search.store.backend import canonical_spec, parse_size
+from dior_search.store.backend import canonical_spec, parse_size, part_name
 
 # More processes than this share no index usefully (each part is a folder and a merge step).
 MAX_PARTS = 4096
@@ -32,7 +32,7 @@ class PartSpec:
 
     @property
     def name(self) -> str:
-        return f"part-{self.part:05d}-of-{self.parts:05d}"
+        return part_name(self.part, self.parts)
 
     def bounds(self, total: int) -> tuple[int, int]:
         """The contiguous slice [start, stop) of `total` work items this part embeds."""
