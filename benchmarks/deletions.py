@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if len(doomed):
                 writer = IndexWriter.existing(directory)
                 writer.delete(np.sort(doomed).tolist())
-                writer.write_shard()
+                writer.commit()
                 writer.abort()
                 live[doomed] = False
             truth = exact_top_k(vectors, args.size, queries, live)

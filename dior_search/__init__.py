@@ -12,12 +12,12 @@ no model library):
   `embed(images, conditions)` gives one vector per (image, condition);
 - collections: `open_dataset(name, datasets_dir)`, `open_images(folder, shards or Parquet)`,
   `load_image(path)`;
-- indexing: `index_collection(collection, conditions, embedder, IndexSettings(...))`;
+- indexing: `index_collection(collection, conditions, embedder, IndexSettings(...), store=...)`;
 - searching: `Searcher.open(indexes_dir, collection=...)` and
   `searcher.search(SearchRequest(conditions, image=... | id=..., weights=..., k=...))` ->
   a `SearchResult` of `Hit`s;
 - stores: `open_store(None, indexes_dir)` (index folders) or `open_store("milvus-lite:x.db",
-  ...)` / `open_store("milvus://host:19530", ...)`, for `IndexSettings(store=...)`,
+  ...)` / `open_store("milvus://host:19530", ...)`, for `index_collection(..., store=...)`,
   `Searcher.open(store)` and `export_collection(store, ...)`;
 - export: `export_collection(...)`, `export_index(IndexReader(directory), out_dir)`;
 - errors: `DiorError` and its kinds, each with the CLI's exit code.
@@ -33,8 +33,9 @@ if TYPE_CHECKING:
     from dior_search.data.images import load_image
     from dior_search.data.sources import open_images
     from dior_search.errors import DiorError, IndexStoreError, InputError, ModelError, UsageError
-    from dior_search.indexing.job import IndexReport, IndexSettings
+    from dior_search.indexing.job import IndexReport
     from dior_search.indexing.run import index_collection
+    from dior_search.indexing.settings import IndexSettings
     from dior_search.models import load_embedder
     from dior_search.models.embedder import Embedder
     from dior_search.models.settings import (
@@ -63,7 +64,7 @@ API = {
     "InputError": "dior_search.errors",
     "ModelError": "dior_search.errors",
     "IndexStoreError": "dior_search.errors",
-    "IndexSettings": "dior_search.indexing.job",
+    "IndexSettings": "dior_search.indexing.settings",
     "IndexReport": "dior_search.indexing.job",
     "index_collection": "dior_search.indexing.run",
     "load_embedder": "dior_search.models",

@@ -40,7 +40,7 @@ def main() -> None:
     collection = open_dataset("synthetic", work / "datasets")
     settings = IndexSettings(indexes_dir=work / "indexes")
     report = index_collection(collection, list(CONDITIONS), embedder, settings)
-    readers = {c: IndexReader(report.directories[c]) for c in CONDITIONS}
+    readers = {c: IndexReader(report.indexes[c]) for c in CONDITIONS}
 
     def rate(conditions: tuple[str, ...], labels: tuple[str, str]) -> float:
         joined = JoinedIndexes([readers[c] for c in conditions])

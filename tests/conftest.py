@@ -131,7 +131,8 @@ def served(
         open_dataset("synthetic", root / "datasets"),
         SERVE_CONDITIONS,
         embedder,
-        IndexSettings(indexes_dir=root / "indexes", shard_size=50, store=store),
+        IndexSettings(indexes_dir=root / "indexes", shard_size=50),
+        store=store,
     )
     settings = ServeSettings(
         indexes_dir=root / "indexes", store=store_spec(kind, root), device="cpu"

@@ -177,10 +177,11 @@ def bench(
             conditions,
             chosen,
             models,
-            IndexSettings(indexes_dir=indexes, store=index_store),
+            IndexSettings(indexes_dir=indexes),
             on_stage=bar.stage,
             on_progress=bar.advance,
             distance=distance,
+            store=index_store,
         )
     rows = [row for name in chosen for row in models.scored_as(name)]
     for table in bench_tables(result, rows):

@@ -34,7 +34,7 @@ from dior_search.cli.progress import progress_bar
 from dior_search.data.collections import DATASETS, UNCONDITIONAL, check_conditions
 from dior_search.data.paths import shown
 from dior_search.errors import IndexStoreError, UsageError
-from dior_search.models.settings import DiorSettings, EmbedderOptions, check_at_most
+from dior_search.models.settings import DiorSettings, EmbedderOptions
 
 if TYPE_CHECKING:
     from dior_search.indexing.job import IndexReport
@@ -130,41 +130,32 @@ def index(
     """
     # Light modules only until every option is checked: a usage error answers at once,
     # before torch and the model libraries load.
-    from dior_search.store.index_types import canonical_spec, parse_size
+    from dior_search.indexing.settings import IndexSettings
 
-    if shard_size is not None and shard_size < 1:
-        raise UsageError("--shard-size must be at least 1")
-    check_at_most("--shard-size", shard_size)
-    budget = parse_size(memory_budget) if memory_budget is not None else None
-    if budget is not None and budget < 1:
-        raise UsageError(f"--memory-budget must be more than 0 bytes, not {memory_budget!r}")
-    check_at_most("--memory-budget", budget)
+    settings = IndexSettings(
+        indexes_dir=indexes,
+        shard_size=shard_size,
+        index_type=index_type,
+        memory_budget=memory_budget,
+        keep_missing=keep_missing,
+        answers=answers is not False,
+        add_answers=answers is True,
+    )
     asked = check_conditions(condition or [])
     check_dataset_conditions(dataset, asked)
     if (dataset is None) == (images is None):
         raise UsageError("give exactly one of --dataset NAME or --images DIR")
-    index_spec = canonical_spec(index_type) if index_type is not None else None
     check_store(store)
     options.dior()  # every embedding option checked: batch size, dtype, template, ...
     named = collection_name(dataset, images) or ""
     settle_hub_access([options.model or defaults.default_model([named])])
-    from dior_search.indexing.job import IndexSettings
     from dior_search.indexing.parts import launched_part, process_device, requested_part
     from dior_search.indexing.run import index_collection, refuse_new_empty
     from dior_search.models import load_embedder
     from dior_search.store.stores import open_store
 
     spec = requested_part(part, parts)
-    settings = IndexSettings(
-        indexes_dir=indexes,
-        shard_size=shard_size,
-        index_type=index_spec,
-        memory_budget=budget,
-        part=spec,
-        keep_missing=keep_missing,
-        answers=answers is not False,
-        add_answers=answers is True,
-    )
+    settings = replace(settings, part=spec)
     collection = open_collection(dataset, images, datasets_dir, image_column)
     conditions = asked or list(collection.conditions)
     if not conditions:
@@ -196,10 +187,11 @@ def index(
             collection,
             conditions,
             embedder,
-            replace(settings, store=index_store),
+            settings,
             on_start=None if quiet else bar.start,
             on_progress=None if quiet else bar.advance,
             confirm_removal=removal_confirmation(yes),
+            store=index_store,
         )
     print_summary(collection.name, len(collection.items), report)
     for path, reason in report.skipped:
@@ -209,8 +201,7 @@ def index(
         )
     lines = [*report.notes]
     lines += [
-        f"{name}: all parts complete, merged into {report.directories[name]}"
-        for name in report.merged
+        f"{name}: all parts complete, merged into {report.indexes[name]}" for name in report.merged
     ]
     lines += [
         f"{name}: waiting for parts {', '.join(map(str, missing))}; the last to finish "
@@ -322,7 +313,7 @@ def print_summary(collection: str, images: int, report: IndexReport) -> None:
     if report.part is not None:
         title += f", {report.part.name}"
     console.print(shown(title), markup=False, highlight=False, soft_wrap=True)
-    for name, directory in report.directories.items():
+    for name, directory in report.indexes.items():
         counts = report.counts.get(name)
         if counts is None:
             continue

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dior_search.errors import OutputError
-from dior_search.store.files import atomic_file
+from dior_search.files import atomic_file
 
 
 def check_output(path: Path, option: str) -> None:

@@ -55,7 +55,7 @@ from dior_search.models.methods import settings_for
 from dior_search.models.settings import EmbedderOptions
 from dior_search.search.joined import JoinedIndexes
 from dior_search.search.searcher import Searcher, SearchRequest
-from dior_search.store.backend import Reader
+from dior_search.store.backend import IndexStore, Reader
 from dior_search.store.schema import ANSWER, normalize
 
 log = logging.getLogger(__name__)
@@ -285,8 +285,10 @@ def run_bench(
     on_stage: Stage | None = None,
     on_progress: Progress | None = None,
     distance: Distance = "cosine",
+    store: IndexStore | None = None,
 ) -> dict[str, dict[str, Metrics]]:
-    """condition -> method -> metrics for one collection; indexes built where missing."""
+    """condition -> method -> metrics for one collection; indexes built where missing (in
+    `store`; None: the folder store under index_settings.indexes_dir)."""
     unknown = [c for c in conditions if c not in collection.conditions]
     if unknown:
         valid = ", ".join(collection.conditions)
@@ -302,9 +304,9 @@ def run_bench(
         embedder = models.get(method)
         if method == "generative" and models.generative_answers:
             report = index_collection(
-                collection, targets, embedder, index_settings, start, on_progress
+                collection, targets, embedder, index_settings, start, on_progress, store=store
             )
-            searcher = Searcher.of_directories(list(report.directories.values()))
+            searcher = Searcher.of_directories(list(report.indexes.values()))
             indexes = searcher.collection(collection.name)
             for condition in conditions:
                 reader = searcher.reader(searcher.condition(indexes, condition))
@@ -314,7 +316,7 @@ def run_bench(
             continue
         if isinstance(embedder, DiorEmbedder) and models.several_layers:
             by_layer = index_layers(
-                collection, targets, embedder, index_settings, start, on_progress
+                collection, targets, embedder, index_settings, start, on_progress, store
             )
             rows = models.scored_as(method)
             directories = {
@@ -322,9 +324,9 @@ def run_bench(
             }
         else:
             report = index_collection(
-                collection, targets, embedder, index_settings, start, on_progress
+                collection, targets, embedder, index_settings, start, on_progress, store=store
             )
-            directories = {models.scored_as(method)[0]: report.directories}
+            directories = {models.scored_as(method)[0]: report.indexes}
         for row, found in directories.items():
             searcher = Searcher.of_directories(list(found.values()))
             indexes = searcher.collection(collection.name)
@@ -370,6 +372,7 @@ def run_benches(
     on_stage: Stage | None = None,
     on_progress: Progress | None = None,
     distance: Distance = "cosine",
+    store: IndexStore | None = None,
 ) -> BenchResult:
     """`run_bench` for each collection, under `conditions` (default: all its labelled ones)."""
     return {
@@ -382,6 +385,7 @@ def run_benches(
             on_stage,
             on_progress,
             distance,
+            store,
         )
         for collection in collections
     }

@@ -15,7 +15,10 @@ from PIL import Image
 from dior_search import defaults
 from dior_search.data.collections import Collection, Item
 from dior_search.data.reading import LoadedImage, load_ahead
-from dior_search.errors import IndexStoreError, UsageError, first_line
+from dior_search.errors import IndexStoreError, first_line
+from dior_search.indexing.settings import MAX_PARTS as MAX_PARTS
+from dior_search.indexing.settings import IndexSettings as IndexSettings
+from dior_search.indexing.settings import PartSpec as PartSpec
 from dior_search.models.answers import Answer
 from dior_search.models.embedder import (
     AnsweringEmbedder,
@@ -25,70 +28,11 @@ from dior_search.models.embedder import (
 )
 from dior_search.models.prompts import build_prompt
 from dior_search.store.backend import Compaction, IndexLocation, IndexStore, Manifest, Writer
-from dior_search.store.folder import FolderStore
-from dior_search.store.index_types import AUTO, FLAT
 from dior_search.store.schema import Row
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
-
-
-# More processes than this share no index usefully (each part is a folder and a merge step).
-MAX_PARTS = 4096
-
-
-@dataclass(frozen=True)
-class PartSpec:
-    """Part `part` (0-based) of `parts` of a distributed run."""
-
-    part: int
-    parts: int
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.parts <= MAX_PARTS:
-            raise UsageError(f"--parts must be between 1 and {MAX_PARTS}, not {self.parts}")
-        if not 0 <= self.part < self.parts:
-            raise UsageError(
-                f"part {self.part} of {self.parts} does not exist: parts are 0..{self.parts - 1}"
-            )
-
-    @property
-    def name(self) -> str:
-        return f"part-{self.part:05d}-of-{self.parts:05d}"
-
-    def bounds(self, total: int) -> tuple[int, int]:
-        """The contiguous slice [start, stop) of `total` work items this part embeds."""
-        return self.part * total // self.parts, (self.part + 1) * total // self.parts
-
-
-@dataclass(frozen=True)
-class IndexSettings:
-    indexes_dir: Path = defaults.DEFAULT_INDEXES_DIR
-    # Vectors per shard of a new index (None: the default); an index keeps its own.
-    shard_size: int | None = None
-    # auto, Flat or a FAISS factory string; None: the index's own type (auto for a new one).
-    index_type: str | None = None
-    # Bytes `auto` may use (None: the index's own budget, 8 GiB for a new one).
-    memory_budget: int | None = None
-    images_per_step: int = 32
-    loader_threads: int = 4
-    # This process's slice of a distributed run (None: from RANK / WORLD_SIZE, if launched).
-    part: PartSpec | None = None
-    # Keep the rows of files that are gone (an unmounted drive must not empty an index).
-    keep_missing: bool = False
-    # Rewrite shards whose deleted rows pass this share at the end of the run.
-    compact_threshold: float = defaults.COMPACT_THRESHOLD
-    # New indexes store the model's answer for every row, where the embedder reads them.
-    answers: bool = True
-    # Give an existing index without answers its rows' answers, by embedding them again.
-    add_answers: bool = False
-    # Where the indexes are written (None: the folder store under indexes_dir).
-    store: IndexStore | None = None
-
-    def index_store(self) -> IndexStore:
-        """The store the run writes to."""
-        return self.store if self.store is not None else FolderStore(self.indexes_dir)
 
 
 @dataclass
@@ -107,7 +51,7 @@ class IndexReport:
     counts: dict[str, SyncCounts] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     # Where each condition's index is: its directory, or its database collection.
-    directories: dict[str, IndexLocation] = field(default_factory=dict)
+    indexes: dict[str, IndexLocation] = field(default_factory=dict)
     # What the run changed or left alone that was asked for (a repack, a shard size kept).
     notes: list[str] = field(default_factory=list)
     # Where the skipped images are listed (None: none skipped).
@@ -195,6 +139,8 @@ class IndexJob:
     description: EmbedderDescription
     settings: IndexSettings
     targets: list[IndexTarget]
+    # Where the indexes are written: the store, passed explicitly (never opened twice).
+    store: IndexStore
 
     @property
     def conditions(self) -> list[str]:
@@ -207,51 +153,51 @@ class IndexJob:
     def check_index_types(self, n_items: int) -> None:
         """Fail before any embedding on an index type the store cannot build, train or
         search, or a memory budget too small for `auto` to fit the index in."""
-        store = self.settings.index_store()
+        store = self.store
         for target in self.targets:
             existing = store.manifest_at(target.location) or target.manifest
             store.check_index_spec(
                 self.settings.index_type or existing.index_spec,
                 self.embedder.dim,
                 existing.rows + n_items,
-                self.settings.memory_budget or existing.memory_budget,
+                self.settings.memory_bytes or existing.memory_budget,
                 existing,
             )
 
 
 def plan_job(
-    collection: Collection, conditions: Sequence[str], embedder: Embedder, settings: IndexSettings
+    collection: Collection,
+    conditions: Sequence[str],
+    embedder: Embedder,
+    settings: IndexSettings,
+    store: IndexStore,
 ) -> IndexJob:
-    """The index directory of each condition and the manifest it starts with if new."""
+    """Where each condition's index is in `store` and the manifest it starts with if new."""
     description = embedder.describe()
     template = description.settings.template
-    store = settings.index_store()
     # New indexes store the model's answers where asked and the embedder reads them.
     answering = settings.answers and isinstance(embedder, AnsweringEmbedder)
     answers = description.answers if answering else "off"
     targets = []
     for condition in conditions:
         text = collection.condition_text(condition)
-        manifest = Manifest(
+        manifest = store.new_manifest(
             answers=answers,
             collection={"name": collection.name, "root": str(collection.root)},
             condition={"name": condition, "text": text},
             prompt=build_prompt(template, text),
             embedder=description,
             dim=embedder.dim,
-            # A new index starts as auto: the type asked is recorded once it is packed.
-            index_type=FLAT,
             shard_size=settings.shard_size or defaults.DEFAULT_SHARD_SIZE,
-            index_spec=AUTO,
             memory_budget=defaults.DEFAULT_MEMORY_BUDGET,
         )
         location = store.location(collection.name, description, condition)
         targets.append(IndexTarget(condition, text, location, manifest))
-    return IndexJob(collection, embedder, description, settings, targets)
+    return IndexJob(collection, embedder, description, settings, targets, store)
 
 
 @dataclass
-class Pending:
+class QueuedImage:
     """A loaded file waiting for the next batch: which conditions copy a stored vector for it
     and which need it embedded."""
 
@@ -275,7 +221,7 @@ def embed_items(
     `row_ids`: each condition's id per item path (else the writers number rows). `counted`:
     paths already counted as unchanged.
     """
-    batch: list[Pending] = []
+    batch: list[QueuedImage] = []
     step = job.settings.images_per_step
     # Decoded images are shrunk to what the model sees at once: the read-ahead window holds
     # images of that size, never full-size ones.
@@ -287,7 +233,7 @@ def embed_items(
             report.skipped.append((loaded.item.path, error))
             log.info("skipping %s: %s", loaded.item.path, error)
         else:
-            pending = Pending(loaded, [], [])
+            pending = QueuedImage(loaded, [], [])
             for column, run in enumerate(runs):
                 if run.needs(loaded.item.path, loaded.content_hash):
                     can_copy = run.writer.can_copy(loaded.content_hash)
@@ -318,7 +264,7 @@ def refusal(embedder: Embedder, image: Image.Image) -> str | None:
 def embed_batch(
     job: IndexJob,
     runs: Sequence[ConditionRun],
-    batch: list[Pending],
+    batch: list[QueuedImage],
     report: IndexReport,
     row_ids: Sequence[dict[str, int]] | None = None,
 ) -> None:

@@ -14,7 +14,8 @@ from dior_search.indexing.job import IndexJob, IndexSettings, Progress, plan_job
 from dior_search.indexing.run import index_collection
 from dior_search.models.dior import DiorEmbedder
 from dior_search.models.layer_views import LayerStack
-from dior_search.store.backend import IndexLocation
+from dior_search.store.backend import IndexLocation, IndexStore
+from dior_search.store.stores import open_store
 
 
 def index_layers(
@@ -24,14 +25,16 @@ def index_layers(
     settings: IndexSettings,
     on_start: Progress | None = None,
     on_progress: Progress | None = None,
+    store: IndexStore | None = None,
 ) -> dict[int, dict[str, IndexLocation]]:
-    """Index the collection under each condition at each of the embedder's layers:
-    layer -> condition -> index directory."""
+    """Index the collection under each condition at each of the embedder's layers into
+    `store` (None: the folder store under settings.indexes_dir): layer -> condition -> index
+    location."""
+    store = store or open_store(None, settings.indexes_dir)
     stack = LayerStack(embedder)
-    jobs = [plan_job(collection, conditions, view, settings) for view in stack.views]
-    merged = IndexJob(
-        collection, stack, jobs[0].description, settings, [t for j in jobs for t in j.targets]
-    )
+    jobs = [plan_job(collection, conditions, view, settings, store) for view in stack.views]
+    targets = [t for j in jobs for t in j.targets]
+    merged = IndexJob(collection, stack, jobs[0].description, settings, targets, store)
     index_collection(collection, conditions, stack, settings, on_start, on_progress, merged)
     return {
         view.layer: {t.condition: t.location for t in job.targets}

@@ -1,48 +1,28 @@
-"""Distributed indexing: each process embeds a disjoint slice of the work into its own part.
-
-While a distributed run is in progress an index directory holds
-
-    parts/
-        part-00000-of-00002/     an index directory of its own: plan.json, manifest.json,
-            plan.json            Flat shards, index.lock; done.json once its slice is embedded
-            done.json
-        part-00001-of-00002/
-        merge.json               the merge plan, written before any shard is moved
+"""A run split over processes: each embeds a disjoint slice of the new images as its part,
+and the process that completes the last part publishes every part, then syncs.
 
 Plan: every process computes the same work list before anything is written: the
-collection's items, in collection order, that the index directory itself (not its parts)
-lacks under at least one condition. Part p of n takes the contiguous slice
-[p W / n, (p + 1) W / n) of the W items and gives the item at position i the id
-next_id + i, so ids are unique and increasing across parts without any coordination.
-plan.json records the slice and a digest of the work list: a re-run of a part (the same
-launch command again, or `--part p --parts n` in one process) checks that it gets the same
-plan and resumes it.
+collection's items, in collection order, whose path some condition's index (as committed)
+lacks. Part p of n takes the contiguous slice [p W / n, (p + 1) W / n) of the W items and
+gives the item at position i the id next_id + i, so ids are unique and increasing across
+parts without any coordination, and those a single process gives. A part's rows are staged
+where no reader sees them (the store's SharedParts: a part folder merged in by the folder
+store, store.parts; rows above the manifest's next_row_id in a Milvus collection,
+store.milvus.parts); a part that completes marks it done, and the process that finds every
+part done publishes them all in one commit (no collective barrier, so processes may finish
+hours apart), then syncs the index with the collection (changed files, moves, removals) as
+a single run does. A re-run resumes: an interrupted part skips the rows it already wrote, a
+complete one writes nothing, an interrupted publishing is finished first.
 
-Merge: the process that completes the last part merges, holding the index's lock, so no
-collective barrier (and its timeout) is needed between processes that finish hours apart. It
-writes merge.json (each part shard's new name and ids in the index: ids are renumbered
-next_id, next_id + 1, ... in order, so they equal a single process's ids even where images
-were skipped), hard-links the part shards in under their new names (or rewrites the ones
-whose ids change), appends them to the manifest in one atomic replace, renames parts/ away
-and deletes it, and then trains and packs the index like a single run. Each step can be
-re-run after a crash: files already in place are kept, and a manifest that already lists the
-merged shards is not appended to again.
+A run in one process is the run of one part: nothing to stage, it syncs at once
+(indexing.sync), refused while the index holds an unfinished distributed run.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import json
-import logging
 import os
-import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from dior_search.data.collections import Item
 from dior_search.data.paths import name_bytes
@@ -58,36 +38,10 @@ from dior_search.indexing.job import (
     embed_items,
 )
 from dior_search.indexing.sync import ConfirmRemoval, sync_targets
-from dior_search.models.embedder import AnswerState
-from dior_search.store.files import atomic_file, fsync_dir, sha256_file
-from dior_search.store.folder import directory_of
-from dior_search.store.index_types import FLAT
-from dior_search.store.manifest import (
-    MANIFEST,
-    Manifest,
-    Shard,
-    next_shard_number,
-    shard_name,
-    write_manifest,
-)
-from dior_search.store.shards import (
-    faiss_path,
-    parquet_path,
-    read_keys,
-    read_table,
-    staged_vectors,
-    write_faiss,
-    write_table,
-)
-from dior_search.store.writer import IndexWriter
+from dior_search.store.backend import IndexState, PartPlan
 
-log = logging.getLogger(__name__)
-
-PARTS = "parts"
-MERGED = ".parts-merged"
-PLAN = "plan.json"
-DONE = "done.json"
-MERGE_PLAN = "merge.json"
+# The part a process runs when the run is not split.
+ONE_PART = PartSpec(0, 1)
 
 
 def launched_part() -> PartSpec | None:
@@ -120,45 +74,10 @@ def process_device(device: str) -> str:
     return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
 
 
-@dataclass(frozen=True)
-class IndexState:
-    """What an index directory holds, read without taking its lock."""
-
-    paths: frozenset[str]
-    hashes: frozenset[str]
-    next_id: int
-    # Whether the index stores answers (None: no index yet, the new one's state applies).
-    answers: AnswerState | None = None
-
-
-def read_state(directory: Path) -> IndexState:
-    """The paths and contents of an index's live rows, its next id and whether it stores
-    answers."""
-    if not (directory / MANIFEST).is_file():
-        return IndexState(frozenset(), frozenset(), 0)
-    manifest = Manifest.read(directory)
-    paths: set[str] = set()
-    hashes: set[str] = set()
-    for shard in manifest.shards:
-        found = read_keys(directory, shard)
-        live = found.live.tolist()
-        paths.update(p for p, keep in zip(found.paths, live, strict=True) if keep)
-        hashes.update(h for h, keep in zip(found.hashes, live, strict=True) if keep)
-    return IndexState(frozenset(paths), frozenset(hashes), manifest.next_id, manifest.answers)
-
-
 def work_list(items: Sequence[Item], states: Sequence[IndexState]) -> list[Item]:
     """Items, in collection order, whose path some condition's index does not hold yet (the
     merge's sync handles changed files, moves and removals)."""
     return [item for item in items if any(item.path not in s.paths for s in states)]
-
-
-def parts_dir(directory: Path) -> Path:
-    return directory / PARTS
-
-
-def part_dir(directory: Path, spec: PartSpec) -> Path:
-    return parts_dir(directory) / spec.name
 
 
 def work_digest(work: Sequence[Item], next_id: int) -> str:
@@ -168,271 +87,136 @@ def work_digest(work: Sequence[Item], next_id: int) -> str:
     return digest.hexdigest()
 
 
-def prepare_part(directory: Path, spec: PartSpec, work: Sequence[Item], next_id: int) -> Path:
-    """The part's directory with its plan, checked against a plan stored by an earlier run."""
-    root = parts_dir(directory)
-    planned = planned_parts(root)
-    if planned not in (None, spec.parts):
-        raise IndexStoreError(
-            f"{root} holds an unfinished run in {planned} parts, not {spec.parts}: re-run it "
-            f"with {planned} processes (or --part K --parts {planned}), or delete {root}"
-        )
-    start, stop = spec.bounds(len(work))
-    plan = {
-        "part": spec.part,
-        "parts": spec.parts,
-        "start": start,
-        "stop": stop,
-        "next_id": next_id,
-        "work_sha256": work_digest(work, next_id),
-        "work_items": len(work),
-        "paths": [item.path for item in work[start:stop]],
-    }
-    # Every part of a run must slice the same work list, whenever it runs.
-    for other in sorted(root.glob(f"part-*/{PLAN}")):
-        if json.loads(other.read_text()).get("work_sha256") != plan["work_sha256"]:
-            raise IndexStoreError(
-                f"{other.parent} was planned for another list of work (the collection or the "
-                f"index changed since): delete {root} and run again"
-            )
-    folder = part_dir(directory, spec)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / PLAN
-    if not path.is_file():
-        with atomic_file(path) as tmp:
-            tmp.write_text(json.dumps(plan, indent=1))
-    return folder
+def part_plan(part: PartSpec, work: Sequence[Item], next_id: int) -> PartPlan:
+    """This process's slice of the work list on an index whose next id is `next_id`."""
+    start, stop = part.bounds(len(work))
+    paths = tuple(item.path for item in work[start:stop])
+    digest = work_digest(work, next_id)
+    return PartPlan(part.part, part.parts, start, stop, next_id, digest, len(work), paths)
 
 
-def planned_parts(root: Path) -> int | None:
-    """The number of parts of the run planned in `root` (None: none planned)."""
-    counts = {
-        int(p.name.rsplit("-of-", 1)[1]) for p in root.glob("part-*-of-*") if (p / PLAN).is_file()
-    }
-    if len(counts) > 1:
-        raise IndexStoreError(
-            f"{root} mixes runs of {sorted(counts)} parts: delete it and run again"
-        )
-    return counts.pop() if counts else None
-
-
-def is_done(folder: Path) -> bool:
-    return (folder / DONE).is_file()
-
-
-def mark_done(folder: Path, rows: int) -> None:
-    with atomic_file(folder / DONE) as tmp:
-        tmp.write_text(json.dumps({"rows": rows}))
-
-
-def missing_parts(directory: Path, parts: int) -> list[int]:
-    """Parts of an n-part run that have not completed."""
-    return [p for p in range(parts) if not is_done(part_dir(directory, PartSpec(p, parts)))]
-
-
-def merge_parts(
-    directory: Path,
-    template: Manifest,
-    index_type: str | None = None,
-    memory_budget: int | None = None,
-) -> int | None:
-    """Merge completed parts into the index and pack it: the rows merged (None if another
-    run merged them)."""
-    # Two parts that complete at once both get here: the second waits, then finds no parts.
-    writer = IndexWriter(directory, copy.deepcopy(template), wait_for_lock=True)
-    try:
-        writer.set_index_type(index_type, memory_budget)
-        retired = directory / MERGED
-        if retired.exists():
-            shutil.rmtree(retired)
-        root = parts_dir(directory)
-        if not root.is_dir():
-            return None
-        entries = merge_plan(directory, writer.manifest)
-        listed = {s.name for s in writer.manifest.shards}
-        if not all(e["shard"]["name"] in listed for e in entries):
-            merged = [bring_in(root / e["source"], directory, e) for e in entries]
-            fsync_dir(directory)
-            writer.manifest.shards += [s for s in merged if s.name not in listed]
-            write_manifest(directory, writer.manifest)
-        retire(root, retired)
-        log.info("merged %d part shards into %s", len(entries), directory)
-        writer.next_id = writer.manifest.next_id
-        writer.close()
-        return sum(int(e["shard"]["rows"]) for e in entries)
-    finally:
-        writer.abort()
-
-
-def retire(root: Path, retired: Path) -> None:
-    """Take merged parts out of the way in one rename, then delete them."""
-    os.replace(root, retired)
-    fsync_dir(root.parent)
-    shutil.rmtree(retired)
-
-
-def bring_in(source: Path, directory: Path, entry: dict[str, Any]) -> Shard:
-    """A part shard in the index under its new name: linked, or rewritten with new ids."""
-    shard = Shard(**entry["shard"])
-    part_folder, part_shard = source.parent, source.name
-    if not entry["renumber"]:
-        link(faiss_path(part_folder, part_shard), faiss_path(directory, shard))
-        link(parquet_path(part_folder, part_shard), parquet_path(directory, shard))
-        return shard
-    if not (faiss_path(directory, shard).is_file() and parquet_path(directory, shard).is_file()):
-        renumber(part_folder, part_shard, directory, shard)
-    return replace(
-        shard,
-        faiss_sha256=sha256_file(faiss_path(directory, shard)),
-        parquet_sha256=sha256_file(parquet_path(directory, shard)),
-    )
-
-
-def renumber(part_folder: Path, part_shard: str, directory: Path, shard: Shard) -> None:
-    """Copy a staged part shard as `shard`, ids first_id, first_id + 1, ... (temp + rename)."""
-    import pyarrow as pa
-
-    _, vectors = staged_vectors(faiss_path(part_folder, part_shard))
-    ids = np.arange(shard.first_id, shard.first_id + shard.rows, dtype=np.int64)
-    table = read_table(parquet_path(part_folder, part_shard))
-    table = table.set_column(table.schema.get_field_index("id"), "id", pa.array(ids))
-    with atomic_file(faiss_path(directory, shard)) as tmp:
-        write_faiss(tmp, vectors, ids, FLAT)
-    with atomic_file(parquet_path(directory, shard)) as tmp:
-        write_table(table, tmp)
-
-
-def merge_plan(directory: Path, manifest: Manifest) -> list[dict[str, Any]]:
-    """Each part shard with its name and ids in the index: stored once, re-read after a crash.
-
-    Ids are made contiguous again: a part gives the item at work position i the id
-    next_id + i, so a skipped image leaves a gap; the merged index numbers its vectors
-    next_id, next_id + 1, ... in order, as a single run would. Shards whose ids change are
-    rewritten, the others hard-linked.
-    """
-    root = parts_dir(directory)
-    path = root / MERGE_PLAN
-    if path.is_file():
-        entries: list[dict[str, Any]] = json.loads(path.read_text())
-        return entries
-    parts = planned_parts(root)
-    if parts is None:
-        raise IndexStoreError(f"{root} holds no parts to merge")
-    missing = missing_parts(directory, parts)
-    if missing:
-        raise IndexStoreError(f"cannot merge {root}: parts {missing} of {parts} have not completed")
-    folders = [part_dir(directory, PartSpec(p, parts)) for p in range(parts)]
-    number = next_shard_number(manifest)
-    floor = next_id = manifest.next_id
-    entries = []
-    for folder in folders:
-        plan = json.loads((folder / PLAN).read_text())
-        if plan["next_id"] != manifest.next_id:
-            raise IndexStoreError(
-                f"{directory} changed since its parts were planned (next id "
-                f"{manifest.next_id}, planned {plan['next_id']}): delete {root} and run again"
-            )
-        shards = Manifest.read(folder).shards if (folder / MANIFEST).is_file() else []
-        for shard in shards:
-            if shard.first_id < floor:
-                raise IndexStoreError(f"part shard {folder / shard.name} overlaps earlier ids")
-            floor = shard.last + 1
-            last = next_id + shard.rows - 1
-            target = replace(shard, name=shard_name(number), first_id=next_id, last_id=last)
-            entries.append(
-                {
-                    "source": f"{folder.name}/{shard.name}",
-                    "shard": asdict(target),
-                    "renumber": (shard.first_id, shard.last) != (next_id, last),
-                }
-            )
-            number += 1
-            next_id = last + 1
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(entries, indent=1))
-    return entries
-
-
-def link(source: Path, target: Path) -> None:
-    """Hard-link a part file into the index (a copy where links are not supported)."""
-    if target.exists():
-        return
-    try:
-        os.link(source, target)
-    except OSError:
-        tmp = target.with_name(f".{target.name}.tmp")
-        shutil.copyfile(source, tmp)
-        with tmp.open("rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-
-
-def index_part(
+def index_parts(
     job: IndexJob,
-    part: PartSpec,
+    part: PartSpec = ONE_PART,
+    launched: bool = False,
     on_start: Progress | None = None,
     on_progress: Progress | None = None,
     confirm: ConfirmRemoval | None = None,
 ) -> IndexReport:
-    """Embed this process's slice of the new images into its part; if it completes the run,
-    merge the parts and sync the index with the collection (changed files, moves, removals)."""
-    settings = job.settings
-    report = IndexReport(part=part)
-    # Conditions whose parts this process merged, with the rows merged.
-    merged: dict[str, tuple[IndexTarget, int]] = {}
-    directories = [directory_of(t.location) for t in job.targets]
-    for target, directory in zip(job.targets, directories, strict=True):
-        if (parts_dir(directory) / MERGE_PLAN).is_file():  # a merge was interrupted
-            rows = merge_parts(
-                directory, target.manifest, settings.index_type, settings.memory_budget
-            )
-            merged[target.condition] = (target, rows or 0)
-    report.directories = {t.condition: t.location for t in job.targets}
-    # The plan comes from the indexes as they are before any part writes: every process
+    """Run this process's part of the job: embed its slice of the new images (staged); if it
+    completes the run, publish every part and sync the indexes with the collection.
+    `launched`: the part comes from `accelerate launch` (processes at once), not --part."""
+    if part.parts == 1:
+        return sync_one_part(job, on_start, on_progress, confirm)
+    shared = job.store.shared_parts()
+    if launched and shared.single_process:
+        raise UsageError(
+            f"{job.store.name} is a Milvus Lite database, which one process opens at a time: "
+            "a distributed run needs a Milvus server (--store milvus://HOST:PORT), or run the "
+            "parts one after another with --part K --parts N"
+        )
+    report = IndexReport(part=part, indexes={t.condition: t.location for t in job.targets})
+    # Indexes whose parts this process published, with the rows published.
+    published = resume_publishing(job)
+    # The plan comes from the indexes as committed before any part writes: every process
     # computes the same work list.
-    states = [read_state(directory) for directory in directories]
-    items = job.collection.items
-    work = work_list(items, states)
-    if not work and not merged:
+    states = [shared.state(t.location) for t in job.targets]
+    work = work_list(job.collection.items, states)
+    if not work and not published:
         return sync_without_work(job, part, report, on_start, on_progress, confirm)
-    job.check_index_types(len(work))
-    start, stop = part.bounds(len(work))
+    if work:
+        job.check_index_types(len(work))
+        plans = [part_plan(part, work, state.next_id) for state in states]
+        embed_part(job, plans, work, states, report, on_start, on_progress)
+        published.update(publish_parts(job, plans, report))
+    sync_merged(job, list(published.values()), report, confirm)
+    return report
+
+
+def sync_one_part(
+    job: IndexJob,
+    on_start: Progress | None,
+    on_progress: Progress | None,
+    confirm: ConfirmRemoval | None,
+) -> IndexReport:
+    """The run's one part: nothing to stage, the sync embeds the new images itself; refused
+    while an index holds an unfinished distributed run."""
+    shared = job.store.shared_parts()
+    for target in job.targets:
+        unfinished = shared.unfinished(target.location)
+        if unfinished is not None:
+            raise IndexStoreError(unfinished)
+    job.check_index_types(len(job.collection.items))
+    report = IndexReport()
+    sync_targets(job, job.targets, report, on_start, on_progress, confirm)
+    return report
+
+
+def resume_publishing(job: IndexJob) -> dict[str, tuple[IndexTarget, int]]:
+    """Finish the publishing a crash interrupted: the indexes published, with their rows."""
+    shared, settings = job.store.shared_parts(), job.settings
+    published = {}
+    for target in job.targets:
+        rows = shared.resume(
+            target.location, target.manifest, settings.index_type, settings.memory_bytes
+        )
+        if rows is not None:
+            published[target.condition] = (target, rows)
+    return published
+
+
+def publish_parts(
+    job: IndexJob, plans: Sequence[PartPlan], report: IndexReport
+) -> dict[str, tuple[IndexTarget, int]]:
+    """Publish the parts of every index whose parts are all done (the others wait, in the
+    report): the indexes this process published, with their rows."""
+    shared, settings = job.store.shared_parts(), job.settings
+    published = {}
+    for target, plan in zip(job.targets, plans, strict=True):
+        missing = shared.missing(target.location, plan)
+        if missing:
+            report.waiting[target.condition] = missing
+            continue
+        rows = shared.publish(
+            target.location, plan, target.manifest, settings.index_type, settings.memory_bytes
+        )
+        if rows is not None:
+            published[target.condition] = (target, rows)
+    return published
+
+
+def embed_part(
+    job: IndexJob,
+    plans: Sequence[PartPlan],
+    work: Sequence[Item],
+    states: Sequence[IndexState],
+    report: IndexReport,
+    on_start: Progress | None,
+    on_progress: Progress | None,
+) -> None:
+    """Embed this process's slice into each index's staged writer and mark the part done
+    (nothing where an earlier run completed it)."""
+    shared = job.store.shared_parts()
     runs: list[ConditionRun] = []
     try:
-        folders = []
-        for target, state, directory in zip(job.targets, states, directories, strict=True):
-            if not work:
-                break
-            folder = prepare_part(directory, part, work, state.next_id)
-            folders.append(folder)
-            template = copy.deepcopy(target.manifest)
-            # A part stores answers exactly where the index it joins does.
-            template.answers = state.answers or template.answers
-            writer = IndexWriter(folder, template, packs=False)
+        for target, state, plan in zip(job.targets, states, plans, strict=True):
+            writer = shared.staged_writer(target.location, target.manifest, plan)
             runs.append(ConditionRun(target.condition, writer, skip=state.hashes))
+        done = all(shared.is_done(t.location, p) for t, p in zip(job.targets, plans, strict=True))
+        start, stop = plans[0].start, plans[0].stop
         if on_start is not None:
-            on_start(stop - start)
-        if runs and not all(is_done(folder) for folder in folders):
+            on_start(0 if done else stop - start)
+        if not done:
             embed_slice(job, runs, work, (start, stop), states, report, on_progress)
-            for run, folder in zip(runs, folders, strict=True):
-                run.writer.write_shard()
-                mark_done(folder, run.writer.manifest.rows)
+            for target, state, plan, run in zip(job.targets, states, plans, runs, strict=True):
+                run.writer.commit()
+                low, high = state.next_id + start, state.next_id + stop
+                rows = sum(1 for i in run.writer.live_rows() if low <= i < high)
+                shared.mark_done(target.location, plan, rows)
     finally:
         for run in runs:
             run.writer.abort()
     report.counts = {run.condition: run.counts for run in runs}
-    for target, directory in zip(job.targets, directories, strict=True):
-        missing = missing_parts(directory, part.parts) if work else []
-        if missing:
-            report.waiting[target.condition] = missing
-        elif work:
-            rows = merge_parts(
-                directory, target.manifest, settings.index_type, settings.memory_budget
-            )
-            if rows is not None:
-                merged[target.condition] = (target, rows)
-    sync_merged(job, list(merged.values()), report, confirm)
-    return report
 
 
 def sync_without_work(

@@ -8,15 +8,13 @@ from pathlib import Path
 from dior_search.data.collections import Collection
 from dior_search.data.paths import shown
 from dior_search.errors import IndexStoreError, InputError
+from dior_search.files import atomic_file, io_errors
 from dior_search.indexing.job import IndexJob, IndexReport, IndexSettings, Progress, plan_job
-from dior_search.indexing.parts import index_part, launched_part, parts_dir
-from dior_search.indexing.shared_parts import index_shared
-from dior_search.indexing.sync import ConfirmRemoval, sync_targets
+from dior_search.indexing.parts import ONE_PART, index_parts, launched_part
+from dior_search.indexing.sync import ConfirmRemoval
 from dior_search.models.embedder import Embedder
 from dior_search.store.backend import IndexLocation, IndexStore
-from dior_search.store.files import atomic_file, io_errors
-from dior_search.store.folder import directory_of
-from dior_search.store.layout import skipped_listing
+from dior_search.store.stores import open_store
 
 
 def index_collection(
@@ -28,56 +26,45 @@ def index_collection(
     on_progress: Progress | None = None,
     job: IndexJob | None = None,
     confirm_removal: ConfirmRemoval | None = None,
+    store: IndexStore | None = None,
 ) -> IndexReport:
-    """Sync every condition's index with the collection; resumable and incremental.
+    """Sync every condition's index in `store` with the collection; resumable and
+    incremental. `store`: where the indexes are (None: the folder store under
+    `settings.indexes_dir`).
 
-    New and changed images are embedded, moved and copied ones keep their stored vector,
-    rows of vanished files are removed (not with `settings.keep_missing`; removing more than
-    half of an index needs `confirm_removal` to say yes, else RemovalRefused), and shards
-    with many deleted rows are compacted (see indexing.sync). Images that cannot be read or
-    embedded are skipped and listed in the report and in `skipped.tsv` beside the indexes.
-    Under `accelerate launch` (or with `settings.part`) this process embeds only its part of
-    the new images; see indexing.parts. `job`: one planned
-    beforehand (several layers of one forward pass, see indexing.layers).
+    1. plan: each condition's index and the manifest it starts with (plan_job);
+    2. scan, embed and commit this process's part (indexing.parts: a run in one process is
+       its one part; under `accelerate launch` or with `settings.part`, a slice of the new
+       images, published with the other parts by the process that completes the run):
+       new and changed images are embedded, moved and copied ones keep their stored vector,
+       rows of vanished files are removed (not with `settings.keep_missing`; removing more
+       than half of an index needs `confirm_removal` to say yes, else RemovalRefused);
+    3. compact: shards with many deleted rows are rewritten (see indexing.sync);
+    4. list the images that could not be read or embedded, in the report and in
+       `skipped.tsv` beside the indexes.
+    `job`: one planned beforehand (several layers of one forward pass, see indexing.layers).
     """
-    job = job or plan_job(collection, conditions, embedder, settings)
+    store = job.store if job is not None else store or open_store(None, settings.indexes_dir)
+    job = job or plan_job(collection, conditions, embedder, settings, store)
     check_not_empty(job)
-    part = settings.part or launched_part()
-    shared = settings.index_store().shared_parts()
-    if part is not None and part.parts > 1 and shared is not None:
-        report = index_shared(
-            job, part, shared, settings.part is None, on_start, on_progress, confirm_removal
-        )
-    elif part is not None and part.parts > 1:
-        report = index_part(job, part, on_start, on_progress, confirm_removal)
-    else:
-        report = IndexReport()
-        for target in job.targets if shared is None else ():
-            parts = parts_dir(directory_of(target.location))
-            if parts.is_dir():
-                raise IndexStoreError(
-                    f"{parts} holds an unfinished distributed run: "
-                    "finish it with the same launch command (or --part K --parts N for each "
-                    "missing part), or delete that folder"
-                )
-        job.check_index_types(len(collection.items))
-        sync_targets(job, job.targets, report, on_start, on_progress, confirm_removal)
+    part = settings.part or launched_part() or ONE_PART
+    launched = settings.part is None and part.parts > 1
+    report = index_parts(job, part, launched, on_start, on_progress, confirm_removal)
     # Files that could not even be listed come first, whichever way the run went.
     report.skipped[:0] = collection.unreadable
-    report.skipped_listing = write_skipped(
-        skipped_listing(settings.indexes_dir, collection.name, job.description), report
-    )
+    listing = store.skipped_listing(collection.name, job.description)
+    report.skipped_listing = write_skipped(listing, report)
     return report
 
 
-def refuse_new_empty(collection: Collection, open_store: Callable[[], IndexStore]) -> None:
+def refuse_new_empty(collection: Collection, open_existing: Callable[[], IndexStore]) -> None:
     """Before a model is loaded: InputError for a collection without images (or files it
-    could not read) that the store holds no index of (`open_store`: the store as it is,
+    could not read) that the store holds no index of (`open_existing`: the store as it is,
     never created). One that has indexes syncs them to empty."""
     if collection.items or collection.unreadable:
         return
     try:
-        store = open_store()
+        store = open_existing()
     except IndexStoreError:  # no indexes folder or database: nothing indexed
         raise InputError(f"no images in {collection.root}") from None
     try:
@@ -94,8 +81,7 @@ def check_not_empty(job: IndexJob) -> None:
     collection = job.collection
     if collection.items or collection.unreadable:
         return
-    store = job.settings.index_store()
-    if all(store.manifest_at(target.location) is None for target in job.targets):
+    if all(job.store.manifest_at(target.location) is None for target in job.targets):
         raise InputError(f"no images in {collection.root}")
 
 

@@ -110,15 +110,15 @@ def sync_targets(
 ) -> None:
     """Sync the indexes of `targets` (some of `job`'s) with the collection, in one process."""
     settings = job.settings
-    store = settings.index_store()
+    store = job.store
     job = replace(job, targets=list(targets))
     runs: list[ConditionRun] = []
     try:
         for target in targets:
             writer = store.writer(target.location, target.manifest)
             runs.append(ConditionRun(target.condition, writer))
-            writer.set_index_type(settings.index_type, settings.memory_budget)
-            report.directories[target.condition] = target.location
+            writer.set_index_type(settings.index_type, settings.memory_bytes)
+            report.indexes[target.condition] = target.location
             kept = writer.manifest.shard_size
             if settings.shard_size not in (None, kept):
                 report.notes.append(
@@ -263,7 +263,7 @@ def commit_changes(run: ConditionRun, stale: Stale, scanned: Scan) -> None:
             and run.writer.can_copy(content_hash)
         ):
             run.add(Row(item.path, content_hash, item.labels), None)
-    run.writer.write_shard()
+    run.writer.commit()
 
 
 def needs_loading(path: str, found: FileHash | None, runs: Sequence[ConditionRun]) -> bool:

@@ -8,8 +8,10 @@ export see only these protocols:
 - `IndexStore` finds, opens and creates indexes by (collection, embedder, condition);
 - `Reader` is one index as of one commit (generation): search, look-ups by id, columns;
 - `Writer` adds and deletes rows a commit at a time;
-- `SharedParts` (a database store only) lets every process of a distributed run write its
-  part of the rows into the index directly (see indexing.shared_parts).
+- `SharedParts` splits a run over processes: each writes its part of the new rows (staged,
+  invisible), and the process that completes the run publishes every part in one commit
+  (see indexing.parts; the folder store's parts are folders merged in, store.parts; the
+  Milvus store's are rows of the collection, store.milvus.parts).
 
 An index's place is an `IndexLocation`: a directory for the folder store, a `DatabaseIndex`
 (the database and the collection's name there) for a database.
@@ -28,11 +30,14 @@ import numpy as np
 
 from dior_search.errors import IndexStoreError
 from dior_search.models.embedder import EmbedderDescription
+from dior_search.store.index_types import canonical_spec as canonical_spec
+from dior_search.store.index_types import parse_size as parse_size
 from dior_search.store.manifest import Manifest as Manifest
 from dior_search.store.manifest import check_same_embedder as check_same_embedder
 
 if TYPE_CHECKING:
     from dior_search.models.answers import Answer
+    from dior_search.models.embedder import AnswerState
     from dior_search.store.schema import Row
 
 # (path, content hash) of a row.
@@ -225,7 +230,7 @@ class Writer(Protocol):
 
     def delete(self, ids: list[int]) -> None: ...
 
-    def write_shard(self) -> None:
+    def commit(self) -> None:
         """Commit: publish the rows added and deleted since the last commit, at once."""
         ...
 
@@ -238,26 +243,105 @@ class Writer(Protocol):
     def abort(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class IndexState:
+    """What an index holds as committed, read before a distributed run writes anything."""
+
+    paths: frozenset[str]
+    hashes: frozenset[str]
+    next_id: int
+    # Whether the index stores answers (None: no index yet, the new one's state applies).
+    answers: AnswerState | None = None
+
+
+@dataclass(frozen=True)
+class PartPlan:
+    """One process's part of a distributed run on one index: its contiguous slice
+    [start, stop) of the run's work list (`work_items` items, the same list in every
+    process: `digest` names it), the item at position i getting the id next_id + i."""
+
+    part: int
+    parts: int
+    start: int
+    stop: int
+    next_id: int
+    digest: str
+    work_items: int
+    # The paths of the slice, in order.
+    paths: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return part_name(self.part, self.parts)
+
+    @property
+    def names(self) -> list[str]:
+        """Every part's name of this run."""
+        return [part_name(p, self.parts) for p in range(self.parts)]
+
+    @property
+    def end_id(self) -> int:
+        """One past the ids of the whole run's work."""
+        return self.next_id + self.work_items
+
+
+def part_name(part: int, parts: int) -> str:
+    return f"part-{part:05d}-of-{parts:05d}"
+
+
 class SharedParts(Protocol):
-    """A database's side of a distributed run: each process writes its part's rows into the
-    index itself (staged: invisible until published), marks its part done, and the process
-    that finds every part done publishes them all in one commit."""
+    """A store's side of a distributed run: each process writes its part's rows (staged:
+    invisible until published), marks its part done, and the process that finds every part
+    done publishes them all in one commit."""
 
     @property
     def single_process(self) -> bool:
-        """Whether the database opens in one process only (Milvus Lite): parts then run one
+        """Whether the store opens in one process only (Milvus Lite): parts then run one
         after another, never launched together."""
         ...
 
-    def staged_writer(self, location: IndexLocation, manifest: Manifest) -> Writer: ...
+    def state(self, location: IndexLocation) -> IndexState:
+        """The paths and contents of the index's published rows, and its next id."""
+        ...
 
-    def mark_done(self, location: IndexLocation, part: str, plan: str, rows: int) -> None: ...
+    def unfinished(self, location: IndexLocation) -> str | None:
+        """Why a run in one process must not write the index now (a distributed run's parts
+        there, unfinished), or None."""
+        ...
 
-    def missing(self, location: IndexLocation, parts: Sequence[str], plan: str) -> list[str]: ...
+    def resume(
+        self,
+        location: IndexLocation,
+        manifest: Manifest,
+        index_type: str | None,
+        memory_budget: int | None,
+    ) -> int | None:
+        """Finish a publishing that a crash interrupted: the rows published (None: none
+        was interrupted)."""
+        ...
 
-    def publish(self, location: IndexLocation, plan: str, next_id: int) -> int | None:
-        """Publish the staged rows below `next_id`: the rows published (None: another process
-        publishes them)."""
+    def staged_writer(self, location: IndexLocation, manifest: Manifest, plan: PartPlan) -> Writer:
+        """A writer of the part's rows: staged, published only by `publish`."""
+        ...
+
+    def is_done(self, location: IndexLocation, plan: PartPlan) -> bool: ...
+
+    def mark_done(self, location: IndexLocation, plan: PartPlan, rows: int) -> None: ...
+
+    def missing(self, location: IndexLocation, plan: PartPlan) -> list[int]:
+        """The parts of the plan's run that have not completed."""
+        ...
+
+    def publish(
+        self,
+        location: IndexLocation,
+        plan: PartPlan,
+        manifest: Manifest,
+        index_type: str | None,
+        memory_budget: int | None,
+    ) -> int | None:
+        """Publish every part's rows (ids below plan.end_id) in one commit: the rows
+        published (None: another process publishes them)."""
         ...
 
 
@@ -314,8 +398,17 @@ class IndexStore(Protocol):
         it is (or as it starts)."""
         ...
 
-    def shared_parts(self) -> SharedParts | None:
-        """The database's distributed writing, or None (the folder store merges parts)."""
+    def shared_parts(self) -> SharedParts:
+        """How the store splits a run over processes."""
+        ...
+
+    def new_manifest(self, **fields: Any) -> Manifest:
+        """The manifest a new index starts with: `fields` and the store's own starting index
+        type (`auto`, exact until it is packed)."""
+        ...
+
+    def skipped_listing(self, collection: str, description: EmbedderDescription) -> Path:
+        """Where a run lists the images of `collection` it skipped (`skipped.tsv`)."""
         ...
 
     def close(self) -> None: ...

@@ -1,16 +1,18 @@
-"""Crash-safe file writing, checksums and the writer's lock."""
+"""The folder store's checksums and writer's lock; its crash-safe writes are the general
+ones of dior_search.files (re-exported here for the store's modules)."""
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from dior_search.errors import IndexStoreError, first_line
+from dior_search.errors import IndexStoreError
+from dior_search.files import atomic_file as atomic_file
+from dior_search.files import error_reason as error_reason
+from dior_search.files import fsync_dir as fsync_dir
+from dior_search.files import io_errors as io_errors
 
 LOCK = "index.lock"
 
@@ -21,28 +23,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def atomic_file(path: Path) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it is fsynced and renamed onto `path`."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        yield tmp
-        with tmp.open("rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def verify_file(path: Path, expected_sha256: str) -> None:
@@ -64,22 +44,3 @@ def take_lock(directory: Path, wait: bool = False) -> IO[str]:
             f"another dior-search run is writing {directory}; wait for it to finish"
         ) from None
     return handle
-
-
-def error_reason(exc: BaseException) -> str:
-    """What an I/O error says (the errno's meaning), FAISS's write errors included."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return first_line(exc)
-
-
-@contextmanager
-def io_errors(doing: str) -> Iterator[None]:
-    """Turn an OSError (or FAISS's RuntimeError for a failed write) into one IndexStoreError
-    line: what was being done, the file, and the errno's meaning."""
-    try:
-        yield
-    except (OSError, RuntimeError) as exc:
-        where = getattr(exc, "filename", None)
-        named = f" ({where})" if where else ""
-        raise IndexStoreError(f"{doing}{named}: {error_reason(exc)}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from dior_search import defaults
 from dior_search.errors import IndexStoreError
@@ -13,6 +14,7 @@ from dior_search.store import layout
 from dior_search.store.backend import Compaction, IndexEntry, IndexLocation, SharedParts
 from dior_search.store.index_types import (
     AUTO,
+    FLAT,
     canonical_spec,
     check_index_spec,
     choose_index_type,
@@ -78,8 +80,17 @@ class FolderStore:
         elif existing.trained is None or spec != existing.index_spec:
             check_index_spec(spec, dim, n_vectors)
 
-    def shared_parts(self) -> SharedParts | None:
-        return None  # parts are folders of their own, merged (indexing.parts)
+    def shared_parts(self) -> SharedParts:
+        from dior_search.store.parts import FolderParts  # which imports directory_of
+
+        return FolderParts()
+
+    def new_manifest(self, **fields: Any) -> Manifest:
+        # A new index starts as auto: the type asked is recorded once it is packed.
+        return Manifest(**fields, index_type=FLAT, index_spec=AUTO)
+
+    def skipped_listing(self, collection: str, description: EmbedderDescription) -> Path:
+        return layout.skipped_listing(self.root, collection, description)
 
     def close(self) -> None:
         return None

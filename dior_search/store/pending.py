@@ -3,7 +3,7 @@ the rows queued to be added and the ids queued to be deleted.
 
 Both writers (store.writer for folders, store.milvus for a database) keep what the index
 holds as (path, content hash) per live id, and a source row per content hash whose vector a
-new row may copy; a commit (`write_shard`) publishes the queue at once. Where the manifest
+new row may copy; a commit (`commit`) publishes the queue at once. Where the manifest
 says the index stores answers, every row added carries one (a copied row copies its
 source's).
 """
@@ -25,7 +25,7 @@ Self = TypeVar("Self", bound="PendingRows")
 
 
 class PendingRows:
-    """The rows a writer holds and queues; subclasses commit them (`write_shard`) and read a
+    """The rows a writer holds and queues; subclasses commit them (`commit`) and read a
     stored row back (`stored`)."""
 
     manifest: Manifest
@@ -35,7 +35,7 @@ class PendingRows:
     def location(self) -> IndexLocation:
         raise NotImplementedError
 
-    def write_shard(self) -> None:
+    def commit(self) -> None:
         raise NotImplementedError
 
     def stored(self, row_id: int) -> tuple[np.ndarray, Answer | None]:
@@ -170,7 +170,7 @@ class PendingRows:
         self.ids.append(row_id)
         self.answers.append(answer if self.stores_answers else None)
         if len(self.rows) >= self.manifest.shard_size:
-            self.write_shard()
+            self.commit()
 
     def add_copy(self, row: Row, row_id: int | None = None) -> None:
         """Queue a row whose vector is the one already stored (or queued) for its content:
@@ -186,7 +186,7 @@ class PendingRows:
         self.add(vector, row, row_id, answer)
 
     def delete(self, ids: list[int]) -> None:
-        """Delete live rows; published with the next commit (`write_shard`)."""
+        """Delete live rows; published with the next commit (`commit`)."""
         gone = set(ids)
         for row_id in gone:
             key = self.live.pop(row_id, None)

@@ -74,7 +74,7 @@ def open_store(spec: str | None, indexes_dir: Path, create: bool = False) -> Ind
         ) from None
     from dior_search.store.milvus import MilvusStore
 
-    return MilvusStore(spec, create=create)
+    return MilvusStore(spec, create=create, listings_dir=indexes_dir)
 
 
 def check_has_indexes(store: IndexStore) -> None:

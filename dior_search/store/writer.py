@@ -189,7 +189,7 @@ class IndexWriter(PendingRows):
                 return shard
         raise IndexStoreError(f"no stored row {row_id} in {self.directory}")
 
-    def write_shard(self) -> None:
+    def commit(self) -> None:
         """Commit: write the queued vectors as a new shard and the tombstones of the rows
         deleted since the last commit, and publish both in one manifest replace."""
         if not self.rows and not self.deleting:
@@ -270,7 +270,7 @@ class IndexWriter(PendingRows):
     def compact(self, threshold: float = defaults.COMPACT_THRESHOLD) -> Compaction:
         """Commit, then rewrite the shards whose deleted rows pass `threshold` (see
         compaction); vectors of deleted rows cannot be copied after it."""
-        self.write_shard()
+        self.commit()
         done = compact_shards(self.directory, self.manifest, threshold)
         if done.shards_rewritten or done.shards_dropped:
             self._open_shards = {}
@@ -280,7 +280,7 @@ class IndexWriter(PendingRows):
     def close(self, threshold: float = defaults.COMPACT_THRESHOLD) -> Compaction:
         """Write what is queued (a last, partial shard), pack, compact, release the lock."""
         try:
-            self.write_shard()
+            self.commit()
             self.pack()
             return self.compact(threshold) if self.packs else Compaction()
         finally:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dior_search.store.files import atomic_file
+from dior_search.files import atomic_file
 from dior_search.store.index_types import FLAT
 from dior_search.store.shards import write_faiss
 

@@ -13,9 +13,9 @@ import dior_search
 from dior_search.cli import main
 from dior_search.data.collections import open_folder, slug
 from dior_search.data.synthetic import write_dataset
-from dior_search.indexing import parts as index_parts
-from dior_search.indexing.parts import PARTS
+from dior_search.store import parts as folder_parts
 from dior_search.store.manifest import MANIFEST, Manifest
+from dior_search.store.parts import PARTS
 from dior_search.store.reader import IndexReader
 from dior_search.store.writer import IndexWriter
 
@@ -143,7 +143,7 @@ def test_parts_run_one_at_a_time_then_merge(images, reference, tmp_path, capsys)
 def test_a_failed_part_is_re_run_alone(images, reference, tmp_path, monkeypatch):
     indexes = tmp_path / "indexes"
     assert main(index_args(images, indexes, "--part", "0", "--parts", "2")) == 0
-    real_flush = IndexWriter.write_shard
+    real_flush = IndexWriter.commit
     flushes = []
 
     def crash_on_third_shard(writer):
@@ -152,7 +152,7 @@ def test_a_failed_part_is_re_run_alone(images, reference, tmp_path, monkeypatch)
             raise KeyboardInterrupt  # as if the process were killed here
         real_flush(writer)
 
-    monkeypatch.setattr(IndexWriter, "write_shard", crash_on_third_shard)
+    monkeypatch.setattr(IndexWriter, "commit", crash_on_third_shard)
     assert main(index_args(images, indexes, "--part", "1", "--parts", "2")) == 130
     monkeypatch.undo()
     directory = index_directory(images, indexes)
@@ -172,9 +172,9 @@ def test_a_crashed_merge_is_re_run(images, reference, tmp_path, monkeypatch, cra
         raise KeyboardInterrupt
 
     if crash_in == "write_manifest":  # shards linked into the index, manifest not written
-        monkeypatch.setattr(index_parts, "write_manifest", crash)
+        monkeypatch.setattr(folder_parts, "write_manifest", crash)
     else:  # manifest written, parts/ not retired
-        monkeypatch.setattr(index_parts, "retire", crash)
+        monkeypatch.setattr(folder_parts, "retire", crash)
     assert main(index_args(images, indexes, "--part", "1", "--parts", "2")) == 130
     monkeypatch.undo()
     directory = index_directory(images, indexes)

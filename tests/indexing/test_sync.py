@@ -189,7 +189,7 @@ def test_a_named_dataset_follows_its_label_table(tmp_path):
     report = index_collection(collection, ["color"], embedder, index)
     counts = report.counts["color"]
     assert (counts.added, counts.changed, counts.removed, counts.unchanged) == (1, 1, 1, 7)
-    reader = IndexReader(report.directories["color"])
+    reader = IndexReader(report.indexes["color"])
     expected = folder_state(root)
     expected = {p: h for p, h in expected.items() if p not in ("test/00007.png",)}
     assert sorted(index_rows(reader)) == sorted(expected.items())

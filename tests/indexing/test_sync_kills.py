@@ -127,7 +127,7 @@ def test_sigkill_during_a_compaction_then_it_completes(tmp_path):
             writer.add(vector, Row(f"{number}.png", f"h{number}"))
     writer = IndexWriter.existing(directory)
     writer.delete(sorted(random.Random(5).sample(range(64), 26)))
-    writer.write_shard()
+    writer.commit()
     writer.abort()
     before = IndexReader(directory)
     assert before.deleted == 26 and len(before.manifest.shards) == 8

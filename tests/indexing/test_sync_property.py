@@ -77,6 +77,9 @@ class FolderFollowing(RuleBasedStateMachine):
         self.directories: dict[str, IndexLocation] = {}
         self.searcher: Searcher | None = None
         self.searched: list[str] = []
+        # Loops made so far: each loop's outside link in a folder of its own (a name looped
+        # twice, or a file and later a folder of one name, must not meet there).
+        self.loops = 0
 
     @invariant()
     def count(self) -> None:
@@ -169,9 +172,9 @@ class FolderFollowing(RuleBasedStateMachine):
             path.symlink_to(self.work / "nowhere.png")
         else:
             # The loop's other link is outside the folder: never scanned itself.
-            partner = self.work / "loops" / name
-            partner.parent.mkdir(parents=True, exist_ok=True)
-            partner.unlink(missing_ok=True)
+            self.loops += 1
+            partner = self.work / "loops" / str(self.loops) / name
+            partner.parent.mkdir(parents=True)
             path.symlink_to(partner)
             partner.symlink_to(path)
 
@@ -220,15 +223,15 @@ class FolderFollowing(RuleBasedStateMachine):
                 indexes_dir=self.work / "indexes",
                 shard_size=3,
                 images_per_step=4,
-                store=self.store,
             ),
             confirm_removal=lambda removals: True,
+            store=self.store,
         )
         self.ran["index"] += 1
         expected = folder_state(self.folder)
         for condition in conditions:
-            self.directories[condition] = report.directories[condition]
-            reader = self.store.reader(report.directories[condition])
+            self.directories[condition] = report.indexes[condition]
+            reader = self.store.reader(report.indexes[condition])
             assert_fresh_build(reader, self.folder, expected, self.embedder, condition)
             # A row that stayed keeps its id; a new row never gets an id given before.
             ids = dict(zip(index_rows(reader), reader.ids.tolist(), strict=True))

@@ -91,7 +91,7 @@ def test_stored_answers_equal_a_fresh_pass_with_the_full_head(
         collection, conditions, embedder, IndexSettings(indexes_dir=tmp_path / "ix")
     )
     causal = AutoModelForImageTextToText.from_pretrained(path).eval()
-    for directory in report.directories.values():
+    for directory in report.indexes.values():
         reader = IndexReader(directory)
         assert reader.manifest.answers == "stored"
         prompt = build_prompt("describe", reader.manifest.condition["text"])

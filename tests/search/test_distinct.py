@@ -41,8 +41,8 @@ def indexed(tmp_path_factory):
         except pytest.skip.Exception:
             continue
         stores.append(store)
-        settings = IndexSettings(indexes_dir=root / "indexes", store=store, index_type="flat")
-        index_collection(collection, ("color",), embedder, settings)
+        settings = IndexSettings(indexes_dir=root / "indexes", index_type="flat")
+        index_collection(collection, ("color",), embedder, settings, store=store)
         found[kind] = Searcher.open(store, collection="synthetic")
     yield data, found
     for store in stores:

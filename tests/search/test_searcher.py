@@ -107,7 +107,7 @@ def test_a_searcher_follows_new_generations_of_its_indexes(tmp_path):
 
     writer = IndexWriter.existing(tmp_path / "ix")
     writer.delete(list(range(10)))
-    writer.write_shard()
+    writer.commit()
     writer.abort()
     compact_index(tmp_path / "ix")
     hits = searcher.search(request).hits

@@ -36,10 +36,8 @@ def searchers(tmp_path_factory):
         except pytest.skip.Exception:
             continue
         stores.append(store)
-        settings = IndexSettings(
-            indexes_dir=root / "indexes", store=store, index_type="flat", shard_size=40
-        )
-        index_collection(collection, CONDITIONS, embedder, settings)
+        settings = IndexSettings(indexes_dir=root / "indexes", index_type="flat", shard_size=40)
+        index_collection(collection, CONDITIONS, embedder, settings, store=store)
         found[kind] = Searcher(Searcher.open(store, collection="synthetic").entries, None, embedder)
     yield found
     for store in stores:

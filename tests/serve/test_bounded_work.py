@@ -361,9 +361,9 @@ def test_a_deleted_data_file_on_milvus_lite_is_404(tmp_path):
     write_dataset(tmp_path / "datasets" / "synthetic", {"test": 12})
     embedder = DiorEmbedder(DiorSettings(model="tiny", device="cpu", batch_size=16))
     store = opened("milvus-lite", tmp_path)
-    settings = IndexSettings(indexes_dir=tmp_path / "indexes", store=store)
+    settings = IndexSettings(indexes_dir=tmp_path / "indexes")
     index_collection(
-        open_dataset("synthetic", tmp_path / "datasets"), ["color"], embedder, settings
+        open_dataset("synthetic", tmp_path / "datasets"), ["color"], embedder, settings, store=store
     )
     store.close()
     next((tmp_path / "indexes.db").rglob("data_*.parquet")).unlink()

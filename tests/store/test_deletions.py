@@ -20,7 +20,7 @@ def delete(directory, ids):
     """Delete rows in one commit, without compaction."""
     writer = IndexWriter.existing(directory)
     writer.delete([int(i) for i in ids])
-    writer.write_shard()
+    writer.commit()
     writer.abort()
 
 

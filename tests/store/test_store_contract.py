@@ -100,8 +100,9 @@ def run(store, folder, embedder, conditions=("color",), **settings):
         open_folder(folder),
         conditions,
         embedder,
-        IndexSettings(indexes_dir=folder.parent / "indexes", store=store, **settings),
+        IndexSettings(indexes_dir=folder.parent / "indexes", **settings),
         confirm_removal=lambda removals: True,
+        store=store,
     )
 
 
@@ -115,7 +116,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(store, tmp_path, tiny):
     assert 0 < committed < 10
     counting = Counting(tiny)
     report = run(store, folder, counting)
-    reader = store.reader(report.directories["color"])
+    reader = store.reader(report.indexes["color"])
     assert_fresh_build(reader, folder, folder_state(folder), tiny, "color")
     # The ids a single run gives, and only the images not committed before are embedded.
     assert reader.ids.tolist() == list(range(10))
@@ -128,7 +129,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(store, tmp_path, tiny):
 def test_the_index_follows_adds_deletes_overwrites_renames_and_copies(store, tmp_path, tiny):
     folder = tmp_path / "images"
     write_images(folder, {"a.png": 0, "b.png": 1, "c.png": 2, "d.png": 3, "e.png": 4})
-    first = store.reader(run(store, folder, tiny).directories["color"])
+    first = store.reader(run(store, folder, tiny).indexes["color"])
     ids_before = dict(zip(index_rows(first), first.ids.tolist(), strict=True))
     (folder / "b.png").unlink()
     write_images(folder, {"f.png": 5, "c.png": 6, "h.png": 4})
@@ -144,7 +145,7 @@ def test_the_index_follows_adds_deletes_overwrites_renames_and_copies(store, tmp
         2,
     )
     assert counting.images == 2  # f and the new c; the rename and the copy keep their vectors
-    reader = store.reader(report.directories["color"])
+    reader = store.reader(report.indexes["color"])
     assert_fresh_build(reader, folder, folder_state(folder), tiny, "color")
     ids_after = dict(zip(index_rows(reader), reader.ids.tolist(), strict=True))
     for key in ids_after.keys() & ids_before.keys():
@@ -165,7 +166,7 @@ def test_a_copy_then_a_move_of_the_original_keeps_both(store, tmp_path, answerin
     report = run(store, folder, answering)
     counts = report.counts["color"]
     assert (counts.added, counts.moved, counts.removed, counts.unchanged) == (0, 1, 0, 2)
-    reader = store.reader(report.directories["color"])
+    reader = store.reader(report.indexes["color"])
     assert reader.manifest.answers == "stored"
     assert_fresh_build(reader, folder, folder_state(folder), answering, "color")
     answers = dict(zip(reader.paths(), reader.column("answer"), strict=True))
@@ -245,7 +246,7 @@ def test_several_conditions_rank_by_their_weighted_cosines(store, tmp_path, tiny
 def test_another_model_is_refused(store, tmp_path, tiny):
     folder = tmp_path / "images"
     write_images(folder, {"a.png": 0, "b.png": 1})
-    location = run(store, folder, tiny).directories["color"]
+    location = run(store, folder, tiny).indexes["color"]
     other = OtherWeights(tiny)
     manifest = dataclasses.replace(store.manifest_at(location), embedder=other.describe())
     with pytest.raises(IndexStoreError, match="was built with"):
@@ -264,7 +265,7 @@ def test_vectors_of_another_source_are_refused(store, tmp_path, tiny):
     the manifest; a manifest without it means the last input."""
     folder = tmp_path / "images"
     write_images(folder, {"a.png": 0, "b.png": 1})
-    location = run(store, folder, tiny).directories["color"]
+    location = run(store, folder, tiny).indexes["color"]
     stored = store.manifest_at(location)
     assert stored.embedder.source == "last_input"
     other = OtherWeights(tiny)
@@ -288,10 +289,10 @@ def test_parts_run_one_after_another_give_the_single_run(store, tmp_path, tiny):
     single = tmp_path / "single"
     single.mkdir()
     single_store = opened("folder", single)
-    want = single_store.reader(run(single_store, folder, tiny).directories["color"])
+    want = single_store.reader(run(single_store, folder, tiny).indexes["color"])
     first = run(store, folder, tiny, part=PartSpec(0, 2))
     assert first.waiting == {"color": [1]}
-    location = first.directories["color"]
+    location = first.indexes["color"]
     # A part's rows are not searchable alone.
     assert store.manifest_at(location) is None or len(store.reader(location)) == 0
     run(store, folder, tiny, part=PartSpec(0, 2))  # a re-run of a complete part does nothing

@@ -38,10 +38,8 @@ def indexed(request, tmp_path_factory, cached_tiny):
     stores = {}
     for kind in ("folder", request.param):
         store = opened(kind, root)
-        settings = IndexSettings(
-            indexes_dir=root / "indexes", store=store, index_type="flat", shard_size=50
-        )
-        index_collection(collection, CONDITIONS, embedder, settings)
+        settings = IndexSettings(indexes_dir=root / "indexes", index_type="flat", shard_size=50)
+        index_collection(collection, CONDITIONS, embedder, settings, store=store)
         stores[kind] = store
     yield root, stores
     for store in stores.values():
@@ -109,8 +107,8 @@ def answered(request, tmp_path_factory):
     stores = {}
     for kind in ("folder", request.param):
         store = opened(kind, root)
-        settings = IndexSettings(indexes_dir=root / "indexes", store=store, index_type="flat")
-        index_collection(collection, ("color",), embedder, settings)
+        settings = IndexSettings(indexes_dir=root / "indexes", index_type="flat")
+        index_collection(collection, ("color",), embedder, settings, store=store)
         stores[kind] = store
     yield root, stores
     for store in stores.values():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from dior_search.errors import UsageError
 from dior_search.store.index_types import (
@@ -212,3 +213,40 @@ def search_params_for(spec: str, text: str, strict: bool) -> Params:
             )
         out[name] = int(value) if float(value).is_integer() else value
     return out
+
+
+def same_index(built: tuple[str, dict[str, str]], wanted: str) -> bool:
+    """Whether the index built (as the database describes it, possibly with more parameters)
+    is of the type and build parameters `wanted` asks for.
+
+    >>> same_index(("HNSW", {"efConstruction": "100", "M": "16"}), "HNSW:M=16,efConstruction=100")
+    True
+    >>> same_index(("FLAT", {}), "HNSW:M=16")
+    False
+    """
+    kind = parse_spec(wanted, lite=False)
+    index_type, params = built
+    return index_type == kind.index_type and all(params.get(k) == v for k, v in kind.params)
+
+
+def index_params(spec: str) -> Any:
+    """pymilvus index parameters of type `spec` on `vector`, by inner product.
+
+    The build parameters go as one `params` object, which a Milvus server and Milvus Lite
+    both read (pymilvus's flat form is lost on Lite).
+    """
+    from pymilvus.milvus_client.index import IndexParam, IndexParams
+
+    kind = parse_spec(spec, lite=False)
+
+    class Nested(IndexParam):  # type: ignore[misc]
+        def get_index_configs(self) -> dict[str, Any]:
+            return {
+                "index_type": kind.index_type,
+                "metric_type": "IP",
+                "params": kind.build_params(),
+            }
+
+    params = IndexParams()
+    params.append(Nested("vector", kind.index_type, "vector"))
+    return params

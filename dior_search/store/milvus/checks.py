@@ -5,7 +5,7 @@ flipped byte, beside a copy of the vectors that searches read).
 - Every row carries `dior_check`, a hash of its id, unit vector, norm and other columns as
   written; a reader recomputes it for every row it reads, and checks that each vector is
   finite and of unit length (rows written before the check existed get only the latter).
-- The live row count is the manifest's (store.milvus).
+- The live row count is the manifest's (store.milvus.writer).
 - An exact (FLAT) index is searched with a few probe vectors for every row's score, which
   must be what the rows' checked vectors give: a vector damaged in the copy that searches
   read is found too.
