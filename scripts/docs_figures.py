@@ -303,15 +303,16 @@ def multi_condition(name: str) -> str:
 
 
 def answers(name: str) -> str:
+    """The reference scheme's figures per condition (`scripts/eval_answers.py`)."""
     record = load(name)
     rows = [
         [
-            r["condition"],
+            condition,
             f"{r['answer_accuracy']:.3f}",
-            f"{r['text_p10_min']:.2f}",
-            f"{100 * r['facet_off_max']:.1f}% at most",
+            f"{r['text_precision@10_min']:.2f}",
+            f"{100 * r['facet_counts_off_at_most']:.1f}% at most",
         ]
-        for r in record["figures"]["rows"]
+        for condition, r in record["figures"]["by_scheme"]["reference"].items()
     ]
     header = ["condition", "answer accuracy", "text-to-image P@10, worst label value"]
     header += ["facet counts off the label counts"]
@@ -530,7 +531,7 @@ RENDERERS: dict[str, Callable[[str], str]] = {
     "serve_flood": serve_flood,
     "feeding_options": label_value_rows,
     "eval_multi_condition": multi_condition,
-    "eval_answers": answers,
+    "eval_answers-tiny": answers,
     "bench_synthetic": bench_synthetic,
     "eval_composition": composition,
     "profile_embed-mid-cpu": profile,

@@ -6,12 +6,14 @@ Writes the synthetic test split, indexes it under its four conditions (resumable
 run reuses the indexes), then every image queries with its stored vectors (as `query --id`)
 under A, under B and under A + B (equal weights), for each pair of conditions. Prints, per
 pair, the mean share of the top 10 (the query itself left out) that has both of the query's
-labels. A few minutes on 2 CPU cores with the tiny model.
+labels, and writes them to `benchmarks/results/eval_multi_condition.json`. A few minutes on 2
+CPU cores with the tiny model.
 """
 
 import argparse
 import itertools
 import logging
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,6 +26,9 @@ from dior_search.models.dior import DiorEmbedder
 from dior_search.models.settings import DiorSettings
 from dior_search.search.joined import JoinedIndexes, normalize_weights
 from dior_search.store.reader import IndexReader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from results_file import write_results
 
 
 def main() -> None:
@@ -54,10 +59,22 @@ def main() -> None:
     )
     print("| conditions A + B | A only | B only | A + B |")
     print("| --- | ---: | ---: | ---: |")
+    rows = []
     for a, b in itertools.combinations(CONDITIONS, 2):
         pair = (a, b)
         only_a, only_b, both = rate((a,), pair), rate((b,), pair), rate(pair, pair)
         print(f"| {a} + {b} | {only_a:.3f} | {only_b:.3f} | {both:.3f} |")
+        rows.append(
+            {
+                "a": a,
+                "b": b,
+                "a_only": round(only_a, 4),
+                "b_only": round(only_b, 4),
+                "both": round(both, 4),
+            }
+        )
+    figures = {"queries": args.n_images, "model": args.model, "k": args.k, "rows": rows}
+    print("wrote", write_results("eval_multi_condition", figures))
 
 
 if __name__ == "__main__":

@@ -1,21 +1,22 @@
-"""The wordings of its four aspects that the bundled `tiny` demo model was trained on.
+"""The wordings of its four aspects that the bundled `tiny` demo model understands.
 
 A user names a condition in their own words (`-c color`, `-c texture`); a few-MB model only
-understands the phrasing it saw in training, so the command line warns, listing these, when it is
-asked anything else. Light on purpose: the command line reads it without loading a model library.
+understands the phrasings it saw in training, so it is taught several per aspect, and the
+command line warns, listing these, when it is asked anything else. Light on purpose: the
+command line reads it without loading a model library.
 """
 
 from __future__ import annotations
 
-# Aspect (the synthetic collection's condition name) -> the phrasings the committed weights were
-# taught (models.tiny_training asks each aspect in the collection's own phrase,
-# data.synthetic.CONDITIONS). Teaching it more wordings ("color", "texture", "backdrop", ...)
-# is measured in benchmarks/results/tiny_wordings-*.json and is left for a retrained model.
+# Aspect (the synthetic collection's condition name) -> the phrasings the committed weights
+# understand: each retrieves by its aspect's label about as well as the collection's own phrase
+# (the first, data.synthetic.CONDITIONS, which the demo collection's indexes use). Measured in
+# benchmarks/results/tiny_wordings-after.json; models.tiny_training.TRAINED_WORDINGS teaches them.
 TINY_WORDINGS: dict[str, tuple[str, ...]] = {
-    "color": ("object color",),
-    "background": ("background color",),
-    "pattern": ("pattern",),
-    "size": ("object size",),
+    "color": ("object color", "color", "colour", "object colour", "main color"),
+    "background": ("background color", "background", "backdrop"),
+    "pattern": ("pattern", "texture"),
+    "size": ("object size", "size"),
 }
 
 
@@ -24,7 +25,7 @@ def tiny_aspect(wording: str) -> str | None:
 
     The model reads the text as given: `Pattern` or `pattern ` are other words to it.
 
-    >>> tiny_aspect("object color"), tiny_aspect("pattern"), tiny_aspect("color")
+    >>> tiny_aspect("color"), tiny_aspect("texture"), tiny_aspect("hue")
     ('color', 'pattern', None)
     """
     for aspect, wordings in TINY_WORDINGS.items():
