@@ -35,7 +35,8 @@ def fp32(images):
 
 def test_bf16_on_a_cpu_agrees_with_fp32_on_every_row(images, fp32):
     """The bundled model's synthetic test images: every row within cosine 0.999 of fp32 (bf16
-    throughout fell to 0.996 on these rows), and the answers still decode."""
+    throughout fell to 0.996 on these rows with the weights before the wordings were taught;
+    docs/cpu.md), and the answers still decode."""
     embedder = DiorEmbedder(DiorSettings(model="tiny", device="cpu", dtype="bfloat16"))
     assert embedder.activation_dtype == torch.float32
     vectors, answers = embedder.embed_with_answers(images, CONDITIONS)
