@@ -329,5 +329,7 @@ def test_a_milvus_lite_index_follows_the_folder(cached_tiny):
 @pytest.mark.slow
 def test_a_milvus_server_index_follows_the_folder(cached_tiny, tmp_path):
     opened("milvus-server", tmp_path).close()  # skips (or fails, in CI) without a server
-    ran = follow(cached_tiny, "milvus-server", 4)
+    # 7 examples: the derandomized runs' first 6 hold no query (their sequence is fixed by
+    # this file's source; the folder store's run with 7 makes 29 index runs and 10 queries).
+    ran = follow(cached_tiny, "milvus-server", 7)
     assert ran["steps"] >= 80 and ran["index"] >= 8 and ran["query"] >= 2, ran
