@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from dior_search.data.images import decode_image
-from dior_search.data.reading import item_file, read_item
+from dior_search.data.reading import contained_item_file, read_item
 from dior_search.errors import InputError
 
 # Cells per side of each grid.
@@ -91,7 +91,7 @@ class Fingerprints:
 def _read_fingerprint(root: Path, path: str, content_hash: str) -> np.ndarray | None:
     try:
         resolved_root = root.resolve()
-        if not item_file(resolved_root, path).resolve().is_relative_to(resolved_root):
+        if contained_item_file(resolved_root, path) is None:
             return None
         data = read_item(resolved_root, path)
         if hashlib.sha256(data).hexdigest() != content_hash:

@@ -101,6 +101,16 @@ def item_file(root: Path, path: str) -> Path:
     return root / member.container
 
 
+def contained_item_file(root: Path, path: str) -> Path | None:
+    """The resolved file holding an item (`root` itself resolved), or None where it lies
+    outside `root` once links are followed, or the links loop."""
+    try:
+        resolved = item_file(root, path).resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a loop of links (Path.resolve)
+        return None
+    return resolved if resolved.is_relative_to(root) else None
+
+
 def read_item(root: Path, path: str) -> bytes:
     """An item's bytes; ItemReadError with the reason if it cannot be read.
 

@@ -42,7 +42,7 @@ from dior_search.data.images import (
     decode_image,
     read_header,
 )
-from dior_search.data.reading import item_file, open_file, read_item
+from dior_search.data.reading import contained_item_file, item_file, open_file, read_item
 from dior_search.data.sources import ItemReadError
 from dior_search.errors import DiorError, InputError, UsageError
 from dior_search.search.catalogue import ConditionIndex
@@ -368,16 +368,16 @@ class SearchService:
         # Checked first: an id deleted since its thumbnail was cached is not served.
         row = self.searcher.reader_with_id(condition, row_id).row(row_id)
         gone = NotFound(f"image {row_id} of {condition.name!r} is not on disk")
+        path: Path | None = None
         try:
             root = condition.root.resolve()
             # The file holding the image: itself, or its shard or Parquet file.
-            holder = item_file(root, row.path)
-            member = holder != root / row.path
-            path = holder.resolve()
-            stat = os.stat(path) if path.is_relative_to(root) and path.is_file() else None
-        except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Path.resolve)
+            member = item_file(root, row.path) != root / row.path
+            path = contained_item_file(root, row.path)
+            stat = os.stat(path) if path is not None and path.is_file() else None
+        except OSError:
             stat = None
-        if stat is None:
+        if path is None or stat is None:
             raise gone
         cached = self.thumbnails.get(row.content_hash)
         if cached is not None and cached.matches(path, stat):
